@@ -1,0 +1,1 @@
+"""CNI plugins: the shared core (plugins.core) and one module per plugin."""

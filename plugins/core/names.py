@@ -1,0 +1,45 @@
+"""Name validation by the spec's rules, done before anything touches the system."""
+from __future__ import annotations
+
+import re
+
+from .errors import CNIError, INVALID_ENV, INVALID_NETWORK_CONFIG
+
+_ID_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
+IFNAMSIZ = 15
+
+
+def valid_id(value: str) -> bool:
+    return bool(_ID_RE.match(value)) and "\n" not in value
+
+
+def check_container_id(value: str) -> None:
+    if not valid_id(value):
+        raise CNIError(INVALID_ENV, "invalid CNI_CONTAINERID",
+                       f"{value!r} must match ^[a-zA-Z0-9][a-zA-Z0-9_.\\-]*$")
+
+
+def check_network_name(value: object) -> None:
+    if not isinstance(value, str) or not valid_id(value):
+        raise CNIError(INVALID_NETWORK_CONFIG, "invalid network name",
+                       f"{value!r} must match ^[a-zA-Z0-9][a-zA-Z0-9_.\\-]*$")
+
+
+def ifname_problem(value: object) -> str | None:
+    """Why ``value`` is not a valid Linux interface name, or None."""
+    if not isinstance(value, str) or value == "":
+        return "is empty"
+    if len(value) > IFNAMSIZ:
+        return f"is longer than {IFNAMSIZ} characters"
+    if value in (".", ".."):
+        return "is '.' or '..'"
+    for ch in value:
+        if ch in "/:" or ch.isspace() or not ch.isprintable():
+            return f"contains {ch!r}"
+    return None
+
+
+def check_ifname(value: str, what: str = "CNI_IFNAME", code: int = INVALID_ENV) -> None:
+    problem = ifname_problem(value)
+    if problem:
+        raise CNIError(code, f"invalid {what}", f"{value!r} {problem}")

@@ -1,0 +1,1 @@
+"""Kernel helpers shared by the plugins: netlink links/addresses, nftables, tc, sysctl."""

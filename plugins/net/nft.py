@@ -1,0 +1,71 @@
+"""nftables through libnftables' JSON API, confined to tables we own.
+
+Every change is one transaction (``apply``). We never list or flush the whole
+ruleset: only named tables of ours are read, created or deleted.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..core.errors import CNIError, IO_FAILURE
+
+TABLE_PREFIX = "cnilab"
+
+
+class Nft:
+    def __init__(self) -> None:
+        import nftables  # heavy-ish (ctypes + libnftables): only when rules are needed
+        self._ctx = nftables.Nftables()
+        self._ctx.set_json_output(True)
+        self._ctx.set_handle_output(True)
+
+    def _cmd(self, payload: dict) -> tuple[int, str, str]:
+        return self._run_text(json.dumps(payload))
+
+    def _run_text(self, text: str) -> tuple[int, str, str]:
+        rc, out, err = self._ctx.cmd(text)
+        return rc, out, err
+
+    def apply(self, commands: list[dict], what: str = "nftables change") -> None:
+        """Run ``commands`` (JSON command objects) as one atomic transaction."""
+        if not commands:
+            return
+        rc, _out, err = self._run_text(json.dumps({"nftables": commands}))
+        if rc != 0:
+            raise CNIError(IO_FAILURE, f"{what} failed", err.strip()[:1000])
+
+    def try_apply(self, commands: list[dict]) -> str | None:
+        """Like apply, but returns the error text instead of raising."""
+        if not commands:
+            return None
+        rc, _out, err = self._run_text(json.dumps({"nftables": commands}))
+        return None if rc == 0 else (err.strip() or f"nft returned {rc}")
+
+    def list_table(self, family: str, table: str) -> list[dict] | None:
+        """The table's objects (chains, rules, ...) or None when it does not exist."""
+        rc, out, err = self._run_text(f"list table {family} {table}")
+        if rc != 0:
+            if "No such file or directory" in err or "does not exist" in err:
+                return None
+            raise CNIError(IO_FAILURE, f"listing table {family} {table} failed", err.strip()[:500])
+        data = json.loads(out or "{}").get("nftables", [])
+        return [o for o in data if "metainfo" not in o]
+
+    def table_exists(self, family: str, table: str) -> bool:
+        return self.list_table(family, table) is not None
+
+
+def rules_with_comment(objects: list[dict] | None, pred) -> list[dict]:
+    """Rules whose comment satisfies ``pred`` (comments carry our attachment keys)."""
+    out = []
+    for o in objects or []:
+        r = o.get("rule")
+        if r is not None and pred(r.get("comment", "")):
+            out.append(r)
+    return out
+
+
+def delete_rule_cmd(rule: dict) -> dict[str, Any]:
+    return {"delete": {"rule": {"family": rule["family"], "table": rule["table"],
+                                "chain": rule["chain"], "handle": rule["handle"]}}}

@@ -1,0 +1,68 @@
+"""Shared fixtures: throwaway namespaces (always deleted), root gating, installs."""
+from __future__ import annotations
+
+import itertools
+import os
+import secrets
+import shutil
+
+import pytest
+
+from netlab import netns as nsutil
+
+IS_ROOT = os.geteuid() == 0
+HAVE_IP = shutil.which("ip") is not None
+_counter = itertools.count()
+RUN_TAG = secrets.token_hex(2)
+
+
+def pytest_collection_modifyitems(config, items):
+    skip = pytest.mark.skip(reason="needs root and iproute2 to create network namespaces")
+    for item in items:
+        if "root" in item.keywords and not (IS_ROOT and HAVE_IP):
+            item.add_marker(skip)
+
+
+def unique_name(prefix: str) -> str:
+    """A namespace or lab name unique to this run and process."""
+    return f"{prefix}-{RUN_TAG}{os.getpid() % 10000}-{next(_counter)}"
+
+
+class NS:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.path = nsutil.path(name)
+
+    def run(self, *argv: str, check: bool = True, timeout: float = 60):
+        return nsutil.run(self.name, argv, check=check, timeout=timeout)
+
+    def __repr__(self) -> str:
+        return f"NS({self.name})"
+
+
+@pytest.fixture
+def make_netns():
+    """Factory: make_netns('node') -> NS; every namespace made is deleted afterwards."""
+    made: list[str] = []
+
+    def make(prefix: str = "t") -> NS:
+        name = unique_name(prefix)
+        nsutil.create(name)
+        made.append(name)
+        return NS(name)
+
+    try:
+        yield make
+    finally:
+        for name in reversed(made):
+            nsutil.delete(name)
+
+
+@pytest.fixture
+def node(make_netns) -> NS:
+    return make_netns("node")
+
+
+@pytest.fixture
+def pod(make_netns) -> NS:
+    return make_netns("pod")
