@@ -16,6 +16,20 @@ _counter = itertools.count()
 RUN_TAG = secrets.token_hex(2)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def root_namespace_untouched():
+    """The whole suite must leave the root namespace exactly as it found it."""
+    if not (IS_ROOT and HAVE_IP):
+        yield
+        return
+    from tests import rootns_guard
+    before = rootns_guard.snapshot()
+    yield
+    changes = rootns_guard.diff(before, rootns_guard.snapshot())
+    if changes:
+        pytest.fail("tests changed the root network namespace:\n  " + "\n  ".join(changes[:50]))
+
+
 def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="needs root and iproute2 to create network namespaces")
     for item in items:
