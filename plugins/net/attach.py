@@ -1,0 +1,435 @@
+"""Attach a pod to a Linux bridge on the node with a veth pair, and take it off again.
+
+Shared by the ``bridge`` and ``vxlan`` plugins. Everything here runs with the
+calling thread in the *node* namespace (the plugin's host); pod-side work
+enters the pod's namespace itself. pyroute2 is imported lazily.
+
+API (stable; the vxlan plugin builds on it)
+-------------------------------------------
+``host_veth_name(network, container_id, ifname, prefix="veth") -> str``
+    Deterministic host-side veth name (<= 15 chars) from a hash of the
+    attachment key, so DEL/CHECK/GC find it without saved state.
+
+``ensure_bridge(name, *, mtu=0, promisc=False, vlan_filtering=False) -> (Interface, created)``
+    Create the bridge if missing (an existing non-bridge link is LINK_EXISTS,
+    a kernel without vlan filtering is NOT_SUPPORTED_BY_KERNEL), set ``mtu``
+    (raising or lowering an existing bridge), bring it up, accept_ra=0.
+
+``VethSpec(network, container_id, ifname, netns, bridge, mtu=0, mac="", hairpin=False,
+           isolated=False, host_name="")``
+    One attachment. ``host_name`` defaults to ``host_veth_name(...)``.
+
+``attach(spec, undo: contextlib.ExitStack) -> Attached``
+    Create the veth pair (pod end created directly in the pod netns under
+    ``spec.ifname``, with ``mac`` and ``mtu``), bring the host end up, enslave
+    it to ``spec.bridge`` with hairpin / isolation flags. Registers on ``undo``
+    a callback that deletes the pair; call ``undo.pop_all()`` once the whole
+    ADD succeeded. ``Attached.host`` / ``.pod`` are ``types.Interface``s
+    (``pod.sandbox`` = netns path); ``refresh_macs(attached, spec)`` re-reads
+    MACs at the end of ADD (the host end's MAC may change).
+
+``compute_gateways(result, is_gateway, is_default_gateway) -> dict[int, list[str]]``
+    Pure. Fills ``ip.gateway`` (first address of the subnet when missing and
+    ``is_gateway``), appends a default route per family for
+    ``is_default_gateway`` (unless IPAM gave one), returns {4|6: [gw CIDRs]} to
+    put on the bridge.
+
+``configure_pod(netns, ifname, ips, routes, *, enable_dad=False)``
+    In the pod: sysctls (accept_dad, arp_notify, IPv6 enabled when needed,
+    keep_addr_on_down), addresses, link up, DAD settle when needed, routes
+    (gw defaults to the family's gateway; route mtu/advmss/priority/table/
+    scope applied). ``ips`` are ``types.IPConfig``, ``routes`` ``types.Route``.
+
+``pod_link_up(netns, ifname)``  L2-only attachments: bring the pod end up.
+
+``set_bridge_addrs(bridge, cidrs, *, force=False)``
+    Put gateway addresses on the bridge; a different IPv4 address (or an
+    overlapping IPv6 one) is ADDRESS_UNAVAILABLE unless ``force`` replaces it.
+    IPv6 gateways are added without DAD (they are ours). Pins the bridge MAC.
+
+``enable_forwarding(families)``  ip_forward / ipv6 forwarding in the node netns.
+
+``wait_port_up(host_name, timeout=2.5)``  wait for the host end's operstate UP.
+
+``detach(network, container_id, ifname, netns, host_name="") -> None``
+    Idempotent: removes the pod end if the netns still exists (missing or
+    empty netns is fine), then the host end by its deterministic name. Raises
+    a CNIError only for real failures.
+
+``check_veth(spec, bridge_index, pod_mac="", host_mac="") -> None``
+``check_pod_ips(netns, ifname, ips, routes) -> None``
+    CHECK helpers; raise CNIError(CHECK_FAILED) describing the first mismatch.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import ipaddress
+import os
+from dataclasses import dataclass
+from typing import Iterable
+
+from ..core import netns as nsmod
+from ..core.errors import (ADDRESS_UNAVAILABLE, CHECK_FAILED, CNIError, IO_FAILURE)
+from ..core.types import Interface, IPConfig, Result, Route
+from . import link, sysctl
+
+HOST_PREFIX = "veth"
+
+
+def host_veth_name(network: str, container_id: str, ifname: str, prefix: str = HOST_PREFIX) -> str:
+    """Deterministic host-side name: ``prefix`` + hex of sha256(network, id, ifname), 15 chars."""
+    if len(prefix) > 7:
+        raise ValueError("prefix too long for a 15-char interface name")
+    digest = hashlib.sha256(f"{network}\x00{container_id}\x00{ifname}".encode()).hexdigest()
+    return prefix + digest[: 15 - len(prefix)]
+
+
+@dataclass
+class VethSpec:
+    network: str
+    container_id: str
+    ifname: str
+    netns: str
+    bridge: str
+    mtu: int = 0
+    mac: str = ""
+    hairpin: bool = False
+    isolated: bool = False
+    host_name: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.host_name:
+            self.host_name = host_veth_name(self.network, self.container_id, self.ifname)
+
+
+@dataclass
+class Attached:
+    host: Interface
+    pod: Interface
+    host_index: int
+    pod_index: int
+
+
+def _sysctl_quiet(key: str, value: str | int) -> None:
+    """Best effort (the key may be absent, e.g. IPv6 disabled in this netns)."""
+    try:
+        sysctl.ensure(key, value)
+    except OSError:
+        pass
+
+
+# ---- bridge -------------------------------------------------------------------
+
+def ensure_bridge(name: str, *, mtu: int = 0, promisc: bool = False,
+                  vlan_filtering: bool = False) -> tuple[Interface, bool]:
+    ipr = link.open_iproute()
+    try:
+        info, created = link.ensure_bridge(ipr, name, mtu=mtu, promisc=promisc,
+                                           vlan_filtering=vlan_filtering)
+    finally:
+        ipr.close()
+    _sysctl_quiet(f"net/ipv6/conf/{name}/accept_ra", 0)    # we own this link's routes
+    return Interface(name=info.name, mac=info.mac), created
+
+
+def bridge_interface(name: str) -> Interface:
+    ipr = link.open_iproute()
+    try:
+        info = link.get_link(ipr, name)
+    finally:
+        ipr.close()
+    if info is None:
+        raise CNIError(IO_FAILURE, f"bridge {name!r} vanished")
+    return Interface(name=info.name, mac=info.mac)
+
+
+# ---- veth ---------------------------------------------------------------------
+
+def attach(spec: VethSpec, undo: contextlib.ExitStack) -> Attached:
+    ipr = link.open_iproute()
+    try:
+        br = link.get_link(ipr, spec.bridge)
+        if br is None or br.kind != "bridge":
+            raise CNIError(IO_FAILURE, f"bridge {spec.bridge!r} not found")
+        fd = nsmod.open_netns(spec.netns)
+        try:
+            link.add_veth(ipr, spec.host_name, spec.ifname, fd, mtu=spec.mtu, peer_mac=spec.mac)
+        finally:
+            os.close(fd)
+        undo.callback(_undo_veth, spec.host_name)
+        host = link.get_link(ipr, spec.host_name)
+        if host is None:
+            raise CNIError(IO_FAILURE, f"veth {spec.host_name} vanished right after creation")
+        _sysctl_quiet(f"net/ipv6/conf/{spec.host_name}/accept_ra", 0)
+        link.set_link(ipr, host.index, f"attaching {spec.host_name} to {spec.bridge}",
+                      master=br.index, state="up")
+        link.set_brport(ipr, host.index, hairpin=spec.hairpin,
+                        isolated=spec.isolated if spec.isolated else None)
+        pod_index = host.peer
+    finally:
+        ipr.close()
+    with nsmod.entered(spec.netns):
+        pipr = link.open_iproute()
+        try:
+            pod = link.get_link(pipr, spec.ifname)
+        finally:
+            pipr.close()
+    if pod is None:
+        raise CNIError(IO_FAILURE, f"{spec.ifname} not found in {spec.netns} after creation")
+    return Attached(host=Interface(name=spec.host_name, mac=host.mac),
+                    pod=Interface(name=spec.ifname, mac=pod.mac, sandbox=spec.netns),
+                    host_index=host.index, pod_index=pod.index or pod_index)
+
+
+def _undo_veth(host_name: str) -> None:
+    """Rollback: deleting the host end removes the pod end too."""
+    ipr = link.open_iproute()
+    try:
+        link.delete_link(ipr, host_name)
+    finally:
+        ipr.close()
+
+
+def refresh_macs(att: Attached, spec: VethSpec) -> None:
+    ipr = link.open_iproute()
+    try:
+        host = link.get_link(ipr, index=att.host_index)
+    finally:
+        ipr.close()
+    if host is not None:
+        att.host.mac = host.mac
+
+
+def wait_port_up(host_name: str, timeout: float = 2.5) -> None:
+    ipr = link.open_iproute()
+    try:
+        info = link.get_link(ipr, host_name)
+        if info is None:
+            raise CNIError(IO_FAILURE, f"veth {host_name} vanished")
+        link.wait_operstate_up(ipr, info.index, timeout, host_name)
+    finally:
+        ipr.close()
+
+
+# ---- addresses and routes ------------------------------------------------------
+
+def compute_gateways(result: Result, is_gateway: bool,
+                     is_default_gateway: bool) -> dict[int, list[str]]:
+    gws: dict[int, list[str]] = {4: [], 6: []}
+    have_default = {4: False, 6: False}
+    for r in result.routes:
+        net = ipaddress.ip_network(r.dst, strict=False)
+        if net.prefixlen == 0 and r.gw:
+            have_default[net.version] = True
+    for ip in result.ips:
+        ifc = ip.iface
+        fam = ifc.version
+        if not ip.gateway and is_gateway:
+            ip.gateway = str(ifc.network.network_address + 1)
+        if is_default_gateway and not have_default[fam]:
+            result.routes.append(Route(dst="0.0.0.0/0" if fam == 4 else "::/0",
+                                       gw=ip.gateway))
+            have_default[fam] = True
+        if is_gateway and ip.gateway:
+            cidr = f"{ip.gateway}/{ifc.network.prefixlen}"
+            if cidr not in gws[fam]:
+                gws[fam].append(cidr)
+    return gws
+
+
+def configure_pod(netns_path: str, ifname: str, ips: list[IPConfig], routes: list[Route],
+                  *, enable_dad: bool = False) -> None:
+    with nsmod.entered(netns_path):
+        ipr = link.open_iproute()
+        try:
+            _configure_here(ipr, ifname, ips, routes, enable_dad)
+        finally:
+            ipr.close()
+
+
+def _configure_here(ipr, ifname: str, ips: list[IPConfig], routes: list[Route],
+                    enable_dad: bool) -> None:
+    info = link.get_link(ipr, ifname)
+    if info is None:
+        raise CNIError(IO_FAILURE, f"{ifname} not found in the pod")
+    has_v6 = any(ip.family == 6 for ip in ips)
+    if has_v6:
+        for dev in ("lo", ifname):
+            key = f"net/ipv6/conf/{dev}/disable_ipv6"
+            try:
+                sysctl.ensure(key, 0)
+            except OSError as e:
+                raise CNIError(IO_FAILURE, f"cannot enable IPv6 on {dev} in the pod", str(e)) from None
+        _sysctl_quiet(f"net/ipv6/conf/{ifname}/keep_addr_on_down", 1)
+    if enable_dad:
+        _sysctl_quiet(f"net/ipv6/conf/{ifname}/enhanced_dad", 1)
+        _sysctl_quiet(f"net/ipv6/conf/{ifname}/accept_dad", 1)
+    else:
+        _sysctl_quiet(f"net/ipv6/conf/{ifname}/accept_dad", 0)
+    _sysctl_quiet(f"net/ipv4/conf/{ifname}/arp_notify", 1)
+    gw_by_family: dict[int, str] = {}
+    for ip in ips:
+        link.add_addr(ipr, info.index, ip.address, what=f"{ifname} in the pod")
+        if ip.gateway and ip.family not in gw_by_family:
+            gw_by_family[ip.family] = ip.gateway
+    link.set_link(ipr, info.index, f"setting {ifname} up in the pod", state="up")
+    if has_v6 and enable_dad:
+        link.settle_addrs(ipr, info.index, 5.0, f"{ifname} in the pod")
+    for r in routes:
+        fam = ipaddress.ip_network(r.dst, strict=False).version
+        gw = r.gw or gw_by_family.get(fam, "")
+        link.add_route(ipr, dst=r.dst, oif=info.index, gw=gw, priority=r.priority,
+                       table=r.table, scope=r.scope, mtu=r.mtu, advmss=r.advmss)
+
+
+def pod_link_up(netns_path: str, ifname: str) -> None:
+    with nsmod.entered(netns_path):
+        ipr = link.open_iproute()
+        try:
+            info = link.get_link(ipr, ifname)
+            if info is None:
+                raise CNIError(IO_FAILURE, f"{ifname} not found in the pod")
+            link.set_link(ipr, info.index, f"setting {ifname} up in the pod", state="up")
+        finally:
+            ipr.close()
+
+
+def set_bridge_addrs(bridge: str, cidrs: Iterable[str], *, force: bool = False) -> None:
+    cidrs = list(cidrs)
+    if not cidrs:
+        return
+    ipr = link.open_iproute()
+    try:
+        br = link.get_link(ipr, bridge)
+        if br is None:
+            raise CNIError(IO_FAILURE, f"bridge {bridge!r} vanished")
+        for cidr in cidrs:
+            want = ipaddress.ip_interface(cidr)
+            present = link.list_addrs(ipr, br.index, want.version)
+            if any(a.iface == want for a in present):
+                continue
+            for a in present:
+                clash = want.version == 4 or a.iface.network.overlaps(want.network)
+                if not clash:
+                    continue
+                if not force:
+                    raise CNIError(ADDRESS_UNAVAILABLE,
+                                   f"{bridge!r} already has an IP address different from {cidr}",
+                                   f"found {a.address}; set forceAddress to replace it")
+                link.del_addr(ipr, br.index, a.address)
+            link.add_addr(ipr, br.index, cidr, nodad=True, what=f"bridge {bridge}")
+        link.pin_mac(ipr, br.index)
+    finally:
+        ipr.close()
+
+
+def enable_forwarding(families: Iterable[int]) -> None:
+    for fam in set(families):
+        key = "net/ipv4/ip_forward" if fam == 4 else "net/ipv6/conf/all/forwarding"
+        try:
+            sysctl.ensure(key, 1)
+        except OSError as e:
+            raise CNIError(IO_FAILURE, f"cannot enable IPv{fam} forwarding", str(e)) from None
+
+
+# ---- DEL ------------------------------------------------------------------------
+
+def detach(network: str, container_id: str, ifname: str, netns_path: str,
+           host_name: str = "") -> None:
+    """Remove the veth pair of this attachment; everything already gone is success."""
+    host_name = host_name or host_veth_name(network, container_id, ifname)
+    if netns_path:
+        try:
+            with nsmod.entered(netns_path):
+                if link.exists(ifname):
+                    ipr = link.open_iproute()
+                    try:
+                        info = link.get_link(ipr, ifname)
+                        # Only a veth is ours to delete (CNI_IFNAME belongs to this plugin).
+                        if info is not None and info.kind == "veth":
+                            link.delete_link(ipr, ifname)
+                    finally:
+                        ipr.close()
+        except nsmod.NetnsGone:
+            pass
+    if link.exists(host_name):
+        ipr = link.open_iproute()
+        try:
+            link.delete_link(ipr, host_name)
+        finally:
+            ipr.close()
+
+
+# ---- CHECK ------------------------------------------------------------------------
+
+def _fail(msg: str, details: str = "") -> CNIError:
+    return CNIError(CHECK_FAILED, msg, details)
+
+
+def check_veth(spec: VethSpec, bridge_index: int, pod_mac: str = "", host_mac: str = "") -> None:
+    ipr = link.open_iproute()
+    try:
+        host = link.get_link(ipr, spec.host_name)
+        if host is None:
+            raise _fail(f"host veth {spec.host_name} not found")
+        if host.kind != "veth":
+            raise _fail(f"{spec.host_name} is a {host.kind or 'link'}, not a veth")
+        if host.master != bridge_index:
+            raise _fail(f"{spec.host_name} is not attached to bridge {spec.bridge}")
+        if spec.mtu and host.mtu != spec.mtu:
+            raise _fail(f"{spec.host_name} MTU is {host.mtu}, expected {spec.mtu}")
+        if host_mac and host.mac != host_mac.lower():
+            raise _fail(f"{spec.host_name} MAC is {host.mac}, expected {host_mac}")
+        port = link.brport_attrs(ipr, host.index)
+        if bool(port.get("IFLA_BRPORT_MODE", 0)) != spec.hairpin:
+            raise _fail(f"{spec.host_name} hairpin mode is not {spec.hairpin}")
+        if spec.isolated and not port.get("IFLA_BRPORT_ISOLATED", 0):
+            raise _fail(f"{spec.host_name} is not an isolated port")
+    finally:
+        ipr.close()
+    with nsmod.entered(spec.netns):
+        pipr = link.open_iproute()
+        try:
+            pod = link.get_link(pipr, spec.ifname)
+        finally:
+            pipr.close()
+    if pod is None:
+        raise _fail(f"{spec.ifname} not found in {spec.netns}")
+    if pod.kind != "veth":
+        raise _fail(f"{spec.ifname} in the pod is not a veth")
+    if pod.peer != host.index or host.peer != pod.index:
+        raise _fail(f"{spec.ifname} in the pod is not the peer of {spec.host_name}")
+    if pod_mac and pod.mac != pod_mac.lower():
+        raise _fail(f"{spec.ifname} MAC is {pod.mac}, expected {pod_mac}")
+    if spec.mtu and pod.mtu != spec.mtu:
+        raise _fail(f"{spec.ifname} MTU is {pod.mtu}, expected {spec.mtu}")
+
+
+def check_pod_ips(netns_path: str, ifname: str, ips: list[IPConfig], routes: list[Route]) -> None:
+    with nsmod.entered(netns_path):
+        ipr = link.open_iproute()
+        try:
+            info = link.get_link(ipr, ifname)
+            if info is None:
+                raise _fail(f"{ifname} not found in {netns_path}")
+            present = {a.iface for a in link.list_addrs(ipr, info.index)}
+            for ip in ips:
+                if ip.iface not in present:
+                    raise _fail(f"address {ip.address} not found on {ifname}")
+            tables: dict[tuple[int, int | None], list] = {}
+            for r in routes:
+                fam = ipaddress.ip_network(r.dst, strict=False).version
+                key = (fam, r.table)
+                if key not in tables:
+                    tables[key] = link.list_routes(ipr, fam, r.table)
+                want = str(ipaddress.ip_network(r.dst, strict=False))
+                cands = [k for k in tables[key] if k.dst == want and k.oif == info.index]
+                if r.gw:
+                    cands = [k for k in cands
+                             if k.gw and ipaddress.ip_address(k.gw) == ipaddress.ip_address(r.gw)]
+                if not cands:
+                    raise _fail(f"route {r.dst}" + (f" via {r.gw}" if r.gw else "")
+                                + f" not found on {ifname}")
+        finally:
+            ipr.close()

@@ -1,0 +1,425 @@
+"""Netlink helpers over pyroute2: bridges, veth pairs, addresses, routes, MTU.
+
+Every function takes an open ``IPRoute`` (see ``open_iproute``): the socket is
+bound to the network namespace of the thread that opened it, so open one per
+namespace (inside ``plugins.core.netns.entered`` for a pod). Errors from the
+kernel become ``CNIError`` with a message naming the object.
+
+``ifindex`` and ``exists`` use only the standard library (an ioctl on a socket
+of the current thread's namespace) so cheap paths such as a no-op DEL need not
+import pyroute2 at all.
+"""
+from __future__ import annotations
+
+import errno
+import ipaddress
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from ..core.errors import (CNIError, IO_FAILURE, LINK_EXISTS, NOT_SUPPORTED_BY_KERNEL)
+
+IFF_UP = 0x1
+IFF_PROMISC = 0x100
+IFA_F_NODAD = 0x02
+IFA_F_DADFAILED = 0x08
+IFA_F_TENTATIVE = 0x40
+RT_SCOPE_UNIVERSE = 0
+RT_SCOPE_LINK = 253
+RT_TABLE_MAIN = 254
+
+
+# ---- stdlib-only lookups --------------------------------------------------
+
+def ifindex(name: str) -> int | None:
+    """Index of link ``name`` in the calling thread's netns, or None (no pyroute2)."""
+    try:
+        return socket.if_nametoindex(name)
+    except OSError:
+        return None
+
+
+def exists(name: str) -> bool:
+    return ifindex(name) is not None
+
+
+# ---- pyroute2 ---------------------------------------------------------------
+
+def open_iproute():
+    """An IPRoute socket bound to the calling thread's current network namespace."""
+    from pyroute2 import IPRoute  # lazy: ~100 ms, only when links are touched
+    return IPRoute()
+
+
+def netlink_errno(exc: BaseException) -> int | None:
+    code = getattr(exc, "code", None)
+    return code if isinstance(code, int) else None
+
+
+def kernel_error(exc: BaseException, what: str) -> CNIError:
+    """A CNIError for a failed netlink request about ``what``."""
+    code = netlink_errno(exc)
+    if code == errno.EOPNOTSUPP:
+        return CNIError(NOT_SUPPORTED_BY_KERNEL, f"{what}: not supported by this kernel",
+                        str(exc))
+    if code == errno.EEXIST:
+        return CNIError(LINK_EXISTS, f"{what}: already exists", str(exc))
+    return CNIError(IO_FAILURE, f"{what} failed", str(exc))
+
+
+@dataclass
+class LinkInfo:
+    index: int
+    name: str
+    kind: str
+    mac: str
+    mtu: int
+    flags: int
+    master: int          # 0 when not enslaved
+    peer: int            # IFLA_LINK: the veth peer's index (in its own netns), else 0
+    operstate: str
+    data: dict = field(default_factory=dict)        # IFLA_INFO_DATA attrs (bridge options...)
+    brport: dict = field(default_factory=dict)      # bridge-port attrs when enslaved
+
+    @property
+    def up(self) -> bool:
+        return bool(self.flags & IFF_UP)
+
+    @property
+    def promisc(self) -> bool:
+        return bool(self.flags & IFF_PROMISC)
+
+
+def _attrs(msg: Any) -> dict:
+    if msg is None:
+        return {}
+    return {k: v for k, v in (msg.get("attrs") or [])}
+
+
+def _to_info(msg: Any) -> LinkInfo:
+    linkinfo = msg.get_attr("IFLA_LINKINFO")
+    kind, data = "", {}
+    if linkinfo is not None:
+        kind = linkinfo.get_attr("IFLA_INFO_KIND") or ""
+        data = _attrs(linkinfo.get_attr("IFLA_INFO_DATA"))
+    return LinkInfo(index=msg["index"], name=msg.get_attr("IFLA_IFNAME") or "", kind=kind,
+                    mac=(msg.get_attr("IFLA_ADDRESS") or "").lower(),
+                    mtu=msg.get_attr("IFLA_MTU") or 0, flags=msg["flags"],
+                    master=msg.get_attr("IFLA_MASTER") or 0,
+                    peer=msg.get_attr("IFLA_LINK") or 0,
+                    operstate=msg.get_attr("IFLA_OPERSTATE") or "",
+                    data=data)
+
+
+def get_link(ipr, name: str | None = None, index: int | None = None) -> LinkInfo | None:
+    """The link by name or index, or None when it does not exist."""
+    try:
+        if index is not None:
+            msgs = ipr.link("get", index=index)
+        else:
+            msgs = ipr.link("get", ifname=name)
+    except Exception as e:  # noqa: BLE001 - pyroute2 raises NetlinkError
+        if netlink_errno(e) in (errno.ENODEV, errno.ENOENT):
+            return None
+        raise kernel_error(e, f"looking up link {name or index}") from None
+    return _to_info(msgs[0]) if msgs else None
+
+
+def brport_attrs(ipr, index: int) -> dict:
+    try:
+        msgs = ipr.brport("show", index=index)
+    except Exception as e:  # noqa: BLE001
+        raise kernel_error(e, f"reading bridge port {index}") from None
+    if not msgs:
+        return {}
+    return _attrs(msgs[0].get_attr("IFLA_PROTINFO"))
+
+
+def ensure_bridge(ipr, name: str, *, mtu: int = 0, promisc: bool = False,
+                  vlan_filtering: bool = False) -> tuple[LinkInfo, bool]:
+    """Create bridge ``name`` if missing (an existing non-bridge is an error), bring it up.
+
+    ``mtu`` (0 = leave as is) is applied to an existing bridge too, raising or
+    lowering it. Returns (link, created).
+    """
+    created = False
+    cur = get_link(ipr, name)
+    if cur is None:
+        kw: dict[str, Any] = {"ifname": name, "kind": "bridge"}
+        if mtu:
+            kw["mtu"] = mtu
+        if vlan_filtering:
+            kw["br_vlan_filtering"] = 1
+        try:
+            ipr.link("add", **kw)
+            created = True
+        except Exception as e:  # noqa: BLE001
+            if netlink_errno(e) == errno.EOPNOTSUPP and vlan_filtering:
+                raise CNIError(NOT_SUPPORTED_BY_KERNEL,
+                               "vlan/vlanTrunk need bridge vlan filtering, which this kernel "
+                               "does not support", str(e)) from None
+            if netlink_errno(e) != errno.EEXIST:    # lost a race with a parallel ADD: fine
+                raise kernel_error(e, f"creating bridge {name!r}") from None
+        cur = get_link(ipr, name)
+        if cur is None:
+            raise CNIError(IO_FAILURE, f"bridge {name!r} vanished right after creation")
+    if cur.kind != "bridge":
+        raise CNIError(LINK_EXISTS, f"{name!r} already exists but is not a bridge",
+                       f"it is a {cur.kind or 'device without a kind'}")
+    if vlan_filtering and not cur.data.get("IFLA_BR_VLAN_FILTERING"):
+        try:
+            ipr.link("set", index=cur.index, kind="bridge", br_vlan_filtering=1)
+        except Exception as e:  # noqa: BLE001
+            if netlink_errno(e) == errno.EOPNOTSUPP:
+                raise CNIError(NOT_SUPPORTED_BY_KERNEL,
+                               "vlan/vlanTrunk need bridge vlan filtering, which this kernel "
+                               "does not support", str(e)) from None
+            raise kernel_error(e, f"enabling vlan filtering on {name!r}") from None
+    changes: dict[str, Any] = {}
+    if mtu and cur.mtu != mtu:
+        changes["mtu"] = mtu
+    if not cur.up:
+        changes["state"] = "up"
+    try:
+        if changes:
+            ipr.link("set", index=cur.index, **changes)
+        if promisc and not cur.promisc:
+            ipr.link("set", index=cur.index, flags=IFF_PROMISC, change=IFF_PROMISC)
+    except Exception as e:  # noqa: BLE001
+        raise kernel_error(e, f"configuring bridge {name!r}") from None
+    return get_link(ipr, index=cur.index) or cur, created
+
+
+def pin_mac(ipr, index: int) -> None:
+    """Set a bridge's MAC to its current value so it stops following its ports."""
+    cur = get_link(ipr, index=index)
+    if cur is None or not cur.mac:
+        return
+    try:
+        ipr.link("set", index=index, address=cur.mac)
+    except Exception as e:  # noqa: BLE001
+        raise kernel_error(e, f"pinning the MAC of {cur.name}") from None
+
+
+def add_veth(ipr, name: str, peer: str, peer_netns_fd: int, *, mtu: int = 0,
+             peer_mac: str = "") -> None:
+    """Create veth ``name`` here with its peer ``peer`` created directly in another netns."""
+    peer_spec: dict[str, Any] = {"ifname": peer, "net_ns_fd": peer_netns_fd}
+    kw: dict[str, Any] = {"ifname": name, "kind": "veth", "peer": peer_spec}
+    if mtu:
+        kw["mtu"] = mtu
+        peer_spec["mtu"] = mtu
+    if peer_mac:
+        peer_spec["address"] = peer_mac
+    try:
+        ipr.link("add", **kw)
+    except Exception as e:  # noqa: BLE001
+        if netlink_errno(e) == errno.EEXIST:
+            raise CNIError(LINK_EXISTS, f"cannot create veth {name!r} / {peer!r}: a link "
+                           "of that name already exists",
+                           "the attachment may already exist (ADD twice without DEL?)") from None
+        raise kernel_error(e, f"creating veth {name!r}") from None
+
+
+def set_link(ipr, index: int, what: str, **kw: Any) -> None:
+    try:
+        ipr.link("set", index=index, **kw)
+    except Exception as e:  # noqa: BLE001
+        raise kernel_error(e, what) from None
+
+
+def set_brport(ipr, index: int, *, hairpin: bool | None = None,
+               isolated: bool | None = None) -> None:
+    kw: dict[str, int] = {}
+    if hairpin is not None:
+        kw["mode"] = int(hairpin)         # IFLA_BRPORT_MODE is the hairpin flag
+    if isolated is not None:
+        kw["isolated"] = int(isolated)
+    if not kw:
+        return
+    try:
+        ipr.brport("set", index=index, **kw)
+    except Exception as e:  # noqa: BLE001
+        raise kernel_error(e, f"setting bridge port options {kw} on link {index}") from None
+
+
+def delete_link(ipr, name: str) -> bool:
+    """Delete link ``name``; False when it did not exist."""
+    idx = get_link(ipr, name)
+    if idx is None:
+        return False
+    try:
+        ipr.link("del", index=idx.index)
+    except Exception as e:  # noqa: BLE001
+        if netlink_errno(e) in (errno.ENODEV, errno.ENOENT):
+            return False
+        raise kernel_error(e, f"deleting link {name!r}") from None
+    return True
+
+
+# ---- addresses ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Addr:
+    address: str        # CIDR form, e.g. 10.1.0.1/24
+    flags: int
+
+    @property
+    def iface(self):
+        return ipaddress.ip_interface(self.address)
+
+    @property
+    def tentative(self) -> bool:
+        return bool(self.flags & IFA_F_TENTATIVE)
+
+    @property
+    def dadfailed(self) -> bool:
+        return bool(self.flags & IFA_F_DADFAILED)
+
+
+def list_addrs(ipr, index: int, family: int | None = None) -> list[Addr]:
+    """Global-scope addresses of link ``index`` (family 4, 6 or None for both)."""
+    kw: dict[str, Any] = {"index": index}
+    if family is not None:
+        kw["family"] = socket.AF_INET6 if family == 6 else socket.AF_INET
+    try:
+        msgs = ipr.get_addr(**kw)
+    except Exception as e:  # noqa: BLE001
+        raise kernel_error(e, f"listing addresses of link {index}") from None
+    out = []
+    for m in msgs:
+        if m.get("scope", 0) != RT_SCOPE_UNIVERSE:
+            continue        # skip fe80::/10 and host-scope addresses
+        addr = m.get_attr("IFA_ADDRESS") or m.get_attr("IFA_LOCAL")
+        flags = m.get_attr("IFA_FLAGS")
+        if flags is None:
+            flags = m.get("flags", 0)
+        out.append(Addr(f"{addr}/{m['prefixlen']}", flags))
+    return out
+
+
+def add_addr(ipr, index: int, cidr: str, *, nodad: bool = False, what: str = "") -> bool:
+    """Add ``cidr`` to link ``index``; False when exactly that address was already there."""
+    ifc = ipaddress.ip_interface(cidr)
+    kw: dict[str, Any] = {"index": index, "address": str(ifc.ip), "prefixlen": ifc.network.prefixlen}
+    if nodad and ifc.version == 6:
+        kw["flags"] = IFA_F_NODAD
+    try:
+        ipr.addr("add", **kw)
+    except Exception as e:  # noqa: BLE001
+        if netlink_errno(e) == errno.EEXIST:
+            return False
+        raise kernel_error(e, f"adding address {cidr} to {what or index}") from None
+    return True
+
+
+def del_addr(ipr, index: int, cidr: str) -> None:
+    ifc = ipaddress.ip_interface(cidr)
+    try:
+        ipr.addr("del", index=index, address=str(ifc.ip), prefixlen=ifc.network.prefixlen)
+    except Exception as e:  # noqa: BLE001
+        if netlink_errno(e) not in (errno.EADDRNOTAVAIL, errno.ENODEV, errno.ENOENT):
+            raise kernel_error(e, f"removing address {cidr}") from None
+
+
+def settle_addrs(ipr, index: int, timeout: float = 5.0, what: str = "") -> None:
+    """Wait until no IPv6 address of the link is tentative; error on failed DAD."""
+    deadline = time.monotonic() + timeout
+    while True:
+        addrs = [a for a in list_addrs(ipr, index, 6)]
+        failed = [a.address for a in addrs if a.dadfailed]
+        if failed:
+            raise CNIError(IO_FAILURE, f"duplicate address detection failed on {what or index}",
+                           ", ".join(failed))
+        if not any(a.tentative for a in addrs):
+            return
+        if time.monotonic() >= deadline:
+            raise CNIError(IO_FAILURE, f"IPv6 addresses on {what or index} still tentative "
+                           f"after {timeout:.0f}s",
+                           ", ".join(a.address for a in addrs if a.tentative))
+        time.sleep(0.05)
+
+
+# ---- routes -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RouteInfo:
+    dst: str            # CIDR, "0.0.0.0/0" for default
+    gw: str
+    oif: int
+    priority: int
+    table: int
+    scope: int
+    mtu: int
+    advmss: int
+
+
+def list_routes(ipr, family: int, table: int | None = None) -> list[RouteInfo]:
+    fam = socket.AF_INET6 if family == 6 else socket.AF_INET
+    kw: dict[str, Any] = {"family": fam}
+    if table is not None:
+        kw["table"] = table
+    try:
+        msgs = ipr.get_routes(**kw)
+    except Exception as e:  # noqa: BLE001
+        raise kernel_error(e, "listing routes") from None
+    out = []
+    zero = "::" if family == 6 else "0.0.0.0"
+    for m in msgs:
+        dst = m.get_attr("RTA_DST") or zero
+        metrics = _attrs(m.get_attr("RTA_METRICS"))
+        tab = m.get_attr("RTA_TABLE") or m.get("table", 0)
+        out.append(RouteInfo(dst=str(ipaddress.ip_network(f"{dst}/{m['dst_len']}", strict=False)),
+                             gw=m.get_attr("RTA_GATEWAY") or "", oif=m.get_attr("RTA_OIF") or 0,
+                             priority=m.get_attr("RTA_PRIORITY") or 0, table=tab,
+                             scope=m.get("scope", 0), mtu=metrics.get("RTAX_MTU", 0),
+                             advmss=metrics.get("RTAX_ADVMSS", 0)))
+    return out
+
+
+def add_route(ipr, *, dst: str, oif: int, gw: str = "", priority: int = 0,
+              table: int | None = None, scope: int | None = None, mtu: int = 0,
+              advmss: int = 0) -> None:
+    net = ipaddress.ip_network(dst, strict=False)
+    kw: dict[str, Any] = {"dst": str(net), "oif": oif}
+    if gw:
+        kw["gateway"] = gw
+    if priority:
+        kw["priority"] = priority
+    if table is not None:
+        kw["table"] = table
+    if scope is not None:
+        kw["scope"] = scope
+    metrics = {}
+    if mtu:
+        metrics["mtu"] = mtu
+    if advmss:
+        metrics["advmss"] = advmss
+    if metrics:
+        kw["metrics"] = metrics
+    try:
+        ipr.route("add", **kw)
+    except Exception as e:  # noqa: BLE001
+        desc = f"{net}" + (f" via {gw}" if gw else "") + (f" metric {priority}" if priority else "")
+        if netlink_errno(e) == errno.EEXIST:
+            raise CNIError(IO_FAILURE, f"route {desc} already exists", str(e)) from None
+        raise kernel_error(e, f"adding route {desc}") from None
+
+
+def wait_operstate_up(ipr, index: int, timeout: float = 2.5, what: str = "") -> LinkInfo:
+    deadline = time.monotonic() + timeout
+    while True:
+        info = get_link(ipr, index=index)
+        if info is None:
+            raise CNIError(IO_FAILURE, f"link {what or index} vanished")
+        if info.operstate == "UP":
+            return info
+        if time.monotonic() >= deadline:
+            raise CNIError(IO_FAILURE, f"link {what or index} is not up after {timeout}s",
+                           f"operstate {info.operstate}")
+        time.sleep(0.02)
+
+
+def families(cidrs: Iterable[str]) -> set[int]:
+    return {ipaddress.ip_interface(c).version for c in cidrs}
