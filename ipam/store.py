@@ -1,0 +1,420 @@
+"""Reservation stores: the protocol, the disk store and an in-memory fake.
+
+Disk layout (byte-compatible with the reference host-local, so a node can
+switch between the two plugins in either direction):
+
+    <dataDir>/<network>/                  0700 when we create it
+        <ip>                              "<containerID>\\r\\n<ifname>", 0600
+        last_reserved_ip.<set index>      "<ip>", 0600
+        lock                              flock()ed for every operation
+        .cnilab/                          ours only: attachment index (a hint)
+            idx-00 .. idx-ff              JSON {"<cid>\\r\\n<ifname>": [ip, ...]}
+            stamp                         "mtime=<ns>": the directory mtime it matches
+
+The reference finds an attachment's addresses by reading every file of the
+directory (O(n) per ADD). We keep an index sharded in 256 buckets by a hash of
+the attachment, so the duplicate check and DEL read one small bucket. The
+index is only trusted when the network directory's mtime equals the value
+recorded in ``stamp``; after each of our changes we set the directory mtime
+to a value two seconds in the past and record it, so any later change by
+another writer (the reference plugin, an admin) moves the mtime to "now",
+which can never equal ours: the next operation then rebuilds the index with
+one scan. Entries are verified against the address files before use. See
+docs/adr/0003-ipam-store-and-gc.md.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import ipaddress
+import json
+import os
+import time
+import zlib
+from contextlib import contextmanager
+from typing import Iterator, NamedTuple, Protocol
+
+from plugins.core.errors import CNIError, IO_FAILURE, TRY_AGAIN_LATER
+
+from .ranges import IPAddress
+
+LINE_BREAK = "\r\n"
+LAST_PREFIX = "last_reserved_ip."
+LOCK_NAME = "lock"
+INDEX_DIR = ".cnilab"
+BUCKETS = 256
+LOCK_TIMEOUT = 60.0
+_MTIME_BACKDATE_NS = 2_000_000_000
+
+
+class Owner(NamedTuple):
+    """An attachment; ``ifname`` is "" for files written by very old versions."""
+    container_id: str
+    ifname: str
+
+    def content(self) -> bytes:
+        return (self.container_id.strip() + LINE_BREAK + self.ifname).encode()
+
+    @property
+    def key(self) -> str:
+        return self.container_id + LINE_BREAK + self.ifname
+
+
+def parse_owner(data: bytes) -> Owner:
+    text = data.decode("utf-8", errors="surrogateescape").strip()
+    cid, sep, ifname = text.partition(LINE_BREAK)
+    return Owner(cid.strip(), ifname if sep else "")
+
+
+def parse_ip_name(name: str) -> IPAddress | None:
+    """The address an entry of the directory is named after, or None."""
+    if not name or not (name[0].isdigit() or ":" in name or name[0] in "abcdefABCDEF"):
+        return None
+    try:
+        return ipaddress.ip_address(name)
+    except ValueError:
+        return None
+
+
+class Store(Protocol):
+    """What the allocator needs; every call happens inside ``session()``."""
+
+    def session(self) -> "contextlib.AbstractContextManager[None]": ...  # noqa: F821
+    def reserve(self, ip: IPAddress, owner: Owner, set_index: int) -> bool: ...
+    def release(self, ip: IPAddress) -> None: ...
+    def owner_of(self, ip: IPAddress) -> Owner | None: ...
+    def find(self, owner: Owner) -> list[IPAddress]: ...
+    def reservations(self) -> dict[IPAddress, Owner]: ...
+    def reserved_addresses(self) -> list[IPAddress]: ...
+    def last_reserved(self, set_index: int) -> IPAddress | None: ...
+    def writable_problem(self) -> str | None: ...
+
+
+def _match(found: dict, owner: Owner) -> list:
+    """Exact (cid, ifname) matches; else, like the reference, legacy files of the cid."""
+    exact = found.get(owner.key)
+    if exact:
+        return list(exact)
+    return list(found.get(Owner(owner.container_id, "").key) or [])
+
+
+class MemoryStore:
+    """The in-memory fake: same semantics, no files, no lock."""
+
+    def __init__(self) -> None:
+        self.ips: dict[IPAddress, Owner] = {}
+        self.last: dict[int, IPAddress] = {}
+        self.unwritable = ""
+        self.reserve_calls = 0
+        self.in_session = False
+
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        assert not self.in_session, "sessions do not nest"
+        self.in_session = True
+        try:
+            yield
+        finally:
+            self.in_session = False
+
+    def reserve(self, ip: IPAddress, owner: Owner, set_index: int) -> bool:
+        assert self.in_session
+        self.reserve_calls += 1
+        if ip in self.ips:
+            return False
+        self.ips[ip] = Owner(owner.container_id.strip(), owner.ifname)
+        self.last[set_index] = ip
+        return True
+
+    def release(self, ip: IPAddress) -> None:
+        self.ips.pop(ip, None)
+
+    def owner_of(self, ip: IPAddress) -> Owner | None:
+        return self.ips.get(ip)
+
+    def find(self, owner: Owner) -> list[IPAddress]:
+        by_key: dict[str, list] = {}
+        for ip, o in self.ips.items():
+            by_key.setdefault(o.key, []).append(ip)
+        return _match(by_key, owner)
+
+    def reservations(self) -> dict[IPAddress, Owner]:
+        return dict(self.ips)
+
+    def reserved_addresses(self) -> list[IPAddress]:
+        return list(self.ips)
+
+    def last_reserved(self, set_index: int) -> IPAddress | None:
+        return self.last.get(set_index)
+
+    def writable_problem(self) -> str | None:
+        return self.unwritable or None
+
+
+def _bucket_of(key: str) -> int:
+    return zlib.crc32(key.encode("utf-8", errors="surrogateescape")) % BUCKETS
+
+
+class DiskStore:
+    """The reference's on-disk format, plus our attachment index."""
+
+    def __init__(self, data_dir: str, network: str) -> None:
+        self.root = data_dir
+        self.dir = os.path.join(data_dir, network)
+        self.idx_dir = os.path.join(self.dir, INDEX_DIR)
+        self._lock_fd: int | None = None
+        self._buckets: dict[int, dict[str, list[str]]] = {}
+        self._dirty: set[int] = set()
+        self._index_ok = False
+        self._dir_changed = False
+        self.rebuilds = 0            # observability for tests and the benchmark
+
+    # ---- session: lock + index validity -----------------------------------
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        fd = os.open(os.path.join(self.dir, LOCK_NAME), os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC,
+                     0o600)
+        try:
+            self._flock(fd)
+            self._lock_fd = fd
+            self._buckets, self._dirty = {}, set()
+            self._dir_changed = False
+            self._index_ok = self._stamp_matches()
+            try:
+                yield
+            finally:
+                self._finish()
+        finally:
+            self._lock_fd = None
+            os.close(fd)            # closing drops the flock
+
+    @staticmethod
+    def _flock(fd: int) -> None:
+        deadline = time.monotonic() + LOCK_TIMEOUT
+        delay = 0.0005
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except OSError as e:
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EINTR):
+                    raise
+            if time.monotonic() > deadline:
+                raise CNIError(TRY_AGAIN_LATER, "host-local: timed out waiting for the store lock",
+                               f"another process holds the lock for {LOCK_TIMEOUT:.0f}s")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.01)
+
+    def _stamp_matches(self) -> bool:
+        try:
+            with open(os.path.join(self.idx_dir, "stamp"), "rb") as f:
+                text = f.read().strip()
+            stamp = int(text.partition(b"=")[2] or b"-1")
+            return stamp == os.stat(self.dir).st_mtime_ns
+        except (OSError, ValueError):
+            return False
+
+    def _finish(self) -> None:
+        if not self._index_ok:
+            return                   # the index stays invalid; the next find() rebuilds it
+        for b in sorted(self._dirty):
+            self._write_bucket(b, self._buckets[b])
+        self._dirty.clear()
+        st = os.stat(self.dir)
+        if self._dir_changed or not self._stamp_matches():
+            mtime = time.time_ns() - _MTIME_BACKDATE_NS
+            os.utime(self.dir, ns=(st.st_atime_ns, mtime))
+            self._write_file(os.path.join(self.idx_dir, "stamp"), f"mtime={mtime}".encode())
+
+    # ---- small file helpers ---------------------------------------------------
+    def _path(self, name: str) -> str:
+        return os.path.join(self.dir, name)
+
+    @staticmethod
+    def _write_file(path: str, data: bytes) -> None:
+        tmp = f"{path}.tmp{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+
+    def _read_owner(self, ip: IPAddress) -> Owner | None:
+        try:
+            with open(self._path(str(ip)), "rb") as f:
+                return parse_owner(f.read())
+        except FileNotFoundError:
+            return None
+        except IsADirectoryError:
+            return None
+
+    # ---- the index --------------------------------------------------------------
+    def _bucket(self, b: int) -> dict[str, list[str]]:
+        got = self._buckets.get(b)
+        if got is None:
+            try:
+                with open(os.path.join(self.idx_dir, f"idx-{b:02x}"), "rb") as f:
+                    got = json.loads(f.read())
+                if not isinstance(got, dict):
+                    raise ValueError("not an object")
+            except FileNotFoundError:
+                got = {}
+            except ValueError:
+                self._index_ok = False
+                got = {}
+            self._buckets[b] = got
+        return got
+
+    def _write_bucket(self, b: int, content: dict) -> None:
+        path = os.path.join(self.idx_dir, f"idx-{b:02x}")
+        if content:
+            self._write_file(path, json.dumps(content, separators=(",", ":")).encode())
+        else:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    def _index_add(self, owner: Owner, ip: IPAddress) -> None:
+        if not self._index_ok:
+            return
+        b = _bucket_of(owner.key)
+        entry = self._bucket(b).setdefault(owner.key, [])
+        if str(ip) not in entry:
+            entry.append(str(ip))
+        self._dirty.add(b)
+
+    def _index_remove(self, owner: Owner, ip: IPAddress) -> None:
+        if not self._index_ok:
+            return
+        b = _bucket_of(owner.key)
+        bucket = self._bucket(b)
+        entry = bucket.get(owner.key)
+        if entry and str(ip) in entry:
+            entry.remove(str(ip))
+            if not entry:
+                del bucket[owner.key]
+            self._dirty.add(b)
+
+    def rebuild_index(self, reservations: dict[IPAddress, Owner] | None = None) -> None:
+        """Rewrite the whole index from the address files (one scan)."""
+        if reservations is None:
+            reservations = self.reservations()
+        self.rebuilds += 1
+        buckets: dict[int, dict[str, list[str]]] = {}
+        for ip, owner in reservations.items():
+            buckets.setdefault(_bucket_of(owner.key), {}).setdefault(owner.key, []).append(str(ip))
+        os.makedirs(self.idx_dir, mode=0o700, exist_ok=True)
+        for b in range(BUCKETS):
+            self._write_bucket(b, buckets.get(b, {}))
+        self._buckets = {b: buckets.get(b, {}) for b in range(BUCKETS)}
+        self._dirty.clear()
+        self._index_ok = True
+        self._dir_changed = True      # forces a fresh stamp in _finish
+
+    # ---- the Store protocol -------------------------------------------------------
+    def reserve(self, ip: IPAddress, owner: Owner, set_index: int) -> bool:
+        path = self._path(str(ip))
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            return False
+        self._dir_changed = True
+        try:
+            os.write(fd, owner.content())
+        except OSError:
+            os.close(fd)
+            os.unlink(path)
+            raise
+        os.close(fd)
+        self._write_file_inplace(self._path(f"{LAST_PREFIX}{set_index}"), str(ip).encode())
+        self._index_add(Owner(owner.container_id.strip(), owner.ifname), ip)
+        return True
+
+    @staticmethod
+    def _write_file_inplace(path: str, data: bytes) -> None:
+        """Like the reference (truncate + write): no new directory entry once it exists."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+
+    def release(self, ip: IPAddress) -> None:
+        owner = self._read_owner(ip)
+        try:
+            os.unlink(self._path(str(ip)))
+            self._dir_changed = True
+        except FileNotFoundError:
+            pass
+        if owner is not None:
+            self._index_remove(owner, ip)
+
+    def owner_of(self, ip: IPAddress) -> Owner | None:
+        return self._read_owner(ip)
+
+    def find(self, owner: Owner) -> list[IPAddress]:
+        owner = Owner(owner.container_id.strip(), owner.ifname)
+        if not self._index_ok:
+            self.rebuild_index()
+        out = []
+        for o in (owner, Owner(owner.container_id, "")):
+            b = _bucket_of(o.key)
+            for text in list(self._bucket(b).get(o.key, [])):
+                ip = ipaddress.ip_address(text)
+                if self._read_owner(ip) == o:
+                    out.append(ip)
+                else:                     # stale hint (file gone or re-owned)
+                    self._index_remove(o, ip)
+            if out:
+                break
+        return out
+
+    def reserved_addresses(self) -> list[IPAddress]:
+        try:
+            names = os.listdir(self.dir)
+        except FileNotFoundError:
+            return []
+        return [ip for ip in map(parse_ip_name, names) if ip is not None]
+
+    def reservations(self) -> dict[IPAddress, Owner]:
+        out = {}
+        for ip in self.reserved_addresses():
+            owner = self._read_owner(ip)
+            if owner is not None:
+                out[ip] = owner
+        return out
+
+    def last_reserved(self, set_index: int) -> IPAddress | None:
+        try:
+            with open(self._path(f"{LAST_PREFIX}{set_index}"), "rb") as f:
+                return ipaddress.ip_address(f.read().decode().strip())
+        except (OSError, ValueError, UnicodeDecodeError):
+            return None
+
+    def writable_problem(self) -> str | None:
+        """Why nothing could be stored now, or None; probes with a real write."""
+        probe_dir = self.dir
+        while not os.path.isdir(probe_dir):
+            parent = os.path.dirname(probe_dir)
+            if parent == probe_dir:
+                break
+            if os.path.exists(probe_dir):
+                return f"{probe_dir} exists and is not a directory"
+            probe_dir = parent
+        probe = os.path.join(probe_dir, f".cnilab-probe.{os.getpid()}")
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            return f"data dir {self.dir} is not writable: {e.strerror or e}"
+        if probe_dir == self.dir:
+            self._dir_changed = True    # our probe moved the mtime; restamp if we hold the lock
+        return None
+
+
+def io_error(what: str, e: OSError) -> CNIError:
+    return CNIError(IO_FAILURE, f"host-local: {what}: {e.strerror or e}", str(e))
