@@ -1,7 +1,6 @@
 """One error type carrying a CNI spec error code."""
 from __future__ import annotations
 
-import json
 
 # Spec error codes (SPEC.md "Error" section, plus the Go skel's extras).
 INCOMPATIBLE_VERSION = 1
@@ -42,6 +41,7 @@ class CNIError(Exception):
         return out
 
     def to_json(self, cni_version: str) -> str:
+        import json      # lazily: json's import (re, enum) costs ~7 ms per plugin exec
         return json.dumps(self.to_dict(cni_version))
 
     def __str__(self) -> str:

@@ -1,16 +1,18 @@
 """Name validation by the spec's rules, done before anything touches the system."""
 from __future__ import annotations
 
-import re
 
 from .errors import CNIError, INVALID_ENV, INVALID_NETWORK_CONFIG
 
-_ID_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
+# ^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$ checked by hand: importing re costs ~4 ms per exec.
+_ALNUM = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+_ID_REST = _ALNUM | frozenset("_.-")
 IFNAMSIZ = 15
 
 
 def valid_id(value: str) -> bool:
-    return bool(_ID_RE.match(value)) and "\n" not in value
+    return (isinstance(value, str) and value != "" and value[0] in _ALNUM
+            and all(ch in _ID_REST for ch in value))
 
 
 def check_container_id(value: str) -> None:

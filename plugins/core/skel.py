@@ -6,18 +6,22 @@ in-process IPAM delegation all call it, so they behave identically.
 """
 from __future__ import annotations
 
-import importlib
-import json
 import os
 import sys
-import traceback
-from dataclasses import dataclass, field
-from typing import Callable, Mapping
+TYPE_CHECKING = False       # not from typing: importing typing costs ~4 ms per exec
 
 from . import cniargs, names, version as ver
-from .config import NetConf, decode, parse_netconf
 from .errors import (CNIError, INCOMPATIBLE_VERSION, INTERNAL, INVALID_ENV, NETNS_IS_OWN,
                      NOT_IMPLEMENTED, as_cni_error)
+
+if TYPE_CHECKING:   # config/types (dataclasses, ipaddress) load only past VERSION
+    from typing import Callable, Mapping
+    from .config import NetConf
+
+# Start-up cost matters (every call is a process start): this module avoids
+# dataclasses/typing-heavy imports at load time, so VERSION and env errors
+# cost little more than the interpreter start. config.py and types.py load
+# once a command actually needs the network config.
 
 COMMANDS = ("ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION")
 
@@ -43,27 +47,48 @@ PLUGINS: dict[str, str] = {
 }
 
 
-@dataclass
-class CmdArgs:
-    command: str
-    container_id: str = ""
-    netns: str = ""
-    ifname: str = ""
-    args: str = ""
-    path: list[str] = field(default_factory=list)
-    stdin: bytes = b""
-    env: Mapping[str, str] = field(default_factory=dict)
+class _Record:
+    """A tiny dataclass stand-in (dataclasses costs ~9 ms of imports per exec)."""
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__)
+        return f"{type(self).__name__}({inner})"
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return all(getattr(self, k) == getattr(other, k) for k in self.__slots__)
+
+
+class CmdArgs(_Record):
+    """The call as the runtime made it (env + stdin), validated."""
+    __slots__ = ("command", "container_id", "netns", "ifname", "args", "path", "stdin", "env")
+
+    def __init__(self, command: str, container_id: str = "", netns: str = "", ifname: str = "",
+                 args: str = "", path: list[str] | None = None, stdin: bytes = b"",
+                 env: Mapping[str, str] | None = None) -> None:
+        self.command = command
+        self.container_id = container_id
+        self.netns = netns
+        self.ifname = ifname
+        self.args = args
+        self.path = [] if path is None else path
+        self.stdin = stdin
+        self.env = {} if env is None else env
 
     @property
     def cni_args(self) -> dict[str, str]:
         return cniargs.parse(self.args)
 
 
-@dataclass
-class Call:
+class Call(_Record):
     """What a plugin handler receives: the call and the parsed shared config."""
-    args: CmdArgs
-    conf: NetConf
+    __slots__ = ("args", "conf")
+
+    def __init__(self, args: CmdArgs, conf: "NetConf") -> None:
+        self.args = args
+        self.conf = conf
 
     @property
     def plugin_env(self) -> dict[str, str]:
@@ -71,7 +96,7 @@ class Call:
         return dict(self.args.env)
 
 
-Handler = Callable[[Call], object]
+Handler = "Callable[[Call], object]"   # a handler: add/delete/check/gc/status
 
 
 def read_env(env: Mapping[str, str], stdin: bytes) -> CmdArgs:
@@ -108,6 +133,7 @@ def _netns_is_own(path: str) -> bool:
 
 
 def load_handlers(plugin: str, command: str) -> Handler:
+    import importlib
     modname = PLUGINS.get(plugin)
     if modname is None:
         raise CNIError(NOT_IMPLEMENTED, f"unknown plugin {plugin!r}")
@@ -123,10 +149,11 @@ def load_handlers(plugin: str, command: str) -> Handler:
     return fn
 
 
-def run_call(plugin: str, a: CmdArgs) -> tuple[str, NetConf | None]:
+def run_call(plugin: str, a: CmdArgs) -> "tuple[str, NetConf | None]":
     """Everything after env validation; returns stdout text (may be '')."""
     if a.command == "VERSION":
-        return json.dumps(ver.version_reply()), None
+        return version_json(), None
+    from .config import decode, parse_netconf
     raw = decode(a.stdin)
     conf = parse_netconf(raw, require_name=a.command != "STATUS" or "name" in raw)
     minimum = MIN_VERSION.get(a.command)
@@ -142,12 +169,22 @@ def run_call(plugin: str, a: CmdArgs) -> tuple[str, NetConf | None]:
     if a.command == "ADD":
         if result is None:
             raise CNIError(INTERNAL, f"{plugin} ADD returned no result")
+        import json
         return json.dumps(result.to_dict(conf.cni_version)), conf
     return "", conf
 
 
+def version_json() -> str:
+    """The VERSION reply, formatted without the json module (hot path: every
+    runtime asks VERSION; the strings are fixed version numbers)."""
+    reply = ver.version_reply()
+    listed = ", ".join(f'"{v}"' for v in reply["supportedVersions"])
+    return f'{{"cniVersion": "{reply["cniVersion"]}", "supportedVersions": [{listed}]}}'
+
+
 def error_version(stdin: bytes) -> str:
     """The version to print an error in: the config's when readable."""
+    import json
     try:
         v = json.loads(stdin).get("cniVersion")
         if v in ver.SUPPORTED:
@@ -169,6 +206,7 @@ def dispatch(plugin: str, env: Mapping[str, str], stdin: bytes,
             raise
         err = as_cni_error(exc)
         if not isinstance(exc, CNIError) and log is not None:
+            import traceback
             log("".join(traceback.format_exception(exc)))
         return err.to_json(error_version(stdin)), 1
 

@@ -1,0 +1,190 @@
+"""`netlab cni ...`: what cnitool does, on netlab's libcni-compatible runtime.
+
+    netlab cni add|del|check NETWORK NETNS [--id ID] [--ifname IF] ...
+    netlab cni gc NETWORK [--valid ID:IF ...]
+    netlab cni status NETWORK
+    netlab cni install DIR
+
+NETWORK is a network name looked up in --conf-dir, or a path to a
+.conflist/.conf file. NETNS is a path or a name under /var/run/netns. The
+defaults follow cnitool's environment variables (NETCONFPATH, CNI_PATH,
+CNI_IFNAME, CNI_ARGS, CAP_ARGS); the container ID defaults to a hash of the
+netns path, like cnitool's.
+
+Other modules add verbs under `netlab cni` with ``add_cni_command`` (issue 8
+adds `netlab cni log`, which reads the files written by ``--log``).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from typing import Any
+
+from plugins.core.errors import CNIError, INVALID_NETWORK_CONFIG
+
+NETNS_DIR = "/var/run/netns"
+_cni_subparsers: Any = None
+
+
+def add_cni_command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """Add a verb under `netlab cni` (call from your module's ``register``)."""
+    if _cni_subparsers is None:
+        raise RuntimeError("netlab.cmd_cni.register() has not run yet")
+    return _cni_subparsers.add_parser(name, **kwargs)
+
+
+def netns_path(value: str) -> str:
+    """A netns argument: a path (kept, made absolute) or a name under /var/run/netns."""
+    if not value:
+        return ""
+    if os.sep in value:
+        return os.path.abspath(value)
+    return os.path.join(NETNS_DIR, value)
+
+
+def default_container_id(netns: str) -> str:
+    return "cnitool-" + hashlib.sha512(netns.encode()).hexdigest()[:20]
+
+
+def parse_caps(text: str | None) -> dict | None:
+    if not text:
+        return None
+    try:
+        caps = json.loads(text)
+    except ValueError as e:
+        raise CNIError(INVALID_NETWORK_CONFIG, "--cap must be a JSON object", str(e)) from None
+    if not isinstance(caps, dict):
+        raise CNIError(INVALID_NETWORK_CONFIG, "--cap must be a JSON object", text[:200])
+    return caps
+
+
+def parse_valid(items: list[str] | None) -> list[tuple[str, str]]:
+    out = []
+    for item in items or []:
+        cid, sep, ifname = item.rpartition(":")
+        if not sep or not cid or not ifname:
+            raise CNIError(INVALID_NETWORK_CONFIG, "--valid takes CONTAINERID:IFNAME", item)
+        out.append((cid, ifname))
+    return out
+
+
+def make_runtime(args: argparse.Namespace):
+    from .runtime import Runtime
+    return Runtime(args.cni_path, conf_dir=args.conf_dir, cache_dir=args.cache_dir,
+                   host_netns=netns_path(args.host_netns) if args.host_netns else None,
+                   log_path=args.log, rollback=not getattr(args, "no_rollback", False))
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    env = os.environ
+    p.add_argument("network", metavar="NETWORK",
+                   help="network name (looked up in --conf-dir) or a .conflist/.conf file")
+    p.add_argument("--conf-dir", default=env.get("NETCONFPATH") or "/etc/cni/net.d",
+                   help="where networks are looked up (default: $NETCONFPATH or /etc/cni/net.d)")
+    p.add_argument("--cni-path", default=env.get("CNI_PATH") or "/opt/cni/bin",
+                   help="':'-separated plugin directories (default: $CNI_PATH or /opt/cni/bin)")
+    p.add_argument("--cache-dir", default="/var/lib/cni",
+                   help="libcni cache root; results go to DIR/results (default: /var/lib/cni)")
+    p.add_argument("--host-netns", metavar="NETNS",
+                   help="run the plugins inside this namespace (a lab node), path or name")
+    p.add_argument("--log", metavar="FILE", default=env.get("NETLAB_CNI_LOG") or None,
+                   help="append one JSON line per plugin exec (default: $NETLAB_CNI_LOG)")
+
+
+def _attachment(p: argparse.ArgumentParser) -> None:
+    env = os.environ
+    p.add_argument("netns", metavar="NETNS", help="the pod's netns: a path or a name under "
+                   "/var/run/netns")
+    p.add_argument("--id", dest="container_id", help="container ID (default: hash of NETNS)")
+    p.add_argument("--ifname", default=env.get("CNI_IFNAME") or "eth0",
+                   help="interface in the pod (default: $CNI_IFNAME or eth0)")
+    p.add_argument("--cap", default=env.get("CAP_ARGS") or None, metavar="JSON",
+                   help='capability args, e.g. \'{"portMappings": [...]}\' (default: $CAP_ARGS)')
+    p.add_argument("--args", dest="cni_args", default=env.get("CNI_ARGS") or None,
+                   metavar="K=V;..", help="CNI_ARGS for the plugins (default: $CNI_ARGS)")
+
+
+def register(subparsers) -> None:
+    global _cni_subparsers
+    cni = subparsers.add_parser("cni", help="run CNI plugins like cnitool (libcni semantics)",
+                                description=__doc__.split("\n\n")[0])
+    sub = cni.add_subparsers(dest="cni_command", metavar="VERB")
+    sub.required = True
+    _cni_subparsers = sub
+    for verb, help_ in (("add", "attach: run ADD through the network's plugins"),
+                        ("del", "detach: run DEL in reverse with the cached result"),
+                        ("check", "run CHECK with the cached result")):
+        p = sub.add_parser(verb, help=help_)
+        _common(p)
+        _attachment(p)
+        if verb == "add":
+            p.add_argument("--no-rollback", action="store_true",
+                           help="leave a failed ADD as it is (default: DEL what ran)")
+        p.set_defaults(func=run, verb=verb)
+    p = sub.add_parser("gc", help="delete cached attachments not listed, then GC the plugins")
+    _common(p)
+    p.add_argument("--valid", action="append", metavar="ID:IF",
+                   help="an attachment to keep (repeatable)")
+    p.set_defaults(func=run, verb="gc")
+    p = sub.add_parser("status", help="ask every plugin whether it could ADD now")
+    _common(p)
+    p.set_defaults(func=run, verb="status")
+    p = sub.add_parser("install", help="write our plugin executables into DIR")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--force", action="store_true",
+                   help="also replace files that are not our launchers")
+    p.set_defaults(func=run_install)
+    # `netlab cni log` is added by netlab.cmd_debug (issue 8) via add_cni_command.
+
+
+def _fail(e: BaseException) -> int:
+    if isinstance(e, CNIError):
+        obj = e.to_dict("1.1.0")
+        obj.pop("cniVersion", None)
+        sys.stderr.write(f"netlab cni: error: {e}\n")
+        sys.stderr.write(json.dumps(obj) + "\n")
+    else:
+        sys.stderr.write(f"netlab cni: error: {e}\n")
+    return 1
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        rt = make_runtime(args)
+        if args.verb in ("add", "del", "check"):
+            netns = netns_path(args.netns)
+            cid = args.container_id or default_container_id(netns)
+            caps = parse_caps(args.cap)
+            if args.verb == "add":
+                res = rt.add(args.network, netns, cid, args.ifname, capability_args=caps,
+                             cni_args=args.cni_args)
+                sys.stdout.write(json.dumps(res, indent=2) + "\n")
+            elif args.verb == "del":
+                rt.delete(args.network, netns, cid, args.ifname, capability_args=caps,
+                          cni_args=args.cni_args)
+            else:
+                rt.check(args.network, netns, cid, args.ifname, capability_args=caps,
+                         cni_args=args.cni_args)
+        elif args.verb == "gc":
+            removed = rt.gc(args.network, parse_valid(args.valid))
+            for a in removed:
+                sys.stdout.write(f"deleted stale attachment {a.container_id} {a.ifname}\n")
+        elif args.verb == "status":
+            rt.status(args.network)
+        return 0
+    except (CNIError, OSError) as e:
+        return _fail(e)
+
+
+def run_install(args: argparse.Namespace) -> int:
+    from .install import install
+    try:
+        written = install(args.dir, force=args.force)
+    except (CNIError, OSError, ValueError) as e:
+        return _fail(e)
+    for path in written:
+        sys.stdout.write(path + "\n")
+    return 0
