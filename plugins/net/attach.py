@@ -16,8 +16,9 @@ API (stable; the vxlan plugin builds on it)
     (raising or lowering an existing bridge), bring it up, accept_ra=0.
 
 ``VethSpec(network, container_id, ifname, netns, bridge, mtu=0, mac="", hairpin=False,
-           isolated=False, host_name="")``
-    One attachment. ``host_name`` defaults to ``host_veth_name(...)``.
+           isolated=False, host_name="", vlan=0, vlan_trunk=(), preserve_default_vlan=False)``
+    One attachment. ``host_name`` defaults to ``host_veth_name(...)``; the
+    vlan fields need a bridge with vlan filtering (see ``ensure_bridge``).
 
 ``attach(spec, undo: contextlib.ExitStack) -> Attached``
     Create the veth pair (pod end created directly in the pod netns under
@@ -97,6 +98,9 @@ class VethSpec:
     hairpin: bool = False
     isolated: bool = False
     host_name: str = ""
+    vlan: int = 0                      # access vlan (needs bridge vlan filtering)
+    vlan_trunk: tuple[int, ...] = ()   # tagged vids
+    preserve_default_vlan: bool = False
 
     def __post_init__(self) -> None:
         if not self.host_name:
@@ -166,6 +170,9 @@ def attach(spec: VethSpec, undo: contextlib.ExitStack) -> Attached:
                       master=br.index, state="up")
         link.set_brport(ipr, host.index, hairpin=spec.hairpin,
                         isolated=spec.isolated if spec.isolated else None)
+        if spec.vlan or spec.vlan_trunk:
+            link.set_port_vlans(ipr, host.index, vlan=spec.vlan, trunk=list(spec.vlan_trunk),
+                                preserve_default=spec.preserve_default_vlan)
         pod_index = host.peer
     finally:
         ipr.close()
@@ -183,12 +190,16 @@ def attach(spec: VethSpec, undo: contextlib.ExitStack) -> Attached:
 
 
 def _undo_veth(host_name: str) -> None:
-    """Rollback: deleting the host end removes the pod end too."""
-    ipr = link.open_iproute()
+    """Rollback: deleting the host end removes the pod end too (best effort)."""
     try:
-        link.delete_link(ipr, host_name)
-    finally:
-        ipr.close()
+        ipr = link.open_iproute()
+        try:
+            link.delete_link(ipr, host_name)
+        finally:
+            ipr.close()
+    except Exception as e:  # noqa: BLE001 - never mask the error that caused the rollback
+        import sys
+        sys.stderr.write(f"rollback: deleting veth {host_name} failed: {e}\n")
 
 
 def refresh_macs(att: Attached, spec: VethSpec) -> None:

@@ -423,3 +423,45 @@ def wait_operstate_up(ipr, index: int, timeout: float = 2.5, what: str = "") -> 
 
 def families(cidrs: Iterable[str]) -> set[int]:
     return {ipaddress.ip_interface(c).version for c in cidrs}
+
+
+# ---- bridge vlan filtering (kernels with CONFIG_BRIDGE_VLAN_FILTERING) ---------
+
+BRIDGE_VLAN_INFO_PVID = 0x2
+BRIDGE_VLAN_INFO_UNTAGGED = 0x4
+
+
+def port_vlans(ipr, index: int) -> list[int]:
+    """VLAN ids configured on bridge port ``index``."""
+    try:
+        msgs = ipr.get_vlans(index=index) if hasattr(ipr, "get_vlans") else []
+    except Exception as e:  # noqa: BLE001
+        raise kernel_error(e, f"listing vlans of link {index}") from None
+    out = []
+    for m in msgs:
+        spec = m.get_attr("IFLA_AF_SPEC")
+        for name, val in (spec.get("attrs") if spec else []):
+            if name == "IFLA_BRIDGE_VLAN_INFO":
+                out.append(val["vid"])
+    return out
+
+
+def set_port_vlans(ipr, index: int, *, vlan: int, trunk: list[int],
+                   preserve_default: bool) -> None:
+    """Access vlan ``vlan`` (pvid, untagged) and/or tagged ``trunk`` vids on a bridge port."""
+    try:
+        if (vlan or trunk) and not preserve_default:
+            for vid in port_vlans(ipr, index):
+                ipr.vlan_filter("del", index=index, vlan_info={"vid": vid})
+        if vlan:
+            ipr.vlan_filter("add", index=index, vlan_info={
+                "vid": vlan, "flags": BRIDGE_VLAN_INFO_PVID | BRIDGE_VLAN_INFO_UNTAGGED})
+        for vid in trunk:
+            ipr.vlan_filter("add", index=index, vlan_info={"vid": vid})
+        if not vlan and trunk:
+            ipr.vlan_filter("add", index=index, vlan_info={
+                "vid": 1, "flags": BRIDGE_VLAN_INFO_PVID | BRIDGE_VLAN_INFO_UNTAGGED})
+    except CNIError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise kernel_error(e, f"configuring vlans on link {index}") from None
