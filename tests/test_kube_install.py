@@ -1,0 +1,651 @@
+"""The Kubernetes deployment: manifests and the node installer's logic, no cluster needed.
+
+Pure tests (no root, no network): the manifests parse and have the shape a CNI
+DaemonSet needs; conflists render from a node list + podCIDR; peer sync on
+join/leave; atomic writes; the API client against a fake opener.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+
+from netlab import kube_install as ki
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+
+
+# ---------------------------------------------------------------------------
+# helpers
+
+
+def node_obj(name, ip=None, cidrs=(), ips=None, legacy=False):
+    spec = {}
+    if cidrs:
+        if legacy:
+            spec["podCIDR"] = cidrs[0]
+        else:
+            spec["podCIDR"] = cidrs[0]
+            spec["podCIDRs"] = list(cidrs)
+    addrs = [{"type": "Hostname", "address": name}]
+    for a in (ips if ips is not None else ([ip] if ip else [])):
+        addrs.append({"type": "InternalIP", "address": a})
+    return {"kind": "Node", "metadata": {"name": name}, "spec": spec, "status": {"addresses": addrs}}
+
+
+def node_list(*objs, rv="100"):
+    return {"kind": "NodeList", "apiVersion": "v1", "metadata": {"resourceVersion": rv},
+            "items": list(objs)}
+
+
+THREE = node_list(
+    node_obj("n1", "192.168.10.11", ["10.244.0.0/24"]),
+    node_obj("n2", "192.168.10.12", ["10.244.1.0/24"]),
+    node_obj("n3", "192.168.10.13", ["10.244.2.0/24"]),
+)
+
+
+def manifests():
+    docs = {}
+    for f in sorted(DEPLOY.glob("*.yaml")):
+        for d in yaml.safe_load_all(f.read_text()):
+            if d:
+                docs.setdefault(d["kind"], []).append(d)
+    return docs
+
+
+def configmap():
+    (cm,) = [d for d in manifests()["ConfigMap"] if d["metadata"]["name"] == "cnilab-config"]
+    return cm
+
+
+def template(mode):
+    return json.loads(configmap()["data"][f"{mode}.conflist.json"])
+
+
+def daemonset():
+    (ds,) = manifests()["DaemonSet"]
+    return ds
+
+
+def mounts(container):
+    return {m["name"]: m["mountPath"] for m in container.get("volumeMounts", [])}
+
+
+# ---------------------------------------------------------------------------
+# manifests
+
+
+def test_manifests_parse_and_kinds():
+    docs = manifests()
+    assert set(docs) >= {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap",
+                         "DaemonSet"}
+    kust = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
+    for res in kust["resources"]:
+        assert (DEPLOY / res).is_file(), res
+
+
+def test_daemonset_shape():
+    ds = daemonset()
+    assert ds["apiVersion"] == "apps/v1"
+    spec = ds["spec"]["template"]["spec"]
+    assert ds["spec"]["selector"]["matchLabels"].items() <= \
+        ds["spec"]["template"]["metadata"]["labels"].items()
+    assert spec["hostNetwork"] is True
+    assert spec["dnsPolicy"] == "ClusterFirstWithHostNet"
+    assert spec["priorityClassName"] == "system-node-critical"
+    assert spec["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    # a node is NotReady (and tainted) until a CNI config exists: we must still run there
+    tol = spec["tolerations"]
+    assert {"operator": "Exists", "effect": "NoSchedule"} in tol
+    assert {"operator": "Exists", "effect": "NoExecute"} in tol
+
+    vols = {v["name"]: v for v in spec["volumes"]}
+    host = {v["hostPath"]["path"]: n for n, v in vols.items() if "hostPath" in v}
+    assert "/opt/cni/bin" in host and "/etc/cni/net.d" in host and "/opt/cnilab" in host
+    assert "/run/cnilab" in host and "/var/lib/cni" in host
+
+    (init,) = spec["initContainers"]
+    m = mounts(init)
+    assert m[host["/opt/cni/bin"]] == "/host/opt/cni/bin"
+    assert m[host["/etc/cni/net.d"]] == "/etc/cni/net.d"
+    assert m[host["/opt/cnilab"]] == "/host/opt/cnilab"
+    env = {e["name"]: e for e in init["env"]}
+    assert env["CNILAB_BIN_DIR"]["value"] == m[host["/opt/cni/bin"]]
+    assert env["CNILAB_HOST_RUNTIME_DIR"]["value"] == m[host["/opt/cnilab"]]
+    assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    # the launchers' interpreter is a host path under the runtime copy's `current` link
+    assert env["CNILAB_HOST_PYTHON"]["value"].startswith("/opt/cnilab/current/")
+    assert init["securityContext"]["privileged"] is False
+
+    conts = {c["name"]: c for c in spec["containers"]}
+    assert set(conts) == {"sync", "agent"}
+    assert mounts(conts["sync"])[host["/etc/cni/net.d"]] == "/etc/cni/net.d"
+    assert conts["sync"]["securityContext"]["privileged"] is False
+    assert "NET_ADMIN" in conts["sync"]["securityContext"]["capabilities"]["add"]
+    # the agent does the plugins' work: netns entry, links, nftables, /proc/sys
+    agent = conts["agent"]
+    assert agent["securityContext"]["privileged"] is True
+    am = mounts(agent)
+    assert am[host["/run/cnilab"]] == "/run/cnilab"
+    assert am[host["/var/lib/cni"]] == "/var/lib/cni"  # same IPAM store as fallback calls
+    netns = [vm for vm in agent["volumeMounts"] if vm["mountPath"] == "/run/netns"]
+    assert netns and netns[0]["mountPropagation"] == "HostToContainer"
+    # one image for all three, and the command runs our module
+    images = {c["image"] for c in [init, *conts.values()]}
+    assert len(images) == 1
+    for c in (init, conts["sync"]):
+        assert c["command"][1:3] == ["-m", "netlab.kube_install"]
+        ki.build_parser().parse_args([c["command"][3]])  # a real subcommand
+
+
+def test_daemonset_config_refs_exist():
+    cm = configmap()
+    spec = daemonset()["spec"]["template"]["spec"]
+    for c in [*spec["initContainers"], *spec["containers"]]:
+        for e in c.get("env", []):
+            ref = (e.get("valueFrom") or {}).get("configMapKeyRef")
+            if ref:
+                assert ref["name"] == cm["metadata"]["name"]
+                assert ref["key"] in cm["data"], ref
+    assert cm["data"]["mode"] in ki.MAIN_TYPES
+    assert f"{cm['data']['mode']}.conflist.json" in cm["data"]
+    # the sync container finds the template where the ConfigMap is mounted
+    (vol,) = [v for v in spec["volumes"] if "configMap" in v]
+    assert vol["configMap"]["name"] == cm["metadata"]["name"]
+    for c in [*spec["initContainers"], spec["containers"][0]]:
+        assert mounts(c)[vol["name"]] == ki.CONFIG_DIR
+
+
+def test_rbac_allows_only_node_reads():
+    docs = manifests()
+    (role,) = docs["ClusterRole"]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["nodes"],
+                              "verbs": ["get", "list", "watch"]}]
+    (binding,) = docs["ClusterRoleBinding"]
+    (sa,) = docs["ServiceAccount"]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"],
+                                    "namespace": sa["metadata"]["namespace"]}]
+    assert daemonset()["spec"]["template"]["spec"]["serviceAccountName"] == sa["metadata"]["name"]
+
+
+def test_containerfile_consistent_with_manifest():
+    text = (DEPLOY / "Containerfile").read_text()
+    for line in text.splitlines():
+        if line.startswith("COPY ") and "--from" not in line:
+            for src in line.split()[1:-1]:
+                assert (ROOT / src).exists(), src
+    spec = daemonset()["spec"]["template"]["spec"]
+    (init,) = spec["initContainers"]
+    env = {e["name"]: e.get("value") for e in init["env"]}
+    # the tree the init container copies is the one the image builds, and the
+    # interpreter it names for the host is the wrapper the image creates
+    assert f"/opt/cnilab/runtime/bin/{Path(env['CNILAB_HOST_PYTHON']).name}" in text
+    assert env["CNILAB_RUNTIME_SRC"] == "/opt/cnilab/runtime"
+    assert init["command"][0] == "/opt/cnilab/runtime/bin/cnilab-python"
+
+
+@pytest.mark.parametrize("mode", ["bridge", "vxlan"])
+def test_configmap_templates_render(mode):
+    tpl = ki.load_template_text(configmap()["data"][f"{mode}.conflist.json"])
+    r = ki.render(tpl, "n2", ki.nodes_from_list(THREE), ["10.244.0.0/16"], underlay="eth0")
+    text = json.dumps(r.conflist)
+    assert "{{" not in text
+    first = r.conflist["plugins"][0]
+    assert first["type"] == mode
+    types = [p["type"] for p in r.conflist["plugins"]]
+    assert types == [mode, "portmap", "bandwidth"]
+    assert r.conflist["plugins"][1]["capabilities"] == {"portMappings": True}
+    assert r.conflist["plugins"][2]["capabilities"] == {"bandwidth": True}
+    assert first["ipam"]["type"] == "host-local"
+    if mode == "vxlan":
+        assert first["peers"] == ["192.168.10.11", "192.168.10.13"]
+        assert first["localIP"] == "192.168.10.12"
+        assert first["underlayInterface"] == "eth0"
+
+
+def test_vxlan_template_fields_accepted_by_our_plugin():
+    """Field names in the shipped template are the ones plugins/vxlan.py parses."""
+    vx = pytest.importorskip("plugins.vxlan")
+    tpl = template("vxlan")
+    r = ki.render(tpl, "n1", ki.nodes_from_list(THREE), ["10.244.0.0/16"], underlay="eth0")
+    conf = vx.parse(r.conflist["plugins"][0], "cnilab")
+    assert conf.peers == ("192.168.10.12", "192.168.10.13")
+    assert conf.local_ip == "192.168.10.11" and conf.underlay == "eth0"
+    assert conf.is_gateway and conf.ip_masq and conf.vni == 1 and conf.port == 4789
+
+
+# ---------------------------------------------------------------------------
+# rendering
+
+
+def test_node_parsing_prefers_podcidrs_and_drops_garbage():
+    n = ki.node_from_obj(node_obj("a", ips=["10.0.0.1", "nonsense", "fd00::1"],
+                                  cidrs=["10.244.3.0/24", "fd00:10:244:3::/64"]))
+    assert n.internal_ips == ("10.0.0.1", "fd00::1")
+    assert n.pod_cidrs == ("10.244.3.0/24", "fd00:10:244:3::/64")
+    legacy = ki.node_from_obj(node_obj("b", "10.0.0.2", ["10.244.4.0/24"], legacy=True))
+    assert legacy.pod_cidrs == ("10.244.4.0/24",)
+    bad = ki.node_from_obj(node_obj("c", "10.0.0.3", ["10.244.5.1/24"]))  # host bits set
+    assert bad.pod_cidrs == ()
+    with pytest.raises(ki.InstallError):
+        ki.node_from_obj({"metadata": {}})
+
+
+def test_bridge_ranges_are_the_node_pod_cidrs_dual_stack():
+    n = ki.Node("a", ("10.0.0.1",), ("10.244.3.0/24", "fd00:10:244:3::/64"))
+    assert ki.pod_ranges(n, overlay=False) == [[{"subnet": "10.244.3.0/24"}],
+                                               [{"subnet": "fd00:10:244:3::/64"}]]
+
+
+def test_overlay_ranges_are_a_slice_of_the_cluster_cidr():
+    n = ki.Node("a", ("10.0.0.1",), ("10.244.3.0/24",))
+    assert ki.pod_ranges(n, True, ["10.244.0.0/16"]) == [[{
+        "subnet": "10.244.0.0/16", "rangeStart": "10.244.3.2",
+        "rangeEnd": "10.244.3.254", "gateway": "10.244.3.1"}]]
+    v6 = ki.Node("b", ("fd00::2",), ("fd00:10:244:3::/64",))
+    (rs,) = ki.pod_ranges(v6, True, ["10.244.0.0/16", "fd00:10:244::/56"])
+    assert rs == [{"subnet": "fd00:10:244::/56", "rangeStart": "fd00:10:244:3::2",
+                   "rangeEnd": "fd00:10:244:3:ffff:ffff:ffff:fffe",
+                   "gateway": "fd00:10:244:3::1"}]
+
+
+def test_overlay_slices_of_different_nodes_never_overlap():
+    import ipaddress
+    nodes = ki.nodes_from_list(THREE)
+    spans = []
+    for n in nodes.values():
+        (r,) = ki.pod_ranges(n, True, ["10.244.0.0/16"])[0]
+        lo, hi = ipaddress.ip_address(r["rangeStart"]), ipaddress.ip_address(r["rangeEnd"])
+        gw = ipaddress.ip_address(r["gateway"])
+        assert not lo <= gw <= hi
+        spans.append((lo, hi, gw))
+    spans.sort()
+    for (_, hi, _), (lo2, _, _) in zip(spans, spans[1:]):
+        assert hi < lo2
+    assert len({g for *_, g in spans}) == 3  # each node's bridge its own gateway address
+
+
+def test_pod_cidr_errors():
+    with pytest.raises(ki.NotReady, match="no spec.podCIDR"):
+        ki.pod_ranges(ki.Node("a", ("10.0.0.1",), ()), False)
+    with pytest.raises(ki.InstallError, match="not inside any cluster CIDR"):
+        ki.pod_ranges(ki.Node("a", ("10.0.0.1",), ("10.245.0.0/24",)), True, ["10.244.0.0/16"])
+    with pytest.raises(ki.InstallError, match="too small"):
+        ki.pod_ranges(ki.Node("a", ("10.0.0.1",), ("10.244.0.0/31",)), True, ["10.244.0.0/16"])
+
+
+def test_peers_exclude_self_filter_family_and_sort():
+    nodes = {
+        "a": ki.Node("a", ("10.0.0.9",), ()),
+        "b": ki.Node("b", ("fd00::5", "10.0.0.10"), ()),
+        "c": ki.Node("c", ("10.0.0.2",), ()),
+        "d": ki.Node("d", (), ()),            # no address yet: not a peer
+        "e": ki.Node("e", ("fd00::3",), ()),  # v6 only
+    }
+    assert ki.peers_for("a", nodes, 4) == ["10.0.0.2", "10.0.0.10"]
+    assert ki.peers_for("a", nodes, 6) == ["fd00::3", "fd00::5"]
+
+
+def test_render_substitutes_typed_values_and_keeps_template():
+    tpl = {"cniVersion": "1.0.0", "name": "x", "plugins": [
+        {"type": "vxlan", "vni": 7, "peers": "{{peers}}", "localIP": "{{ nodeIP }}",
+         "ipam": {"type": "host-local", "ranges": "{{podRanges}}"},
+         "note": "{{nodeName}}", "cidrs": ["{{podCIDR}}", "{{clusterCIDR}}"]}]}
+    before = json.dumps(tpl)
+    r = ki.render(tpl, "n3", ki.nodes_from_list(THREE), ["10.244.0.0/16"])
+    p = r.conflist["plugins"][0]
+    assert p["peers"] == ["192.168.10.11", "192.168.10.12"] and r.peers == tuple(p["peers"])
+    assert p["localIP"] == "192.168.10.13" and p["note"] == "n3" and p["vni"] == 7
+    assert p["cidrs"] == ["10.244.2.0/24", "10.244.0.0/16"]
+    assert p["ipam"]["ranges"][0][0]["rangeStart"] == "10.244.2.2"
+    assert json.dumps(tpl) == before
+
+
+@pytest.mark.parametrize("bad, match", [
+    ("{{podRange}}", "unknown or misplaced"),
+    ("prefix-{{nodeName}}", "unknown or misplaced"),
+    ("{{underlayInterface}}", "no value on this node"),
+])
+def test_render_rejects_bad_placeholders(bad, match):
+    tpl = {"cniVersion": "1.0.0", "name": "x", "plugins": [
+        {"type": "bridge", "x": bad, "ipam": {"type": "host-local", "ranges": "{{podRanges}}"}}]}
+    with pytest.raises(ki.InstallError, match=match):
+        ki.render(tpl, "n1", ki.nodes_from_list(THREE))
+
+
+def test_render_needs_node_cluster_cidr_and_main_plugin():
+    tpl = template("vxlan")
+    nodes = ki.nodes_from_list(THREE)
+    with pytest.raises(ki.NotReady):
+        ki.render(tpl, "ghost", nodes, ["10.244.0.0/16"])
+    with pytest.raises(ki.InstallError, match="cluster pod CIDR"):
+        ki.render(tpl, "n1", nodes, [])
+    with pytest.raises(ki.InstallError, match="first plugin"):
+        ki.render({"cniVersion": "1.0.0", "name": "x", "plugins": [{"type": "portmap"}]},
+                  "n1", nodes)
+    no_ip = dict(nodes, n1=ki.Node("n1", (), ("10.244.0.0/24",)))
+    with pytest.raises(ki.NotReady, match="InternalIP"):
+        ki.render(tpl, "n1", no_ip, ["10.244.0.0/16"], underlay="eth0")
+
+
+def test_template_loading_errors(tmp_path):
+    p = tmp_path / "t.json"
+    with pytest.raises(ki.InstallError, match="not found"):
+        ki.load_template(p)
+    p.write_text("{nope")
+    with pytest.raises(ki.InstallError, match="not valid JSON"):
+        ki.load_template(p)
+    p.write_text(json.dumps({"name": "x", "plugins": [{"type": "bridge"}]}))
+    with pytest.raises(ki.InstallError, match="cniVersion"):
+        ki.load_template(p)
+
+
+def test_mode_selects_template():
+    assert ki.template_for_mode("bridge") == "/etc/cnilab/bridge.conflist.json"
+    assert ki.template_for_mode("") == "/etc/cnilab/vxlan.conflist.json"
+    with pytest.raises(ki.InstallError):
+        ki.template_for_mode("calico")
+    s = ki.Settings.from_env({"NODE_NAME": "n1", "CNILAB_MODE": "bridge",
+                              "CNILAB_CLUSTER_CIDR": "10.244.0.0/16, fd00::/56"})
+    assert s.cluster_cidrs == ("10.244.0.0/16", "fd00::/56")
+    assert s.template_path.endswith("bridge.conflist.json")
+    with pytest.raises(ki.InstallError, match="NODE_NAME"):
+        ki.Settings.from_env({})
+    with pytest.raises(ki.InstallError, match="CLUSTER_CIDR"):
+        ki.Settings.from_env({"NODE_NAME": "n", "CNILAB_CLUSTER_CIDR": "10.244.0.1/16"})
+
+
+# ---------------------------------------------------------------------------
+# atomic write
+
+
+def test_write_atomic_writes_replaces_and_skips_unchanged(tmp_path):
+    p = tmp_path / "net.d" / "10-x.conflist"
+    assert ki.write_atomic(p, b"one\n") is True
+    assert p.read_bytes() == b"one\n"
+    assert oct(p.stat().st_mode & 0o777) == "0o644"
+    ino = p.stat().st_ino
+    assert ki.write_atomic(p, b"one\n") is False
+    assert p.stat().st_ino == ino  # untouched
+    assert ki.write_atomic(p, b"two\n") is True
+    assert p.read_bytes() == b"two\n" and p.stat().st_ino != ino  # a new file renamed in
+    assert sorted(os.listdir(p.parent)) == ["10-x.conflist"]
+
+
+def test_write_atomic_failure_keeps_old_file_and_no_temp(tmp_path, monkeypatch):
+    p = tmp_path / "10-x.conflist"
+    p.write_bytes(b"old")
+
+    def boom(*a):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(ki.os, "replace", boom)
+    with pytest.raises(OSError):
+        ki.write_atomic(p, b"new")
+    assert p.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["10-x.conflist"]
+
+
+def test_temp_name_is_not_a_cni_config_name(tmp_path, monkeypatch):
+    seen = []
+    real = ki.os.replace
+
+    def spy(src, dst):
+        seen.append(Path(src).name)
+        return real(src, dst)
+    monkeypatch.setattr(ki.os, "replace", spy)
+    ki.write_atomic(tmp_path / "10-x.conflist", b"{}")
+    (name,) = seen
+    # libcni loads only *.conf, *.conflist, *.json
+    assert name.endswith(".tmp") and not name.endswith((".conf", ".conflist", ".json"))
+
+
+# ---------------------------------------------------------------------------
+# peer sync
+
+
+def settings(tmp_path, **kw):
+    tpl = tmp_path / "vxlan.conflist.json"
+    tpl.write_text(json.dumps(template("vxlan")))
+    return ki.Settings(node_name="n1", template_path=str(tpl), conf_dir=str(tmp_path / "net.d"),
+                       cluster_cidrs=("10.244.0.0/16",), **kw)
+
+
+def test_peer_sync_on_join_and_leave(tmp_path):
+    s = settings(tmp_path)
+    nodes_file = tmp_path / "nodes.json"
+    src = ki.FileSource(nodes_file)
+    syncer = ki.Syncer(s, ki.load_template(s.template_path), underlay_of=lambda ip: "eth0")
+
+    nodes_file.write_text(json.dumps(node_list(*THREE["items"][:2])))
+    r = syncer.step(src.list()[0])
+    assert r.written and r.peers.added == ("192.168.10.12",)
+    assert ki.conf_peers(ki.read_conflist(s.conflist_path)) == ["192.168.10.12"]
+
+    # n3 joins
+    nodes_file.write_text(json.dumps(THREE))
+    r = syncer.step(src.list()[0])
+    assert r.written and r.peers == ki.PeerDiff(added=("192.168.10.13",))
+    conf = ki.read_conflist(s.conflist_path)
+    assert conf["plugins"][0]["peers"] == ["192.168.10.12", "192.168.10.13"]
+
+    # nothing changed: no write
+    mtime = s.conflist_path.stat().st_mtime_ns
+    r = syncer.step(src.list()[0])
+    assert not r.written and not r.peers
+    assert s.conflist_path.stat().st_mtime_ns == mtime
+
+    # n2 leaves; the ranges of this node stay the same
+    nodes_file.write_text(json.dumps(node_list(THREE["items"][0], THREE["items"][2])))
+    r = syncer.step(src.list()[0])
+    assert r.written and r.peers == ki.PeerDiff(removed=("192.168.10.12",))
+    conf2 = ki.read_conflist(s.conflist_path)
+    assert conf2["plugins"][0]["peers"] == ["192.168.10.13"]
+    assert conf2["plugins"][0]["ipam"] == conf["plugins"][0]["ipam"]
+
+
+def test_watch_events_fold():
+    nodes = ki.nodes_from_list(node_list(THREE["items"][0]))
+    nodes = ki.apply_event(nodes, {"type": "ADDED", "object": THREE["items"][1]})
+    assert set(nodes) == {"n1", "n2"}
+    moved = node_obj("n2", "192.168.10.99", ["10.244.1.0/24"])
+    nodes2 = ki.apply_event(nodes, {"type": "MODIFIED", "object": moved})
+    assert nodes2["n2"].internal_ips == ("192.168.10.99",)
+    assert nodes["n2"].internal_ips == ("192.168.10.12",)  # input not modified
+    nodes3 = ki.apply_event(nodes2, {"type": "DELETED", "object": {"metadata": {"name": "n2"}}})
+    assert set(nodes3) == {"n1"}
+    assert ki.apply_event(nodes3, {"type": "BOOKMARK", "object": {"metadata": {}}}) == nodes3
+    with pytest.raises(ki.InstallError):
+        ki.apply_event(nodes3, {"type": "WHAT"})
+
+
+class ScriptedSource:
+    """list() returns the next scripted list; watch() yields the scripted events."""
+
+    def __init__(self, rounds, stop):
+        self.rounds = list(rounds)
+        self.stop = stop
+        self.lists = 0
+
+    def list(self):
+        self.lists += 1
+        if not self.rounds:
+            self.stop.set()
+            return {}, ""
+        self.current = self.rounds.pop(0)
+        return ki.nodes_from_list(self.current[0]), "1"
+
+    def watch(self, rv, timeout):
+        yield from self.current[1]
+
+
+def test_sync_loop_follows_watch_and_relists_after_error(tmp_path):
+    s = settings(tmp_path, interval=0)
+    stop = threading.Event()
+    seen = []
+
+    class Recording(ki.Syncer):
+        def step(self, nodes):
+            r = super().step(nodes)
+            seen.append(ki.conf_peers(ki.read_conflist(self.s.conflist_path)))
+            return r
+
+    rounds = [
+        (node_list(THREE["items"][0]), [  # only n1, then n2 and n3 join by watch
+            {"type": "ADDED", "object": THREE["items"][1]},
+            {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "5"}}},
+            {"type": "ADDED", "object": THREE["items"][2]},
+            {"type": "ERROR", "object": {"code": 410}},  # too old: list again
+            {"type": "DELETED", "object": THREE["items"][2]},  # never reached
+        ]),
+        (node_list(THREE["items"][0], THREE["items"][2]), []),  # n2 gone at relist
+    ]
+    src = ScriptedSource(rounds, stop)
+    syncer = Recording(s, ki.load_template(s.template_path), underlay_of=lambda ip: "eth0")
+    t = threading.Thread(target=ki.sync_loop, args=(syncer, src, stop), daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive()
+    assert seen[:4] == [[], ["192.168.10.12"], ["192.168.10.12", "192.168.10.13"],
+                        ["192.168.10.13"]]
+    assert src.lists == 3
+
+
+def test_sync_waits_for_pod_cidr(tmp_path):
+    s = settings(tmp_path)
+    syncer = ki.Syncer(s, ki.load_template(s.template_path), underlay_of=lambda ip: "eth0")
+    nodes = ki.nodes_from_list(node_list(node_obj("n1", "192.168.10.11")))
+    assert ki._step(syncer, nodes) is None
+    assert not s.conflist_path.exists()  # no half-made config for a node without a range
+
+
+# ---------------------------------------------------------------------------
+# routes (bridge mode)
+
+
+def test_route_plan_and_diff():
+    nodes = {
+        "a": ki.Node("a", ("10.0.0.1",), ("10.244.0.0/24",)),
+        "b": ki.Node("b", ("10.0.0.2", "fd00::2"), ("10.244.1.0/24", "fd00:0:0:1::/64")),
+        "c": ki.Node("c", ("10.0.0.3",), ()),
+    }
+    plan = ki.plan_routes("a", nodes)
+    R = ki.RoutePlan
+    assert plan == [R("10.244.1.0/24", "10.0.0.2"), R("fd00:0:0:1::/64", "fd00::2")]
+    put, drop = ki.diff_routes([R("10.244.1.0/24", "10.0.0.9"), R("10.244.7.0/24", "10.0.0.7")],
+                               plan)
+    assert put == [R("10.244.1.0/24", "10.0.0.2"), R("fd00:0:0:1::/64", "fd00::2")]
+    assert drop == [R("10.244.7.0/24", "10.0.0.7")]
+    assert ki.diff_routes(plan, plan) == ([], [])
+
+
+def test_syncer_applies_route_diff(tmp_path):
+    tpl = tmp_path / "bridge.conflist.json"
+    tpl.write_text(json.dumps(template("bridge")))
+    s = ki.Settings(node_name="n1", template_path=str(tpl), conf_dir=str(tmp_path / "d"))
+
+    class FakeRoutes:
+        def __init__(self):
+            self.table = [ki.RoutePlan("10.244.9.0/24", "192.168.10.19")]
+
+        def current(self):
+            return list(self.table)
+
+        def apply(self, put, drop):
+            self.table = [r for r in self.table if r not in drop] + put
+    fr = FakeRoutes()
+    syncer = ki.Syncer(s, ki.load_template(tpl), routes=fr)
+    r = syncer.step(ki.nodes_from_list(THREE))
+    assert r.routes_dropped == [ki.RoutePlan("10.244.9.0/24", "192.168.10.19")]
+    assert sorted(fr.table) == [ki.RoutePlan("10.244.1.0/24", "192.168.10.12"),
+                                ki.RoutePlan("10.244.2.0/24", "192.168.10.13")]
+    conf = ki.read_conflist(s.conflist_path)
+    assert conf["plugins"][0]["ipam"]["ranges"] == [[{"subnet": "10.244.0.0/24"}]]
+
+
+# ---------------------------------------------------------------------------
+# API client (fake opener: no network)
+
+
+class FakeResp(io.BytesIO):
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.close()
+
+
+def test_kube_api_list_and_watch(tmp_path):
+    (tmp_path / "token").write_text("tok-1\n")
+    calls = []
+
+    def opener(req, timeout):
+        calls.append((req.full_url, req.get_header("Authorization"), timeout))
+        if "watch=1" in req.full_url:
+            lines = [json.dumps({"type": "ADDED", "object": THREE["items"][2]}), "",
+                     json.dumps({"type": "DELETED", "object": THREE["items"][1]})]
+            return FakeResp("\n".join(lines).encode() + b"\n")
+        return FakeResp(json.dumps(node_list(*THREE["items"][:2], rv="42")).encode())
+
+    api = ki.KubeAPI(env={"KUBERNETES_SERVICE_HOST": "10.96.0.1",
+                          "KUBERNETES_SERVICE_PORT": "443"}, sa_dir=str(tmp_path), opener=opener)
+    nodes, rv = api.list()
+    assert set(nodes) == {"n1", "n2"} and rv == "42"
+    (tmp_path / "token").write_text("tok-2")  # rotated: the next request uses it
+    evs = list(api.watch(rv, 60))
+    assert [e["type"] for e in evs] == ["ADDED", "DELETED"]
+    assert calls[0][0] == "https://10.96.0.1:443/api/v1/nodes"
+    assert calls[0][1] == "Bearer tok-1" and calls[1][1] == "Bearer tok-2"
+    assert "resourceVersion=42" in calls[1][0] and "timeoutSeconds=60" in calls[1][0]
+    assert calls[1][2] > 60
+
+
+def test_kube_api_outside_cluster_and_ipv6_server():
+    with pytest.raises(ki.InstallError, match="KUBERNETES_SERVICE_HOST"):
+        ki.KubeAPI(env={})
+    api = ki.KubeAPI(env={"KUBERNETES_SERVICE_HOST": "fd00::1", "KUBERNETES_SERVICE_PORT": "6443"})
+    assert api.server == "https://[fd00::1]:6443"
+
+
+# ---------------------------------------------------------------------------
+# runtime copy and the CLI
+
+
+def test_install_runtime_swaps_current_and_prunes(tmp_path):
+    src = tmp_path / "img"
+    (src / "bin").mkdir(parents=True)
+    (src / "bin" / "cnilab-python").write_text("v1")
+    root = tmp_path / "host"
+    rel1 = ki.install_runtime(src, root, "0.1.0")
+    assert os.readlink(root / "current") == "releases/0.1.0"
+    assert (root / "current" / "bin" / "cnilab-python").read_text() == "v1"
+    (src / "bin" / "cnilab-python").write_text("v2")
+    ki.install_runtime(src, root, "0.2.0")
+    assert (root / "current" / "bin" / "cnilab-python").read_text() == "v2"
+    assert rel1.is_dir()  # the previous release stays for in-flight calls
+    ki.install_runtime(src, root, "0.3.0")
+    assert sorted(p.name for p in (root / "releases").iterdir()) == ["0.2.0", "0.3.0"]
+    assert not (root / ".current.tmp").exists()
+    with pytest.raises(ki.InstallError):
+        ki.install_runtime(src, root, "../x")
+
+
+def test_cli_render_from_nodes_file(tmp_path, capsys):
+    nodes = tmp_path / "nodes.json"
+    nodes.write_text(json.dumps(THREE))
+    tpl = tmp_path / "t.json"
+    tpl.write_text(json.dumps(template("bridge")))
+    rc = ki.main(["render", "--node", "n3", "--template", str(tpl), "--nodes-file", str(nodes)])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["plugins"][0]["ipam"]["ranges"] == [[{"subnet": "10.244.2.0/24"}]]
+    rc = ki.main(["render", "--node", "zz", "--template", str(tpl), "--nodes-file", str(nodes)])
+    assert rc == 2
+    assert "zz" in capsys.readouterr().err
