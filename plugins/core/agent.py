@@ -1,0 +1,483 @@
+"""The resident node agent: serves plugin calls from thin launchers.
+
+One long-running root process per node listens on a unix socket (default
+/run/cnilab/agent.sock, env CNILAB_AGENT_SOCKET), mode 0600 in a 0700
+directory, and serves only peers whose SO_PEERCRED uid is 0. Each call
+arrives with the launcher's environment, stdin and its network namespace as
+an fd (SCM_RIGHTS). A worker thread setns(2)s into that namespace (setns is
+per thread, so callers in different namespaces never disturb each other),
+runs ``skel.dispatch`` (the very function the in-process path runs) and
+sends back stdout, stderr and the exit status. pyroute2, libnftables and
+every plugin module are imported once at start-up, which is the whole point:
+a call costs a round trip plus the netlink/nftables work itself.
+
+Safety:
+- The agent never configures its own namespace; work happens only in the
+  namespace the caller passed. A call without a namespace fd is refused.
+- A call is refused (``F``: the launcher falls back in-process, nothing done)
+  when the protocol differs, the launcher belongs to another code tree, the
+  code on disk changed since the agent loaded it (stale after an upgrade:
+  the agent then exits once idle so its supervisor restarts it on the new
+  code), or all workers are busy.
+- A watchdog ends the process if one call runs longer than ``call_timeout``
+  (a wedged netlink call must not wedge the node): the launchers of calls in
+  flight see the connection drop and redo DELs in-process or report ADDs as
+  "try again".
+
+See docs/adr/0010-thin-launcher-and-resident-agent.md.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import errno
+import importlib
+import json
+import os
+import pkgutil
+import signal
+import socket
+import stat
+import struct
+import sys
+import threading
+import time
+from typing import Callable
+
+from . import launcher as proto
+
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+PACKAGES = ("plugins", "ipam")          # the code the agent serves (and fingerprints)
+ON_CODE_CHANGE = ("exit", "refuse", "ignore")
+EXIT_STALE = 75                          # EX_TEMPFAIL: restart me on the new code
+EXIT_WEDGED = 70                         # EX_SOFTWARE: a call overran call_timeout
+_UCRED = struct.Struct("3i")
+
+
+def log(msg: str) -> None:
+    sys.stderr.write(f"cnilab-agent[{os.getpid()}] {msg}\n")
+    sys.stderr.flush()
+
+
+def loaded_files(root: str) -> list[str]:
+    """Source files of the served packages that this process has imported."""
+    prefixes = tuple(os.path.join(root, pkg) + os.sep for pkg in PACKAGES)
+    files = []
+    for mod in list(sys.modules.values()):
+        f = getattr(mod, "__file__", None)
+        if f and f.startswith(prefixes):
+            files.append(f)
+    return sorted(set(files))
+
+
+def code_fingerprint(files: list[str]) -> tuple:
+    """(path, mtime_ns, size) of each file; a vanished file counts as changed."""
+    out = []
+    for f in files:
+        try:
+            st = os.stat(f)
+            out.append((f, st.st_mtime_ns, st.st_size))
+        except OSError:
+            out.append((f, -1, -1))
+    return tuple(out)
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"setns: {os.strerror(e)}")
+
+
+def _recv_exact(conn: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = conn.recv(min(n - len(buf), 1 << 20))
+        if not chunk:
+            raise EOFError("launcher closed the connection")
+        buf += chunk
+    return bytes(buf)
+
+
+def parse_env_block(block: bytes) -> dict[str, str]:
+    env: dict[str, str] = {}
+    if not block:
+        return env
+    for item in block.split(b"\0"):
+        k, sep, v = item.partition(b"=")
+        if sep and k:
+            env[os.fsdecode(k)] = os.fsdecode(v)
+    return env
+
+
+def secure_socket_dir(path: str) -> None:
+    """Create (or check) the socket's directory: root-owned, mode 0700."""
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    st = os.lstat(d)
+    if not stat.S_ISDIR(st.st_mode):
+        raise RuntimeError(f"{d} is not a directory")
+    if st.st_uid != os.geteuid():
+        raise RuntimeError(f"{d} is owned by uid {st.st_uid}, not by us: refusing to serve there")
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        os.chmod(d, 0o700)
+
+
+def _socket_alive(path: str, timeout: float = 1.0) -> bool:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+class Agent:
+    def __init__(self, path: str, *, workers: int = 64, call_timeout: float = 120.0,
+                 handshake_timeout: float = 5.0, on_code_change: str = "exit",
+                 warm: bool = True, dispatch: Callable | None = None) -> None:
+        self.path = os.path.abspath(path)
+        self.root = proto.code_root()
+        self.workers = threading.BoundedSemaphore(workers)
+        self.max_workers = workers
+        self.call_timeout = call_timeout
+        self.handshake_timeout = handshake_timeout
+        if on_code_change not in ON_CODE_CHANGE:
+            raise ValueError(f"on_code_change must be one of {ON_CODE_CHANGE}")
+        self.on_code_change = on_code_change
+        self.warm = warm
+        self._dispatch = dispatch
+        self.started = time.time()
+        self.files: list[str] = []
+        self.fingerprint: tuple = ()
+        self.stale = False
+        self.stopping = threading.Event()
+        self.lock = threading.Lock()
+        self.in_flight: dict[int, tuple[float, str, str, str]] = {}
+        self.served = 0
+        self.refused = 0
+        self.failed = 0
+        self.warmed: list[str] = []
+        self.sock: socket.socket | None = None
+        self._next_id = 0
+
+    # ---- start-up -------------------------------------------------------
+    def warm_up(self) -> None:
+        """Import everything a call may need, once: the dispatcher, every
+        plugin module, pyroute2 and libnftables."""
+        from . import skel
+        self._dispatch = self._dispatch or skel.dispatch
+        if not self.warm:
+            return
+        for pkg in PACKAGES:
+            try:
+                mod = importlib.import_module(pkg)
+            except ImportError:
+                continue
+            for info in pkgutil.walk_packages(mod.__path__, pkg + "."):
+                if info.name.split(".")[-1].startswith("_") and not info.ispkg:
+                    continue
+                try:
+                    importlib.import_module(info.name)
+                    self.warmed.append(info.name)
+                except Exception as e:  # noqa: BLE001 - a broken module must not stop the agent
+                    log(f"warm-up: cannot import {info.name}: {type(e).__name__}: {e}")
+        try:
+            from pyroute2 import IPRoute  # noqa: F401
+            self.warmed.append("pyroute2")
+        except ImportError as e:
+            log(f"warm-up: pyroute2 unavailable: {e}")
+        try:
+            import nftables
+            nftables.Nftables()            # loads libnftables.so; contexts are per call
+            self.warmed.append("nftables")
+        except Exception as e:  # noqa: BLE001
+            log(f"warm-up: libnftables unavailable: {e}")
+
+    def snapshot_code(self) -> None:
+        self.files = loaded_files(self.root)
+        self.fingerprint = code_fingerprint(self.files)
+
+    def bind(self) -> socket.socket:
+        secure_socket_dir(self.path)
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            st = None
+        if st is not None:
+            if not stat.S_ISSOCK(st.st_mode):
+                raise RuntimeError(f"{self.path} exists and is not a socket: refusing to replace it")
+            if _socket_alive(self.path):
+                raise RuntimeError(f"another agent is already serving {self.path}")
+            os.unlink(self.path)           # a stale socket of a dead agent
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            s.bind(self.path)
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o600)
+        s.listen(128)
+        self.sock = s
+        return s
+
+    # ---- serving --------------------------------------------------------
+    def status(self) -> dict:
+        with self.lock:
+            now = time.time()
+            flight = [{"plugin": p, "command": c, "container_id": cid,
+                       "seconds": round(now - t0, 3)} for t0, p, c, cid in self.in_flight.values()]
+            return {"pid": os.getpid(), "protocol": proto.PROTOCOL, "socket": self.path,
+                    "code_root": self.root, "python": sys.version.split()[0],
+                    "uptime": round(now - self.started, 3), "served": self.served,
+                    "refused": self.refused, "failed": self.failed,
+                    "in_flight": flight, "max_workers": self.max_workers,
+                    "call_timeout": self.call_timeout, "stale": self.stale,
+                    "on_code_change": self.on_code_change,
+                    "stopping": self.stopping.is_set(), "warm": sorted(self.warmed),
+                    "healthy": not self.stale and not self.stopping.is_set()}
+
+    def _refuse(self, conn: socket.socket, reason: str) -> None:
+        with self.lock:
+            self.refused += 1
+        data = reason.encode()[:4000]
+        try:
+            conn.sendall(b"F" + len(data).to_bytes(4, "big") + data)
+        except OSError:
+            pass
+
+    def _check_stale(self) -> bool:
+        """Has the code this process loaded changed on disk (an upgrade)?"""
+        if self.on_code_change == "ignore" or self.stale:
+            return self.stale
+        if code_fingerprint(self.files) != self.fingerprint:
+            self.stale = True
+            log("code on disk changed since start-up: refusing calls"
+                + (", exiting when idle" if self.on_code_change == "exit" else ""))
+            if self.on_code_change == "exit":
+                self.stopping.set()
+        return self.stale
+
+    def handle(self, conn: socket.socket) -> None:
+        fds: list[int] = []
+        try:
+            conn.settimeout(self.handshake_timeout)
+            cred = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+            pid, uid, _gid = _UCRED.unpack(cred)
+            if uid != 0:
+                log(f"refused a connection from pid {pid} uid {uid}: root only")
+                return
+            fdsize = struct.calcsize("i")
+            msg, anc, _flags, _ = conn.recvmsg(proto.HEADER_LEN, socket.CMSG_SPACE(8 * fdsize),
+                                               socket.MSG_CMSG_CLOEXEC)
+            for level, typ, data in anc:
+                if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
+                    n = len(data) // fdsize
+                    fds.extend(struct.unpack(f"{n}i", data[:n * fdsize]))
+            if len(msg) < proto.HEADER_LEN:
+                msg += _recv_exact(conn, proto.HEADER_LEN - len(msg))
+            if msg[:4] != proto.MAGIC:
+                log(f"refused a malformed request from pid {pid}")
+                return
+            version = int.from_bytes(msg[4:6], "big")
+            kind = msg[6:7]
+            lens = [int.from_bytes(msg[7 + 4 * i:11 + 4 * i], "big") for i in range(4)]
+            if any(n > proto.MAX_FIELD for n in lens):
+                self._refuse(conn, "request too large")
+                return
+            body = _recv_exact(conn, sum(lens))
+            fields, off = [], 0
+            for n in lens:
+                fields.append(body[off:off + n])
+                off += n
+            plugin, root, envb, stdin = fields
+            if kind == proto.KIND_PING:
+                self._check_stale()
+                data = json.dumps(self.status()).encode()
+                conn.sendall(b"P" + len(data).to_bytes(4, "big") + data)
+                return
+            if version != proto.PROTOCOL:
+                self._refuse(conn, f"protocol {version} != agent protocol {proto.PROTOCOL}")
+                return
+            if kind != proto.KIND_CALL:
+                self._refuse(conn, f"unknown request kind {kind!r}")
+                return
+            if root.decode(errors="replace") != self.root:
+                self._refuse(conn, f"launcher from {root!r}, agent serves {self.root!r}")
+                return
+            if self.stopping.is_set() or self._check_stale():
+                self._refuse(conn, "agent is stopping or its code is stale")
+                return
+            if len(fds) != 1:
+                self._refuse(conn, f"expected 1 network namespace fd, got {len(fds)}")
+                return
+            if not self.workers.acquire(blocking=False):
+                self._refuse(conn, "all workers busy")
+                return
+            try:
+                self._serve_call(conn, fds, plugin.decode(errors="replace"), envb, stdin)
+            finally:
+                self.workers.release()
+        except (OSError, EOFError, ValueError, struct.error) as e:
+            log(f"connection dropped: {type(e).__name__}: {e}")
+        finally:
+            for fd in fds:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            conn.close()
+
+    def _serve_call(self, conn: socket.socket, fds: list[int], plugin: str,
+                    envb: bytes, stdin: bytes) -> None:
+        try:
+            _setns(fds[0])   # this thread only; it ends with the call, nothing to restore
+        except OSError as e:
+            why = "not a network namespace" if e.errno == errno.EINVAL else str(e)
+            self._refuse(conn, f"cannot enter the caller's network namespace: {why}")
+            return
+        env = parse_env_block(envb)
+        conn.sendall(b"A")
+        if _recv_exact(conn, 1) != b"G":
+            return                     # the launcher gave up (it falls back): do nothing
+        key = threading.get_ident()
+        command = env.get("CNI_COMMAND", "")
+        cid = env.get("CNI_CONTAINERID", "")
+        t0 = time.monotonic()
+        with self.lock:
+            self.in_flight[key] = (time.time(), plugin, command, cid)
+        errbuf: list[str] = []
+        try:
+            out, rc = self._dispatch(plugin, env, stdin, log=errbuf.append)
+        finally:
+            with self.lock:
+                self.in_flight.pop(key, None)
+                self.served += 1
+        if rc != 0:
+            with self.lock:
+                self.failed += 1
+        outb = out.encode("utf-8", "surrogateescape")
+        errb = "".join(errbuf).encode("utf-8", "replace")
+        if errb:
+            log(f"{plugin} {command} {cid}: {errb.decode()}")
+        conn.settimeout(self.handshake_timeout)
+        conn.sendall(b"R" + rc.to_bytes(4, "big", signed=True) + len(outb).to_bytes(4, "big")
+                     + len(errb).to_bytes(4, "big") + outb + errb)
+        log(f"{plugin} {command} {cid or '-'} rc={rc} {1000 * (time.monotonic() - t0):.1f}ms")
+
+    def _watchdog(self) -> None:
+        while True:
+            time.sleep(0.5)
+            now = time.time()
+            with self.lock:
+                late = [v for v in self.in_flight.values() if now - v[0] > self.call_timeout]
+            if late:
+                t0, p, c, cid = late[0]
+                log(f"{p} {c} {cid} has run {now - t0:.0f}s > {self.call_timeout:.0f}s: "
+                    "exiting so the node is not wedged")
+                os._exit(EXIT_WEDGED)
+            if self.stopping.is_set() and not self.in_flight:
+                return
+
+    def serve(self) -> int:
+        """Bind, warm up, serve until SIGTERM/SIGINT or stale code; returns the exit code."""
+        t0 = time.monotonic()
+        self.warm_up()
+        self.snapshot_code()
+        s = self.bind()
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: self.stopping.set())
+        threading.Thread(target=self._watchdog, name="watchdog", daemon=True).start()
+        log(f"serving {self.path} (protocol {proto.PROTOCOL}, code {self.root}, "
+            f"{len(self.warmed)} modules warm in {time.monotonic() - t0:.2f}s)")
+        s.settimeout(0.2)
+        try:
+            while not self.stopping.is_set():
+                try:
+                    conn, _ = s.accept()
+                except TimeoutError:
+                    continue
+                except OSError as e:
+                    if e.errno in (errno.EINTR, errno.ECONNABORTED):
+                        continue
+                    raise
+                conn.settimeout(None)
+                self._next_id += 1
+                threading.Thread(target=self.handle, args=(conn,), daemon=True,
+                                 name=f"call-{self._next_id}").start()
+        finally:
+            self.close()
+        deadline = time.monotonic() + self.call_timeout
+        while self.in_flight and time.monotonic() < deadline:
+            time.sleep(0.05)
+        log("stopped" + (" (stale code)" if self.stale else ""))
+        return EXIT_STALE if self.stale else 0
+
+    def close(self) -> None:
+        if self.sock is not None:
+            try:
+                st = os.lstat(self.path)
+                if stat.S_ISSOCK(st.st_mode):
+                    os.unlink(self.path)
+            except OSError:
+                pass
+            self.sock.close()
+            self.sock = None
+
+
+# ---- client helpers (health check) ---------------------------------------
+def ping(path: str, timeout: float = 2.0) -> dict | None:
+    """The agent's status, or None when nothing healthy answers at ``path``."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(path)
+        s.sendall(proto.encode_request(proto.KIND_PING, "", proto.code_root(), b"", b""))
+        head = _recv_exact(s, 5)
+        if head[:1] != b"P":
+            return None
+        return json.loads(_recv_exact(s, int.from_bytes(head[1:5], "big")))
+    except (OSError, EOFError, ValueError):
+        return None
+    finally:
+        s.close()
+
+
+def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    p = p or argparse.ArgumentParser(prog="python -m plugins.core.agent",
+                                     description="cnilab resident node agent (foreground)")
+    p.add_argument("--socket", default=None,
+                   help=f"unix socket path (default: ${proto.SOCKET_ENV} or {proto.DEFAULT_SOCKET})")
+    p.add_argument("--workers", type=int, default=64, help="concurrent calls (default 64)")
+    p.add_argument("--call-timeout", type=float, default=120.0,
+                   help="seconds one call may run before the agent exits (default 120)")
+    p.add_argument("--on-code-change", choices=ON_CODE_CHANGE, default="exit",
+                   help="when the loaded code changes on disk: exit once idle so the "
+                        "supervisor restarts the agent on the new code (default); refuse "
+                        "calls (launchers fall back); or ignore (development labs only)")
+    return p
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    if os.geteuid() != 0:
+        log("the agent must run as root")
+        return 1
+    agent = Agent(args.socket or proto.socket_path(), workers=args.workers,
+                  call_timeout=args.call_timeout, on_code_change=args.on_code_change)
+    try:
+        return agent.serve()
+    except RuntimeError as e:
+        log(str(e))
+        return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_from_args(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
