@@ -12,12 +12,14 @@ anything is created; ``resolve`` then checks the config against the node
 """
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 from dataclasses import dataclass, field
 
 from .core.config import Fields
-from .core.errors import CNIError, INVALID_NETWORK_CONFIG
-from .core.types import DNS
+from .core.errors import (CHECK_FAILED, CNIError, INVALID_ENV, INVALID_NETWORK_CONFIG,
+                          IO_FAILURE, LINK_EXISTS, NOT_AVAILABLE)
+from .core.types import DNS, IPConfig, Result
 
 DEFAULT_PORT = 4789
 MAX_VNI = (1 << 24) - 1
@@ -36,6 +38,7 @@ class VxlanConf:
     bridge: str = ""
     mtu: int = 0                  # 0 -> underlay MTU minus the encapsulation overhead
     is_gateway: bool = False
+    is_default_gateway: bool = False
     ip_masq: bool = False
     ipam: dict = field(default_factory=dict)
     dns: DNS = field(default_factory=DNS)
@@ -118,7 +121,8 @@ def parse(raw: dict, network: str, dns: DNS | None = None) -> VxlanConf:
     ipam = raw.get("ipam") or {}
     return VxlanConf(network=network, vni=vni, port=port, underlay=underlay, local_ip=local_ip,
                      peers=tuple(peers), group=group, learning=learning, bridge=bridge,
-                     mtu=mtu, is_gateway=f.bool("isGateway"), ip_masq=f.bool("ipMasq"),
+                     mtu=mtu, is_gateway=f.bool("isGateway") or f.bool("isDefaultGateway"),
+                     is_default_gateway=f.bool("isDefaultGateway"), ip_masq=f.bool("ipMasq"),
                      ipam=dict(ipam), dns=dns or DNS())
 
 
@@ -183,3 +187,362 @@ def resolve(conf: VxlanConf, links) -> Resolved:
                       underlay=name, mtu=mtu, learning=conf.learning, group=conf.group,
                       alias=owner_alias(conf.network))
     return Resolved(conf=conf, spec=spec, underlay=ul, peers=peers, mtu=mtu, max_mtu=limit)
+
+
+# ---- shared helpers ------------------------------------------------------------------
+
+CNI_ARGS_KEYS = frozenset({"MAC", "IP"})       # MAC: ours; IP: host-local's
+
+
+def _conf(call) -> VxlanConf:
+    return parse(call.conf.raw, call.conf.name, call.conf.dns)
+
+
+def _anycast_mac(network: str, vni: int) -> str:
+    """The bridge MAC used for the gateway on every node (locally administered)."""
+    import hashlib
+    h = hashlib.sha256(f"{network}\0{vni}".encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x0a, *h[:5]))
+
+
+@contextlib.contextmanager
+def node_lock(conf: VxlanConf):
+    """Serialise creating/removing the shared device and bridge on one node.
+
+    Keyed by the node's network namespace (two lab nodes on one machine are two
+    nodes) and the bridge; flock is released when the process dies.
+    """
+    import fcntl
+    import os
+    st = os.stat("/proc/thread-self/ns/net")
+    d = os.environ.get("CNILAB_RUN_DIR", "/run/cnilab")
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    fd = os.open(os.path.join(d, f"vxlan-{st.st_dev}-{st.st_ino}-{conf.bridge}.lock"),
+                 os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _ipam(conf: VxlanConf, call, command: str):
+    from .core import invoke
+    a = call.args
+    if command == "ADD":
+        return invoke.delegate_add(conf.ipam["type"], a.stdin, call.plugin_env, a.path)
+    invoke.delegate(conf.ipam["type"], command, a.stdin, call.plugin_env, a.path)
+    return None
+
+
+def _ensure_shared(conf: VxlanConf, res: Resolved, links, undo: contextlib.ExitStack):
+    """The VXLAN device, the bridge, the device as a bridge port, the FDB. Needs node_lock."""
+    from .net import attach
+    from .net.vxlan_dev import owner_alias
+    alias = owner_alias(conf.network)
+    vx_index, vx_created = links.ensure(res.spec, res.underlay.index)
+    if vx_created:
+        undo.callback(_remove_shared_if_unused, conf)
+    br_obs = links.observe(conf.bridge)
+    if br_obs is not None and br_obs.alias.startswith(alias.split(":")[0] + ":") \
+            and br_obs.alias != alias:
+        raise CNIError(LINK_EXISTS, f"bridge {conf.bridge} belongs to another network",
+                       f"its alias is {br_obs.alias!r}")
+    br, br_created = attach.ensure_bridge(conf.bridge, mtu=res.mtu)
+    br_index = links.index_of(conf.bridge)
+    if br_created:
+        links.set_alias(br_index, alias)
+        if not vx_created:
+            undo.callback(_remove_shared_if_unused, conf)
+    vx = links.observe_index(vx_index)
+    if vx.master != br_index:
+        if vx.master:
+            raise CNIError(LINK_EXISTS, f"{res.spec.name} is a port of another bridge",
+                           f"master ifindex {vx.master}, want {conf.bridge}")
+        links.set_master(vx_index, br_index)
+    if not vx.up:
+        links.set_up(vx_index)
+    if not conf.group:
+        links.sync_fdb(vx_index, res.peers)
+    return br, br_index
+
+
+def _remove_shared_if_unused(conf: VxlanConf) -> bool:
+    """Delete our VXLAN device and bridge when no pod port is left on the bridge.
+
+    Only links carrying our alias are deleted; a bridge the operator made stays.
+    """
+    import socket
+    from .net.vxlan_dev import VxlanLinks, owner_alias
+
+    def present(name: str) -> bool:
+        try:
+            socket.if_nametoindex(name)
+            return True
+        except OSError:
+            return False
+    if not (present(conf.bridge) or present(conf.device)):
+        return False            # nothing to do: no netlink socket (no pyroute2 import)
+    alias = owner_alias(conf.network)
+    with node_lock(conf), VxlanLinks() as links:
+        br = links.observe(conf.bridge)
+        vx = links.observe(conf.device)
+        if br is not None:
+            others = [p for p in links.ports(br.index) if vx is None or p.index != vx.index]
+            if others:
+                return False
+        removed = False
+        if vx is not None and vx.alias == alias and (br is None or vx.master in (0, br.index)):
+            removed |= links.delete(vx.index)
+        if br is not None and br.alias == alias:
+            removed |= links.delete(br.index)
+        return removed
+
+
+# ---- ADD ------------------------------------------------------------------------------
+
+def add(call) -> Result:
+    from .core import cniargs
+    conf = _conf(call)
+    a = call.args
+    extra = cniargs.select(a.cni_args, CNI_ARGS_KEYS)
+    mac = extra.get("MAC", "")
+    from .net import attach
+    from .net.vxlan_dev import VxlanLinks, owner_alias
+    with VxlanLinks() as links:
+        res = resolve(conf, links)              # every config error before any change
+    if mac:
+        _check_mac(mac)
+    result = Result(cni_version=call.conf.cni_version)
+    with contextlib.ExitStack() as undo:
+        ipam_res = None
+        if conf.ipam:
+            ipam_res = _ipam(conf, call, "ADD")
+            undo.callback(_ipam_release_quietly, conf, call)
+            if not ipam_res.ips:
+                raise CNIError(INVALID_NETWORK_CONFIG, "IPAM returned no IP addresses",
+                               f"ipam type {conf.ipam.get('type')}")
+        spec = attach.VethSpec(network=conf.network, container_id=a.container_id,
+                               ifname=a.ifname, netns=a.netns, bridge=conf.bridge,
+                               mtu=res.mtu, mac=mac)
+        with node_lock(conf), VxlanLinks() as links:
+            _, br_index = _ensure_shared(conf, res, links, undo)
+            att = attach.attach(spec, undo)
+            links.set_alias(att.host_index, owner_alias(conf.network))
+        if ipam_res is not None:
+            result.ips = [IPConfig(address=ip.address, gateway=ip.gateway, interface=2)
+                          for ip in ipam_res.ips]
+            result.routes = list(ipam_res.routes)
+            result.dns = ipam_res.dns
+            gws = attach.compute_gateways(result, conf.is_gateway, conf.is_default_gateway)
+            attach.configure_pod(a.netns, a.ifname, result.ips, result.routes)
+            cidrs = gws[4] + gws[6]
+            if cidrs:
+                with VxlanLinks() as links:
+                    links.set_mac(br_index, _anycast_mac(conf.network, conf.vni))
+                attach.set_bridge_addrs(conf.bridge, cidrs)
+                attach.enable_forwarding(attach_families(cidrs))
+            if conf.ip_masq:
+                from .net import masq
+                undo.callback(masq.teardown, conf.network, a.container_id, a.ifname)
+                masq.setup(conf.network, a.container_id, a.ifname,
+                           [ip.address for ip in result.ips])
+        else:
+            attach.pod_link_up(a.netns, a.ifname)
+        if not conf.dns.is_empty():
+            result.dns = conf.dns
+        attach.refresh_macs(att, spec)
+        result.interfaces = [attach.bridge_interface(conf.bridge), att.host, att.pod]
+        undo.pop_all()
+    return result
+
+
+def attach_families(cidrs) -> set[int]:
+    return {ipaddress.ip_interface(c).version for c in cidrs}
+
+
+def _check_mac(mac: str) -> None:
+    import re
+    if not re.fullmatch(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}", mac) or int(mac[:2], 16) & 1:
+        raise CNIError(INVALID_ENV, "CNI_ARGS MAC must be a unicast MAC address", mac)
+
+
+def _ipam_release_quietly(conf: VxlanConf, call) -> None:
+    try:
+        _ipam(conf, call, "DEL")
+    except CNIError:
+        pass
+
+
+# ---- DEL ------------------------------------------------------------------------------
+
+def delete(call) -> None:
+    """Detach the pod, release its addresses; drop the shared device when unused."""
+    conf = _conf(call)
+    a = call.args
+    errors: list[str] = []
+    from .net import attach
+    try:
+        attach.detach(conf.network, a.container_id, a.ifname, a.netns)
+    except CNIError as e:
+        errors.append(f"detach: {e}")
+    if conf.ip_masq:
+        try:
+            from .net import masq
+            masq.teardown(conf.network, a.container_id, a.ifname)
+        except CNIError as e:
+            errors.append(f"masquerade: {e}")
+    if conf.ipam:
+        try:
+            _ipam(conf, call, "DEL")
+        except CNIError as e:
+            errors.append(f"ipam: {e}")
+    try:
+        _remove_shared_if_unused(conf)
+    except CNIError as e:
+        errors.append(f"shared device: {e}")
+    if errors:
+        raise CNIError(IO_FAILURE, "vxlan DEL failed in part", "; ".join(errors))
+
+
+# ---- CHECK ------------------------------------------------------------------------
+
+def _check_failed(msg: str, details: str = "") -> CNIError:
+    return CNIError(CHECK_FAILED, msg, details)
+
+
+def check(call) -> None:
+    """The device (VNI, port, local address, MTU), the FDB against peers, the pod."""
+    conf = _conf(call)
+    a = call.args
+    prev = call.conf.prev_result
+    if prev is None:
+        raise CNIError(INVALID_NETWORK_CONFIG, "CHECK needs prevResult (the ADD result)")
+    from .net import attach
+    from .net.vxlan_dev import VxlanLinks, mismatches, owner_alias
+    with VxlanLinks() as links:
+        res = resolve(conf, links)
+        vx = links.observe(conf.device)
+        if vx is None:
+            raise _check_failed(f"VXLAN device {conf.device} not found")
+        if vx.alias != owner_alias(conf.network):
+            raise _check_failed(f"{conf.device} is not ours", f"alias {vx.alias!r}")
+        bad = mismatches(res.spec, vx, res.underlay.index)
+        if bad:
+            raise _check_failed(f"VXLAN device {conf.device} differs from the config",
+                                "; ".join(bad))
+        if not vx.up:
+            raise _check_failed(f"VXLAN device {conf.device} is down")
+        br = links.observe(conf.bridge)
+        if br is None or br.kind != "bridge":
+            raise _check_failed(f"bridge {conf.bridge} not found")
+        if vx.master != br.index:
+            raise _check_failed(f"{conf.device} is not a port of bridge {conf.bridge}")
+        if not conf.group:
+            have = links.fdb_peers(vx.index)
+            want = sorted(res.peers, key=lambda p: (ipaddress.ip_address(p).version,
+                                                     int(ipaddress.ip_address(p))))
+            if have != want:
+                raise _check_failed(f"FDB of {conf.device} does not match peers",
+                                    f"have {have}, want {want}")
+    pod_if = host_if = None
+    for i in prev.interfaces:
+        if i.name == a.ifname and i.sandbox:
+            pod_if = i
+        elif not i.sandbox and i.name not in (conf.bridge,):
+            host_if = i
+    if pod_if is None:
+        raise _check_failed(f"prevResult has no interface {a.ifname} in a sandbox")
+    spec = attach.VethSpec(network=conf.network, container_id=a.container_id,
+                           ifname=a.ifname, netns=a.netns, bridge=conf.bridge, mtu=res.mtu)
+    attach.check_veth(spec, br.index, pod_mac=pod_if.mac,
+                      host_mac=host_if.mac if host_if is not None else "")
+    idx = prev.interfaces.index(pod_if)
+    ips = [ip for ip in prev.ips if ip.interface in (None, idx)]
+    attach.check_pod_ips(a.netns, a.ifname, ips, prev.routes)
+    if conf.ip_masq and ips:
+        from .net import masq
+        if not masq.rules_for(conf.network, a.container_id, a.ifname):
+            raise _check_failed("masquerade rules of this attachment are missing")
+    if conf.ipam:
+        _ipam(conf, call, "CHECK")
+
+
+# ---- GC -----------------------------------------------------------------------------
+
+def valid_attachments(raw: dict) -> list[tuple[str, str]]:
+    """(containerID, ifname) pairs from cni.dev/valid-attachments (or the older key)."""
+    key = "cni.dev/valid-attachments" if "cni.dev/valid-attachments" in raw \
+        else "cni.dev/attachments"
+    items = raw.get(key) or []
+    if not isinstance(items, list):
+        raise CNIError(INVALID_NETWORK_CONFIG, f"{key} must be a list")
+    out = []
+    for n, it in enumerate(items):
+        if not isinstance(it, dict) or not isinstance(it.get("containerID"), str) \
+                or not isinstance(it.get("ifname"), str):
+            raise CNIError(INVALID_NETWORK_CONFIG,
+                           f"{key}[{n}] needs string containerID and ifname")
+        out.append((it["containerID"], it["ifname"]))
+    return out
+
+
+def gc(call) -> None:
+    """Remove pod ports, masquerade rules and addresses of attachments not listed;
+    then the shared device and bridge when no attachment is left. Keeps going past
+    errors and reports them together."""
+    conf = _conf(call)
+    valid = valid_attachments(call.conf.raw)
+    errors: list[str] = []
+    from .net import attach
+    from .net.vxlan_dev import VxlanLinks, owner_alias
+    keep = {attach.host_veth_name(conf.network, cid, ifn) for cid, ifn in valid}
+    alias = owner_alias(conf.network)
+    try:
+        with node_lock(conf), VxlanLinks() as links:
+            br = links.observe(conf.bridge)
+            if br is not None:
+                for p in links.ports(br.index):
+                    if p.kind == "veth" and p.alias == alias and p.name not in keep:
+                        links.delete(p.index)
+    except CNIError as e:
+        errors.append(f"stale ports: {e}")
+    except OSError as e:
+        errors.append(f"stale ports: {e}")
+    if conf.ip_masq:
+        try:
+            from .net import masq
+            masq.gc(conf.network, valid)
+        except CNIError as e:
+            errors.append(f"masquerade: {e}")
+    if conf.ipam:
+        try:
+            _ipam(conf, call, "GC")
+        except CNIError as e:
+            errors.append(f"ipam: {e}")
+    try:
+        _remove_shared_if_unused(conf)
+    except CNIError as e:
+        errors.append(f"shared device: {e}")
+    if errors:
+        raise CNIError(IO_FAILURE, "vxlan GC failed in part", "; ".join(errors))
+
+
+# ---- STATUS -------------------------------------------------------------------------
+
+def status(call) -> None:
+    """Ready when the underlay interface exists, is up and has the VTEP address."""
+    conf = _conf(call)
+    from .net.vxlan_dev import VxlanLinks
+    with VxlanLinks() as links:
+        try:
+            res = resolve(conf, links)
+        except CNIError as e:
+            if e.code == INVALID_NETWORK_CONFIG and ("underlayInterface" in e.msg
+                                                     or "localIP" in e.msg):
+                raise CNIError(NOT_AVAILABLE, f"underlay not ready: {e.msg}", e.details) from None
+            raise
+    if not res.underlay.up:
+        raise CNIError(NOT_AVAILABLE, f"underlay interface {res.underlay.name} is down")
+    if conf.ipam:
+        _ipam(conf, call, "STATUS")

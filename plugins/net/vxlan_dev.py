@@ -286,6 +286,22 @@ class VxlanLinks:
     def set_master(self, index: int, master: int) -> None:
         self.ipr.link("set", index=index, master=master)
 
+    def set_alias(self, index: int, alias: str) -> None:
+        self.ipr.link("set", index=index, ifalias=alias)
+
+    def set_mac(self, index: int, mac: str) -> None:
+        self.ipr.link("set", index=index, address=mac)
+
+    def ports(self, master: int) -> list[Observed]:
+        """The links enslaved to ``master`` (a bridge)."""
+        out = []
+        for msg in self.ipr.get_links():
+            if msg.get_attr("IFLA_MASTER") == master:
+                obs = self.observe_index(msg["index"])
+                if obs is not None:
+                    out.append(obs)
+        return out
+
     def delete(self, index: int) -> bool:
         """Delete a link; False when it was already gone."""
         try:

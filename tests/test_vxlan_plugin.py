@@ -1,0 +1,268 @@
+"""vxlan plugin end to end: two node namespaces on one underlay, pods on both.
+
+Node A (10.210.0.1) and node B (10.210.0.2) are joined by a veth pair "ul0";
+each runs the plugin with itself as the host. Pods share 10.220.0.0/24: node A
+hands out .10-.19, node B .20-.29 (host-local, a tmp dataDir per node).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from plugins.core import netns as nsmod
+from plugins.core import skel
+from plugins.core.errors import (CHECK_FAILED, INVALID_NETWORK_CONFIG, NOT_AVAILABLE)
+
+pytestmark = pytest.mark.root
+
+VNI = 4242
+PORT = 8472
+SUBNET = "10.220.0.0/24"
+UNDERLAY = {"A": "10.210.0.1", "B": "10.210.0.2"}
+SLICES = {"A": ("10.220.0.10", "10.220.0.19"), "B": ("10.220.0.20", "10.220.0.29")}
+HAVE_OWN_HOST_LOCAL = importlib.util.find_spec("ipam.host_local") is not None
+
+
+class Node:
+    def __init__(self, ns, key: str, data_dir: str) -> None:
+        self.ns, self.key, self.data_dir = ns, key, data_dir
+
+    def conf(self, **kw) -> dict:
+        start, end = SLICES[self.key]
+        c = {"cniVersion": "1.1.0", "name": "overlay", "type": "vxlan", "vni": VNI,
+             "port": PORT, "peers": list(UNDERLAY.values()),
+             "ipam": {"type": "host-local", "dataDir": self.data_dir,
+                      "ranges": [[{"subnet": SUBNET, "rangeStart": start, "rangeEnd": end}]]}}
+        c.update(kw)
+        return c
+
+    def cni(self, command: str, conf: dict, cid: str = "", netns: str = "",
+            ifname: str = "eth0", args: str = "") -> tuple[int, dict | None]:
+        env = {"CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_NETNS": netns,
+               "CNI_IFNAME": ifname, "CNI_PATH": "/usr/lib/cni", "CNI_ARGS": args}
+        if not HAVE_OWN_HOST_LOCAL:
+            env["CNILAB_EXEC_DELEGATES"] = "1"
+        env = {k: v for k, v in env.items() if v}
+        with nsmod.entered(self.ns.path):
+            out, rc = skel.dispatch("vxlan", env, json.dumps(conf).encode())
+        return rc, (json.loads(out) if out else None)
+
+    def add(self, pod, cid: str, **kw) -> dict:
+        rc, res = self.cni("ADD", self.conf(**kw), cid, pod.path)
+        assert rc == 0, res
+        return res
+
+    def links(self) -> dict[str, dict]:
+        out = self.ns.run("ip", "-j", "-d", "link", "show").stdout
+        return {l["ifname"]: l for l in json.loads(out)}
+
+    def fdb_peers(self) -> list[str]:
+        out = self.ns.run("bridge", "-j", "fdb", "show", "dev", f"vxlan{VNI}").stdout
+        return sorted(e["dst"] for e in json.loads(out or "[]")
+                      if e.get("mac") == "00:00:00:00:00:00" and "dst" in e)
+
+
+@pytest.fixture
+def nodes(make_netns, tmp_path):
+    a, b = make_netns("vxa"), make_netns("vxb")
+    a.run("ip", "link", "add", "ul0", "type", "veth", "peer", "name", "ul0", "netns", b.name)
+    for ns, key in ((a, "A"), (b, "B")):
+        ns.run("ip", "addr", "add", f"{UNDERLAY[key]}/24", "dev", "ul0")
+        ns.run("ip", "link", "set", "ul0", "up")
+    return (Node(a, "A", str(tmp_path / "ipam-a")), Node(b, "B", str(tmp_path / "ipam-b")))
+
+
+def pod_ip(res: dict) -> str:
+    return res["ips"][0]["address"].split("/")[0]
+
+
+SNIFFER = r"""
+import json, sys
+from scapy.all import AsyncSniffer, ICMP, IP, UDP, bind_layers
+from scapy.layers.vxlan import VXLAN
+port = int(sys.argv[1])
+bind_layers(UDP, VXLAN, dport=port)
+s = AsyncSniffer(iface="ul0", store=True, lfilter=lambda p: UDP in p and p[UDP].dport == port,
+                 started_callback=lambda: print("ready", flush=True))
+s.start()
+sys.stdin.readline()
+s.stop()
+out = []
+for p in s.results or []:
+    if VXLAN not in p:
+        continue
+    inner = p[VXLAN].payload
+    out.append({"outer_src": p[IP].src, "outer_dst": p[IP].dst, "dport": p[UDP].dport,
+                "vni": p[VXLAN].vni,
+                "icmp": inner[ICMP].type if ICMP in inner else None,
+                "src": inner[IP].src if IP in inner else None,
+                "dst": inner[IP].dst if IP in inner else None})
+print(json.dumps(out), flush=True)
+"""
+
+
+class Sniffer:
+    """scapy in the node namespace (a subprocess: scapy caches interfaces at import)."""
+
+    def __init__(self, ns, port: int) -> None:
+        self.p = subprocess.Popen(["ip", "netns", "exec", ns.name, sys.executable, "-c",
+                                   SNIFFER, str(port)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.p.stdout.readline()          # blocks until the socket is listening
+        assert line.strip() == "ready", self.p.stderr.read()
+
+    def stop(self) -> list[dict]:
+        time.sleep(0.2)
+        out, err = self.p.communicate("stop\n", timeout=30)
+        assert self.p.returncode == 0, err
+        return json.loads(out.strip().splitlines()[-1])
+
+
+def test_two_nodes_ping_capture_mtu_fdb(nodes, make_netns):
+    a, b = nodes
+    pa, pb = make_netns("pa"), make_netns("pb")
+    ra = a.add(pa, "ctr-a1")
+    rb = b.add(pb, "ctr-b1")
+    ipa, ipb = pod_ip(ra), pod_ip(rb)
+    assert ipa == "10.220.0.10" and ipb == "10.220.0.20"       # each node its own slice
+    assert ra["ips"][0]["address"] == "10.220.0.10/24" and ra["ips"][0]["interface"] == 2
+    assert [i["name"] for i in ra["interfaces"]][0] == f"vxbr{VNI}"
+    assert ra["interfaces"][2]["sandbox"] == pa.path
+
+    # The shared device: VNI, port, local address, MTU, port of the bridge, FDB = the peer.
+    la = a.links()
+    vx = la[f"vxlan{VNI}"]
+    info = vx["linkinfo"]["info_data"]
+    assert (info["id"], info["port"], info["local"]) == (VNI, PORT, "10.210.0.1")
+    assert vx["mtu"] == 1450 and vx["master"] == f"vxbr{VNI}"
+    assert a.fdb_peers() == ["10.210.0.2"] and b.fdb_peers() == ["10.210.0.1"]
+
+    # Pod MTU = underlay 1500 - 50.
+    mtu = json.loads(pa.run("ip", "-j", "link", "show", "eth0").stdout)[0]["mtu"]
+    assert mtu == 1450 and ra["interfaces"][2].get("mtu") in (None, 1450)
+
+    # Ping across nodes, captured on A's underlay: UDP/8472, VNI 4242, ICMP inside.
+    sn = Sniffer(a.ns, PORT)
+    ping = pa.run("ping", "-c", "2", "-i", "0.2", "-W", "2", ipb, check=False)
+    pkts = sn.stop()
+    assert ping.returncode == 0, ping.stdout + ping.stderr
+    icmp = [p for p in pkts if p["icmp"] is not None]
+    assert {"outer_src": "10.210.0.1", "outer_dst": "10.210.0.2", "dport": PORT, "vni": VNI,
+            "icmp": 8, "src": ipa, "dst": ipb} in icmp, pkts
+    assert {"outer_src": "10.210.0.2", "outer_dst": "10.210.0.1", "dport": PORT, "vni": VNI,
+            "icmp": 0, "src": ipb, "dst": ipa} in icmp, pkts
+    assert all(p["vni"] == VNI and p["dport"] == PORT for p in pkts)
+
+    # DF: 1450 - 28 = 1422 bytes of payload fit; one more does not.
+    ok = pa.run("ping", "-c", "1", "-W", "2", "-M", "do", "-s", "1422", ipb, check=False)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    over = pa.run("ping", "-c", "1", "-W", "2", "-M", "do", "-s", "1423", ipb, check=False)
+    assert over.returncode != 0
+
+    # CHECK passes on the live attachment, and fails once the FDB drifts.
+    conf_a = dict(a.conf(), prevResult=ra)
+    rc, err = a.cni("CHECK", conf_a, "ctr-a1", pa.path)
+    assert rc == 0, err
+    a.ns.run("bridge", "fdb", "del", "00:00:00:00:00:00", "dev", f"vxlan{VNI}",
+             "dst", "10.210.0.2")
+    rc, err = a.cni("CHECK", conf_a, "ctr-a1", pa.path)
+    assert rc == 1 and err["code"] == CHECK_FAILED and "FDB" in err["msg"]
+
+    # A node joins (peers grows): the next ADD on A converges the FDB, then it leaves.
+    pa2, pa3 = make_netns("pa2"), make_netns("pa3")
+    peers3 = [*UNDERLAY.values(), "10.210.0.3"]
+    a.add(pa2, "ctr-a2", peers=peers3)
+    assert a.fdb_peers() == ["10.210.0.2", "10.210.0.3"]
+    a.add(pa3, "ctr-a3", peers=["10.210.0.1", "10.210.0.3"])
+    assert a.fdb_peers() == ["10.210.0.3"]
+    rc, err = a.cni("CHECK", conf_a, "ctr-a1", pa.path)      # old config: FDB drifted
+    assert rc == 1 and err["code"] == CHECK_FAILED
+
+    # DEL: idempotent; the shared device and bridge stay while pods use them.
+    for cid, p in (("ctr-a2", pa2), ("ctr-a3", pa3), ("ctr-a3", pa3)):
+        rc, err = a.cni("DEL", a.conf(), cid, p.path)
+        assert rc == 0, err
+    assert f"vxlan{VNI}" in a.links() and f"vxbr{VNI}" in a.links()
+    rc, err = a.cni("DEL", a.conf(), "ctr-a1", pa.path)
+    assert rc == 0, err
+    left = a.links()
+    assert f"vxlan{VNI}" not in left and f"vxbr{VNI}" not in left
+    assert set(left) == {"lo", "ul0"}
+    assert sorted(os.listdir(os.path.join(a.data_dir, "overlay"))) in ([], ["lock"]) or \
+        not [f for f in os.listdir(os.path.join(a.data_dir, "overlay"))
+             if f.startswith("10.")]
+    rc, err = a.cni("DEL", a.conf(), "ctr-a1", "")           # netns gone / empty: fine
+    assert rc == 0, err
+
+
+def test_bad_config_changes_nothing(nodes, make_netns):
+    a, _ = nodes
+    p = make_netns("pbad")
+    before = set(a.links())
+    cases = [
+        (dict(vni=0), "vni"),
+        (dict(vni=16777216), "vni"),
+        (dict(peers=["10.210.0.2", "not-an-ip"]), "peers[1]"),
+        (dict(mtu=1451), "larger than the underlay allows: 1450"),
+        (dict(underlayInterface="eth7"), "'eth7' does not exist"),
+        (dict(bridge="b" * 16), "bridge"),
+        (dict(peers=[], group="10.1.2.3"), "multicast"),
+    ]
+    for kw, frag in cases:
+        rc, err = a.cni("ADD", a.conf(**kw), "ctr-bad", p.path)
+        assert rc == 1 and err["code"] == INVALID_NETWORK_CONFIG, (kw, err)
+        assert frag in err["msg"] + err.get("details", ""), (kw, err)
+    assert set(a.links()) == before
+    assert not os.path.exists(os.path.join(a.data_dir, "overlay")) or not [
+        f for f in os.listdir(os.path.join(a.data_dir, "overlay")) if f.startswith("10.")]
+
+
+def test_failed_add_rolls_back(nodes, make_netns):
+    a, _ = nodes
+    gone = make_netns("pgone")
+    path = gone.path
+    from netlab import netns as nsutil
+    nsutil.delete(gone.name)
+    rc, err = a.cni("ADD", a.conf(), "ctr-gone", path)
+    assert rc == 1, err
+    assert set(a.links()) == {"lo", "ul0"}                  # device + bridge rolled back
+    reserved = [f for f in os.listdir(os.path.join(a.data_dir, "overlay"))
+                if f.startswith("10.")] if os.path.isdir(os.path.join(a.data_dir, "overlay")) else []
+    assert reserved == []                                   # address released
+
+
+def test_gc_and_status(nodes, make_netns):
+    a, _ = nodes
+    p1, p2 = make_netns("pg1"), make_netns("pg2")
+    a.add(p1, "ctr-g1")
+    r2 = a.add(p2, "ctr-g2")
+    conf = a.conf()
+    rc, err = a.cni("STATUS", conf)
+    assert rc == 0, err
+
+    gc_conf = dict(conf, **{"cni.dev/valid-attachments": [{"containerID": "ctr-g1",
+                                                          "ifname": "eth0"}]})
+    rc, err = a.cni("GC", gc_conf)
+    assert rc == 0, err
+    vx_ports = [n for n, l in a.links().items() if l.get("master") == f"vxbr{VNI}"]
+    assert len(vx_ports) == 2 and f"vxlan{VNI}" in vx_ports       # g1's veth + the device
+    files = os.listdir(os.path.join(a.data_dir, "overlay"))
+    assert pod_ip(r2) not in files and "10.220.0.10" in files
+
+    rc, err = a.cni("GC", dict(conf, **{"cni.dev/valid-attachments": []}))
+    assert rc == 0, err
+    assert set(a.links()) == {"lo", "ul0"}
+
+    a.ns.run("ip", "link", "set", "ul0", "down")
+    rc, err = a.cni("STATUS", a.conf(underlayInterface="ul0"))
+    assert rc == 1 and err["code"] == NOT_AVAILABLE and "ul0 is down" in err["msg"], err
+    rc, err = a.cni("STATUS", conf)            # found by route toward the peers: none now
+    assert rc == 1 and err["code"] == NOT_AVAILABLE, err
+    rc, err = a.cni("STATUS", a.conf(underlayInterface="nope0"))
+    assert rc == 1 and err["code"] == NOT_AVAILABLE
