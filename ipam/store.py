@@ -31,8 +31,7 @@ import json
 import os
 import time
 import zlib
-from contextlib import contextmanager
-from typing import Iterator, NamedTuple, Protocol
+from collections import namedtuple
 
 from plugins.core.errors import CNIError, IO_FAILURE, TRY_AGAIN_LATER
 
@@ -47,10 +46,9 @@ LOCK_TIMEOUT = 60.0
 _MTIME_BACKDATE_NS = 2_000_000_000
 
 
-class Owner(NamedTuple):
+class Owner(namedtuple("Owner", "container_id ifname")):
     """An attachment; ``ifname`` is "" for files written by very old versions."""
-    container_id: str
-    ifname: str
+    __slots__ = ()
 
     def content(self) -> bytes:
         return (self.container_id.strip() + LINE_BREAK + self.ifname).encode()
@@ -76,18 +74,23 @@ def parse_ip_name(name: str) -> IPAddress | None:
         return None
 
 
-class Store(Protocol):
-    """What the allocator needs; every call happens inside ``session()``."""
+class Store:
+    """The protocol the allocator needs (structural: implementations need not
+    inherit). Every call except ``writable_problem`` happens inside
+    ``with store.session():`` which, on disk, holds the flock.
 
-    def session(self) -> "contextlib.AbstractContextManager[None]": ...  # noqa: F821
-    def reserve(self, ip: IPAddress, owner: Owner, set_index: int) -> bool: ...
-    def release(self, ip: IPAddress) -> None: ...
-    def owner_of(self, ip: IPAddress) -> Owner | None: ...
-    def find(self, owner: Owner) -> list[IPAddress]: ...
-    def reservations(self) -> dict[IPAddress, Owner]: ...
-    def reserved_addresses(self) -> list[IPAddress]: ...
-    def last_reserved(self, set_index: int) -> IPAddress | None: ...
-    def writable_problem(self) -> str | None: ...
+    session()                      context manager: lock + consistent view
+    reserve(ip, owner, set_index)  create the reservation; False if taken;
+                                   records ip as last reserved of the set
+    release(ip)                    drop a reservation (missing is fine)
+    owner_of(ip)                   Owner or None
+    find(owner)                    addresses of an attachment (cheap; legacy
+                                   files of the container ID when no exact match)
+    reservations()                 {ip: Owner} of the whole network (a scan)
+    reserved_addresses()           [ip] of the whole network (a listing)
+    last_reserved(set_index)       ip or None
+    writable_problem()             why nothing could be stored, or None
+    """
 
 
 def _match(found: dict, owner: Owner) -> list:
@@ -108,14 +111,15 @@ class MemoryStore:
         self.reserve_calls = 0
         self.in_session = False
 
-    @contextmanager
-    def session(self) -> Iterator[None]:
+    def session(self) -> "MemoryStore":
+        return self
+
+    def __enter__(self) -> None:
         assert not self.in_session, "sessions do not nest"
         self.in_session = True
-        try:
-            yield
-        finally:
-            self.in_session = False
+
+    def __exit__(self, *exc) -> None:
+        self.in_session = False
 
     def reserve(self, ip: IPAddress, owner: Owner, set_index: int) -> bool:
         assert self.in_session
@@ -170,23 +174,28 @@ class DiskStore:
         self.rebuilds = 0            # observability for tests and the benchmark
 
     # ---- session: lock + index validity -----------------------------------
-    @contextmanager
-    def session(self) -> Iterator[None]:
+    def session(self) -> "DiskStore":
+        return self
+
+    def __enter__(self) -> None:
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
         fd = os.open(os.path.join(self.dir, LOCK_NAME), os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC,
                      0o600)
         try:
             self._flock(fd)
-            self._lock_fd = fd
             self._buckets, self._dirty = {}, set()
             self._dir_changed = False
             self._index_ok = self._stamp_matches()
-            try:
-                yield
-            finally:
-                self._finish()
+        except BaseException:
+            os.close(fd)
+            raise
+        self._lock_fd = fd
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        try:
+            self._finish()
         finally:
-            self._lock_fd = None
             os.close(fd)            # closing drops the flock
 
     @staticmethod
@@ -357,13 +366,24 @@ class DiskStore:
 
     def find(self, owner: Owner) -> list[IPAddress]:
         owner = Owner(owner.container_id.strip(), owner.ifname)
-        if not self._index_ok:
-            self.rebuild_index()
-        out = []
+        for _ in range(2):
+            if not self._index_ok:
+                self.rebuild_index()
+            out = self._find_indexed(owner)
+            if self._index_ok:            # no bucket turned out unreadable meanwhile
+                return out
+        return out
+
+    def _find_indexed(self, owner: Owner) -> list[IPAddress]:
+        out: list[IPAddress] = []
         for o in (owner, Owner(owner.container_id, "")):
-            b = _bucket_of(o.key)
-            for text in list(self._bucket(b).get(o.key, [])):
-                ip = ipaddress.ip_address(text)
+            bucket = self._bucket(_bucket_of(o.key))
+            for text in list(bucket.get(o.key, [])):
+                try:
+                    ip = ipaddress.ip_address(text)
+                except ValueError:
+                    self._index_ok = False
+                    continue
                 if self._read_owner(ip) == o:
                     out.append(ip)
                 else:                     # stale hint (file gone or re-owned)
