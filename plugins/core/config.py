@@ -137,6 +137,12 @@ def decode(stdin: bytes) -> dict:
     return data
 
 
+def _obj_or_empty(raw: dict, key: str) -> object:
+    """The value, or {} when absent/null (not when merely falsy: [] and "" are errors)."""
+    v = raw.get(key)
+    return {} if v is None else v
+
+
 def parse_netconf(raw: dict, *, require_name: bool = True) -> NetConf:
     """Validate and type the shared keys; plugins read their own keys from ``raw``."""
     f = Fields(raw)
@@ -150,7 +156,7 @@ def parse_netconf(raw: dict, *, require_name: bool = True) -> NetConf:
     if require_name or name is not None:
         names.check_network_name(name)
     typ = f.str("type")
-    ipam = raw.get("ipam") or {}
+    ipam = _obj_or_empty(raw, "ipam")
     if not isinstance(ipam, dict):
         raise CNIError(INVALID_NETWORK_CONFIG, "ipam must be a JSON object", repr(ipam)[:200])
     if ipam and not isinstance(ipam.get("type"), str):
@@ -162,13 +168,13 @@ def parse_netconf(raw: dict, *, require_name: bool = True) -> NetConf:
         dns = DNS.from_dict(raw.get("dns"))
     except CNIError as e:
         raise CNIError(INVALID_NETWORK_CONFIG, e.msg, e.details) from None
-    rc = raw.get("runtimeConfig") or {}
+    rc = _obj_or_empty(raw, "runtimeConfig")
     if not isinstance(rc, dict):
         raise CNIError(INVALID_NETWORK_CONFIG, "runtimeConfig must be a JSON object")
-    args = raw.get("args") or {}
+    args = _obj_or_empty(raw, "args")
     if not isinstance(args, dict):
         raise CNIError(INVALID_NETWORK_CONFIG, "args must be a JSON object")
-    caps = raw.get("capabilities") or {}
+    caps = _obj_or_empty(raw, "capabilities")
     if not isinstance(caps, dict):
         raise CNIError(INVALID_NETWORK_CONFIG, "capabilities must be a JSON object")
     prev = None

@@ -193,6 +193,8 @@ def _v1_for(d: dict, v: str) -> dict:
     if ver.at_least(v, "1.1.0"):
         return d
     for i in d.get("interfaces", []):
+        # interface mtu, socketPath and pciID arrived with spec 1.1.0
+        i.pop("mtu", None)
         i.pop("socketPath", None)
         i.pop("pciID", None)
     for r in d.get("routes", []):
