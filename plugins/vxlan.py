@@ -272,16 +272,8 @@ def _remove_shared_if_unused(conf: VxlanConf) -> bool:
 
     Only links carrying our alias are deleted; a bridge the operator made stays.
     """
-    import socket
     from .net.vxlan_dev import VxlanLinks, owner_alias
-
-    def present(name: str) -> bool:
-        try:
-            socket.if_nametoindex(name)
-            return True
-        except OSError:
-            return False
-    if not (present(conf.bridge) or present(conf.device)):
+    if not (link_exists(conf.bridge) or link_exists(conf.device)):
         return False            # nothing to do: no netlink socket (no pyroute2 import)
     alias = owner_alias(conf.network)
     with node_lock(conf), VxlanLinks() as links:
@@ -313,6 +305,11 @@ def add(call) -> Result:
         res = resolve(conf, links)              # every config error before any change
     if mac:
         _check_mac(mac)
+    host_name = attach.host_veth_name(conf.network, a.container_id, a.ifname)
+    if link_exists(host_name):
+        # Before IPAM: a rollback's IPAM DEL would release the live attachment's address.
+        raise CNIError(LINK_EXISTS, f"attachment {a.container_id}/{a.ifname} already exists",
+                       f"host veth {host_name} is present (ADD twice without DEL?)")
     result = Result(cni_version=call.conf.cni_version)
     with contextlib.ExitStack() as undo:
         ipam_res = None
@@ -355,6 +352,15 @@ def add(call) -> Result:
         result.interfaces = [attach.bridge_interface(conf.bridge), att.host, att.pod]
         undo.pop_all()
     return result
+
+
+def link_exists(name: str) -> bool:
+    import socket
+    try:
+        socket.if_nametoindex(name)
+        return True
+    except OSError:
+        return False
 
 
 def attach_families(cidrs) -> set[int]:

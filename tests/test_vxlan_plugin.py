@@ -266,3 +266,85 @@ def test_gc_and_status(nodes, make_netns):
     assert rc == 1 and err["code"] == NOT_AVAILABLE, err
     rc, err = a.cni("STATUS", a.conf(underlayInterface="nope0"))
     assert rc == 1 and err["code"] == NOT_AVAILABLE
+
+
+def test_gateway_and_masquerade(nodes, make_netns):
+    """isDefaultGateway on every node: the same gateway address and MAC on each bridge
+    (answered locally); ipMasq lets a pod reach the other node's underlay address."""
+    a, b = nodes
+    pa, pb = make_netns("pga"), make_netns("pgb")
+    kw = dict(isDefaultGateway=True, ipMasq=True)
+    ra = a.add(pa, "ctr-gw-a", **kw)
+    b.add(pb, "ctr-gw-b", **kw)
+    assert ra["ips"][0]["gateway"] == "10.220.0.1"
+    assert {"dst": "0.0.0.0/0", "gw": "10.220.0.1"} in ra["routes"]
+    mac_a = a.links()[f"vxbr{VNI}"]["address"]
+    assert mac_a == b.links()[f"vxbr{VNI}"]["address"]          # anycast gateway MAC
+    for p in (pa, pb):
+        r = p.run("ping", "-c", "1", "-W", "2", "10.220.0.1", check=False)
+        assert r.returncode == 0, r.stdout + r.stderr
+    # Pod on A -> node B's underlay address: routed by node A, masqueraded to 10.210.0.1.
+    r = pa.run("ping", "-c", "1", "-W", "2", "10.210.0.2", check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rules = a.ns.run("nft", "list", "table", "inet", "cnilab_masq").stdout
+    assert "10.220.0.10" in rules and "masquerade" in rules
+    rc, err = a.cni("CHECK", dict(a.conf(**kw), prevResult=ra), "ctr-gw-a", pa.path)
+    assert rc == 0, err
+    rc, err = a.cni("DEL", a.conf(**kw), "ctr-gw-a", pa.path)
+    assert rc == 0, err
+    out = a.ns.run("nft", "list", "table", "inet", "cnilab_masq", check=False).stdout
+    assert "10.220.0.10" not in out
+
+
+def test_ipv6_underlay(make_netns, tmp_path):
+    a, b = make_netns("vx6a"), make_netns("vx6b")
+    a.run("ip", "link", "add", "ul0", "type", "veth", "peer", "name", "ul0", "netns", b.name)
+    for ns, n in ((a, 1), (b, 2)):
+        ns.run("ip", "-6", "addr", "add", f"fd10:210::{n}/64", "dev", "ul0", "nodad")
+        ns.run("ip", "link", "set", "ul0", "up")
+    na, nb = Node(a, "A", str(tmp_path / "a")), Node(b, "B", str(tmp_path / "b"))
+    peers = ["fd10:210::1", "fd10:210::2"]
+    pa, pb = make_netns("p6a"), make_netns("p6b")
+    ra = na.add(pa, "ctr6-a", peers=peers)
+    rb = nb.add(pb, "ctr6-b", peers=peers)
+    vx = na.links()[f"vxlan{VNI}"]
+    assert vx["mtu"] == 1430 and vx["linkinfo"]["info_data"]["local6"] == "fd10:210::1"
+    assert json.loads(pa.run("ip", "-j", "link", "show", "eth0").stdout)[0]["mtu"] == 1430
+    assert na.fdb_peers() == ["fd10:210::2"]
+    r = pa.run("ping", "-c", "1", "-W", "2", pod_ip(rb), check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    ok = pa.run("ping", "-c", "1", "-W", "2", "-M", "do", "-s", "1402", pod_ip(rb), check=False)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    over = pa.run("ping", "-c", "1", "-W", "2", "-M", "do", "-s", "1403", pod_ip(rb), check=False)
+    assert over.returncode != 0
+    assert pod_ip(ra) == "10.220.0.10"
+
+
+def test_noop_del_is_lean(make_netns, tmp_path):
+    """DEL of an attachment that does not exist: success, and no pyroute2/scapy import."""
+    n = make_netns("vxlean")
+    conf = Node(n, "A", str(tmp_path / "d")).conf()
+    code = ("import json, os, sys\n"
+            "from plugins.core import skel\n"
+            "env = {'CNI_COMMAND': 'DEL', 'CNI_CONTAINERID': 'nothing-here', "
+            "'CNI_IFNAME': 'eth0', 'CNI_PATH': '/usr/lib/cni'}\n"
+            f"out, rc = skel.dispatch('vxlan', env, {json.dumps(json.dumps(conf))}.encode())\n"
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('pyroute2', 'scapy'))\n"
+            "print(json.dumps([rc, out, heavy]))\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = n.run(sys.executable, "-c", code, check=False)
+    assert r.returncode == 0, r.stderr
+    rc, out, heavy = json.loads(r.stdout.strip().splitlines()[-1])
+    assert rc == 0 and out == "" and heavy == [], (out, heavy, root)
+
+
+def test_add_twice_keeps_the_first(nodes, make_netns):
+    a, _ = nodes
+    p = make_netns("ptwice")
+    r1 = a.add(p, "ctr-twice")
+    rc, err = a.cni("ADD", a.conf(), "ctr-twice", p.path)
+    assert rc == 1 and err["code"] == 100, err
+    files = os.listdir(os.path.join(a.data_dir, "overlay"))
+    assert pod_ip(r1) in files                               # not released by the failure
+    rc, err = a.cni("CHECK", dict(a.conf(), prevResult=r1), "ctr-twice", p.path)
+    assert rc == 0, err
