@@ -348,3 +348,16 @@ def test_add_twice_keeps_the_first(nodes, make_netns):
     assert pod_ip(r1) in files                               # not released by the failure
     rc, err = a.cni("CHECK", dict(a.conf(), prevResult=r1), "ctr-twice", p.path)
     assert rc == 0, err
+
+
+def test_multicast_group(nodes, make_netns):
+    """group instead of peers: BUM traffic to the group, learning on, no static FDB."""
+    a, b = nodes
+    pa, pb = make_netns("pma"), make_netns("pmb")
+    kw = dict(peers=None, group="239.1.42.42", underlayInterface="ul0")
+    a.add(pa, "ctr-m-a", **kw)
+    rb = b.add(pb, "ctr-m-b", **kw)
+    info = a.links()[f"vxlan{VNI}"]["linkinfo"]["info_data"]
+    assert info["group"] == "239.1.42.42" and info["learning"] is True
+    r = pa.run("ping", "-c", "1", "-W", "3", pod_ip(rb), check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
