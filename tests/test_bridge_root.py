@@ -1,0 +1,397 @@
+"""Root tests of the bridge plugin: handlers run in-process (the dispatcher) with a
+throwaway node namespace as their host and pods as separate namespaces."""
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from plugins import bridge
+from plugins.core.errors import (ADDRESS_UNAVAILABLE, CHECK_FAILED, INVALID_NETWORK_CONFIG,
+                                 LINK_EXISTS, NOT_AVAILABLE, POOL_EXHAUSTED, NOT_SUPPORTED_BY_KERNEL)
+from plugins.net import attach, masq
+from tests.bridge_lab import (VERSIONS, addrs, call, conf, links, nft_table, node_veths, ok,
+                              ping, pod_links, reservations, routes)
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    return str(tmp_path / "ipam")
+
+
+# ---- connectivity, for every result version --------------------------------------
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_two_pods_reach_each_other_and_gateway(node, make_netns, data_dir, version):
+    p1, p2 = make_netns("pod"), make_netns("pod")
+    c = conf(data_dir, version, isGateway=True)
+    r1 = ok(call(node, "ADD", c, netns=p1.path, cid="c1"))
+    r2 = ok(call(node, "ADD", c, netns=p2.path, cid="c2"))
+    assert r1["cniVersion"] == version
+    names = [i["name"] for i in r1["interfaces"]]
+    assert names == ["cni0", attach.host_veth_name("brnet", "c1", "eth0"), "eth0"]
+    assert r1["interfaces"][2]["sandbox"] == p1.path
+    ip1 = r1["ips"][0]
+    assert ip1["interface"] == 2 and ip1["gateway"] == "10.31.0.1"
+    if version.startswith("0."):
+        assert ip1["version"] == "4"
+    else:
+        assert "version" not in ip1
+    a1 = ip1["address"].split("/")[0]
+    a2 = r2["ips"][0]["address"].split("/")[0]
+    assert a1 != a2
+    assert addrs(p1, "eth0") == {ip1["address"]}
+    assert "10.31.0.1/24" in addrs(node, "cni0")
+    assert ping(p1, a2) and ping(p2, a1) and ping(p1, "10.31.0.1")
+    if version not in ("0.3.0", "0.3.1"):
+        ok(call(node, "CHECK", c, netns=p1.path, cid="c1", prev=r1))
+    ok(call(node, "DEL", c, netns=p1.path, cid="c1", prev=r1))
+    ok(call(node, "DEL", c, netns=p2.path, cid="c2", prev=r2))
+    assert pod_links(p1) == set() and pod_links(p2) == set()
+    assert node_veths(node) == set()
+    assert reservations(data_dir) == {}
+
+
+def test_dual_stack(node, make_netns, data_dir):
+    p1, p2 = make_netns("pod"), make_netns("pod")
+    c = conf(data_dir, "1.1.0", v6="fd31::/64", isDefaultGateway=True)
+    r1 = ok(call(node, "ADD", c, netns=p1.path, cid="c1"))
+    r2 = ok(call(node, "ADD", c, netns=p2.path, cid="c2"))
+    fams = sorted(ipaddress.ip_interface(i["address"]).version for i in r1["ips"])
+    assert fams == [4, 6]
+    assert {"10.31.0.1/24", "fd31::1/64"} <= addrs(node, "cni0")
+    v6_2 = [i["address"].split("/")[0] for i in r2["ips"] if ":" in i["address"]][0]
+    assert ping(p1, v6_2) and ping(p1, "fd31::1")
+    d6 = [r for r in routes(p1, "-6") if r["dst"] == "default"]
+    assert d6 and d6[0]["gateway"] == "fd31::1"
+    assert node.run("sysctl", "-n", "net.ipv6.conf.all.forwarding").stdout.strip() == "1"
+    assert node.run("sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == "1"
+    ok(call(node, "CHECK", c, netns=p1.path, cid="c1", prev=r1))
+    ok(call(node, "DEL", c, netns=p1.path, cid="c1", prev=r1))
+    ok(call(node, "DEL", c, netns=p2.path, cid="c2", prev=r2))
+    assert reservations(data_dir) == {}
+
+
+# ---- variants observed in the kernel -----------------------------------------------
+
+def test_hairpin_mtu_default_gateway_and_route_metrics(node, pod, data_dir):
+    ipam = {"type": "host-local", "dataDir": data_dir, "ranges": [[{"subnet": "10.31.0.0/24"}]],
+            "routes": [{"dst": "10.40.0.0/16", "mtu": 1300, "advmss": 1260}]}
+    c = conf(data_dir, "1.1.0", ipam=ipam, isDefaultGateway=True, hairpinMode=True, mtu=1400)
+    r = ok(call(node, "ADD", c, netns=pod.path))
+    host = attach.host_veth_name("brnet", "c1", "eth0")
+    nl = links(node)
+    assert nl["cni0"]["mtu"] == 1400 and nl[host]["mtu"] == 1400
+    assert nl[host]["master"] == "cni0"
+    assert nl[host]["linkinfo"]["info_slave_data"]["hairpin"] is True
+    assert "PROMISC" not in nl["cni0"]["flags"]
+    pl = links(pod)
+    assert pl["eth0"]["mtu"] == 1400
+    rts = {x["dst"]: x for x in routes(pod)}
+    assert rts["default"]["gateway"] == "10.31.0.1"
+    assert rts["10.40.0.0/16"]["gateway"] == "10.31.0.1"
+    assert rts["10.40.0.0/16"]["metrics"] == [{"mtu": 1300, "advmss": 1260}]
+    assert pod.run("sysctl", "-n", "net.ipv4.conf.eth0.arp_notify").stdout.strip() == "1"
+    ok(call(node, "CHECK", c, netns=pod.path, prev=r))
+    ok(call(node, "DEL", c, netns=pod.path, prev=r))
+
+
+def test_promisc_and_port_isolation(node, make_netns, data_dir):
+    p1, p2 = make_netns("pod"), make_netns("pod")
+    c = conf(data_dir, "1.0.0", promiscMode=True, portIsolation=True, isGateway=True)
+    r1 = ok(call(node, "ADD", c, netns=p1.path, cid="c1"))
+    r2 = ok(call(node, "ADD", c, netns=p2.path, cid="c2"))
+    nl = links(node)
+    assert "PROMISC" in nl["cni0"]["flags"]
+    host = attach.host_veth_name("brnet", "c1", "eth0")
+    assert nl[host]["linkinfo"]["info_slave_data"]["isolated"] is True
+    # isolated ports reach the bridge (gateway) but not each other
+    assert ping(p1, "10.31.0.1")
+    assert not ping(p1, r2["ips"][0]["address"].split("/")[0])
+    ok(call(node, "CHECK", c, netns=p1.path, cid="c1", prev=r1))
+    ok(call(node, "DEL", c, netns=p1.path, cid="c1"))
+    ok(call(node, "DEL", c, netns=p2.path, cid="c2"))
+
+
+def test_raising_an_existing_bridge_mtu(node, pod, data_dir):
+    node.run("ip", "link", "add", "cni0", "mtu", "1300", "type", "bridge")
+    c = conf(data_dir, "1.0.0", mtu=1450)
+    ok(call(node, "ADD", c, netns=pod.path))
+    assert links(node)["cni0"]["mtu"] == 1450
+    ok(call(node, "DEL", c, netns=pod.path))
+
+
+def test_l2_only_without_ipam(node, pod, data_dir):
+    c = conf(data_dir, "1.0.0", ipam={})
+    r = ok(call(node, "ADD", c, netns=pod.path))
+    assert "ips" not in r
+    assert "UP" in links(pod)["eth0"]["flags"]
+    ok(call(node, "DEL", c, netns=pod.path))
+    assert pod_links(pod) == set()
+
+
+def test_disable_container_interface_leaves_pod_link_down(node, pod, data_dir):
+    c = conf(data_dir, "1.0.0", ipam={}, disableContainerInterface=True)
+    ok(call(node, "ADD", c, netns=pod.path))
+    assert "UP" not in links(pod)["eth0"]["flags"]
+    ok(call(node, "DEL", c, netns=pod.path))
+
+
+def test_mac_from_cni_args(node, pod, data_dir):
+    c = conf(data_dir, "1.0.0")
+    r = ok(call(node, "ADD", c, netns=pod.path, cni_args="IgnoreUnknown=1;MAC=0a:58:0a:1f:00:99"))
+    assert r["interfaces"][2]["mac"] == "0a:58:0a:1f:00:99"
+    assert links(pod)["eth0"]["address"] == "0a:58:0a:1f:00:99"
+    ok(call(node, "DEL", c, netns=pod.path))
+
+
+# ---- nftables: masquerade and macspoofchk ----------------------------------------
+
+def test_masquerade_rules_appear_work_and_disappear(node, make_netns, data_dir):
+    pod, outside = make_netns("pod"), make_netns("out")
+    # an "outside" host on an uplink of the node; it has no route back to the pod subnet
+    node.run("ip", "link", "add", "up0", "type", "veth", "peer", "name", "up0o", "netns", outside.name)
+    node.run("ip", "addr", "add", "10.32.0.1/24", "dev", "up0")
+    node.run("ip", "link", "set", "up0", "up")
+    outside.run("ip", "addr", "add", "10.32.0.2/24", "dev", "up0o")
+    outside.run("ip", "link", "set", "up0o", "up")
+    c = conf(data_dir, "1.0.0", v6="fd31::/64", isDefaultGateway=True, ipMasq=True)
+    r = ok(call(node, "ADD", c, netns=pod.path))
+    table = nft_table(node, "inet", "cnilab_masq")
+    key = masq.attachment_key("brnet", "c1", "eth0")
+    assert table.count(key) == 2
+    assert "ip daddr 224.0.0.0/4 return" in table and "ip6 daddr ff00::/8 return" in table
+    assert ping(pod, "10.32.0.2")          # only possible when masqueraded
+    ok(call(node, "CHECK", c, netns=pod.path, prev=r))
+    ok(call(node, "DEL", c, netns=pod.path, prev=r))
+    assert key not in nft_table(node, "inet", "cnilab_masq")
+    assert not ping(pod, "10.32.0.2")
+
+
+def test_del_removes_masquerade_when_the_netns_is_gone(node, make_netns, data_dir):
+    from netlab import netns as nsutil
+    pod = make_netns("pod")
+    c = conf(data_dir, "1.0.0", ipMasq=True, isGateway=True)
+    ok(call(node, "ADD", c, netns=pod.path))
+    key = masq.attachment_key("brnet", "c1", "eth0")
+    assert key in nft_table(node, "inet", "cnilab_masq")
+    nsutil.delete(pod.name)
+    ok(call(node, "DEL", c, netns=pod.path))           # path no longer exists
+    assert key not in nft_table(node, "inet", "cnilab_masq")
+    assert reservations(data_dir) == {}
+    ok(call(node, "DEL", c, netns=""))                  # and again, with an empty CNI_NETNS
+
+
+def test_macspoofchk_drops_spoofed_frames(node, pod, data_dir):
+    c = conf(data_dir, "1.0.0", isGateway=True, macspoofchk=True)
+    r = ok(call(node, "ADD", c, netns=pod.path))
+    mac = r["interfaces"][2]["mac"]
+    table = nft_table(node, "bridge", "cnilab_macspoof")
+    assert mac in table and attach.host_veth_name("brnet", "c1", "eth0") in table
+    assert ping(pod, "10.31.0.1")
+    pod.run("ip", "link", "set", "eth0", "address", "0a:58:de:ad:be:ef")
+    pod.run("ip", "neigh", "flush", "all")
+    node.run("ip", "neigh", "flush", "all")
+    assert not ping(pod, "10.31.0.1")
+    ok(call(node, "DEL", c, netns=pod.path))
+    assert masq.attachment_key("brnet", "c1", "eth0") not in nft_table(node, "bridge", "cnilab_macspoof")
+
+
+def test_gc_removes_rules_and_reservations_of_stale_attachments(node, make_netns, data_dir):
+    p1, p2 = make_netns("pod"), make_netns("pod")
+    c = conf(data_dir, "1.1.0", ipMasq=True, isGateway=True, macspoofchk=True)
+    ok(call(node, "ADD", c, netns=p1.path, cid="c1"))
+    ok(call(node, "ADD", c, netns=p2.path, cid="c2"))
+    k1, k2 = (masq.attachment_key("brnet", cid, "eth0") for cid in ("c1", "c2"))
+    gc_conf = dict(c, **{"cni.dev/valid-attachments": [{"containerID": "c1", "ifname": "eth0"}]})
+    ok(call(node, "GC", gc_conf))
+    t = nft_table(node, "inet", "cnilab_masq")
+    assert k1 in t and k2 not in t
+    t = nft_table(node, "bridge", "cnilab_macspoof")
+    assert k1 in t and k2 not in t
+    owners = list(reservations(data_dir).values())
+    assert len(owners) == 1 and owners[0].startswith("c1")
+    ok(call(node, "DEL", c, netns=p1.path, cid="c1"))
+
+
+def test_status_delegates_to_ipam(node, pod, data_dir):
+    c = conf(data_dir, "1.1.0", v4="10.31.0.0/30")
+    ok(call(node, "STATUS", c))
+    ok(call(node, "ADD", c, netns=pod.path))
+    rc, err = call(node, "STATUS", c)            # the only address is taken
+    assert rc == 1 and err["code"] in (NOT_AVAILABLE, 51)
+    ok(call(node, "DEL", c, netns=pod.path))
+
+
+# ---- CHECK finds drift ----------------------------------------------------------
+
+def test_check_detects_drift(node, pod, data_dir):
+    c = conf(data_dir, "1.0.0", isGateway=True, mtu=1400)
+    r = ok(call(node, "ADD", c, netns=pod.path))
+    ok(call(node, "CHECK", c, netns=pod.path, prev=r))
+    pod.run("ip", "link", "set", "eth0", "mtu", "1300")
+    rc, err = call(node, "CHECK", c, netns=pod.path, prev=r)
+    assert rc == 1 and err["code"] == CHECK_FAILED and "MTU" in err["msg"]
+    pod.run("ip", "link", "set", "eth0", "mtu", "1400")
+    pod.run("ip", "addr", "flush", "dev", "eth0")
+    rc, err = call(node, "CHECK", c, netns=pod.path, prev=r)
+    assert rc == 1 and err["code"] == CHECK_FAILED and "address" in err["msg"]
+    rc, err = call(node, "CHECK", c, netns=pod.path)
+    assert rc == 1 and err["code"] == INVALID_NETWORK_CONFIG and "prevResult" in err["msg"]
+    ok(call(node, "DEL", c, netns=pod.path))
+
+
+# ---- rollback: a failed ADD leaves nothing behind ---------------------------------
+
+def _assert_nothing_left(node, pod, data_dir, cid="c1"):
+    assert pod_links(pod) == set(), "veth left in the pod"
+    assert node_veths(node) == set(), "veth left on the node"
+    assert not any(v.startswith(cid) for v in reservations(data_dir).values()), "IP left reserved"
+    key = masq.attachment_key("brnet", cid, "eth0")
+    assert key not in nft_table(node, "inet", "cnilab_masq"), "masquerade rule left"
+    assert key not in nft_table(node, "bridge", "cnilab_macspoof"), "macspoofchk rule left"
+
+
+ROLLBACK_EXTRA = {"ipMasq": True, "macspoofchk": True, "isGateway": True}
+
+
+def test_rollback_bad_ipam_config(node, pod, data_dir):
+    c = conf(data_dir, "1.0.0", ipam={"type": "host-local", "dataDir": data_dir}, **ROLLBACK_EXTRA)
+    rc, err = call(node, "ADD", c, netns=pod.path)
+    assert rc == 1 and err["code"] == INVALID_NETWORK_CONFIG
+    _assert_nothing_left(node, pod, data_dir)
+    ok(call(node, "DEL", c, netns=pod.path))            # DEL after a failed ADD
+
+
+def test_rollback_exhausted_pool(node, make_netns, data_dir):
+    p1, p2 = make_netns("pod"), make_netns("pod")
+    c = conf(data_dir, "1.0.0", v4="10.31.0.0/30", **ROLLBACK_EXTRA)
+    ok(call(node, "ADD", c, netns=p1.path, cid="c1"))
+    rc, err = call(node, "ADD", c, netns=p2.path, cid="c2")
+    assert rc == 1 and err["code"] == POOL_EXHAUSTED, err
+    assert pod_links(p2) == set()
+    assert node_veths(node) == {attach.host_veth_name("brnet", "c1", "eth0")}
+    assert masq.attachment_key("brnet", "c2", "eth0") not in nft_table(node, "inet", "cnilab_masq")
+    ok(call(node, "DEL", c, netns=p2.path, cid="c2"))
+    ok(call(node, "DEL", c, netns=p1.path, cid="c1"))
+    _assert_nothing_left(node, p1, data_dir)
+
+
+def test_rollback_missing_ipam_plugin(node, pod, data_dir):
+    c = conf(data_dir, "1.0.0", ipam={"type": "no-such-ipam"}, **ROLLBACK_EXTRA)
+    rc, err = call(node, "ADD", c, netns=pod.path)
+    assert rc == 1 and err["code"] == NOT_AVAILABLE
+    _assert_nothing_left(node, pod, data_dir)
+
+
+def test_rollback_gateway_address_conflict(node, pod, data_dir):
+    node.run("ip", "link", "add", "cni0", "type", "bridge")
+    node.run("ip", "addr", "add", "10.99.0.1/24", "dev", "cni0")
+    c = conf(data_dir, "1.0.0", **ROLLBACK_EXTRA)
+    rc, err = call(node, "ADD", c, netns=pod.path)
+    assert rc == 1 and err["code"] == ADDRESS_UNAVAILABLE and "forceAddress" in err["details"]
+    _assert_nothing_left(node, pod, data_dir)
+    assert addrs(node, "cni0") == {"10.99.0.1/24"}
+    # forceAddress replaces it
+    c["forceAddress"] = True
+    ok(call(node, "ADD", c, netns=pod.path))
+    assert addrs(node, "cni0") == {"10.31.0.1/24"}
+    ok(call(node, "DEL", c, netns=pod.path))
+
+
+def test_rollback_after_injected_failure_past_ipam(node, pod, data_dir, monkeypatch):
+    def boom():
+        raise RuntimeError("injected failure after IPAM")
+    monkeypatch.setattr(bridge, "after_ipam_hook", boom)
+    c = conf(data_dir, "1.0.0", v6="fd31::/64", **ROLLBACK_EXTRA)
+    rc, err = call(node, "ADD", c, netns=pod.path)
+    assert rc == 1 and "injected" in err["msg"]
+    _assert_nothing_left(node, pod, data_dir)
+
+
+def test_add_twice_fails_and_keeps_the_first(node, pod, data_dir):
+    c = conf(data_dir, "1.0.0", isGateway=True)
+    r = ok(call(node, "ADD", c, netns=pod.path))
+    rc, err = call(node, "ADD", c, netns=pod.path)
+    assert rc == 1 and err["code"] == LINK_EXISTS
+    ok(call(node, "CHECK", c, netns=pod.path, prev=r))
+    assert len(reservations(data_dir)) == 1
+    ok(call(node, "DEL", c, netns=pod.path))
+
+
+# ---- DEL idempotency ------------------------------------------------------------
+
+def test_del_twice_and_without_prev_result(node, pod, data_dir):
+    c = conf(data_dir, "1.0.0", ipMasq=True)
+    r = ok(call(node, "ADD", c, netns=pod.path))
+    ok(call(node, "DEL", c, netns=pod.path, prev=r))
+    ok(call(node, "DEL", c, netns=pod.path, prev=r))
+    ok(call(node, "DEL", c, netns=pod.path))
+    _assert_nothing_left(node, pod, data_dir)
+
+
+def test_del_with_empty_netns_removes_host_side(node, pod, data_dir):
+    c = conf(data_dir, "1.0.0", ipMasq=True)
+    ok(call(node, "ADD", c, netns=pod.path))
+    ok(call(node, "DEL", c, netns=""))
+    _assert_nothing_left(node, pod, data_dir)
+
+
+# ---- bad input changes nothing ----------------------------------------------------
+
+@pytest.mark.parametrize("extra", [{"mtu": -1}, {"bridge": "x" * 16},
+                                   {"hairpinMode": True, "promiscMode": True}])
+def test_bad_config_creates_nothing(node, pod, data_dir, extra):
+    c = conf(data_dir, "1.0.0", **extra)
+    rc, err = call(node, "ADD", c, netns=pod.path)
+    assert rc == 1 and err["code"] == INVALID_NETWORK_CONFIG
+    assert set(links(node)) == {"lo"} and pod_links(pod) == set()
+    assert reservations(data_dir) == {}
+
+
+def test_existing_non_bridge_link_is_an_error(node, pod, data_dir):
+    node.run("ip", "link", "add", "cni0", "type", "veth", "peer", "name", "cni0p")
+    rc, err = call(node, "ADD", conf(data_dir, "1.0.0"), netns=pod.path)
+    assert rc == 1 and err["code"] == LINK_EXISTS and "not a bridge" in err["msg"]
+    assert pod_links(pod) == set() and reservations(data_dir) == {}
+    assert node_veths(node) == {"cni0", "cni0p"}
+
+
+def test_missing_netns_is_code_3(node, data_dir):
+    rc, err = call(node, "ADD", conf(data_dir, "1.0.0"), netns="/var/run/netns/does-not-exist-xyz")
+    assert rc == 1 and err["code"] == 3
+    assert set(links(node)) == {"lo"}
+
+
+# ---- vlan (needs bridge vlan filtering) ------------------------------------------
+
+def _kernel_has_vlan_filtering(node) -> bool:
+    p = node.run("ip", "link", "add", "vfprobe", "type", "bridge", "vlan_filtering", "1", check=False)
+    if p.returncode == 0:
+        node.run("ip", "link", "del", "vfprobe")
+        return True
+    return False
+
+
+@pytest.mark.parametrize("extra", [{"vlan": 100}, {"vlanTrunk": [{"minID": 10, "maxID": 12}]}])
+def test_vlan_without_kernel_support_is_a_clear_error(node, pod, data_dir, extra):
+    if _kernel_has_vlan_filtering(node):
+        pytest.skip("this kernel has bridge vlan filtering; the error path is not reachable")
+    rc, err = call(node, "ADD", conf(data_dir, "1.0.0", **extra), netns=pod.path)
+    assert rc == 1 and err["code"] == NOT_SUPPORTED_BY_KERNEL
+    assert "vlan filtering" in err["msg"]
+    assert set(links(node)) == {"lo"}
+    _assert_nothing_left(node, pod, data_dir)
+
+
+def test_vlan_access_port(node, pod, data_dir):
+    if not _kernel_has_vlan_filtering(node):
+        pytest.skip("kernel lacks bridge vlan filtering (CONFIG_BRIDGE_VLAN_FILTERING)")
+    c = conf(data_dir, "1.0.0", vlan=100)
+    ok(call(node, "ADD", c, netns=pod.path))
+    host = attach.host_veth_name("brnet", "c1", "eth0")
+    out = node.run("bridge", "-j", "vlan", "show", "dev", host).stdout
+    assert '"vlan":100' in out.replace(" ", "")
+    ok(call(node, "DEL", c, netns=pod.path))
