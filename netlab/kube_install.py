@@ -722,21 +722,63 @@ def install_runtime(src: str | os.PathLike, host_root: str | os.PathLike, versio
     return rel
 
 
-def install_plugins(bin_dir: str | os.PathLike, python: str | None = None) -> Any:
-    """Install our executables with netlab.install (the one installer; not duplicated)."""
+WRAPPER_NAME = "cnilab-python"
+NATIVE_LIB_DIR = "lib/cnilab-native"
+
+
+def wrapper_script(python_name: str = "python3") -> str:
+    """The interpreter the launchers name in their ``#!`` line (``bin/cnilab-python``).
+
+    A POSIX shell script next to the runtime's ``python3``: it resolves its own
+    location (so the tree works wherever it is copied and through the
+    ``current`` link), puts the bundled native libraries (libnftables and what
+    it links against) on the loader path, and execs python without user site
+    and PYTHON* variables. The runtime that execs a plugin passes a minimal
+    environment, so nothing else could set the loader path.
+    """
+    return "\n".join([
+        "#!/bin/sh",
+        "# cnilab runtime interpreter: bundled native libraries first, no user site",
+        'here=$(dirname "$(readlink -f "$0")")',
+        f'LD_LIBRARY_PATH="$here/../{NATIVE_LIB_DIR}${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}}"',
+        "export LD_LIBRARY_PATH",
+        f'exec "$here/{python_name}" -s -E "$@"',
+        "",
+    ])
+
+
+def write_wrapper(path: str | os.PathLike, python_name: str = "python3") -> Path:
+    path = Path(path)
+    write_atomic(path, wrapper_script(python_name).encode(), mode=0o755)
+    return path
+
+
+def install_plugins(bin_dir: str | os.PathLike, python: str | None = None) -> list[str]:
+    """Install our executables with netlab.install (the one installer; not duplicated).
+
+    ``python``: the interpreter the launchers' ``#!`` names (the host runtime's
+    wrapper). netlab.install binds the launchers to the running interpreter
+    and its code/site dirs, so this must run *under* the host runtime copy
+    (cmd_install re-executes itself there); ``python`` only swaps the
+    interpreter path for the wrapper beside it. Each launcher is verified by
+    netlab.install (a VERSION call), which exercises the wrapper too.
+    """
     from . import install as installer
     import inspect
-    params = inspect.signature(installer.install).parameters
-    kw = {}
-    if python is not None:
-        for name in ("python", "interpreter"):
-            if name in params:
-                kw[name] = python
-                break
-        else:
-            raise InstallError("netlab.install.install() takes no interpreter argument: "
-                               "cannot point the launchers at the host runtime")
-    return installer.install(str(bin_dir), **kw)
+    if python is None:
+        return installer.install(str(bin_dir))
+    if not os.path.isabs(python) or not os.access(python, os.X_OK):
+        raise InstallError(f"launcher interpreter {python} is not an executable absolute path")
+    if "python" in inspect.signature(installer.install).parameters:
+        return installer.install(str(bin_dir), python=python)
+    # netlab.install.install() has no interpreter parameter (yet): it takes the
+    # interpreter from its module-level interpreter(); swap that for this call.
+    saved = installer.interpreter
+    installer.interpreter = lambda: python
+    try:
+        return installer.install(str(bin_dir))
+    finally:
+        installer.interpreter = saved
 
 
 # ---------------------------------------------------------------------------
@@ -764,13 +806,22 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_install(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
+    """Init container: runtime to the host, executables to /opt/cni/bin, first conflist."""
     s = _settings(args)
     template = load_template(s.template_path)
-    python = None
     if args.runtime_src:
-        install_runtime(args.runtime_src, args.host_runtime_dir, args.release)
-        python = args.host_python
-    install_plugins(args.bin_dir, python)
+        rel = install_runtime(args.runtime_src, args.host_runtime_dir, args.release)
+        host_python = str(Path(args.host_runtime_dir) / "current" / "bin" / WRAPPER_NAME)
+        log.info("runtime %s installed; installing plugins with %s", rel, host_python)
+        # netlab.install binds launchers to the interpreter that runs it: run it
+        # under the host copy so the launchers name host paths only.
+        import subprocess
+        rc = subprocess.call([host_python, "-m", "netlab.kube_install", "install-plugins",
+                              "--bin-dir", args.bin_dir, "--python", host_python])
+        if rc != 0:
+            raise InstallError(f"installing the plugins into {args.bin_dir} failed ({rc})")
+    else:
+        install_plugins(args.bin_dir)
     log.info("plugins installed in %s", args.bin_dir)
     # wait until the node has its podCIDR, then write the first conflist
     syncer, source, stop = Syncer(s, template), _source(args), stop or threading.Event()
@@ -786,6 +837,17 @@ def cmd_install(args: argparse.Namespace, stop: threading.Event | None = None) -
         if args.once or stop.wait(backoff):
             return 3
         backoff = min(backoff * 2, 30.0)
+
+
+def cmd_install_plugins(args: argparse.Namespace) -> int:
+    for path in install_plugins(args.bin_dir, args.python):
+        log.info("installed %s", path)
+    return 0
+
+
+def cmd_wrapper(args: argparse.Namespace) -> int:
+    write_wrapper(args.output, args.python_name)
+    return 0
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
@@ -811,7 +873,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("install", "sync", "render"):
         sp = sub.add_parser(name)
         sp.add_argument("--node", help="this node's name (default: $NODE_NAME)")
-        sp.add_argument("--template", help="conflist template (default: $CNILAB_TEMPLATE)")
+        sp.add_argument("--template", help="conflist template (default: $CNILAB_TEMPLATE, "
+                        "else /etc/cnilab/$CNILAB_MODE.conflist.json)")
         sp.add_argument("--conf-dir", help="CNI config dir (default: $CNILAB_CONF_DIR or /etc/cni/net.d)")
         sp.add_argument("--cluster-cidr", help="cluster pod CIDR(s), comma separated (overlay mode)")
         sp.add_argument("--nodes-file", required=(name == "render"),
@@ -822,15 +885,21 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "install":
             sp.add_argument("--bin-dir", default=os.environ.get("CNILAB_BIN_DIR", BIN_DIR))
             sp.add_argument("--runtime-src", default=os.environ.get("CNILAB_RUNTIME_SRC"),
-                            help="the self-contained runtime tree in the image")
-            sp.add_argument("--host-runtime-dir", default=os.environ.get("CNILAB_HOST_RUNTIME_DIR",
-                                                                         "/host/opt/cnilab"),
-                            help="where the host's /opt/cnilab is mounted in this container")
-            sp.add_argument("--host-python", default=os.environ.get(
-                "CNILAB_HOST_PYTHON", "/opt/cnilab/current/bin/cnilab-python"),
-                help="the interpreter path as the host sees it (launchers' shebang)")
+                            help="the self-contained runtime tree in the image; copied to "
+                                 "--host-runtime-dir, which must be mounted at the same path "
+                                 "as on the host")
+            sp.add_argument("--host-runtime-dir",
+                            default=os.environ.get("CNILAB_HOST_RUNTIME_DIR", "/opt/cnilab"))
             sp.add_argument("--release", default=os.environ.get("CNILAB_RELEASE", "dev"))
             sp.add_argument("--once", action="store_true", help="do not wait for the podCIDR")
+    sp = sub.add_parser("install-plugins", help="netlab.install with the launchers bound to --python")
+    sp.add_argument("--bin-dir", required=True)
+    sp.add_argument("--python", help="interpreter for the launchers' #! line")
+    sp.add_argument("-v", "--verbose", action="store_true")
+    sp = sub.add_parser("wrapper", help="write the runtime's cnilab-python wrapper (image build)")
+    sp.add_argument("--output", required=True)
+    sp.add_argument("--python-name", default="python3")
+    sp.add_argument("-v", "--verbose", action="store_true")
     return p
 
 
@@ -839,7 +908,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     try:
-        return {"install": cmd_install, "sync": cmd_sync, "render": cmd_render}[args.cmd](args)
+        return {"install": cmd_install, "sync": cmd_sync, "render": cmd_render,
+                "install-plugins": cmd_install_plugins, "wrapper": cmd_wrapper}[args.cmd](args)
     except (InstallError, NotReady) as e:
         print(f"kube_install: {e}", file=sys.stderr)
         return 2

@@ -115,13 +115,15 @@ def test_daemonset_shape():
     m = mounts(init)
     assert m[host["/opt/cni/bin"]] == "/host/opt/cni/bin"
     assert m[host["/etc/cni/net.d"]] == "/etc/cni/net.d"
-    assert m[host["/opt/cnilab"]] == "/host/opt/cnilab"
+    # paths under /opt/cnilab end up in the launchers: same path inside and outside
+    assert m[host["/opt/cnilab"]] == "/opt/cnilab"
     env = {e["name"]: e for e in init["env"]}
     assert env["CNILAB_BIN_DIR"]["value"] == m[host["/opt/cni/bin"]]
-    assert env["CNILAB_HOST_RUNTIME_DIR"]["value"] == m[host["/opt/cnilab"]]
+    assert env["CNILAB_HOST_RUNTIME_DIR"]["value"] == "/opt/cnilab"
     assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
-    # the launchers' interpreter is a host path under the runtime copy's `current` link
-    assert env["CNILAB_HOST_PYTHON"]["value"].startswith("/opt/cnilab/current/")
+    # the image's runtime must not live under a path a host mount hides
+    src = env["CNILAB_RUNTIME_SRC"]["value"]
+    assert not any(src.startswith(p) for c in [init, *spec["containers"]] for p in mounts(c).values())
     assert init["securityContext"]["privileged"] is False
 
     conts = {c["name"]: c for c in spec["containers"]}
@@ -135,12 +137,24 @@ def test_daemonset_shape():
     am = mounts(agent)
     assert am[host["/run/cnilab"]] == "/run/cnilab"
     assert am[host["/var/lib/cni"]] == "/var/lib/cni"  # same IPAM store as fallback calls
+    # it runs the host copy (the launchers' code tree, else it refuses their calls)
+    assert am[host["/opt/cnilab"]] == "/opt/cnilab"
+    assert agent["command"][0] == f"/opt/cnilab/current/bin/{ki.WRAPPER_NAME}"
+    assert agent["command"][1:5] == ["-m", "netlab", "agent", "run"]
+    from netlab import cmd_agent
+    from plugins.core import launcher
+    sock = agent["command"][agent["command"].index("--socket") + 1]
+    assert sock == launcher.DEFAULT_SOCKET and sock.startswith(am[host["/run/cnilab"]] + "/")
+    agent_cli = __import__("argparse").ArgumentParser()
+    cmd_agent.register(agent_cli.add_subparsers())
+    agent_cli.parse_args(agent["command"][3:])  # a valid `netlab agent run` command line
     netns = [vm for vm in agent["volumeMounts"] if vm["mountPath"] == "/run/netns"]
     assert netns and netns[0]["mountPropagation"] == "HostToContainer"
     # one image for all three, and the command runs our module
     images = {c["image"] for c in [init, *conts.values()]}
     assert len(images) == 1
     for c in (init, conts["sync"]):
+        assert c["command"][0] == f"{src}/bin/{ki.WRAPPER_NAME}"
         assert c["command"][1:3] == ["-m", "netlab.kube_install"]
         ki.build_parser().parse_args([c["command"][3]])  # a real subcommand
 
@@ -185,11 +199,14 @@ def test_containerfile_consistent_with_manifest():
     spec = daemonset()["spec"]["template"]["spec"]
     (init,) = spec["initContainers"]
     env = {e["name"]: e.get("value") for e in init["env"]}
-    # the tree the init container copies is the one the image builds, and the
-    # interpreter it names for the host is the wrapper the image creates
-    assert f"/opt/cnilab/runtime/bin/{Path(env['CNILAB_HOST_PYTHON']).name}" in text
-    assert env["CNILAB_RUNTIME_SRC"] == "/opt/cnilab/runtime"
-    assert init["command"][0] == "/opt/cnilab/runtime/bin/cnilab-python"
+    src = env["CNILAB_RUNTIME_SRC"]
+    # the tree the init container copies is the one the image builds, with the
+    # wrapper made by our own code, and the native libraries where it looks
+    assert f"tar -xz -C {src} " in text
+    assert f"-m netlab.kube_install wrapper \\\n      --output {src}/bin/{ki.WRAPPER_NAME}" in text
+    assert f"{src}/{ki.NATIVE_LIB_DIR}/" in text
+    assert "libnftables.so.1" in text
+    assert f'ENTRYPOINT ["{src}/bin/{ki.WRAPPER_NAME}", "-m", "netlab.kube_install"]' in text
 
 
 @pytest.mark.parametrize("mode", ["bridge", "vxlan"])
@@ -649,3 +666,86 @@ def test_cli_render_from_nodes_file(tmp_path, capsys):
     rc = ki.main(["render", "--node", "zz", "--template", str(tpl), "--nodes-file", str(nodes)])
     assert rc == 2
     assert "zz" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------
+# the host runtime: wrapper, launchers bound to it, the whole init-container job
+
+
+def fake_runtime(tmp_path):
+    """A runtime tree like the image's: bin/python3 (here: runs this venv's python,
+    which stands in for the relocatable CPython) and bin/cnilab-python."""
+    import sys
+    rt = tmp_path / "image-runtime"
+    (rt / "bin").mkdir(parents=True)
+    (rt / ki.NATIVE_LIB_DIR).mkdir(parents=True)
+    py = rt / "bin" / "python3"
+    py.write_text(f"#!/bin/sh\nexec {sys.executable} \"$@\"\n")
+    py.chmod(0o755)
+    assert ki.main(["wrapper", "--output", str(rt / "bin" / ki.WRAPPER_NAME)]) == 0
+    return rt
+
+
+def test_wrapper_resolves_links_sets_loader_path_without_env(tmp_path):
+    import subprocess
+    rt = fake_runtime(tmp_path)
+    root = tmp_path / "host"
+    ki.install_runtime(rt, root, "1.0")
+    wrapper = root / "current" / "bin" / ki.WRAPPER_NAME
+    assert os.access(wrapper, os.X_OK)
+    # a runtime execs plugins with a minimal environment, from anywhere
+    out = subprocess.run([str(wrapper), "-c", "import os, sys; print(os.environ['LD_LIBRARY_PATH']);"
+                          "print(sys.flags.no_user_site, sys.flags.ignore_environment)"],
+                         env={"PYTHONPATH": "/nonexistent"}, cwd="/", capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    ld, flags = out.stdout.split("\n")[:2]
+    # resolved through `current` to the release: a call keeps its release
+    assert os.path.realpath(ld.split(":")[0]) == str((root / "releases" / "1.0" /
+                                                      ki.NATIVE_LIB_DIR).resolve())
+    assert flags == "1 1"
+
+
+def test_install_plugins_binds_launchers_to_the_wrapper(tmp_path):
+    import subprocess
+    rt = fake_runtime(tmp_path)
+    wrapper = str(rt / "bin" / ki.WRAPPER_NAME)
+    bin_dir = tmp_path / "cni-bin"
+    paths = ki.install_plugins(bin_dir, python=wrapper)  # netlab.install verifies each one
+    assert sorted(os.path.basename(p) for p in paths) == sorted(
+        ["bridge", "host-local", "portmap", "bandwidth", "vxlan"])
+    for p in paths:
+        assert Path(p).read_text().splitlines()[0].startswith(f"#!{wrapper} ")
+    r = subprocess.run([str(bin_dir / "vxlan")], env={"CNI_COMMAND": "VERSION", "CNILAB_AGENT": "off"},
+                       cwd="/", capture_output=True, timeout=30)
+    assert r.returncode == 0 and b"1.1.0" in r.stdout
+    with pytest.raises(ki.InstallError):
+        ki.install_plugins(bin_dir, python="relative/python")
+
+
+def test_install_job_end_to_end_without_cluster(tmp_path):
+    """The init container's job: runtime copy, launchers via the host copy, conflist."""
+    import subprocess
+    rt = fake_runtime(tmp_path)
+    nodes = tmp_path / "nodes.json"
+    nodes.write_text(json.dumps(THREE))
+    tpl = tmp_path / "bridge.conflist.json"
+    tpl.write_text(configmap()["data"]["bridge.conflist.json"])
+    host_rt, bin_dir, conf_dir = tmp_path / "opt-cnilab", tmp_path / "bin", tmp_path / "net.d"
+    rc = ki.main(["install", "--node", "n2", "--template", str(tpl), "--conf-dir", str(conf_dir),
+                  "--nodes-file", str(nodes), "--bin-dir", str(bin_dir), "--runtime-src", str(rt),
+                  "--host-runtime-dir", str(host_rt), "--release", "0.9", "--once"])
+    assert rc == 0
+    host_python = str(host_rt / "current" / "bin" / ki.WRAPPER_NAME)
+    assert (bin_dir / "bridge").read_text().startswith(f"#!{host_python} ")
+    conf = json.loads((conf_dir / ki.CONFLIST_NAME).read_text())
+    assert conf["plugins"][0]["ipam"]["ranges"] == [[{"subnet": "10.244.1.0/24"}]]
+    r = subprocess.run([str(bin_dir / "bridge")], env={"CNI_COMMAND": "VERSION", "CNILAB_AGENT": "off"},
+                       cwd="/", capture_output=True, timeout=30)
+    assert r.returncode == 0
+    # a node without its podCIDR yet: executables installed, no conflist (kubelet waits)
+    nodes.write_text(json.dumps(node_list(node_obj("n2", "192.168.10.12"))))
+    conf_dir2 = tmp_path / "net.d2"
+    rc = ki.main(["install", "--node", "n2", "--template", str(tpl), "--conf-dir", str(conf_dir2),
+                  "--nodes-file", str(nodes), "--bin-dir", str(bin_dir), "--once"])
+    assert rc == 3 and not (conf_dir2 / ki.CONFLIST_NAME).exists()
