@@ -305,8 +305,8 @@ def test_ipv6_underlay(make_netns, tmp_path):
     na, nb = Node(a, "A", str(tmp_path / "a")), Node(b, "B", str(tmp_path / "b"))
     peers = ["fd10:210::1", "fd10:210::2"]
     pa, pb = make_netns("p6a"), make_netns("p6b")
-    ra = na.add(pa, "ctr6-a", peers=peers)
-    rb = nb.add(pb, "ctr6-b", peers=peers)
+    ra = na.add(pa, "ctr6-a", peers=peers, learning=True)
+    rb = nb.add(pb, "ctr6-b", peers=peers, learning=True)
     vx = na.links()[f"vxlan{VNI}"]
     assert vx["mtu"] == 1430 and vx["linkinfo"]["info_data"]["local6"] == "fd10:210::1"
     assert json.loads(pa.run("ip", "-j", "link", "show", "eth0").stdout)[0]["mtu"] == 1430
@@ -318,6 +318,10 @@ def test_ipv6_underlay(make_netns, tmp_path):
     over = pa.run("ping", "-c", "1", "-W", "2", "-M", "do", "-s", "1403", pod_ip(rb), check=False)
     assert over.returncode != 0
     assert pod_ip(ra) == "10.220.0.10"
+    # learning: after traffic, node A knows pod B's MAC behind node B's VTEP.
+    mac_b = rb["interfaces"][2]["mac"]
+    fdb = a.run("bridge", "fdb", "show", "dev", f"vxlan{VNI}").stdout
+    assert f"{mac_b} dst fd10:210::2" in fdb, fdb
 
 
 def test_noop_del_is_lean(make_netns, tmp_path):
