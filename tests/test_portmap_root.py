@@ -47,6 +47,8 @@ def test_hostport_tcp_udp_hairpin_localhost_and_del(lab):
         assert reach(node, "tcp", "127.0.0.1", 8080) == f"pod {NODE_V4}"
         assert reach(node, "udp", "127.0.0.1", 8053) == f"pod53 {NODE_V4}"
         assert reach(node, "tcp", UP_NODE, 8080).startswith("pod ")
+        assert reach(node, "tcp", UP6_NODE, 8080).startswith("pod ")   # node, own v6 address
+        assert reach(node, "tcp", "::1", 8080) == ""   # IPv6 localhost: impossible by DNAT
         assert node.run("sysctl", "-n", "net.ipv4.conf.cni0.route_localnet").stdout.strip() == "1"
         # CHECK passes on what ADD made
         out, rc = call(node, "portmap", "CHECK", c, netns=pod.ns.path)

@@ -148,10 +148,6 @@ def mark_is_set(bit: int) -> dict:
     return _match({"&": [{"meta": {"key": "mark"}}, 1 << bit]}, 1 << bit)
 
 
-def _loopback(family: int) -> str:
-    return "127.0.0.0/8" if family == 4 else "::1"
-
-
 # ---- rules ------------------------------------------------------------------
 
 def _rule(fam: str, chain: str, expr: list[dict], comment: str | None = None) -> dict:
@@ -180,10 +176,12 @@ def attachment_rules(p: PortMapPlan) -> list[dict]:
                 out.append(_rule(fam, CH_HOSTPORTS,
                                  base + [_match(_payload(ipx, "saddr"), _addr(p.pod_ip)),
                                          mark_set(p.mark_bit)], p.comment))
-                if m.reachable_from_localhost:
+                # IPv4 only: the kernel never routes ::1 off the loopback device
+                # (there is no route_localnet for IPv6), so a ::1 rule could never match
+                if p.family == 4 and m.reachable_from_localhost:
                     out.append(_rule(fam, CH_HOSTPORTS,
                                      base + [_match(_payload(ipx, "saddr"),
-                                                    _addr(_loopback(p.family))),
+                                                    _addr("127.0.0.0/8")),
                                              mark_set(p.mark_bit)], p.comment))
         out.append(_rule(fam, CH_HOSTPORTS,
                          base + [{"dnat": {"addr": p.pod_ip, "port": m.container_port}}],

@@ -1,0 +1,272 @@
+"""bandwidth: shape a pod's traffic with TBF, on the host side of its veth.
+
+A chained plugin. Rates are bits per second, bursts bits (CONVENTIONS.md),
+from ``runtimeConfig.bandwidth`` (capability ``bandwidth``) or the same four
+fields at the top level of the config, which win when any of them is set.
+
+- ingress (toward the pod): TBF as the root qdisc of the host veth;
+- egress (from the pod): the host veth's ingress qdisc + a match-all filter
+  with a mirred redirect to an IFB device (named from a hash of network and
+  container ID, alias naming both) whose root qdisc is a TBF.
+
+Zero means unshaped; rate and burst come in pairs; values the kernel's TBF
+cannot represent are code 7. DEL and GC need no state: the IFB name is
+derived, and the IFB alias tells GC whom it belongs to.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+from plugins.core.config import Fields
+from plugins.core.errors import (CHECK_FAILED, CNIError, INVALID_NETWORK_CONFIG, IO_FAILURE)
+from plugins.core.types import Interface, Result
+
+FIELDS = ("ingressRate", "ingressBurst", "egressRate", "egressBurst")
+MAX_BITS = (2**32 - 1) * 8        # the kernel's TBF holds bytes in 32 bits
+
+
+@dataclass(frozen=True)
+class Bandwidth:
+    ingress_rate: int = 0
+    ingress_burst: int = 0
+    egress_rate: int = 0
+    egress_burst: int = 0
+
+    @property
+    def shapes_ingress(self) -> bool:
+        return self.ingress_rate > 0
+
+    @property
+    def shapes_egress(self) -> bool:
+        return self.egress_rate > 0
+
+    def is_zero(self) -> bool:
+        return not (self.shapes_ingress or self.shapes_egress)
+
+
+def _entry(f: Fields) -> Bandwidth:
+    vals = {k: f.int(k, 0, lo=0, hi=MAX_BITS) for k in FIELDS}
+    for d in ("ingress", "egress"):
+        rate, burst = vals[f"{d}Rate"], vals[f"{d}Burst"]
+        if bool(rate) != bool(burst):
+            which = f"{d}Burst" if rate else f"{d}Rate"
+            raise CNIError(INVALID_NETWORK_CONFIG,
+                           f"{f.path(which)} must be set: rate and burst come in pairs",
+                           f"{d}Rate={rate} {d}Burst={burst}")
+    return Bandwidth(vals["ingressRate"], vals["ingressBurst"], vals["egressRate"],
+                     vals["egressBurst"])
+
+
+def parse_config(conf, ticks: float | None = None) -> Bandwidth:
+    """The effective limits; code 7 for anything the kernel could not hold."""
+    top = Fields(conf.raw)
+    if any(top.has(k) for k in FIELDS):
+        bw = _entry(top)
+    else:
+        bw = _entry(Fields(conf.runtime_config, "runtimeConfig").obj("bandwidth"))
+    from plugins.net import tc
+    t = tc.tick_in_usec() if ticks is None else ticks
+    for d, rate, burst in (("ingress", bw.ingress_rate, bw.ingress_burst),
+                           ("egress", bw.egress_rate, bw.egress_burst)):
+        if rate:
+            try:
+                tc.tbf_params(rate, burst, t)
+            except tc.TcParamError as e:
+                raise CNIError(INVALID_NETWORK_CONFIG, f"{d} limits out of range: {e}",
+                               f"{d}Rate={rate} bit/s {d}Burst={burst} bits") from None
+    return bw
+
+
+def _require_prev(conf) -> Result:
+    if conf.prev_result is None:
+        raise CNIError(INVALID_NETWORK_CONFIG,
+                       "bandwidth must be called as a chained plugin: prevResult is missing",
+                       "put bandwidth after a main plugin (e.g. bridge) in a conflist")
+    return conf.prev_result
+
+
+# ---- finding the host veth ----------------------------------------------------
+
+def host_veth(call, prev: Result) -> tuple[str, int]:
+    """(name, ifindex) in the node of the veth peer of the pod's interface.
+
+    The peer index is read inside the pod; the node link with that index must
+    be a veth whose own peer is the pod interface, and be a host interface of
+    prevResult.
+    """
+    from pyroute2 import IPRoute
+    from plugins.core import netns
+    ifname = call.args.ifname
+    with netns.entered(call.args.netns):
+        with IPRoute() as ipr:
+            links = ipr.link_lookup(ifname=ifname)
+            if not links:
+                raise CNIError(IO_FAILURE, f"pod interface {ifname} not found in "
+                               f"{call.args.netns}")
+            link = ipr.link("get", index=links[0])[0]
+            pod_index = link["index"]
+            peer = link.get_attr("IFLA_LINK")
+            kind = _kind(link)
+    if kind != "veth" or not peer:
+        raise CNIError(INVALID_NETWORK_CONFIG,
+                       f"pod interface {ifname} is a {kind or 'device'} with no host veth peer",
+                       "bandwidth shapes on the host side of a veth; the main plugin must "
+                       "create a veth pair (bridge, ptp)")
+    host_names = {i.name for i in prev.interfaces if not i.sandbox}
+    with IPRoute() as ipr:
+        try:
+            h = ipr.link("get", index=peer)[0]
+        except Exception:
+            h = None
+        if h is None or _kind(h) != "veth" or h.get_attr("IFLA_LINK") != pod_index:
+            raise CNIError(IO_FAILURE, f"the veth peer of {ifname} (index {peer}) is not in "
+                           "this node's namespace")
+        name = h.get_attr("IFLA_IFNAME")
+    if host_names and name not in host_names:
+        raise CNIError(IO_FAILURE, f"the host veth {name} of {ifname} is not an interface of "
+                       "prevResult", f"prevResult host interfaces: {sorted(host_names)}")
+    return name, h["index"]
+
+
+def _kind(link) -> str | None:
+    info = link.get_attr("IFLA_LINKINFO")
+    return info.get_attr("IFLA_INFO_KIND") if info is not None else None
+
+
+# ---- handlers -----------------------------------------------------------------
+
+def add(call) -> Result:
+    bw = parse_config(call.conf)
+    prev = _require_prev(call.conf)
+    if bw.is_zero():
+        return prev
+    from pyroute2 import IPRoute
+    from plugins.net import tc
+    ticks = tc.tick_in_usec()
+    name, index = host_veth(call, prev)
+    result = prev.copy()
+    with IPRoute() as ipr, contextlib.ExitStack() as undo:
+        t = tc.Tc(ipr)
+        if bw.shapes_ingress:
+            t.set_tbf(index, tc.tbf_params(bw.ingress_rate, bw.ingress_burst, ticks))
+            undo.callback(t.del_root, index)
+        if bw.shapes_egress:
+            ifb = tc.ifb_name(call.conf.name, call.args.container_id)
+            mtu = ipr.link("get", index=index)[0].get_attr("IFLA_MTU")
+            t.delete_link(ifb)                 # a leftover from an earlier ADD
+            ifb_index = t.create_ifb(ifb, mtu, tc.ifb_alias(call.conf.name,
+                                                            call.args.container_id))
+            undo.callback(t.delete_link, ifb)
+            t.set_tbf(ifb_index, tc.tbf_params(bw.egress_rate, bw.egress_burst, ticks))
+            t.add_ingress(index)
+            undo.callback(t.del_ingress, index)
+            t.redirect_all(index, ifb_index)
+            mac = ipr.link("get", index=ifb_index)[0].get_attr("IFLA_ADDRESS") or ""
+            result.interfaces.append(Interface(name=ifb, mac=mac))
+        undo.pop_all()
+    return result
+
+
+def delete(call) -> None:
+    """Remove the IFB and our qdiscs on the host veth; everything optional."""
+    parse_config(call.conf)
+    from pyroute2 import IPRoute
+    from plugins.core import netns
+    from plugins.net import tc
+    veth = None
+    prev = call.conf.prev_result
+    if prev is not None and call.args.netns and netns.exists(call.args.netns):
+        try:
+            veth = host_veth(call, prev)
+        except CNIError:
+            veth = None
+    with IPRoute() as ipr:
+        t = tc.Tc(ipr)
+        ifb = tc.ifb_name(call.conf.name, call.args.container_id)
+        ifb_link = t.link(ifb)
+        ifb_index = ifb_link["index"] if ifb_link is not None else None
+        if veth is not None:
+            _, index = veth
+            if tc.Tc.tbf_of(t.root_qdisc(index)) is not None:
+                t.del_root(index)
+            if t.ingress_qdisc(index) is not None and (
+                    ifb_index is None or ifb_index in t.redirect_targets(index)
+                    or not t.redirect_targets(index)):
+                t.del_ingress(index)
+        t.delete_link(ifb)
+
+
+def check(call) -> None:
+    bw = parse_config(call.conf)
+    prev = _require_prev(call.conf)
+    from pyroute2 import IPRoute
+    from plugins.net import tc
+    ticks = tc.tick_in_usec()
+    name, index = host_veth(call, prev)
+    problems: list[str] = []
+    with IPRoute() as ipr:
+        t = tc.Tc(ipr)
+        live_in = tc.Tc.tbf_of(t.root_qdisc(index))
+        if bw.shapes_ingress:
+            problems += _tbf_diff(f"ingress TBF on {name}", live_in,
+                                  tc.tbf_params(bw.ingress_rate, bw.ingress_burst, ticks))
+        elif live_in is not None:
+            problems.append(f"{name} has a TBF but the config shapes no ingress")
+        ifb = tc.ifb_name(call.conf.name, call.args.container_id)
+        ifb_link = t.link(ifb)
+        if bw.shapes_egress:
+            if ifb_link is None:
+                problems.append(f"IFB {ifb} is missing")
+            else:
+                problems += _tbf_diff(f"egress TBF on {ifb}",
+                                      tc.Tc.tbf_of(t.root_qdisc(ifb_link["index"])),
+                                      tc.tbf_params(bw.egress_rate, bw.egress_burst, ticks))
+                if t.ingress_qdisc(index) is None:
+                    problems.append(f"{name} has no ingress qdisc")
+                elif ifb_link["index"] not in t.redirect_targets(index):
+                    problems.append(f"{name}'s ingress is not redirected to {ifb}")
+        elif ifb_link is not None:
+            problems.append(f"IFB {ifb} exists but the config shapes no egress")
+    if problems:
+        raise CNIError(CHECK_FAILED, "bandwidth shaping does not match the config",
+                       "; ".join(problems))
+
+
+def _tbf_diff(what: str, live, want) -> list[str]:
+    if live is None:
+        return [f"{what} is missing"]
+    out = []
+    for k in ("rate", "limit", "buffer"):
+        if getattr(live, k) != getattr(want, k):
+            out.append(f"{what}: {k} is {getattr(live, k)}, want {getattr(want, k)}")
+    return out
+
+
+def gc(call) -> None:
+    """Delete IFBs of this network whose container is not among the valid attachments."""
+    parse_config(call.conf)
+    raw = call.conf.raw
+    items = raw.get("cni.dev/valid-attachments")
+    if items is None:
+        items = raw.get("cni.dev/attachments") or []
+    if not isinstance(items, list):
+        raise CNIError(INVALID_NETWORK_CONFIG, "cni.dev/valid-attachments must be a list")
+    valid = set()
+    for n, a in enumerate(items):
+        valid.add(Fields(a, f"cni.dev/valid-attachments[{n}]").str("containerID", required=True))
+    from pyroute2 import IPRoute
+    from plugins.net import tc
+    with IPRoute() as ipr:
+        t = tc.Tc(ipr)
+        for link in t.ifb_links():
+            owner = tc.parse_alias(link.get_attr("IFLA_IFALIAS") or "")
+            if owner is None or owner[0] != call.conf.name or owner[1] in valid:
+                continue
+            name = link.get_attr("IFLA_IFNAME")
+            if name == tc.ifb_name(owner[0], owner[1]):   # exactly the one we would make
+                t.delete_link(name)
+
+
+def status(call) -> None:
+    return None

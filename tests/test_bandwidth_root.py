@@ -1,0 +1,129 @@
+"""bandwidth in throwaway namespaces: TBF on the host veth, IFB for egress."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from plugins.net import tc
+from tests.chain_lab import add_pod, call, conf, make_node
+
+pytestmark = pytest.mark.root
+
+NET = "bwnet"
+BW = {"ingressRate": 10_000_000, "ingressBurst": 1_000_000,
+      "egressRate": 20_000_000, "egressBurst": 2_000_000}
+
+
+@pytest.fixture
+def lab(make_netns):
+    node, pns = make_netns("bwnode"), make_netns("bwpod")
+    make_node(node, v6=False)
+    return node, add_pod(node, pns, 1, v6=False)
+
+
+def qdiscs(ns, dev):
+    p = ns.run("tc", "-j", "qdisc", "show", "dev", dev, check=False)
+    return json.loads(p.stdout) if p.returncode == 0 and p.stdout.strip() else []
+
+
+def links(ns, kind):
+    return [l["ifname"] for l in json.loads(ns.run("ip", "-j", "link", "show", "type", kind).stdout)]
+
+
+def tbf(ns, dev):
+    return [q for q in qdiscs(ns, dev) if q["kind"] == "tbf"]
+
+
+def test_add_check_del(lab):
+    node, pod = lab
+    c = conf("bandwidth", NET, prev=pod.prev_result(), runtime={"bandwidth": BW})
+    out, rc = call(node, "bandwidth", "ADD", c, netns=pod.ns.path)
+    assert rc == 0, out
+    ifb = tc.ifb_name(NET, "c1")
+    assert out["interfaces"][-1]["name"] == ifb and out["interfaces"][:3] == \
+        pod.prev_result()["interfaces"]
+    # ingress: TBF at 10 Mbit/s on the host veth (tc -j reports bytes/s)
+    q = tbf(node, pod.host_veth)
+    assert len(q) == 1 and q[0]["options"]["rate"] == 10_000_000 // 8
+    assert q[0]["options"]["burst"] == 1_000_000 // 8
+    assert any(x["kind"] == "ingress" for x in qdiscs(node, pod.host_veth))
+    # egress: IFB with TBF at 20 Mbit/s, veth ingress redirected to it
+    assert ifb in links(node, "ifb")
+    q = tbf(node, ifb)
+    assert len(q) == 1 and q[0]["options"]["rate"] == 20_000_000 // 8
+    filt = node.run("tc", "filter", "show", "dev", pod.host_veth, "ingress").stdout
+    assert f"Egress Redirect to device {ifb}" in filt
+    # CHECK agrees; then disagrees with other limits
+    c["prevResult"] = out
+    assert call(node, "bandwidth", "CHECK", c, netns=pod.ns.path)[1] == 0
+    other = dict(c, runtimeConfig={"bandwidth": dict(BW, ingressRate=5_000_000)})
+    out2, rc = call(node, "bandwidth", "CHECK", other, netns=pod.ns.path)
+    assert rc == 1 and out2["code"] == 102 and "rate" in out2["details"]
+    # DEL removes everything; twice is fine; also with the netns gone
+    assert call(node, "bandwidth", "DEL", c, netns=pod.ns.path)[1] == 0
+    assert ifb not in links(node, "ifb")
+    assert tbf(node, pod.host_veth) == []
+    assert not any(x["kind"] == "ingress" for x in qdiscs(node, pod.host_veth))
+    assert call(node, "bandwidth", "DEL", c, netns=pod.ns.path)[1] == 0
+    assert call(node, "bandwidth", "DEL", c, netns="/var/run/netns/no-such-ns")[1] == 0
+
+
+def test_top_level_wins_and_zero_is_unshaped(lab):
+    node, pod = lab
+    c = conf("bandwidth", NET, prev=pod.prev_result(), runtime={"bandwidth": BW},
+             ingressRate=8_000_000, ingressBurst=800_000)
+    out, rc = call(node, "bandwidth", "ADD", c, netns=pod.ns.path)
+    assert rc == 0, out
+    assert tbf(node, pod.host_veth)[0]["options"]["rate"] == 1_000_000
+    assert links(node, "ifb") == []                  # top level has no egress: unshaped
+    assert out == pod.prev_result()
+    assert call(node, "bandwidth", "DEL", c, netns=pod.ns.path)[1] == 0
+    zero = conf("bandwidth", NET, prev=pod.prev_result(), runtime={"bandwidth": {}})
+    out, rc = call(node, "bandwidth", "ADD", zero, netns=pod.ns.path)
+    assert rc == 0 and out == pod.prev_result() and tbf(node, pod.host_veth) == []
+
+
+def test_bad_input_changes_nothing(lab):
+    node, pod = lab
+    for bad in ({"ingressRate": 1000},                       # burst missing
+                {"egressBurst": 1000},                       # rate missing
+                {"ingressRate": -1, "ingressBurst": 10},
+                {"ingressRate": 2**40, "ingressBurst": 10**6},
+                {"ingressRate": 8, "ingressBurst": 2**34}):  # burst takes forever
+        c = conf("bandwidth", NET, prev=pod.prev_result(), runtime={"bandwidth": bad})
+        out, rc = call(node, "bandwidth", "ADD", c, netns=pod.ns.path)
+        assert rc == 1 and out["code"] == 7, (bad, out)
+    out, rc = call(node, "bandwidth", "ADD", conf("bandwidth", NET, runtime={"bandwidth": BW}),
+                   netns=pod.ns.path)
+    assert rc == 1 and "prevResult" in out["msg"]
+    assert tbf(node, pod.host_veth) == [] and links(node, "ifb") == []
+
+
+def test_pod_link_without_veth_is_a_clear_error(make_netns):
+    node, pns = make_netns("bwnode"), make_netns("bwpod")
+    make_node(node, v6=False)
+    pns.run("ip", "link", "add", "eth0", "type", "bridge")   # any non-veth link
+    prev = {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": pns.path}],
+            "ips": [{"address": "10.77.0.9/24", "interface": 0}]}
+    out, rc = call(node, "bandwidth", "ADD", conf("bandwidth", NET, prev=prev,
+                                                  runtime={"bandwidth": BW}), netns=pns.path)
+    assert rc == 1 and "veth" in out["msg"], out
+
+
+def test_gc_removes_orphan_ifbs_of_this_network_only(lab, make_netns):
+    node, pod = lab
+    pod2 = add_pod(node, make_netns("bwpod"), 2, v6=False)
+    for p, cid in ((pod, "c1"), (pod2, "c2")):
+        c = conf("bandwidth", NET, prev=p.prev_result(), runtime={"bandwidth": BW})
+        assert call(node, "bandwidth", "ADD", c, cid=cid, netns=p.ns.path)[1] == 0
+    # an IFB of another network, which this network's GC must leave alone
+    node.run("ip", "link", "add", tc.ifb_name("othernet", "c9"), "type", "ifb")
+    node.run("ip", "link", "set", tc.ifb_name("othernet", "c9"), "alias",
+             tc.ifb_alias("othernet", "c9"))
+    gc = conf("bandwidth", NET, version="1.1.0",
+              **{"cni.dev/valid-attachments": [{"containerID": "c2", "ifname": "eth0"}]})
+    out, rc = call(node, "bandwidth", "GC", gc)
+    assert rc == 0, out
+    assert sorted(links(node, "ifb")) == sorted([tc.ifb_name(NET, "c2"),
+                                                 tc.ifb_name("othernet", "c9")])
