@@ -238,13 +238,13 @@ def _ipam(conf: VxlanConf, call, command: str):
 def _ensure_shared(conf: VxlanConf, res: Resolved, links, undo: contextlib.ExitStack):
     """The VXLAN device, the bridge, the device as a bridge port, the FDB. Needs node_lock."""
     from .net import attach
-    from .net.vxlan_dev import owner_alias
+    from .net.vxlan_dev import ALIAS_PREFIX, owner_alias
     alias = owner_alias(conf.network)
     vx_index, vx_created = links.ensure(res.spec, res.underlay.index)
     if vx_created:
         undo.callback(_remove_shared_if_unused, conf)
     br_obs = links.observe(conf.bridge)
-    if br_obs is not None and br_obs.alias.startswith(alias.split(":")[0] + ":") \
+    if br_obs is not None and br_obs.alias.startswith(ALIAS_PREFIX + ":") \
             and br_obs.alias != alias:
         raise CNIError(LINK_EXISTS, f"bridge {conf.bridge} belongs to another network",
                        f"its alias is {br_obs.alias!r}")

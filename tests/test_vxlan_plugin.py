@@ -365,3 +365,34 @@ def test_multicast_group(nodes, make_netns):
     assert info["group"] == "239.1.42.42" and info["learning"] is True
     r = pa.run("ping", "-c", "1", "-W", "3", pod_ip(rb), check=False)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.e2e
+def test_installed_executable(nodes, make_netns, installed_plugins):
+    """The installed `vxlan` executable, run by a runtime inside each node namespace."""
+    exe = os.path.join(installed_plugins, "vxlan")
+    results = {}
+    pods = {}
+    for node in nodes:
+        p = make_netns(f"px{node.key}")
+        pods[node.key] = p
+        env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": f"exe-{node.key}", "CNI_NETNS": p.path,
+               "CNI_IFNAME": "eth0", "CNI_PATH": installed_plugins}
+        r = subprocess.run(["ip", "netns", "exec", node.ns.name, exe], env=env,
+                           input=json.dumps(dict(node.conf(), cniVersion="0.4.0")),
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+        results[node.key] = json.loads(r.stdout)
+        assert results[node.key]["cniVersion"] == "0.4.0"
+        assert results[node.key]["ips"][0]["version"] == "4"
+    ping = pods["A"].run("ping", "-c", "1", "-W", "2", pod_ip(results["B"]), check=False)
+    assert ping.returncode == 0, ping.stdout + ping.stderr
+    for node in nodes:
+        env = {"CNI_COMMAND": "DEL", "CNI_CONTAINERID": f"exe-{node.key}",
+               "CNI_NETNS": pods[node.key].path, "CNI_IFNAME": "eth0",
+               "CNI_PATH": installed_plugins}
+        r = subprocess.run(["ip", "netns", "exec", node.ns.name, exe], env=env,
+                           input=json.dumps(node.conf()), capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert set(node.links()) == {"lo", "ul0"}
