@@ -395,3 +395,38 @@ def test_vlan_access_port(node, pod, data_dir):
     out = node.run("bridge", "-j", "vlan", "show", "dev", host).stdout
     assert '"vlan":100' in out.replace(" ", "")
     ok(call(node, "DEL", c, netns=pod.path))
+
+
+# ---- concurrency and DAD -----------------------------------------------------------
+
+def test_parallel_adds_on_one_node(node, make_netns, data_dir):
+    """Bridge creation, gateway address and the masquerade table are race-free."""
+    from concurrent.futures import ThreadPoolExecutor
+    pods = [make_netns("pod") for _ in range(6)]
+    c = conf(data_dir, "1.0.0", v6="fd31::/64", isGateway=True, ipMasq=True)
+    with ThreadPoolExecutor(len(pods)) as ex:
+        results = list(ex.map(lambda ip: call(node, "ADD", c, netns=ip[1].path, cid=f"c{ip[0]}"),
+                              enumerate(pods)))
+    assert all(rc == 0 for rc, _ in results), [out for rc, out in results if rc]
+    got = {r["ips"][0]["address"] for _, r in results}
+    assert len(got) == len(pods)
+    table = nft_table(node, "inet", "cnilab_masq")
+    assert table.count("masquerade") == 2 * len(pods)
+    assert table.count("224.0.0.0/4") == 1
+    assert ping(pods[0], results[-1][1]["ips"][0]["address"].split("/")[0])
+    with ThreadPoolExecutor(len(pods)) as ex:
+        dels = list(ex.map(lambda ip: call(node, "DEL", c, netns=ip[1].path, cid=f"c{ip[0]}"),
+                           enumerate(pods)))
+    assert all(rc == 0 for rc, _ in dels), dels
+    assert "masquerade" not in nft_table(node, "inet", "cnilab_masq")
+    assert node_veths(node) == set() and reservations(data_dir) == {}
+
+
+def test_enabledad_settles_ipv6_before_returning(node, pod, data_dir):
+    c = conf(data_dir, "1.0.0", v6="fd31::/64", isDefaultGateway=True, enabledad=True)
+    r = ok(call(node, "ADD", c, netns=pod.path))
+    assert pod.run("sysctl", "-n", "net.ipv6.conf.eth0.accept_dad").stdout.strip() == "1"
+    out = pod.run("ip", "-6", "addr", "show", "dev", "eth0").stdout
+    assert "fd31::" in out and "tentative" not in out
+    ok(call(node, "CHECK", c, netns=pod.path, prev=r))
+    ok(call(node, "DEL", c, netns=pod.path))
