@@ -8,8 +8,9 @@ It does on a real node what flannel's and kindnet's DaemonSets do, for our plugi
    :func:`netlab.install.install`, then render this node's conflist and write it
    atomically into ``/etc/cni/net.d``. Run as the DaemonSet's init container.
 2. ``sync``: watch the node list and rewrite the conflist when nodes join or
-   leave (VXLAN ``peers``), or this node's ``spec.podCIDR`` appears; in bridge
-   mode optionally keep routes to the other nodes' pod ranges (kindnet style).
+   leave (VXLAN ``peers``), or this node's ``spec.podCIDR`` appears; in routed
+   bridge mode optionally keep routes to the other nodes' pod ranges and a
+   masquerade for traffic leaving the cluster (kindnet style).
 3. ``render``: print the conflist for a node from a node-list JSON file
    (``kubectl get nodes -o json``), for checking a template without a cluster.
 
@@ -388,6 +389,73 @@ class RouteApplier:
                 ipr.route("replace", dst=r.dst, gateway=r.via, proto=ROUTE_PROTO)
 
 
+# ---------------------------------------------------------------------------
+# node-level masquerade for routed bridge mode (plan pure; apply via plugins.net.nft)
+
+MASQ_FAMILY = "inet"
+MASQ_TABLE = "cnilab_kube"   # ours alone (prefix cnilab); replaced whole, atomically
+MASQ_COMMENT = "cnilab-kube: pod egress leaving the cluster"
+
+
+def plan_masq(pod_cidrs: Iterable[str], cluster_cidrs: Iterable[str]) -> list[dict]:
+    """libnftables JSON: masquerade what this node's pods send outside the cluster.
+
+    The bridge plugin's own ``ipMasq`` spares only the pod's subnet, which in
+    routed mode is this node's pod CIDR: pod-to-pod traffic to other nodes would
+    be NATed (the Kubernetes network model forbids that). This rule spares every
+    cluster CIDR (and multicast). One transaction that re-creates our table, so
+    applying the same plan twice converges and a changed plan replaces the old.
+    """
+    fam_proto = {4: "ip", 6: "ip6"}
+    clusters = [ipaddress.ip_network(c) for c in cluster_cidrs]
+    table = {"family": MASQ_FAMILY, "name": MASQ_TABLE}
+    chain = {"family": MASQ_FAMILY, "table": MASQ_TABLE, "name": "postrouting"}
+    cmds: list[dict] = [
+        {"add": {"table": table}}, {"delete": {"table": table}}, {"add": {"table": table}},
+        {"add": {"chain": dict(chain, type="nat", hook="postrouting", prio=100,
+                               policy="accept")}},
+    ]
+
+    def pfx(n):
+        return {"prefix": {"addr": str(n.network_address), "len": n.prefixlen}}
+
+    for c in pod_cidrs:
+        net = ipaddress.ip_network(c)
+        proto = fam_proto[net.version]
+        spare = [n for n in clusters if n.version == net.version]
+        if not any(net.subnet_of(n) for n in spare):
+            raise InstallError(f"pod CIDR {net} is not inside the cluster CIDR(s) "
+                               f"{', '.join(map(str, spare)) or '(none of IPv%d)' % net.version}: "
+                               "set CNILAB_CLUSTER_CIDR")
+        spare.append(ipaddress.ip_network("224.0.0.0/4" if net.version == 4 else "ff00::/8"))
+        expr = [
+            {"match": {"op": "==", "left": {"payload": {"protocol": proto, "field": "saddr"}},
+                       "right": pfx(net)}},
+            {"match": {"op": "!=", "left": {"payload": {"protocol": proto, "field": "daddr"}},
+                       "right": {"set": [pfx(n) for n in spare]}}},
+            {"masquerade": None},
+        ]
+        cmds.append({"add": {"rule": {"family": MASQ_FAMILY, "table": MASQ_TABLE,
+                                      "chain": chain["name"], "expr": expr,
+                                      "comment": MASQ_COMMENT}}})
+    return cmds
+
+
+class MasqApplier:
+    """Applies a masquerade plan in the current netns (the node's) when it changes."""
+
+    def __init__(self) -> None:
+        self._last: list[dict] | None = None
+
+    def ensure(self, plan: list[dict]) -> bool:
+        if plan == self._last:
+            return False
+        from plugins.net.nft import Nft
+        Nft().apply(plan, what=f"node masquerade table {MASQ_TABLE}")
+        self._last = plan
+        return True
+
+
 def interface_with_address(ip: str) -> str | None:
     """The name of the interface in the current netns (the node's) holding ``ip``."""
     from pyroute2 import IPRoute
@@ -573,6 +641,7 @@ class Settings:
     conflist_name: str = CONFLIST_NAME
     cluster_cidrs: tuple[str, ...] = ()
     routes: bool = False
+    masquerade: bool = False
     interval: float = 30.0
     watch_timeout: int = 300
 
@@ -596,6 +665,7 @@ class Settings:
             conflist_name=env.get("CNILAB_CONFLIST_NAME", CONFLIST_NAME),
             cluster_cidrs=cidrs,
             routes=env.get("CNILAB_ROUTES", "false").lower() in ("1", "true", "yes"),
+            masquerade=env.get("CNILAB_MASQUERADE", "false").lower() in ("1", "true", "yes"),
             interval=float(env.get("CNILAB_RESYNC_SECONDS", "30")),
         )
         kw.update({k: v for k, v in over.items() if v is not None})
@@ -608,6 +678,7 @@ class SyncResult:
     peers: PeerDiff = field(default_factory=PeerDiff)
     routes_put: list[RoutePlan] = field(default_factory=list)
     routes_dropped: list[RoutePlan] = field(default_factory=list)
+    masq_changed: bool = False
 
 
 class Syncer:
@@ -615,10 +686,12 @@ class Syncer:
 
     def __init__(self, settings: Settings, template: dict,
                  routes: RouteApplier | None = None,
-                 underlay_of: Callable[[str], str | None] | None = None) -> None:
+                 underlay_of: Callable[[str], str | None] | None = None,
+                 masq: MasqApplier | None = None) -> None:
         self.s = settings
         self.template = template
         self.routes = routes
+        self.masq = masq
         self.underlay_of = underlay_of or interface_with_address
         self._wants_underlay = "{{underlayInterface}}" in json.dumps(template)
         self.nodes: dict[str, Node] = {}
@@ -643,6 +716,8 @@ class Syncer:
                 self.routes.apply(put, drop)
                 log.info("routes: put %s, dropped %s", put, drop)
             res.routes_put, res.routes_dropped = put, drop
+        if self.masq is not None and me is not None:
+            res.masq_changed = self.masq.ensure(plan_masq(me.pod_cidrs, self.s.cluster_cidrs))
         return res
 
 
@@ -853,16 +928,24 @@ def cmd_wrapper(args: argparse.Namespace) -> int:
 def cmd_sync(args: argparse.Namespace) -> int:
     s = _settings(args)
     template = load_template(s.template_path)
-    routes = None
+    routes = masq = None
+    bridge_mode = main_plugin(template).get("type") == "bridge"
     if s.routes:
-        if main_plugin(template).get("type") != "bridge":
+        if not bridge_mode:
             raise InstallError("CNILAB_ROUTES is for the routed bridge mode only")
         routes = RouteApplier()
+    if s.masquerade:
+        if not bridge_mode:
+            raise InstallError("CNILAB_MASQUERADE is for the routed bridge mode only "
+                               "(the vxlan plugin's ipMasq already spares the cluster CIDR)")
+        if not s.cluster_cidrs:
+            raise InstallError("CNILAB_MASQUERADE needs CNILAB_CLUSTER_CIDR")
+        masq = MasqApplier()
     stop = threading.Event()
     import signal
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    sync_loop(Syncer(s, template, routes), _source(args), stop)
+    sync_loop(Syncer(s, template, routes, masq=masq), _source(args), stop)
     return 0
 
 

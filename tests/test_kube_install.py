@@ -237,6 +237,48 @@ def test_vxlan_template_fields_accepted_by_our_plugin():
     assert conf.peers == ("192.168.10.12", "192.168.10.13")
     assert conf.local_ip == "192.168.10.11" and conf.underlay == "eth0"
     assert conf.is_gateway and conf.ip_masq and conf.vni == 1 and conf.port == 4789
+    assert conf.is_default_gateway
+    assert conf.bridge == "vxbr1"
+
+
+def libcni_view(conflist, i):
+    """Plugin i's config as libcni hands it over (name and cniVersion injected)."""
+    return dict(conflist["plugins"][i], name=conflist["name"], cniVersion=conflist["cniVersion"])
+
+
+@pytest.mark.parametrize("mode", ["bridge", "vxlan"])
+@pytest.mark.parametrize("stack", ["v4", "dual"])
+def test_rendered_conflists_pass_our_plugins_parsers(mode, stack):
+    """Every field the templates use is one our plugins (and host-local) accept."""
+    from plugins.core.config import parse_netconf
+    from plugins.core.skel import Call, CmdArgs
+    ipam_config = pytest.importorskip("ipam.config")
+    if stack == "v4":
+        nodes, clusters = ki.nodes_from_list(THREE), ["10.244.0.0/16"]
+    else:
+        nodes = ki.nodes_from_list(node_list(
+            node_obj("a", ips=["192.168.10.11", "fd00::11"],
+                     cidrs=["10.244.0.0/24", "fd00:10:244::/64"]),
+            node_obj("b", ips=["192.168.10.12", "fd00::12"],
+                     cidrs=["10.244.1.0/24", "fd00:10:244:1::/64"])))
+        clusters = ["10.244.0.0/16", "fd00:10:244::/56"]
+    r = ki.render(template(mode), sorted(nodes)[0], nodes, clusters, underlay="eth0")
+    args = CmdArgs(command="ADD", container_id="c1", netns="/run/netns/x", ifname="eth0",
+                   args="", path=["/opt/cni/bin"])
+    main = parse_netconf(libcni_view(r.conflist, 0))
+    if mode == "bridge":
+        br = pytest.importorskip("plugins.bridge")
+        c = br.parse_conf(Call(args=args, conf=main), strict=False)
+        assert c.bridge == "cni0" and c.is_gateway and c.is_default_gateway
+        assert c.ip_masq is False and c.hairpin
+    else:
+        vx = pytest.importorskip("plugins.vxlan")
+        c = vx.parse(main.raw, main.name)
+        assert c.is_gateway and c.is_default_gateway and c.ip_masq and c.bridge == "vxbr1"
+    ipc = ipam_config.load(main, {}, need_ranges=True)
+    assert len(ipc.ranges if hasattr(ipc, "ranges") else ipc.range_sets) == (1 if stack == "v4" else 2)
+    pm = pytest.importorskip("plugins.portmap")
+    pm.parse_config(parse_netconf(libcni_view(r.conflist, 1)))
 
 
 # ---------------------------------------------------------------------------
@@ -749,3 +791,67 @@ def test_install_job_end_to_end_without_cluster(tmp_path):
     rc = ki.main(["install", "--node", "n2", "--template", str(tpl), "--conf-dir", str(conf_dir2),
                   "--nodes-file", str(nodes), "--bin-dir", str(bin_dir), "--once"])
     assert rc == 3 and not (conf_dir2 / ki.CONFLIST_NAME).exists()
+
+
+# ---------------------------------------------------------------------------
+# node masquerade (routed bridge mode)
+
+
+def test_masq_plan_spares_cluster_and_multicast():
+    plan = ki.plan_masq(["10.244.1.0/24", "fd00:10:244:1::/64"],
+                        ["10.244.0.0/16", "fd00:10:244::/56"])
+    # the table is re-created in the same transaction: converges, replaces
+    assert [list(c)[0] + ":" + list(list(c.values())[0])[0] for c in plan[:4]] == [
+        "add:table", "delete:table", "add:table", "add:chain"]
+    rules = [c["add"]["rule"] for c in plan if "rule" in c.get("add", {})]
+    assert len(rules) == 2
+    v4 = rules[0]["expr"]
+    assert v4[0]["match"]["right"] == {"prefix": {"addr": "10.244.1.0", "len": 24}}
+    assert v4[1]["match"]["op"] == "!="
+    assert v4[1]["match"]["right"]["set"] == [{"prefix": {"addr": "10.244.0.0", "len": 16}},
+                                              {"prefix": {"addr": "224.0.0.0", "len": 4}}]
+    assert rules[1]["expr"][0]["match"]["left"]["payload"]["protocol"] == "ip6"
+    for c in plan:  # nothing outside our own table
+        (obj,) = c.values()
+        (kind, body), = obj.items()
+        assert (body["name"] if kind == "table" else body["table"]) == ki.MASQ_TABLE
+        assert body["family"] == ki.MASQ_FAMILY
+    assert rules[0]["chain"] == "postrouting"
+    with pytest.raises(ki.InstallError, match="not inside the cluster"):
+        ki.plan_masq(["10.245.0.0/24"], ["10.244.0.0/16"])
+
+
+def test_syncer_masq_applies_only_on_change(tmp_path):
+    tpl = tmp_path / "bridge.conflist.json"
+    tpl.write_text(json.dumps(template("bridge")))
+    s = ki.Settings(node_name="n1", template_path=str(tpl), conf_dir=str(tmp_path / "d"),
+                    cluster_cidrs=("10.244.0.0/16",))
+    applied = []
+
+    class FakeMasq(ki.MasqApplier):
+        def ensure(self, plan):
+            if plan == self._last:
+                return False
+            applied.append(plan)
+            self._last = plan
+            return True
+    syncer = ki.Syncer(s, ki.load_template(tpl), masq=FakeMasq())
+    assert syncer.step(ki.nodes_from_list(THREE)).masq_changed
+    assert not syncer.step(ki.nodes_from_list(THREE)).masq_changed  # peers etc. irrelevant
+    assert len(applied) == 1
+
+
+@pytest.mark.root
+def test_masq_plan_applies_in_a_node_namespace(make_netns):
+    from plugins.core import netns
+    from plugins.net.nft import Nft
+    node = make_netns("kmasq")
+    plan = ki.plan_masq(["10.244.1.0/24"], ["10.244.0.0/16"])
+    with netns.entered(node.path):
+        ki.MasqApplier().ensure(plan)
+        ki.MasqApplier().ensure(plan)  # a restarted sync converges (table re-created)
+        objs = Nft().list_table(ki.MASQ_FAMILY, ki.MASQ_TABLE)
+    rules = [o["rule"] for o in objs if "rule" in o]
+    assert len(rules) == 1 and rules[0]["comment"] == ki.MASQ_COMMENT
+    text = node.run("nft", "list", "table", "inet", ki.MASQ_TABLE).stdout
+    assert "ip saddr 10.244.1.0/24 ip daddr != { 10.244.0.0/16, 224.0.0.0/4 } masquerade" in text
