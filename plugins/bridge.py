@@ -121,6 +121,11 @@ def parse_conf(call: Call, *, strict: bool = True) -> BridgeConf:
     if c.ipam_type and c.disable_container_interface:
         raise CNIError(INVALID_NETWORK_CONFIG,
                        "cannot use IPAM when disableContainerInterface is set")
+    if c.vlan and c.is_gateway:
+        # The reference puts the gateway on a "<bridge>.<vid>" veth in the vlan; we do not
+        # (yet): an address on the bridge itself would be unreachable from the vlan.
+        raise CNIError(INVALID_NETWORK_CONFIG, "isGateway together with vlan is not supported",
+                       "put the gateway on a router port of the vlan instead")
     # MAC: CNI_ARGS MAC=, then args.cni.mac, then runtimeConfig.mac (last wins).
     env_args = cniargs.select(call.args.cni_args, {"MAC", "IP"})
     if env_args.get("MAC"):

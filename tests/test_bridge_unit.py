@@ -54,6 +54,7 @@ def test_default_gateway_implies_gateway():
     ({"hairpinMode": True, "promiscMode": True}, "hairpin"),
     ({"disableContainerInterface": True, "ipam": {"type": "host-local"}}, "IPAM"),
     ({"ipMasqBackend": "iptables"}, "ipMasqBackend"),
+    ({"vlan": 10, "isGateway": True, "ipam": {"type": "host-local"}}, "vlan"),
     ({"runtimeConfig": {"mac": "zz:00:00:00:00:00"}}, "runtimeConfig.mac"),
     ({"runtimeConfig": {"mac": "01:00:00:00:00:01"}}, "multicast"),
 ])
