@@ -173,6 +173,12 @@ def test_two_nodes_ping_capture_mtu_fdb(nodes, make_netns):
              "dst", "10.210.0.2")
     rc, err = a.cni("CHECK", conf_a, "ctr-a1", pa.path)
     assert rc == 1 and err["code"] == CHECK_FAILED and "FDB" in err["msg"]
+    a.ns.run("ip", "link", "set", f"vxlan{VNI}", "mtu", "1400")
+    rc, err = a.cni("CHECK", conf_a, "ctr-a1", pa.path)
+    assert rc == 1 and err["code"] == CHECK_FAILED and "MTU is 1400" in err["details"], err
+    pa.run("ip", "addr", "flush", "dev", "eth0")
+    rc, err = a.cni("CHECK", dict(conf_a, peers=["10.210.0.3"]), "ctr-a1", pa.path)
+    assert rc == 1 and err["code"] == CHECK_FAILED, err
 
     # A node joins (peers grows): the next ADD on A converges the FDB, then it leaves.
     pa2, pa3 = make_netns("pa2"), make_netns("pa3")
@@ -396,3 +402,34 @@ def test_installed_executable(nodes, make_netns, installed_plugins):
                            timeout=60)
         assert r.returncode == 0, r.stdout + r.stderr
         assert set(node.links()) == {"lo", "ul0"}
+
+
+def test_parallel_add_and_last_del(nodes, make_netns):
+    """The last DEL (which removes the shared links) racing ADDs on the same node."""
+    import threading
+    a, b = nodes
+    first = make_netns("ppar0")
+    a.add(first, "par-0")
+    pods = [make_netns(f"ppar{i}") for i in range(1, 4)]
+    out: dict[str, tuple] = {}
+
+    def run(name, fn):
+        out[name] = fn()
+    threads = [threading.Thread(target=run, args=("del", lambda: a.cni(
+        "DEL", a.conf(), "par-0", first.path)))]
+    for i, p in enumerate(pods, 1):
+        threads.append(threading.Thread(target=run, args=(f"add{i}", lambda i=i, p=p: a.cni(
+            "ADD", a.conf(), f"par-{i}", p.path))))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert all(rc == 0 for rc, _ in out.values()), out
+    links = a.links()
+    assert links[f"vxlan{VNI}"]["master"] == f"vxbr{VNI}"
+    assert len([n for n, l in links.items() if l.get("master") == f"vxbr{VNI}"]) == 4
+    pb = make_netns("pparb")
+    rb = b.add(pb, "par-b")
+    for p in pods:
+        r = p.run("ping", "-c", "1", "-W", "2", pod_ip(rb), check=False)
+        assert r.returncode == 0, r.stdout + r.stderr

@@ -263,3 +263,29 @@ def test_overhead_and_names():
     assert vd.max_mtu(1500, 4) == 1450 and vd.max_mtu(1500, 6) == 1430
     assert vd.device_name(16777215) == "vxlan16777215"
     assert vd.owner_alias("net1") == "cnilab-vxlan:net1"
+
+
+# ---- small helpers ------------------------------------------------------------------
+
+def test_valid_attachments_both_keys():
+    new = {"cni.dev/valid-attachments": [{"containerID": "c1", "ifname": "eth0"}]}
+    old = {"cni.dev/attachments": [{"containerID": "c2", "ifname": "net1"}]}
+    assert vxlan.valid_attachments(new) == [("c1", "eth0")]
+    assert vxlan.valid_attachments(old) == [("c2", "net1")]
+    assert vxlan.valid_attachments({}) == []
+    with pytest.raises(CNIError, match="needs string containerID"):
+        vxlan.valid_attachments({"cni.dev/valid-attachments": [{"containerID": 1}]})
+
+
+def test_anycast_mac_is_local_unicast_and_stable():
+    m = vxlan._anycast_mac("net", 42)
+    first = int(m[:2], 16)
+    assert first & 0x02 and not first & 0x01 and len(m) == 17
+    assert m == vxlan._anycast_mac("net", 42) != vxlan._anycast_mac("net", 43)
+
+
+def test_cni_args_mac():
+    vxlan._check_mac("02:00:00:00:00:01")
+    for bad_mac in ("01:00:5e:00:00:01", "02:00:00:00:00", "zz:00:00:00:00:01"):
+        with pytest.raises(CNIError):
+            vxlan._check_mac(bad_mac)
