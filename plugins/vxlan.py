@@ -209,15 +209,15 @@ def _anycast_mac(network: str, vni: int) -> str:
 def node_lock(conf: VxlanConf):
     """Serialise creating/removing the shared device and bridge on one node.
 
-    Keyed by the node's network namespace (two lab nodes on one machine are two
-    nodes) and the bridge; flock is released when the process dies.
+    Keyed by the bridge name only: lab nodes on one machine then share a lock,
+    which costs a little parallelism but keeps the number of lock files bounded
+    (a lock file cannot be removed safely). flock is released if the process dies.
     """
     import fcntl
     import os
-    st = os.stat("/proc/thread-self/ns/net")
     d = os.environ.get("CNILAB_RUN_DIR", "/run/cnilab")
     os.makedirs(d, mode=0o700, exist_ok=True)
-    fd = os.open(os.path.join(d, f"vxlan-{st.st_dev}-{st.st_ino}-{conf.bridge}.lock"),
+    fd = os.open(os.path.join(d, f"vxlan-{conf.bridge}.lock"),
                  os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
