@@ -456,6 +456,33 @@ class MasqApplier:
         return True
 
 
+class FdbSyncer:
+    """Pushes new VXLAN peers into the node's existing VXLAN device at once.
+
+    The vxlan plugin syncs the FDB on every ADD; without this, a node that
+    joined would be unreachable from a node until that node attaches its next
+    pod. This uses the plugin's own code (config parser, node lock, ownership
+    alias, ``VxlanLinks.sync_fdb``, which touches only all-zero-MAC entries)
+    and does nothing when the device does not exist yet (the next ADD creates
+    it from the conflist just written) or is not ours.
+    """
+
+    def sync(self, conflist: Mapping[str, Any]) -> tuple[list[str], list[str]] | None:
+        from plugins import vxlan as vx
+        from plugins.net.vxlan_dev import VxlanLinks, owner_alias
+        raw = dict(main_plugin(conflist), name=conflist["name"],
+                   cniVersion=conflist["cniVersion"])
+        conf = vx.parse(raw, conflist["name"])
+        if conf.group:
+            return None
+        with vx.node_lock(conf), VxlanLinks() as links:
+            dev = links.observe(conf.device)
+            if dev is None or dev.alias != owner_alias(conf.network):
+                return None
+            peers = [p for p in conf.peers if p not in (dev.local, conf.local_ip)]
+            return links.sync_fdb(dev.index, peers)
+
+
 def interface_with_address(ip: str) -> str | None:
     """The name of the interface in the current netns (the node's) holding ``ip``."""
     from pyroute2 import IPRoute
@@ -679,6 +706,7 @@ class SyncResult:
     routes_put: list[RoutePlan] = field(default_factory=list)
     routes_dropped: list[RoutePlan] = field(default_factory=list)
     masq_changed: bool = False
+    fdb: tuple[list[str], list[str]] | None = None
 
 
 class Syncer:
@@ -687,11 +715,13 @@ class Syncer:
     def __init__(self, settings: Settings, template: dict,
                  routes: RouteApplier | None = None,
                  underlay_of: Callable[[str], str | None] | None = None,
-                 masq: MasqApplier | None = None) -> None:
+                 masq: MasqApplier | None = None, fdb: FdbSyncer | None = None) -> None:
         self.s = settings
         self.template = template
         self.routes = routes
         self.masq = masq
+        self.fdb = fdb
+        self._fdb_done = False
         self.underlay_of = underlay_of or interface_with_address
         self._wants_underlay = "{{underlayInterface}}" in json.dumps(template)
         self.nodes: dict[str, Node] = {}
@@ -710,6 +740,11 @@ class Syncer:
             log.info("wrote %s%s", self.s.conflist_path,
                      f" (peers +{list(diff.added)} -{list(diff.removed)})" if diff else "")
         res = SyncResult(written=written, peers=diff)
+        if self.fdb is not None and (written or diff or not self._fdb_done):
+            res.fdb = self.fdb.sync(r.conflist)
+            self._fdb_done = True
+            if res.fdb and (res.fdb[0] or res.fdb[1]):
+                log.info("vxlan FDB: added %s, removed %s", *res.fdb)
         if self.routes is not None:
             put, drop = diff_routes(self.routes.current(), plan_routes(self.s.node_name, self.nodes))
             if put or drop:
@@ -945,7 +980,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
     import signal
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    sync_loop(Syncer(s, template, routes, masq=masq), _source(args), stop)
+    fdb = FdbSyncer() if main_plugin(template).get("type") == "vxlan" else None
+    sync_loop(Syncer(s, template, routes, masq=masq, fdb=fdb), _source(args), stop)
     return 0
 
 

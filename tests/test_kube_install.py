@@ -855,3 +855,60 @@ def test_masq_plan_applies_in_a_node_namespace(make_netns):
     assert len(rules) == 1 and rules[0]["comment"] == ki.MASQ_COMMENT
     text = node.run("nft", "list", "table", "inet", ki.MASQ_TABLE).stdout
     assert "ip saddr 10.244.1.0/24 ip daddr != { 10.244.0.0/16, 224.0.0.0/4 } masquerade" in text
+
+
+# ---------------------------------------------------------------------------
+# new peers reach the node's VXLAN FDB without waiting for the next pod ADD
+
+
+def test_syncer_pushes_fdb_on_peer_change_only(tmp_path):
+    s = settings(tmp_path)
+    calls = []
+
+    class FakeFdb:
+        def sync(self, conflist):
+            calls.append(ki.conf_peers(conflist))
+            return ([], [])
+    syncer = ki.Syncer(s, ki.load_template(s.template_path), underlay_of=lambda ip: "eth0",
+                       fdb=FakeFdb())
+    two = ki.nodes_from_list(node_list(*THREE["items"][:2]))
+    syncer.step(two)
+    syncer.step(two)  # nothing changed: no netlink work
+    syncer.step(ki.nodes_from_list(THREE))
+    assert calls == [["192.168.10.12"], ["192.168.10.12", "192.168.10.13"]]
+
+
+@pytest.mark.root
+def test_fdb_syncer_in_a_node_namespace(make_netns, tmp_path, monkeypatch):
+    from plugins.core import netns
+    from plugins.net.vxlan_dev import VxlanLinks, owner_alias
+    monkeypatch.setenv("CNILAB_RUN_DIR", str(tmp_path / "run"))
+    node = make_netns("kfdb")
+    node.run("ip", "link", "add", "ul0", "type", "veth", "peer", "name", "ul1")
+    node.run("ip", "addr", "add", "192.168.77.1/24", "dev", "ul0")
+    node.run("ip", "link", "set", "ul0", "up")
+    nodes = ki.nodes_from_list(node_list(
+        node_obj("n1", "192.168.77.1", ["10.244.0.0/24"]),
+        node_obj("n2", "192.168.77.2", ["10.244.1.0/24"])))
+    conf = ki.render(template("vxlan"), "n1", nodes, ["10.244.0.0/16"], underlay="ul0").conflist
+    fdb = ki.FdbSyncer()
+    with netns.entered(node.path):
+        assert fdb.sync(conf) is None  # no device yet: the next ADD creates it
+    node.run("ip", "link", "add", "vxlan1", "type", "vxlan", "id", "1", "dstport", "4789",
+             "local", "192.168.77.1", "dev", "ul0", "nolearning")
+    with netns.entered(node.path):
+        assert fdb.sync(conf) is None  # not ours (no alias): untouched
+    node.run("ip", "link", "set", "dev", "vxlan1", "alias", owner_alias(conf["name"]))
+    node.run("bridge", "fdb", "append", "00:00:00:00:00:00", "dev", "vxlan1",
+             "dst", "192.168.77.9", "self", "permanent")  # a node that left
+    node.run("bridge", "fdb", "append", "02:11:22:33:44:55", "dev", "vxlan1",
+             "dst", "192.168.77.9", "self", "permanent")  # per-MAC: not ours to manage
+    with netns.entered(node.path):
+        assert fdb.sync(conf) == (["192.168.77.2"], ["192.168.77.9"])
+        nodes["n3"] = ki.Node("n3", ("192.168.77.3",), ("10.244.2.0/24",))
+        conf2 = ki.render(template("vxlan"), "n1", nodes, ["10.244.0.0/16"], underlay="ul0").conflist
+        assert fdb.sync(conf2) == (["192.168.77.3"], [])
+        with VxlanLinks() as links:
+            assert links.fdb_peers(links.index_of("vxlan1")) == ["192.168.77.2", "192.168.77.3"]
+    out = node.run("bridge", "fdb", "show", "dev", "vxlan1").stdout
+    assert "02:11:22:33:44:55 dst 192.168.77.9" in out
