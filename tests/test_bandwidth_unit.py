@@ -1,0 +1,78 @@
+"""bandwidth without root: limits, TBF parameter maths, names."""
+from __future__ import annotations
+
+import pytest
+
+from plugins import bandwidth
+from plugins.core.config import parse_netconf
+from plugins.core.errors import CNIError
+from plugins.net import tc
+
+TICKS = 1000 / 64          # /proc/net/psched "000003e8 00000040 000f4240 3b9aca00"
+
+
+def netconf(bw=None, **top):
+    raw = {"cniVersion": "1.0.0", "name": "net1", "type": "bandwidth", **top}
+    if bw is not None:
+        raw["runtimeConfig"] = {"bandwidth": bw}
+    return parse_netconf(raw)
+
+
+def test_tick_factor_is_read_like_tc():
+    assert tc.tick_in_usec("000003e8 00000040 000f4240 3b9aca00\n") == TICKS
+    assert tc.tick_in_usec("00000001 00000001 000f4240 3b9aca00\n") == 1.0
+
+
+def test_tbf_params_match_tc_for_10_and_100_mbit():
+    p = tc.tbf_params(10_000_000, 1_000_000, TICKS)
+    # rate 1.25 MB/s; limit = rate * 25 ms + burst; buffer = burst/rate s in ticks
+    assert (p.rate, p.burst, p.limit, p.buffer) == (1_250_000, 125_000, 156_250, 1_562_500)
+    p = tc.tbf_params(100_000_000, 800_000, TICKS)
+    assert (p.rate, p.burst, p.limit) == (12_500_000, 100_000, 412_500)
+    assert p.buffer == int(1_000_000 * (100_000 / 12_500_000) * TICKS)
+
+
+@pytest.mark.parametrize("rate,burst,what", [
+    (7, 1000, "rate"), ((2**32) * 8, 1000, "rate"), (8_000, 4, "burst"),
+    (8, 8 * 10**6, "too large"), (10**9, (2**32) * 8, "burst"),
+])
+def test_tbf_params_out_of_range(rate, burst, what):
+    with pytest.raises(tc.TcParamError, match=what):
+        tc.tbf_params(rate, burst, TICKS)
+
+
+def test_ifb_names_are_deterministic_short_and_distinct():
+    a = tc.ifb_name("net1", "c1")
+    assert a == tc.ifb_name("net1", "c1") and len(a) == 15 and a.startswith("bwp")
+    assert a != tc.ifb_name("net1", "c2") and a != tc.ifb_name("net2", "c1")
+    assert tc.parse_alias(tc.ifb_alias("net1", "c1")) == ("net1", "c1")
+    assert tc.parse_alias("someone else's") is None
+
+
+def test_runtime_config_and_top_level_precedence():
+    bw = bandwidth.parse_config(netconf({"ingressRate": 1000, "ingressBurst": 800}), TICKS)
+    assert bw == bandwidth.Bandwidth(1000, 800, 0, 0) and bw.shapes_ingress
+    assert not bw.shapes_egress
+    bw = bandwidth.parse_config(netconf({"ingressRate": 1000, "ingressBurst": 800},
+                                        egressRate=2000, egressBurst=1600), TICKS)
+    assert bw == bandwidth.Bandwidth(0, 0, 2000, 1600)
+    assert bandwidth.parse_config(netconf(), TICKS).is_zero()
+    assert bandwidth.parse_config(netconf({}), TICKS).is_zero()
+
+
+@pytest.mark.parametrize("bw", [
+    {"ingressRate": 1000}, {"ingressBurst": 1000}, {"egressRate": 1000, "egressBurst": 0},
+    {"ingressRate": -1, "ingressBurst": 1}, {"ingressRate": "1M", "ingressBurst": 1},
+    {"egressRate": 2**36, "egressBurst": 1000}, {"egressRate": 8, "egressBurst": 8 * 10**6},
+    {"ingressRate": 4, "ingressBurst": 1000},
+])
+def test_invalid_limits_are_code_7(bw):
+    with pytest.raises(CNIError) as e:
+        bandwidth.parse_config(netconf(bw), TICKS)
+    assert e.value.code == 7
+
+
+def test_bandwidth_must_be_an_object():
+    with pytest.raises(CNIError) as e:
+        bandwidth.parse_config(netconf([1, 2]), TICKS)
+    assert e.value.code == 7
