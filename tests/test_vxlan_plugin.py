@@ -241,6 +241,9 @@ def test_failed_add_rolls_back(nodes, make_netns):
     reserved = [f for f in os.listdir(os.path.join(a.data_dir, "overlay"))
                 if f.startswith("10.")] if os.path.isdir(os.path.join(a.data_dir, "overlay")) else []
     assert reserved == []                                   # address released
+    for _ in range(2):                                      # DEL after a failed ADD, netns gone
+        rc, err = a.cni("DEL", a.conf(), "ctr-gone", path)
+        assert rc == 0, err
 
 
 def test_gc_and_status(nodes, make_netns):
@@ -311,8 +314,16 @@ def test_ipv6_underlay(make_netns, tmp_path):
     na, nb = Node(a, "A", str(tmp_path / "a")), Node(b, "B", str(tmp_path / "b"))
     peers = ["fd10:210::1", "fd10:210::2"]
     pa, pb = make_netns("p6a"), make_netns("p6b")
-    ra = na.add(pa, "ctr6-a", peers=peers, learning=True)
-    rb = nb.add(pb, "ctr6-b", peers=peers, learning=True)
+    def dual(node, lo, hi):
+        ipam = node.conf()["ipam"]
+        ipam["ranges"].append([{"subnet": "fd20::/64", "rangeStart": f"fd20::{lo}",
+                                "rangeEnd": f"fd20::{hi}"}])
+        return dict(peers=peers, learning=True, ipam=ipam)
+    ra = na.add(pa, "ctr6-a", **dual(na, "a0", "af"))
+    rb = nb.add(pb, "ctr6-b", **dual(nb, "b0", "bf"))
+    assert [i["address"] for i in rb["ips"]] == ["10.220.0.20/24", "fd20::b0/64"]
+    r = pa.run("ping", "-6", "-c", "1", "-W", "2", "fd20::b0", check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
     vx = na.links()[f"vxlan{VNI}"]
     assert vx["mtu"] == 1430 and vx["linkinfo"]["info_data"]["local6"] == "fd10:210::1"
     assert json.loads(pa.run("ip", "-j", "link", "show", "eth0").stdout)[0]["mtu"] == 1430
