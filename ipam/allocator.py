@@ -13,6 +13,9 @@ from .ranges import IPAddress, Range, RangeSet, set_capacity, set_contains, set_
 from .store import Owner, Store
 
 
+PROBES_BEFORE_LISTING = 32
+
+
 @dataclass(frozen=True)
 class Allocation:
     set_index: int
@@ -99,10 +102,20 @@ def allocate_set(store: Store, idx: int, rs: RangeSet, owner: Owner,
                            f"requested IP {requested} is not available in range set "
                            f"{set_str(rs)}{by}")
         return Allocation(idx, requested, r, new=True)
+    taken: set[int] | None = None
+    misses = 0
     for r, v in _candidates(rs, store.last_reserved(idx)):
+        if taken is not None and v in taken:
+            continue
         ip = r.addr(v)
         if store.reserve(ip, owner, idx):
             return Allocation(idx, ip, r, new=True)
+        misses += 1
+        if misses == PROBES_BEFORE_LISTING:
+            # A long run of taken addresses: one directory listing is cheaper than
+            # a failed create per address. We hold the lock, so it stays true.
+            fam = rs[0].version
+            taken = {int(a) for a in store.reserved_addresses() if a.version == fam}
     raise CNIError(POOL_EXHAUSTED, f"no IP addresses available in range set {set_str(rs)}",
                    f"all {set_capacity(rs)} addresses of range set {idx} are reserved")
 

@@ -9,7 +9,8 @@ switch between the two plugins in either direction):
         lock                              flock()ed for every operation
         .cnilab/                          ours only: attachment index (a hint)
             idx-00 .. idx-ff              JSON {"<cid>\\r\\n<ifname>": [ip, ...]}
-            stamp                         "mtime=<ns>": the directory mtime it matches
+            stamp                         "mtime=<ns> buckets=<bitmap>": the directory
+                                          mtime the index matches, non-empty buckets
 
 The reference finds an attachment's addresses by reading every file of the
 directory (O(n) per ADD). We keep an index sharded in 256 buckets by a hash of
@@ -44,6 +45,7 @@ INDEX_DIR = ".cnilab"
 BUCKETS = 256
 LOCK_TIMEOUT = 60.0
 _MTIME_BACKDATE_NS = 2_000_000_000
+_BUCKET_NAMES = frozenset(f"{b:02x}" for b in range(BUCKETS))
 
 
 class Owner(namedtuple("Owner", "container_id ifname")):
@@ -171,6 +173,7 @@ class DiskStore:
         self._dirty: set[int] = set()
         self._index_ok = False
         self._dir_changed = False
+        self._present: set[int] = set()
         self.rebuilds = 0            # observability for tests and the benchmark
 
     # ---- session: lock + index validity -----------------------------------
@@ -216,25 +219,44 @@ class DiskStore:
             delay = min(delay * 2, 0.01)
 
     def _stamp_matches(self) -> bool:
+        """The index matches the directory; also loads which buckets are non-empty."""
+        self._present = set()
         try:
-            with open(os.path.join(self.idx_dir, "stamp"), "rb") as f:
-                text = f.read().strip()
-            stamp = int(text.partition(b"=")[2] or b"-1")
-            return stamp == os.stat(self.dir).st_mtime_ns
-        except (OSError, ValueError):
+            fd = os.open(os.path.join(self.idx_dir, "stamp"), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                text = os.read(fd, 4096).decode()
+            finally:
+                os.close(fd)
+            fields = dict(kv.partition("=")[::2] for kv in text.split())
+            stamp = int(fields["mtime"])
+            bitmap = int(fields["buckets"], 16)
+        except (OSError, ValueError, KeyError, UnicodeDecodeError):
             return False
+        if stamp != os.stat(self.dir).st_mtime_ns:
+            return False
+        self._present = {b for b in range(BUCKETS) if bitmap >> b & 1}
+        return True
 
     def _finish(self) -> None:
         if not self._index_ok:
             return                   # the index stays invalid; the next find() rebuilds it
         for b in sorted(self._dirty):
             self._write_bucket(b, self._buckets[b])
-        self._dirty.clear()
-        st = os.stat(self.dir)
-        if self._dir_changed or not self._stamp_matches():
-            mtime = time.time_ns() - _MTIME_BACKDATE_NS
-            os.utime(self.dir, ns=(st.st_atime_ns, mtime))
-            self._write_file(os.path.join(self.idx_dir, "stamp"), f"mtime={mtime}".encode())
+        if self._dir_changed or self._dirty:
+            self._dirty.clear()
+            st = os.stat(self.dir)
+            mtime = st.st_mtime_ns
+            if self._dir_changed or not self._stamped_mtime_ok(mtime):
+                mtime = time.time_ns() - _MTIME_BACKDATE_NS
+                os.utime(self.dir, ns=(st.st_atime_ns, mtime))
+            bitmap = sum(1 << b for b in self._present)
+            self._write_file(os.path.join(self.idx_dir, "stamp"),
+                             f"mtime={mtime} buckets={bitmap:064x}\n".encode())
+
+    @staticmethod
+    def _stamped_mtime_ok(mtime: int) -> bool:
+        """An mtime we set ourselves is always >= 2 s old; a fresh one may be foreign."""
+        return mtime < time.time_ns() - _MTIME_BACKDATE_NS // 2
 
     # ---- small file helpers ---------------------------------------------------
     def _path(self, name: str) -> str:
@@ -242,37 +264,51 @@ class DiskStore:
 
     @staticmethod
     def _write_file(path: str, data: bytes) -> None:
-        tmp = f"{path}.tmp{os.getpid()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        """Truncate + write in place (creating a new inode per write costs ~0.7 ms on
+        ext4 here). A torn write leaves invalid JSON / stamp text, which the
+        readers detect and answer with a rebuild."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             os.write(fd, data)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
 
     def _read_owner(self, ip: IPAddress) -> Owner | None:
         try:
-            with open(self._path(str(ip)), "rb") as f:
-                return parse_owner(f.read())
+            fd = os.open(os.path.join(self.dir, str(ip)), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
+        try:
+            return parse_owner(os.read(fd, 4096))
         except IsADirectoryError:
             return None
+        finally:
+            os.close(fd)
 
     # ---- the index --------------------------------------------------------------
     def _bucket(self, b: int) -> dict[str, list[str]]:
         got = self._buckets.get(b)
         if got is None:
-            try:
-                with open(os.path.join(self.idx_dir, f"idx-{b:02x}"), "rb") as f:
-                    got = json.loads(f.read())
-                if not isinstance(got, dict):
-                    raise ValueError("not an object")
-            except FileNotFoundError:
-                got = {}
-            except ValueError:
-                self._index_ok = False
-                got = {}
+            got = {}
+            if b in self._present:
+                try:
+                    fd = os.open(os.path.join(self.idx_dir, f"idx-{b:02x}"),
+                                 os.O_RDONLY | os.O_CLOEXEC)
+                    try:
+                        chunks = []
+                        while True:
+                            chunk = os.read(fd, 1 << 16)
+                            if not chunk:
+                                break
+                            chunks.append(chunk)
+                    finally:
+                        os.close(fd)
+                    got = json.loads(b"".join(chunks))
+                    if not isinstance(got, dict):
+                        raise ValueError("not an object")
+                except (OSError, ValueError):
+                    self._index_ok = False   # listed in the stamp but missing or damaged
+                    got = {}
             self._buckets[b] = got
         return got
 
@@ -280,11 +316,13 @@ class DiskStore:
         path = os.path.join(self.idx_dir, f"idx-{b:02x}")
         if content:
             self._write_file(path, json.dumps(content, separators=(",", ":")).encode())
-        else:
+            self._present.add(b)
+        elif b in self._present:
             try:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
+            self._present.discard(b)
 
     def _index_add(self, owner: Owner, ip: IPAddress) -> None:
         if not self._index_ok:
@@ -316,8 +354,13 @@ class DiskStore:
         for ip, owner in reservations.items():
             buckets.setdefault(_bucket_of(owner.key), {}).setdefault(owner.key, []).append(str(ip))
         os.makedirs(self.idx_dir, mode=0o700, exist_ok=True)
-        for b in range(BUCKETS):
-            self._write_bucket(b, buckets.get(b, {}))
+        for name in os.listdir(self.idx_dir):        # drop buckets that are now empty
+            if name.startswith("idx-") and not (len(name) == 6 and name[4:] in _BUCKET_NAMES
+                                                and int(name[4:], 16) in buckets):
+                os.unlink(os.path.join(self.idx_dir, name))
+        self._present = set()
+        for b, content in buckets.items():
+            self._write_bucket(b, content)
         self._buckets = {b: buckets.get(b, {}) for b in range(BUCKETS)}
         self._dirty.clear()
         self._index_ok = True
