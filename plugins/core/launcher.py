@@ -191,7 +191,9 @@ def main(plugin: str) -> None:
     env = os.environ
     command = env.get("CNI_COMMAND", "")
     stdin = b"" if command == "VERSION" else _read_stdin()
-    if agent_enabled(env):
+    # VERSION never goes to the agent: in-process it needs no plugin module
+    # (skel answers it with a few small imports), cheaper than a round trip.
+    if command != "VERSION" and agent_enabled(env):
         try:
             reply = call_agent(socket_path(env), plugin, os.environb, stdin,
                                ack_timeout=_float_env(ACK_TIMEOUT_ENV, DEFAULT_ACK_TIMEOUT),
