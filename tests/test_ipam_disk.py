@@ -239,3 +239,25 @@ def test_installed_executable(tmp_path):
     assert p.returncode == 0 and p.stdout == b""
     p = subprocess.run([str(exe)], input=b"{", env=env("ADD"), capture_output=True, timeout=30)
     assert p.returncode == 1 and json.loads(p.stdout)["code"] == 6
+
+
+def test_concurrent_adds_threads_and_processes(tmp_path):
+    """Parallel ADDs (threads in one process, as a node agent would run bridge
+    in-process, and separate processes) never share an address nor fail."""
+    from concurrent.futures import ThreadPoolExecutor
+    cfg = conf(tmp_path, ranges=[[{"subnet": "10.77.0.0/24"}]])
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        results = list(pool.map(lambda i: ours("ADD", cfg, cid=f"t{i}"), range(32)))
+    assert all(rc == 0 for _, rc in results), results
+    exe = tmp_path / "host-local"
+    exe.write_text(f"#!{sys.executable}\nfrom plugins.core.launcher import main; main('host-local')\n")
+    exe.chmod(0o755)
+    stdin = json.dumps(cfg).encode()
+    procs = [subprocess.Popen([str(exe)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              env=env("ADD", cid=f"p{i}")) for i in range(8)]
+    outs = [(p.communicate(stdin, timeout=60)[0], p.wait()) for p in procs]
+    assert all(rc == 0 for _, rc in outs), outs
+    got = [addrs(r)[0] for r, _ in results] + [addrs(json.loads(o))[0] for o, _ in outs]
+    assert len(set(got)) == 40
+    files = [n for n in os.listdir(netdir(tmp_path)) if n[0].isdigit()]
+    assert len(files) == 40
