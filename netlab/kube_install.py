@@ -863,7 +863,8 @@ def write_wrapper(path: str | os.PathLike, python_name: str = "python3") -> Path
     return path
 
 
-def install_plugins(bin_dir: str | os.PathLike, python: str | None = None) -> list[str]:
+def install_plugins(bin_dir: str | os.PathLike, python: str | None = None, *,
+                    backup_dir: str | os.PathLike | None = None) -> list[str]:
     """Install our executables with netlab.install (the one installer; not duplicated).
 
     ``python``: the interpreter the launchers' ``#!`` names (the host runtime's
@@ -872,23 +873,84 @@ def install_plugins(bin_dir: str | os.PathLike, python: str | None = None) -> li
     (cmd_install re-executes itself there); ``python`` only swaps the
     interpreter path for the wrapper beside it. Each launcher is verified by
     netlab.install (a VERSION call), which exercises the wrapper too.
+
+    ``backup_dir``: kubeadm's kubernetes-cni package and kind's node image put
+    the reference plugins under the same names into /opt/cni/bin. Ours are
+    drop-in replacements; with ``backup_dir`` a foreign file is first copied
+    there (once: the first backup is the original) and then replaced, so
+    ``uninstall`` can put it back. Without it a foreign file is an error.
     """
     from . import install as installer
     import inspect
+    force = False
+    if backup_dir is not None:
+        backup_foreign(bin_dir, backup_dir)
+        force = True
+    kw: dict[str, Any] = {"force": force}
     if python is None:
-        return installer.install(str(bin_dir))
+        return installer.install(str(bin_dir), **kw)
     if not os.path.isabs(python) or not os.access(python, os.X_OK):
         raise InstallError(f"launcher interpreter {python} is not an executable absolute path")
     if "python" in inspect.signature(installer.install).parameters:
-        return installer.install(str(bin_dir), python=python)
+        return installer.install(str(bin_dir), python=python, **kw)
     # netlab.install.install() has no interpreter parameter (yet): it takes the
     # interpreter from its module-level interpreter(); swap that for this call.
     saved = installer.interpreter
     installer.interpreter = lambda: python
     try:
-        return installer.install(str(bin_dir))
+        return installer.install(str(bin_dir), **kw)
     finally:
         installer.interpreter = saved
+
+
+def backup_foreign(bin_dir: str | os.PathLike, backup_dir: str | os.PathLike) -> list[str]:
+    """Copy every plugin file of ours' names that is not our launcher into backup_dir."""
+    from . import install as installer
+    saved = []
+    for name in installer.PLUGINS:
+        src = Path(bin_dir) / name
+        dst = Path(backup_dir) / name
+        if not src.exists() or installer.is_ours(str(src)) or dst.exists():
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(f".{name}.tmp")
+        shutil.copy2(src, tmp)
+        os.replace(tmp, dst)
+        saved.append(name)
+        log.info("kept the original %s as %s", src, dst)
+    return saved
+
+
+def uninstall(bin_dir: str | os.PathLike, conf_path: str | os.PathLike,
+              backup_dir: str | os.PathLike | None = None) -> list[str]:
+    """Remove our conflist and launchers; put back the files we replaced.
+
+    Only files that are ours are removed (the conflist is checked by name and
+    content: it must be a conflist whose first plugin is one of ours).
+    Returns what was done, one line per file.
+    """
+    from . import install as installer
+    done = []
+    conf = read_conflist(conf_path)
+    if conf is not None and isinstance(conf.get("plugins"), list) and conf["plugins"] \
+            and isinstance(conf["plugins"][0], dict) and conf["plugins"][0].get("type") in MAIN_TYPES:
+        os.unlink(conf_path)
+        done.append(f"removed {conf_path}")
+    for name in installer.PLUGINS:
+        path = Path(bin_dir) / name
+        if not installer.is_ours(str(path)):
+            continue
+        orig = Path(backup_dir) / name if backup_dir else None
+        if orig is not None and orig.exists():
+            tmp = path.with_name(f".{name}.restore.tmp")
+            shutil.copy2(orig, tmp)
+            os.replace(tmp, path)
+            orig.unlink()
+            done.append(f"restored {path}")
+        else:
+            path.unlink()
+            done.append(f"removed {path}")
+    return done
 
 
 # ---------------------------------------------------------------------------
@@ -926,12 +988,16 @@ def cmd_install(args: argparse.Namespace, stop: threading.Event | None = None) -
         # netlab.install binds launchers to the interpreter that runs it: run it
         # under the host copy so the launchers name host paths only.
         import subprocess
-        rc = subprocess.call([host_python, "-m", "netlab.kube_install", "install-plugins",
-                              "--bin-dir", args.bin_dir, "--python", host_python])
+        argv = [host_python, "-m", "netlab.kube_install", "install-plugins",
+                "--bin-dir", args.bin_dir, "--python", host_python]
+        if args.replace_existing:
+            argv += ["--backup-dir", str(Path(args.host_runtime_dir) / "replaced")]
+        rc = subprocess.call(argv)
         if rc != 0:
             raise InstallError(f"installing the plugins into {args.bin_dir} failed ({rc})")
     else:
-        install_plugins(args.bin_dir)
+        install_plugins(args.bin_dir, backup_dir=(Path(args.host_runtime_dir) / "replaced"
+                                                  if args.replace_existing else None))
     log.info("plugins installed in %s", args.bin_dir)
     # wait until the node has its podCIDR, then write the first conflist
     syncer, source, stop = Syncer(s, template), _source(args), stop or threading.Event()
@@ -950,8 +1016,15 @@ def cmd_install(args: argparse.Namespace, stop: threading.Event | None = None) -
 
 
 def cmd_install_plugins(args: argparse.Namespace) -> int:
-    for path in install_plugins(args.bin_dir, args.python):
+    for path in install_plugins(args.bin_dir, args.python, backup_dir=args.backup_dir):
         log.info("installed %s", path)
+    return 0
+
+
+def cmd_uninstall(args: argparse.Namespace) -> int:
+    conf = Path(args.conf_dir or os.environ.get("CNILAB_CONF_DIR", CONF_DIR)) / CONFLIST_NAME
+    for line in uninstall(args.bin_dir, conf, args.backup_dir):
+        print(line)
     return 0
 
 
@@ -1011,9 +1084,21 @@ def build_parser() -> argparse.ArgumentParser:
                             default=os.environ.get("CNILAB_HOST_RUNTIME_DIR", "/opt/cnilab"))
             sp.add_argument("--release", default=os.environ.get("CNILAB_RELEASE", "dev"))
             sp.add_argument("--once", action="store_true", help="do not wait for the podCIDR")
+            sp.add_argument("--replace-existing", action="store_true",
+                            default=os.environ.get("CNILAB_REPLACE_EXISTING", "false").lower()
+                            in ("1", "true", "yes"),
+                            help="replace foreign plugins of the same names (e.g. the reference "
+                                 "plugins kubeadm/kind install), keeping them in "
+                                 "HOST_RUNTIME_DIR/replaced for uninstall")
     sp = sub.add_parser("install-plugins", help="netlab.install with the launchers bound to --python")
     sp.add_argument("--bin-dir", required=True)
     sp.add_argument("--python", help="interpreter for the launchers' #! line")
+    sp.add_argument("--backup-dir", help="replace foreign files, keeping them here")
+    sp.add_argument("-v", "--verbose", action="store_true")
+    sp = sub.add_parser("uninstall", help="remove our conflist and executables, restore replaced ones")
+    sp.add_argument("--bin-dir", default=BIN_DIR)
+    sp.add_argument("--conf-dir", default=None)
+    sp.add_argument("--backup-dir", default="/opt/cnilab/replaced")
     sp.add_argument("-v", "--verbose", action="store_true")
     sp = sub.add_parser("wrapper", help="write the runtime's cnilab-python wrapper (image build)")
     sp.add_argument("--output", required=True)
@@ -1028,7 +1113,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     try:
         return {"install": cmd_install, "sync": cmd_sync, "render": cmd_render,
-                "install-plugins": cmd_install_plugins, "wrapper": cmd_wrapper}[args.cmd](args)
+                "install-plugins": cmd_install_plugins, "wrapper": cmd_wrapper,
+                "uninstall": cmd_uninstall}[args.cmd](args)
     except (InstallError, NotReady) as e:
         print(f"kube_install: {e}", file=sys.stderr)
         return 2

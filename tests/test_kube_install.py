@@ -912,3 +912,38 @@ def test_fdb_syncer_in_a_node_namespace(make_netns, tmp_path, monkeypatch):
             assert links.fdb_peers(links.index_of("vxlan1")) == ["192.168.77.2", "192.168.77.3"]
     out = node.run("bridge", "fdb", "show", "dev", "vxlan1").stdout
     assert "02:11:22:33:44:55 dst 192.168.77.9" in out
+
+
+def test_foreign_plugins_backed_up_replaced_and_restored(tmp_path):
+    """kubeadm/kind nodes have the reference plugins under our names in /opt/cni/bin."""
+    import subprocess
+    rt = fake_runtime(tmp_path)
+    wrapper = str(rt / "bin" / ki.WRAPPER_NAME)
+    bin_dir, backup = tmp_path / "bin", tmp_path / "replaced"
+    bin_dir.mkdir()
+    (bin_dir / "bridge").write_bytes(b"\x7fELF reference bridge")
+    (bin_dir / "loopback").write_bytes(b"\x7fELF reference loopback")  # not one of ours
+    with pytest.raises(FileExistsError):
+        ki.install_plugins(bin_dir, python=wrapper)  # refuses without a backup dir
+    assert (bin_dir / "bridge").read_bytes() == b"\x7fELF reference bridge"
+    ki.install_plugins(bin_dir, python=wrapper, backup_dir=backup)
+    assert (backup / "bridge").read_bytes() == b"\x7fELF reference bridge"
+    assert sorted(os.listdir(backup)) == ["bridge"]
+    r = subprocess.run([str(bin_dir / "bridge")], env={"CNI_COMMAND": "VERSION", "CNILAB_AGENT": "off"},
+                       cwd="/", capture_output=True, timeout=30)
+    assert r.returncode == 0
+    ki.install_plugins(bin_dir, python=wrapper, backup_dir=backup)  # upgrade: backup kept
+    assert (backup / "bridge").read_bytes() == b"\x7fELF reference bridge"
+
+    conf_dir = tmp_path / "net.d"
+    conf_dir.mkdir()
+    (conf_dir / ki.CONFLIST_NAME).write_text(json.dumps(template("bridge")))
+    done = ki.uninstall(bin_dir, conf_dir / ki.CONFLIST_NAME, backup)
+    assert f"restored {bin_dir / 'bridge'}" in done and len(done) == 6
+    assert (bin_dir / "bridge").read_bytes() == b"\x7fELF reference bridge"
+    assert sorted(os.listdir(bin_dir)) == ["bridge", "loopback"]
+    assert not (conf_dir / ki.CONFLIST_NAME).exists() and not os.listdir(backup)
+    # a conflist that is not ours stays
+    (conf_dir / ki.CONFLIST_NAME).write_text(json.dumps(
+        {"cniVersion": "1.0.0", "name": "x", "plugins": [{"type": "calico"}]}))
+    assert ki.uninstall(bin_dir, conf_dir / ki.CONFLIST_NAME, backup) == []
