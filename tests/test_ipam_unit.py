@@ -266,3 +266,31 @@ def test_free_in_set_counts_only_the_sets_addresses():
     assert allocator.free_in_set(ss[0], []) == 5
     assert allocator.free_in_set(ss[0], [ip(f"10.1.0.{i}") for i in range(2, 7)]) == 0
     assert allocator.free_in_set(ss[0], [ip("10.9.0.2"), ip("fd00::2")]) == 5
+
+
+def test_handlers_over_the_fake_store(monkeypatch):
+    """The plugin module's handlers with the store swapped for the fake."""
+    from ipam import host_local
+    from plugins.core.skel import Call, CmdArgs
+    st = MemoryStore()
+    monkeypatch.setattr(host_local, "store_factory", lambda data_dir, name: st)
+    raw = {"cniVersion": "1.1.0", "name": "net", "type": "bridge",
+           "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.1.0.0/30"}]]}}
+
+    def call(cmd, cid="a", extra=None):
+        conf = parse_netconf(dict(raw, **(extra or {})))
+        return Call(CmdArgs(command=cmd, container_id=cid, ifname="eth0", netns="/x"), conf)
+
+    host_local.status(call("STATUS"))
+    res = host_local.add(call("ADD"))                     # a /30 has one address: .2
+    assert [i.address for i in res.ips] == ["10.1.0.2/30"]
+    e = err(host_local.add, call("ADD", cid="b"))
+    assert e.code == POOL_EXHAUSTED
+    e = err(host_local.status, call("STATUS"))
+    assert e.code == 50 and "exhausted" in e.msg
+    host_local.gc(call("GC", extra={"cni.dev/valid-attachments": []}))
+    assert st.ips == {}
+    host_local.status(call("STATUS"))
+    st.unwritable = "read-only file system"
+    e = err(host_local.status, call("STATUS"))
+    assert e.code == 50 and "read-only" in e.msg
