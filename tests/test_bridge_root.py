@@ -3,6 +3,10 @@ throwaway node namespace as their host and pods as separate namespaces."""
 from __future__ import annotations
 
 import ipaddress
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -430,3 +434,42 @@ def test_enabledad_settles_ipv6_before_returning(node, pod, data_dir):
     assert "fd31::" in out and "tentative" not in out
     ok(call(node, "CHECK", c, netns=pod.path, prev=r))
     ok(call(node, "DEL", c, netns=pod.path))
+
+
+# ---- lean DEL ------------------------------------------------------------------------
+
+def test_stdlib_netlink_kind_and_delete(node, pod):
+    from plugins.core import netns as cns
+    from plugins.net import link
+    node.run("ip", "link", "add", "brk", "type", "bridge")
+    node.run("ip", "link", "add", "vk0", "type", "veth", "peer", "name", "vk1")
+    with cns.entered(node.path):
+        assert link.link_kind("brk") == "bridge"
+        assert link.link_kind("vk0") == "veth"
+        assert link.link_kind("lo") == ""
+        assert link.link_kind("nope") is None
+        assert link.delete_by_name("brk", kind="veth") is False      # wrong kind: kept
+        assert link.delete_by_name("vk0", kind="veth") is True
+        assert link.delete_by_name("vk0", kind="veth") is False
+    assert set(links(node)) == {"lo", "brk"}
+
+
+def test_real_del_does_not_import_pyroute2(node, pod, data_dir):
+    c = conf(data_dir, "1.0.0", isGateway=True)
+    ok(call(node, "ADD", c, netns=pod.path))
+    code = f"""
+import json, sys
+from plugins.core import netns
+from plugins.core.skel import dispatch
+env = {{"CNI_COMMAND": "DEL", "CNI_CONTAINERID": "c1", "CNI_IFNAME": "eth0", "CNI_PATH": "/x",
+        "CNI_NETNS": {pod.path!r}}}
+with netns.entered({node.path!r}):
+    out, rc = dispatch("bridge", env, {json.dumps(json.dumps(c))}.encode())
+assert rc == 0, out
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("pyroute2", "nftables")))
+"""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "[]"
+    assert pod_links(pod) == set() and node_veths(node) == set() and reservations(data_dir) == {}

@@ -350,26 +350,20 @@ def detach(network: str, container_id: str, ifname: str, netns_path: str,
            host_name: str = "") -> None:
     """Remove the veth pair of this attachment; everything already gone is success."""
     host_name = host_name or host_veth_name(network, container_id, ifname)
+    # stdlib netlink only: a DEL does not need pyroute2.
     if netns_path:
         try:
             with nsmod.entered(netns_path):
-                if link.exists(ifname):
-                    ipr = link.open_iproute()
-                    try:
-                        info = link.get_link(ipr, ifname)
-                        # Only a veth is ours to delete (CNI_IFNAME belongs to this plugin).
-                        if info is not None and info.kind == "veth":
-                            link.delete_link(ipr, ifname)
-                    finally:
-                        ipr.close()
+                # Only a veth is ours to delete (CNI_IFNAME belongs to this plugin).
+                link.delete_by_name(ifname, kind="veth")
         except nsmod.NetnsGone:
             pass
-    if link.exists(host_name):
-        ipr = link.open_iproute()
-        try:
-            link.delete_link(ipr, host_name)
-        finally:
-            ipr.close()
+        except OSError as e:
+            raise CNIError(IO_FAILURE, f"removing {ifname} from {netns_path} failed", str(e)) from None
+    try:
+        link.delete_by_name(host_name, kind="veth")
+    except OSError as e:
+        raise CNIError(IO_FAILURE, f"removing host veth {host_name} failed", str(e)) from None
 
 
 # ---- CHECK ------------------------------------------------------------------------

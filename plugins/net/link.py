@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import os
 import socket
+import struct
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -42,6 +44,90 @@ def ifindex(name: str) -> int | None:
 
 def exists(name: str) -> bool:
     return ifindex(name) is not None
+
+
+# A few rtnetlink requests with the standard library only, so DEL (deleting a
+# link by name) does not pay pyroute2's ~100 ms import. Same thread-netns rule.
+_NLMSG_ERROR, _NLMSG_DONE = 2, 3
+_RTM_DELLINK, _RTM_GETLINK = 17, 18
+_NLM_F_REQUEST, _NLM_F_ACK = 0x1, 0x4
+_IFLA_IFNAME, _IFLA_LINKINFO, _IFLA_INFO_KIND = 3, 18, 1
+
+
+def _nl_attrs(data: bytes, off: int) -> dict[int, bytes]:
+    out = {}
+    while off + 4 <= len(data):
+        alen, atype = struct.unpack_from("=HH", data, off)
+        if alen < 4:
+            break
+        out[atype & 0x3FFF] = data[off + 4: off + alen]
+        off += (alen + 3) & ~3
+    return out
+
+
+def _nl_call(msg_type: int, payload: bytes, flags: int = 0) -> list[bytes]:
+    """One rtnetlink request; returns the reply payloads, raises OSError on a NACK."""
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                       0) as s:                                   # 0 = NETLINK_ROUTE
+        s.bind((0, 0))
+        s.send(struct.pack("=LHHLL", 16 + len(payload), msg_type,
+                           _NLM_F_REQUEST | _NLM_F_ACK | flags, 1, 0) + payload)
+        replies: list[bytes] = []
+        while True:
+            data = s.recv(65536)
+            off = 0
+            while off + 16 <= len(data):
+                mlen, mtype, _fl, _seq, _pid = struct.unpack_from("=LHHLL", data, off)
+                body = data[off + 16: off + mlen]
+                if mtype == _NLMSG_ERROR:
+                    err = struct.unpack_from("=i", body, 0)[0]
+                    if err:
+                        raise OSError(-err, os.strerror(-err))
+                    return replies
+                if mtype == _NLMSG_DONE:
+                    return replies
+                replies.append(body)
+                off += (mlen + 3) & ~3
+
+
+def link_kind(name: str) -> str | None:
+    """IFLA_INFO_KIND of link ``name`` ('' for none), None when it does not exist."""
+    raw = name.encode() + b"\0"
+    attr = struct.pack("=HH", 4 + len(raw), _IFLA_IFNAME) + raw
+    attr += b"\0" * (-len(attr) % 4)
+    try:
+        replies = _nl_call(_RTM_GETLINK, struct.pack("=BxHiII", 0, 0, 0, 0, 0) + attr)
+    except OSError as e:
+        if e.errno in (errno.ENODEV, errno.ENOENT):
+            return None
+        raise
+    for body in replies:
+        info = _nl_attrs(body, 16).get(_IFLA_LINKINFO)
+        if info is not None:
+            return _nl_attrs(info, 0).get(_IFLA_INFO_KIND, b"").rstrip(b"\0").decode()
+        return ""
+    return None
+
+
+def delete_index(index: int) -> bool:
+    """Delete link ``index`` (stdlib); False when it was already gone."""
+    try:
+        _nl_call(_RTM_DELLINK, struct.pack("=BxHiII", 0, 0, index, 0, 0))
+    except OSError as e:
+        if e.errno in (errno.ENODEV, errno.ENOENT):
+            return False
+        raise CNIError(IO_FAILURE, f"deleting link {index} failed", str(e)) from None
+    return True
+
+
+def delete_by_name(name: str, *, kind: str | None = None) -> bool:
+    """Delete link ``name`` if it exists (and is of ``kind`` when given); stdlib only."""
+    idx = ifindex(name)
+    if idx is None:
+        return False
+    if kind is not None and link_kind(name) != kind:
+        return False
+    return delete_index(idx)
 
 
 # ---- pyroute2 ---------------------------------------------------------------
