@@ -430,8 +430,8 @@ def test_enabledad_settles_ipv6_before_returning(node, pod, data_dir):
     c = conf(data_dir, "1.0.0", v6="fd31::/64", isDefaultGateway=True, enabledad=True)
     r = ok(call(node, "ADD", c, netns=pod.path))
     assert pod.run("sysctl", "-n", "net.ipv6.conf.eth0.accept_dad").stdout.strip() == "1"
-    out = pod.run("ip", "-6", "addr", "show", "dev", "eth0").stdout
-    assert "fd31::" in out and "tentative" not in out
+    out = pod.run("ip", "-6", "addr", "show", "dev", "eth0", "scope", "global").stdout
+    assert "fd31::" in out and "tentative" not in out      # global addresses settled
     ok(call(node, "CHECK", c, netns=pod.path, prev=r))
     ok(call(node, "DEL", c, netns=pod.path))
 
