@@ -158,3 +158,39 @@ def test_script_text_modes():
         inst.script_text("nope")
     with pytest.raises(ValueError):
         inst.script_text("bridge", mode="-X")
+
+
+def _ipam_conf(data_dir, subnet="10.66.0.0/24", **ipam):
+    return json.dumps({"cniVersion": "1.0.0", "name": "ipamnet", "type": "bridge",
+                       "ipam": {"type": "host-local", "dataDir": str(data_dir),
+                                "ranges": [[{"subnet": subnet}]], **ipam}}).encode()
+
+
+def test_in_process_ipam_matches_exec(installed_plugins, tmp_path):
+    """Delegation to our host-local in-process behaves exactly like exec'ing it."""
+    pytest.importorskip("ipam.host_local")
+    from plugins.core import invoke
+    from plugins.core.errors import CNIError
+    outcomes = {}
+    for mode in ("in-process", "exec"):
+        env = {"CNI_CONTAINERID": "ipam1", "CNI_NETNS": "/var/run/netns/none",
+               "CNI_IFNAME": "eth0", "CNI_PATH": installed_plugins}
+        if mode == "exec":
+            env["CNILAB_EXEC_DELEGATES"] = "1"
+        data = tmp_path / mode
+        got = [invoke.delegate_add("host-local", _ipam_conf(data), env, [installed_plugins])
+               .to_dict("1.0.0")]
+        env2 = dict(env, CNI_CONTAINERID="ipam2")
+        got.append(invoke.delegate_add("host-local", _ipam_conf(data), env2, [installed_plugins])
+                   .to_dict("1.0.0"))
+        try:
+            invoke.delegate_add("host-local", _ipam_conf(data, subnet="10.66.0.0/33"), env,
+                                [installed_plugins])
+        except CNIError as e:
+            got.append((e.code, e.msg))
+        invoke.delegate("host-local", "DEL", _ipam_conf(data), env, [installed_plugins])
+        got.append(sorted(os.listdir(data / "ipamnet")))
+        outcomes[mode] = got
+    assert outcomes["in-process"] == outcomes["exec"]
+    assert outcomes["exec"][0]["ips"][0]["address"] == "10.66.0.2/24"
+    assert outcomes["exec"][2][0] == 7
