@@ -247,8 +247,8 @@ class DiskStore:
             st = os.stat(self.dir)
             mtime = st.st_mtime_ns
             if self._dir_changed or not self._stamped_mtime_ok(mtime):
-                mtime = time.time_ns() - _MTIME_BACKDATE_NS
-                os.utime(self.dir, ns=(st.st_atime_ns, mtime))
+                os.utime(self.dir, ns=(st.st_atime_ns, time.time_ns() - _MTIME_BACKDATE_NS))
+                mtime = os.stat(self.dir).st_mtime_ns   # as stored (coarse filesystems round)
             bitmap = sum(1 << b for b in self._present)
             self._write_file(os.path.join(self.idx_dir, "stamp"),
                              f"mtime={mtime} buckets={bitmap:064x}\n".encode())
