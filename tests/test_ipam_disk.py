@@ -261,3 +261,19 @@ def test_concurrent_adds_threads_and_processes(tmp_path):
     assert len(set(got)) == 40
     files = [n for n in os.listdir(netdir(tmp_path)) if n[0].isdigit()]
     assert len(files) == 40
+
+
+def test_lock_held_elsewhere_times_out_with_try_again(tmp_path, monkeypatch):
+    import fcntl
+    from ipam import store as store_mod
+    cfg = conf(tmp_path)
+    assert ours("ADD", cfg)[1] == 0
+    monkeypatch.setattr(store_mod, "LOCK_TIMEOUT", 0.3)
+    fd = os.open(netdir(tmp_path) / "lock", os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)           # as the reference would while it works
+        res, rc = ours("ADD", cfg, cid="c2")
+        assert rc == 1 and res["code"] == 11
+    finally:
+        os.close(fd)
+    assert ours("ADD", cfg, cid="c2")[1] == 0
