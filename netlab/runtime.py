@@ -461,6 +461,28 @@ class Runtime:
                            out[:300]) from None
         return reply
 
+    def validate(self, network) -> list[str]:
+        """libcni's ValidateNetworkList: every plugin exists and supports the list's
+        version. Returns the capabilities the list enables; raises every problem at once."""
+        net = self.network(network)
+        problems: list[CNIError] = []
+        caps: set[str] = set()
+        for plugin in net.plugins:
+            caps.update(k for k, on in (plugin.get("capabilities") or {}).items() if on is True)
+            try:
+                supported = self.version(plugin["type"]).get("supportedVersions") or []
+            except CNIError as e:
+                problems.append(e)
+                continue
+            if net.cni_version not in supported:
+                problems.append(CNIError(INCOMPATIBLE_VERSION,
+                                         f"plugin {plugin['type']} does not support config "
+                                         f"version {net.cni_version!r}",
+                                         f"it supports {', '.join(map(str, supported))}"))
+        if problems:
+            raise problems[0] if len(problems) == 1 else MultiError(problems)
+        return sorted(caps)
+
     # ---- cache -------------------------------------------------------------------
     def cached_result(self, network, container_id: str, ifname: str = "eth0") -> dict | None:
         """The cached ADD result, converted to the network's version (None if absent)."""

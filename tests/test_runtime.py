@@ -345,8 +345,16 @@ def test_status(fakes):
     assert fakes.calls() == []
 
 
-def test_version(fakes):
-    assert "1.1.0" in fakes.runtime().version("fa")["supportedVersions"]
+def test_version_and_validate(fakes):
+    rt = fakes.runtime()
+    assert "1.1.0" in rt.version("fa")["supportedVersions"]
+    assert rt.validate(conflist()) == ["bandwidth", "mac", "portMappings"]
+    assert fakes.calls()[0]["cmd"] == "VERSION"
+    with pytest.raises(rtm.MultiError) as e:
+        rt.validate({"cniVersion": "0.3.0", "name": "n",
+                     "plugins": [{"type": "fa"}, {"type": "missing"}]})
+    codes = sorted(x.code for x in e.value.errors)
+    assert codes == [errors.INCOMPATIBLE_VERSION, errors.NOT_AVAILABLE]
 
 
 # ---- configuration loading -----------------------------------------------------------
