@@ -294,3 +294,43 @@ def test_handlers_over_the_fake_store(monkeypatch):
     st.unwritable = "read-only file system"
     e = err(host_local.status, call("STATUS"))
     assert e.code == 50 and "read-only" in e.msg
+
+
+def test_allocation_fills_every_set_exactly_once_randomised():
+    """For random multi-range sets, gateways and pre-reservations, allocating
+    until exhaustion hands out every free address once and never a gateway."""
+    import random
+    rnd = random.Random(7)
+    for _ in range(40):
+        ranges = []
+        for k in range(rnd.randint(1, 3)):
+            base = f"10.{k}.0"
+            lo = rnd.randint(1, 20)
+            hi = rnd.randint(lo, 30)
+            r = {"subnet": f"{base}.0/27", "rangeStart": f"{base}.{lo}", "rangeEnd": f"{base}.{hi}"}
+            if rnd.random() < 0.5:
+                r["gateway"] = f"{base}.{rnd.randint(1, 30)}"
+            ranges.append(r)
+        ss = sets(ranges)
+        st = MemoryStore()
+        pool = [r.addr(v) for r in ss[0] for v in range(r.start, r.end + 1) if v != r.gw_int]
+        for a in rnd.sample(pool, rnd.randint(0, len(pool))):
+            st.ips[a] = Owner("pre", "x")
+        if rnd.random() < 0.5 and pool:
+            st.last[0] = rnd.choice(pool)
+        free = set(pool) - set(st.ips)
+        got = []
+        for i in range(len(free)):
+            got.append(alloc(st, ss, Owner(f"c{i}", "e"))[0].ip)
+        assert sorted(got) == sorted(free)
+        assert err(alloc, st, ss, Owner("last", "e")).code == POOL_EXHAUSTED
+
+
+def test_long_taken_run_switches_to_one_listing():
+    st = MemoryStore()
+    ss = sets([{"subnet": "10.1.0.0/24"}])
+    for v in range(2, 202):
+        st.ips[ip(f"10.1.0.{v}")] = Owner("pre", "x")
+    st.last[0] = ip("10.1.0.1")
+    assert str(alloc(st, ss, A)[0].ip) == "10.1.0.202"
+    assert st.reserve_calls == allocator.PROBES_BEFORE_LISTING + 1
