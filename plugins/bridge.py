@@ -166,8 +166,10 @@ def add(call: Call) -> Result:
         raise nsmod.NetnsGone(a.netns)
     spec = _spec(call, c)
     with contextlib.ExitStack() as undo:
-        br_if, _created = attach.ensure_bridge(c.bridge, mtu=c.mtu, promisc=c.promisc,
-                                               vlan_filtering=c.wants_vlan_filtering)
+        br_if, created = attach.ensure_bridge(c.bridge, mtu=c.mtu, promisc=c.promisc,
+                                              vlan_filtering=c.wants_vlan_filtering)
+        if created:     # runs last on rollback, after the veth is gone
+            undo.callback(_quietly(attach.remove_bridge_if_unused, c.bridge))
         att = attach.attach(spec, undo)
         result = Result(cni_version=call.conf.cni_version,
                         interfaces=[br_if, att.host, att.pod])

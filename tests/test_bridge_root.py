@@ -249,10 +249,13 @@ def test_check_detects_drift(node, pod, data_dir):
 
 # ---- rollback: a failed ADD leaves nothing behind ---------------------------------
 
-def _assert_nothing_left(node, pod, data_dir, cid="c1"):
+def _assert_nothing_left(node, pod, data_dir, cid="c1", bridge_existed=False):
+    if not bridge_existed:
+        assert "cni0" not in links(node), "bridge created by the failed ADD left behind"
     assert pod_links(pod) == set(), "veth left in the pod"
     assert node_veths(node) == set(), "veth left on the node"
-    assert not any(v.startswith(cid) for v in reservations(data_dir).values()), "IP left reserved"
+    assert not any(v.startswith(cid + "\r") for v in reservations(data_dir).values()), \
+        "IP left reserved"
     key = masq.attachment_key("brnet", cid, "eth0")
     assert key not in nft_table(node, "inet", "cnilab_masq"), "masquerade rule left"
     assert key not in nft_table(node, "bridge", "cnilab_macspoof"), "macspoofchk rule left"
@@ -280,7 +283,7 @@ def test_rollback_exhausted_pool(node, make_netns, data_dir):
     assert masq.attachment_key("brnet", "c2", "eth0") not in nft_table(node, "inet", "cnilab_masq")
     ok(call(node, "DEL", c, netns=p2.path, cid="c2"))
     ok(call(node, "DEL", c, netns=p1.path, cid="c1"))
-    _assert_nothing_left(node, p1, data_dir)
+    _assert_nothing_left(node, p1, data_dir, bridge_existed=True)
 
 
 def test_rollback_missing_ipam_plugin(node, pod, data_dir):
@@ -296,7 +299,7 @@ def test_rollback_gateway_address_conflict(node, pod, data_dir):
     c = conf(data_dir, "1.0.0", **ROLLBACK_EXTRA)
     rc, err = call(node, "ADD", c, netns=pod.path)
     assert rc == 1 and err["code"] == ADDRESS_UNAVAILABLE and "forceAddress" in err["details"]
-    _assert_nothing_left(node, pod, data_dir)
+    _assert_nothing_left(node, pod, data_dir, bridge_existed=True)
     assert addrs(node, "cni0") == {"10.99.0.1/24"}
     # forceAddress replaces it
     c["forceAddress"] = True
@@ -313,6 +316,19 @@ def test_rollback_after_injected_failure_past_ipam(node, pod, data_dir, monkeypa
     rc, err = call(node, "ADD", c, netns=pod.path)
     assert rc == 1 and "injected" in err["msg"]
     _assert_nothing_left(node, pod, data_dir)
+
+
+def test_rollback_keeps_a_new_bridge_that_another_pod_joined(node, pod, data_dir, monkeypatch):
+    """A parallel ADD may attach to the bridge this ADD created: rollback must keep it."""
+    def join_then_fail():
+        node.run("ip", "link", "add", "other0", "type", "veth", "peer", "name", "other1")
+        node.run("ip", "link", "set", "other0", "master", "cni0")
+        raise RuntimeError("injected failure after another pod joined")
+    monkeypatch.setattr(bridge, "after_ipam_hook", join_then_fail)
+    rc, err = call(node, "ADD", conf(data_dir, "1.0.0", isGateway=True), netns=pod.path)
+    assert rc == 1 and "injected" in err["msg"]
+    assert links(node)["other0"]["master"] == "cni0"
+    assert pod_links(pod) == set() and reservations(data_dir) == {}
 
 
 def test_add_twice_fails_and_keeps_the_first(node, pod, data_dir):
@@ -333,14 +349,14 @@ def test_del_twice_and_without_prev_result(node, pod, data_dir):
     ok(call(node, "DEL", c, netns=pod.path, prev=r))
     ok(call(node, "DEL", c, netns=pod.path, prev=r))
     ok(call(node, "DEL", c, netns=pod.path))
-    _assert_nothing_left(node, pod, data_dir)
+    _assert_nothing_left(node, pod, data_dir, bridge_existed=True)
 
 
 def test_del_with_empty_netns_removes_host_side(node, pod, data_dir):
     c = conf(data_dir, "1.0.0", ipMasq=True)
     ok(call(node, "ADD", c, netns=pod.path))
     ok(call(node, "DEL", c, netns=""))
-    _assert_nothing_left(node, pod, data_dir)
+    _assert_nothing_left(node, pod, data_dir, bridge_existed=True)
 
 
 # ---- bad input changes nothing ----------------------------------------------------

@@ -137,6 +137,25 @@ def ensure_bridge(name: str, *, mtu: int = 0, promisc: bool = False,
     return Interface(name=info.name, mac=info.mac), created
 
 
+def remove_bridge_if_unused(name: str) -> bool:
+    """Rollback of a bridge this ADD created: delete it unless something is enslaved to it
+    (a parallel ADD may have attached a pod meanwhile). True when deleted."""
+    ipr = link.open_iproute()
+    try:
+        br = link.get_link(ipr, name)
+        if br is None or br.kind != "bridge":
+            return False
+        try:
+            ports = ipr.get_links(master=br.index)
+        except Exception as e:  # noqa: BLE001
+            raise link.kernel_error(e, f"listing ports of {name}") from None
+        if any(p.get_attr("IFLA_MASTER") == br.index for p in ports):
+            return False
+        return link.delete_link(ipr, name)
+    finally:
+        ipr.close()
+
+
 def bridge_interface(name: str) -> Interface:
     ipr = link.open_iproute()
     try:
