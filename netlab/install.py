@@ -108,8 +108,15 @@ def works(path: str) -> bool:
 
 
 def install(directory: str, *, force: bool = False, plugins: tuple[str, ...] = PLUGINS,
-            verify: bool = True) -> list[str]:
-    """Write the plugin executables into ``directory``; returns their paths."""
+            verify: bool = True, python: str | None = None) -> list[str]:
+    """Write the plugin executables into ``directory``; returns their paths.
+
+    ``python``: the interpreter named in the ``#!`` line (default: this one,
+    ``sys.executable``); it must be an absolute path and run this code tree
+    with this interpreter's site-packages (e.g. a wrapper that execs it).
+    """
+    if python is not None and not os.path.isabs(python):
+        raise ValueError(f"the interpreter path must be absolute: {python!r}")
     directory = os.path.abspath(directory)
     os.makedirs(directory, exist_ok=True)
     targets = [os.path.join(directory, name) for name in plugins]
@@ -120,7 +127,7 @@ def install(directory: str, *, force: bool = False, plugins: tuple[str, ...] = P
     written = []
     for name, target in zip(plugins, targets):
         for mode in MODES:
-            text = script_text(name, mode=mode)
+            text = script_text(name, mode=mode, python=python)
             try:
                 with open(target) as f:
                     same = f.read() == text

@@ -147,6 +147,18 @@ def test_install_refuses_foreign_files(tmp_path):
     assert inst.is_ours(str(foreign)) and len(p.stdout.split()) == 5
 
 
+def test_install_with_another_interpreter_path(tmp_path):
+    """``python=``: e.g. a wrapper script that execs the real interpreter."""
+    wrapper = tmp_path / "py-wrapper"
+    wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} \"$@\"\n")
+    wrapper.chmod(0o755)
+    written = inst.install(str(tmp_path / "bin"), python=str(wrapper), plugins=("vxlan",))
+    assert open(written[0]).readline().startswith(f"#!{wrapper} -I")
+    assert inst.works(written[0])
+    with pytest.raises(ValueError):
+        inst.install(str(tmp_path / "bin2"), python="python3")
+
+
 def test_script_text_modes():
     t = inst.script_text("vxlan", mode="-IS", python="/opt/py/bin/python", root="/src",
                          paths=["/site"])
