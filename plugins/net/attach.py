@@ -71,7 +71,8 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from ..core import netns as nsmod
-from ..core.errors import (ADDRESS_UNAVAILABLE, CHECK_FAILED, CNIError, IO_FAILURE)
+from ..core.errors import (ADDRESS_UNAVAILABLE, CHECK_FAILED, CNIError, IO_FAILURE,
+                           TRY_AGAIN_LATER)
 from ..core.types import Interface, IPConfig, Result, Route
 from . import link, sysctl
 
@@ -174,7 +175,9 @@ def attach(spec: VethSpec, undo: contextlib.ExitStack) -> Attached:
     try:
         br = link.get_link(ipr, spec.bridge)
         if br is None or br.kind != "bridge":
-            raise CNIError(IO_FAILURE, f"bridge {spec.bridge!r} not found")
+            # e.g. removed by the rollback of a parallel ADD that had created it
+            raise CNIError(TRY_AGAIN_LATER, f"bridge {spec.bridge!r} not found",
+                           "it may have been removed by a failed parallel ADD; retry")
         fd = nsmod.open_netns(spec.netns)
         try:
             link.add_veth(ipr, spec.host_name, spec.ifname, fd, mtu=spec.mtu, peer_mac=spec.mac)
