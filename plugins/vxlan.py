@@ -383,30 +383,40 @@ def _ipam_release_quietly(conf: VxlanConf, call) -> None:
 # ---- DEL ------------------------------------------------------------------------------
 
 def delete(call) -> None:
-    """Detach the pod, release its addresses; drop the shared device when unused."""
-    conf = _conf(call)
+    """Detach the pod, release its addresses; drop the shared device when unused.
+
+    Best effort and idempotent: every step runs, errors are reported together.
+    A config that no longer validates (edited since ADD) still lets DEL remove
+    the attachment, its masquerade rules and its addresses.
+    """
     a = call.args
+    try:
+        conf: VxlanConf | None = _conf(call)
+    except CNIError as e:
+        if e.code != INVALID_NETWORK_CONFIG:
+            raise
+        conf = None
+    raw = call.conf.raw
+    ip_masq = conf.ip_masq if conf is not None else raw.get("ipMasq") is True
     errors: list[str] = []
+
+    def step(what: str, fn, *args) -> None:
+        try:
+            fn(*args)
+        except (CNIError, OSError) as e:
+            errors.append(f"{what}: {e}")
+
     from .net import attach
-    try:
-        attach.detach(conf.network, a.container_id, a.ifname, a.netns)
-    except CNIError as e:
-        errors.append(f"detach: {e}")
-    if conf.ip_masq:
-        try:
-            from .net import masq
-            masq.teardown(conf.network, a.container_id, a.ifname)
-        except CNIError as e:
-            errors.append(f"masquerade: {e}")
-    if conf.ipam:
-        try:
-            _ipam(conf, call, "DEL")
-        except CNIError as e:
-            errors.append(f"ipam: {e}")
-    try:
-        _remove_shared_if_unused(conf)
-    except CNIError as e:
-        errors.append(f"shared device: {e}")
+    step("detach", attach.detach, call.conf.name, a.container_id, a.ifname, a.netns)
+    if ip_masq:
+        from .net import masq
+        step("masquerade", masq.teardown, call.conf.name, a.container_id, a.ifname)
+    if call.conf.ipam_type:
+        from .core import invoke
+        step("ipam", invoke.delegate, call.conf.ipam_type, "DEL", a.stdin, call.plugin_env,
+             a.path)
+    if conf is not None:
+        step("shared device", _remove_shared_if_unused, conf)
     if errors:
         raise CNIError(IO_FAILURE, "vxlan DEL failed in part", "; ".join(errors))
 
@@ -511,16 +521,13 @@ def gc(call) -> None:
                 for p in links.ports(br.index):
                     if p.kind == "veth" and p.alias == alias and p.name not in keep:
                         links.delete(p.index)
-    except CNIError as e:
+    except (CNIError, OSError) as e:
         errors.append(f"stale ports: {e}")
-    except OSError as e:
-        errors.append(f"stale ports: {e}")
-    if conf.ip_masq:
-        try:
-            from .net import masq
-            masq.gc(conf.network, valid)
-        except CNIError as e:
-            errors.append(f"masquerade: {e}")
+    try:            # whatever ipMasq says now: it may have been on when pods were added
+        from .net import masq
+        masq.gc(conf.network, valid)
+    except (CNIError, OSError) as e:
+        errors.append(f"masquerade: {e}")
     if conf.ipam:
         try:
             _ipam(conf, call, "GC")
@@ -528,7 +535,7 @@ def gc(call) -> None:
             errors.append(f"ipam: {e}")
     try:
         _remove_shared_if_unused(conf)
-    except CNIError as e:
+    except (CNIError, OSError) as e:
         errors.append(f"shared device: {e}")
     if errors:
         raise CNIError(IO_FAILURE, "vxlan GC failed in part", "; ".join(errors))

@@ -444,3 +444,17 @@ def test_parallel_add_and_last_del(nodes, make_netns):
     for p in pods:
         r = p.run("ping", "-c", "1", "-W", "2", pod_ip(rb), check=False)
         assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_del_with_a_config_that_no_longer_validates(nodes, make_netns):
+    a, _ = nodes
+    p = make_netns("pedit")
+    r = a.add(p, "ctr-edit")
+    rc, err = a.cni("DEL", a.conf(mtu=70000), "ctr-edit", p.path)
+    assert rc == 0, err
+    assert not [n for n, l in a.links().items() if l.get("master") == f"vxbr{VNI}"
+                and n != f"vxlan{VNI}"]
+    assert pod_ip(r) not in os.listdir(os.path.join(a.data_dir, "overlay"))
+    rc, err = a.cni("DEL", a.conf(), "ctr-edit", p.path)     # the next good DEL tidies up
+    assert rc == 0, err
+    assert set(a.links()) == {"lo", "ul0"}
