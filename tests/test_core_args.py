@@ -75,6 +75,12 @@ def test_fields_reader_names_the_field():
     with pytest.raises(CNIError) as e:
         Fields({"mtu": 70000}).int("mtu", lo=68, hi=65535)
     assert "between 68 and 65535" in e.value.msg
+    with pytest.raises(CNIError) as e:
+        Fields({"n": 11}).int("n", hi=10)
+    assert e.value.msg == "n must be at most 10"
+    with pytest.raises(CNIError) as e:
+        Fields({"n": -1}).int("n", lo=0)
+    assert e.value.msg == "n must be at least 0"
     assert Fields({"n": 2.0}).int("n") == 2
     with pytest.raises(CNIError):
         Fields({"n": True}).int("n")

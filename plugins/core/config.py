@@ -72,7 +72,10 @@ class Fields:
         if isinstance(v, bool) or not isinstance(v, int):
             raise self._bad(key, "an integer", v)
         if (lo is not None and v < lo) or (hi is not None and v > hi):
-            rng = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+            if lo is not None and hi is not None:
+                rng = f"between {lo} and {hi}"
+            else:
+                rng = f"at least {lo}" if lo is not None else f"at most {hi}"
             raise CNIError(INVALID_NETWORK_CONFIG, f"{self.path(key)} must be {rng}", f"got {v}")
         return v
 
