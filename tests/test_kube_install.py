@@ -89,6 +89,10 @@ def test_manifests_parse_and_kinds():
     kust = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
     for res in kust["resources"]:
         assert (DEPLOY / res).is_file(), res
+    # the image override applies to the image the DaemonSet names
+    spec = daemonset()["spec"]["template"]["spec"]
+    names = {c["image"].rsplit(":", 1)[0] for c in [*spec["initContainers"], *spec["containers"]]}
+    assert names == {i["name"] for i in kust["images"]}
 
 
 def test_daemonset_shape():
