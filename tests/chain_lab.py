@@ -160,10 +160,10 @@ fam = socket.AF_INET6 if ":" in sys.argv[2] else socket.AF_INET
 proto, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
 try:
     if proto == "tcp":
-        s = socket.create_connection((host, port), timeout=3)
+        s = socket.create_connection((host, port), timeout=2)
         print(s.recv(100).decode())
     else:
-        s = socket.socket(fam, socket.SOCK_DGRAM); s.settimeout(3)
+        s = socket.socket(fam, socket.SOCK_DGRAM); s.settimeout(2)
         s.sendto(b"hi", (host, port)); print(s.recv(100).decode())
 except OSError as e:
     print("ERR", e); sys.exit(1)
