@@ -6,7 +6,6 @@ hands out .10-.19, node B .20-.29 (host-local, a tmp dataDir per node).
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -26,7 +25,6 @@ PORT = 8472
 SUBNET = "10.220.0.0/24"
 UNDERLAY = {"A": "10.210.0.1", "B": "10.210.0.2"}
 SLICES = {"A": ("10.220.0.10", "10.220.0.19"), "B": ("10.220.0.20", "10.220.0.29")}
-HAVE_OWN_HOST_LOCAL = importlib.util.find_spec("ipam.host_local") is not None
 
 
 class Node:
@@ -46,8 +44,6 @@ class Node:
             ifname: str = "eth0", args: str = "") -> tuple[int, dict | None]:
         env = {"CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_NETNS": netns,
                "CNI_IFNAME": ifname, "CNI_PATH": "/usr/lib/cni", "CNI_ARGS": args}
-        if not HAVE_OWN_HOST_LOCAL:
-            env["CNILAB_EXEC_DELEGATES"] = "1"
         env = {k: v for k, v in env.items() if v}
         with nsmod.entered(self.ns.path):
             out, rc = skel.dispatch("vxlan", env, json.dumps(conf).encode())
