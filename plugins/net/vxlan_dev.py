@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 from ..core.errors import (CNIError, IO_FAILURE, INVALID_NETWORK_CONFIG, LINK_EXISTS,
@@ -30,7 +30,6 @@ ZERO_MAC = "00:00:00:00:00:00"
 OVERHEAD = {4: 50, 6: 70}
 NTF_SELF = 0x02
 NUD_PERMANENT = 0x80
-AF_BRIDGE = 7
 ALIAS_PREFIX = "cnilab-vxlan"
 MIN_MTU = {4: 68, 6: 1280}
 
@@ -102,7 +101,6 @@ class Observed:
     group: str = ""
     link: int = 0                 # underlay ifindex
     learning: bool | None = None
-    info: dict = field(default_factory=dict)
 
 
 def _norm(addr: str) -> str:
