@@ -79,7 +79,7 @@ def test_all_missing_variables_reported_at_once(fake, command, required):
     for var in required:
         assert var in out["msg"]
     # exactly those, in table order
-    listed = out["msg"][out["msg"].index("[") + 1:out["msg"].index("]")].split(", ")
+    listed = out["msg"][out["msg"].index("[") + 1:out["msg"].index("]")].split(",")
     assert listed == required
     assert fake.calls == []
 

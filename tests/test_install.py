@@ -63,8 +63,8 @@ def test_missing_env_all_at_once(installed_plugins, name):
     assert p.returncode == 1
     err = json.loads(p.stdout)
     assert err["code"] == 4
-    assert err["msg"] == ("required env variables [CNI_CONTAINERID, CNI_NETNS, CNI_IFNAME, "
-                          "CNI_PATH] missing")
+    # the Go skel's exact text (tools match on it)
+    assert err["msg"] == "required env variables [CNI_CONTAINERID,CNI_NETNS,CNI_IFNAME,CNI_PATH] missing"
 
 
 @pytest.mark.parametrize("env_patch,stdin,code", [

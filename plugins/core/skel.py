@@ -108,7 +108,8 @@ def read_env(env: Mapping[str, str], stdin: bytes) -> CmdArgs:
                        f"expected one of {', '.join(COMMANDS)}")
     missing = [k for k in REQUIRED[cmd] if not env.get(k)]
     if missing:
-        raise CNIError(INVALID_ENV, f"required env variables [{', '.join(missing)}] missing")
+        # the Go skel's exact text: runtimes and tests match on it
+        raise CNIError(INVALID_ENV, f"required env variables [{','.join(missing)}] missing")
     path = [p for p in env.get("CNI_PATH", "").split(os.pathsep) if p]
     a = CmdArgs(command=cmd, container_id=env.get("CNI_CONTAINERID", ""),
                 netns=env.get("CNI_NETNS", ""), ifname=env.get("CNI_IFNAME", ""),
