@@ -34,7 +34,7 @@ import time
 import zlib
 from collections import namedtuple
 
-from plugins.core.errors import CNIError, IO_FAILURE, TRY_AGAIN_LATER
+from plugins.core.errors import CNIError, TRY_AGAIN_LATER
 
 from .ranges import IPAddress
 
@@ -388,11 +388,7 @@ class DiskStore:
     @staticmethod
     def _write_file_inplace(path: str, data: bytes) -> None:
         """Like the reference (truncate + write): no new directory entry once it exists."""
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
+        DiskStore._write_file(path, data)
 
     def release(self, ip: IPAddress) -> None:
         owner = self._read_owner(ip)
@@ -478,6 +474,3 @@ class DiskStore:
             self._dir_changed = True    # our probe moved the mtime; restamp if we hold the lock
         return None
 
-
-def io_error(what: str, e: OSError) -> CNIError:
-    return CNIError(IO_FAILURE, f"host-local: {what}: {e.strerror or e}", str(e))
