@@ -951,3 +951,20 @@ def test_foreign_plugins_backed_up_replaced_and_restored(tmp_path):
     (conf_dir / ki.CONFLIST_NAME).write_text(json.dumps(
         {"cniVersion": "1.0.0", "name": "x", "plugins": [{"type": "calico"}]}))
     assert ki.uninstall(bin_dir, conf_dir / ki.CONFLIST_NAME, backup) == []
+
+
+def test_sync_refuses_bridge_only_options_in_vxlan_mode(tmp_path, monkeypatch, capsys):
+    nodes = tmp_path / "nodes.json"
+    nodes.write_text(json.dumps(THREE))
+    tpl = tmp_path / "vxlan.json"
+    tpl.write_text(json.dumps(template("vxlan")))
+    argv = ["sync", "--node", "n1", "--template", str(tpl), "--nodes-file", str(nodes),
+            "--conf-dir", str(tmp_path / "d"), "--cluster-cidr", "10.244.0.0/16"]
+    monkeypatch.setenv("CNILAB_ROUTES", "true")
+    assert ki.main(argv) == 2
+    assert "routed bridge mode only" in capsys.readouterr().err
+    monkeypatch.setenv("CNILAB_ROUTES", "false")
+    monkeypatch.setenv("CNILAB_MASQUERADE", "true")
+    assert ki.main(argv) == 2
+    assert "spares the cluster CIDR" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()  # refused before writing anything
