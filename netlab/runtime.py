@@ -325,6 +325,29 @@ class Runtime:
             return load_conflist(self.conf_dir, network)
         raise TypeError(f"network must be a name, a path or a dict, not {type(network).__name__}")
 
+    def _network_or_cached(self, network, container_id: str, ifname: str) -> NetworkConfigList:
+        try:
+            return self.network(network)
+        except CNIError as e:
+            if not isinstance(network, str) or os.sep in network or not names.valid_id(network):
+                raise
+            if not (names.valid_id(container_id) and not names.ifname_problem(ifname)):
+                raise
+            info = self._cache_read_info(network, container_id, ifname)
+            if not info or info.get("kind") != CACHE_KIND or info.get("networkName") != network:
+                raise
+            try:
+                data = base64.b64decode(info.get("config") or "")
+                raw = json.loads(data)
+            except ValueError:
+                raise e from None
+            if not isinstance(raw, dict):
+                raise e from None
+            source = f"cached config of {self._cache_path(network, container_id, ifname)}"
+            if "plugins" in raw:
+                return conflist_from_dict(raw, source, data)
+            return conflist_from_conf(raw, source)
+
     # ---- public commands ---------------------------------------------------------
     def add(self, network, netns: str, container_id: str, ifname: str = "eth0",
             capability_args: Mapping[str, Any] | None = None, cni_args: Any = None) -> dict:
@@ -358,8 +381,10 @@ class Runtime:
 
         When the caller passes no capability/CNI args, the ones cached by ADD are
         used (so ``netlab cni del`` needs only what identifies the attachment).
+        A network given by name whose config file is gone is taken from the
+        cache entry (libcni caches the config for this), so DEL still works.
         """
-        net = self.network(network)
+        net = self._network_or_cached(network, container_id, ifname)
         self._validate(net.name, container_id, ifname)
         cached = None
         info = self._cache_read_info(net.name, container_id, ifname)

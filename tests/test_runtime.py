@@ -214,6 +214,25 @@ def test_del_reverse_with_cached_result(fakes):
     assert all("CNI_NETNS" not in c["env"] for c in calls)
 
 
+def test_del_uses_cached_config_when_the_file_is_gone(fakes):
+    path = os.path.join(fakes.conf_dir, "10-x.conflist")
+    write(path, conflist())
+    rt = fakes.runtime()
+    res = rt.add("net1", "/p", "c1")
+    os.unlink(path)
+    fakes.calls()
+    with pytest.raises(errors.CNIError):
+        rt.check("net1", "/p", "c1")                      # only DEL falls back
+    rt.delete("net1", "/p", "c1")
+    calls = fakes.calls()
+    assert [(c["plugin"], c["cmd"]) for c in calls] == [("fc", "DEL"), ("fb", "DEL"), ("fa", "DEL")]
+    assert calls[0]["conf"]["prevResult"] == res
+    assert rt.cached_attachments() == []
+    with pytest.raises(errors.CNIError) as e:             # nothing cached any more
+        rt.delete("net1", "/p", "c1")
+    assert "no network named" in e.value.msg
+
+
 def test_del_before_040_sends_no_prev_result(fakes):
     rt = fakes.runtime()
     rt.add(conflist("0.3.1"), "/p", "c1")
