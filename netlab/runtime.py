@@ -42,8 +42,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from plugins.core import names, version as ver
 from plugins.core.errors import (CNIError, DECODING_FAILURE, INCOMPATIBLE_VERSION, INTERNAL,
-                                 INVALID_NETWORK_CONFIG, IO_FAILURE, NOT_AVAILABLE,
-                                 UNKNOWN_CONTAINER)
+                                 INVALID_NETWORK_CONFIG, IO_FAILURE, UNKNOWN_CONTAINER)
 from plugins.core.invoke import find_plugin
 from plugins.core.types import Result
 
@@ -807,4 +806,4 @@ def _atomic_write(path: str, data: bytes, *, mode: int = 0o644, dir_mode: int = 
 
 __all__ = ["Runtime", "NetworkConfigList", "Attachment", "PluginError", "MultiError",
            "conflist_from_dict", "conflist_from_conf", "load_conflist", "load_file",
-           "conf_files", "normalize_cni_args", "format_cni_args", "NOT_AVAILABLE"]
+           "conf_files", "normalize_cni_args", "format_cni_args"]
