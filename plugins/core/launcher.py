@@ -160,6 +160,62 @@ def call_agent(path: str, plugin: str, environb, stdin: bytes, *,
         s.close()
 
 
+# Two packages whose __init__ costs a short-lived process far more than the
+# part our plugins use: pyroute2's imports every family it supports (ndb,
+# ipdb, conntrack, wireguard, nl80211, ...: ~110 ms here, of which the rtnl
+# part we use is ~75 ms), and unittest's (runner, loader, argparse, difflib)
+# comes along only because pyroute2's rtnl socket module does
+# ``from unittest import mock``. Each gets a stand-in package module that
+# imports submodules on demand, resolves a few well-known names from their
+# submodules, and runs the real __init__ (exactly as shipped) the first time
+# anything else is asked of it. Only the in-process path of the launcher does
+# this; the agent imports everything normally, once.
+_SHORTCUTS = {
+    "pyroute2": {
+        "pyroute2.iproute": ("IPRoute", "AsyncIPRoute", "NetNS", "RawIPRoute",
+                             "ChaoticIPRoute", "IPBatch"),
+        "pyroute2.conntrack": ("Conntrack", "AsyncConntrack", "ConntrackEntry"),
+        "pyroute2.netlink.exceptions": ("NetlinkError", "NetlinkDecodeError",
+                                        "NetlinkDumpInterrupted", "ChaoticException"),
+    },
+    "unittest": {},
+}
+
+
+def lean_package(package: str) -> bool:
+    """Install the stand-in for ``package`` (only if nothing imported it yet)."""
+    if package in sys.modules:
+        return False
+    import importlib
+    import importlib.util
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return False
+    if spec is None or spec.loader is None or not spec.submodule_search_locations:
+        return False
+    mod = importlib.util.module_from_spec(spec)
+    where = {name: sub for sub, names in _SHORTCUTS.get(package, {}).items() for name in names}
+    state = {"full": False}
+
+    def __getattr__(name: str):
+        sub = where.get(name)
+        if sub is not None:
+            return getattr(importlib.import_module(sub), name)
+        if not name.startswith("__") and importlib.util.find_spec(f"{package}.{name}"):
+            return importlib.import_module(f"{package}.{name}")     # a submodule
+        if not state["full"]:
+            state["full"] = True
+            spec.loader.exec_module(mod)       # the real package, exactly as shipped
+            if name in mod.__dict__:
+                return mod.__dict__[name]
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    mod.__getattr__ = __getattr__
+    sys.modules[package] = mod
+    return True
+
+
 def run_in_process(plugin: str, env, stdin: bytes) -> tuple[str, int]:
     """The same call through the dispatcher in this process."""
     if sys.flags.no_site and not any(p.endswith("-packages") for p in sys.path):
@@ -167,6 +223,9 @@ def run_in_process(plugin: str, env, stdin: bytes) -> tuple[str, int]:
         # installer does): the plugins need them (pyroute2, nftables).
         import site
         site.main()
+    if os.environ.get("CNILAB_LEAN_IMPORTS", "1") != "0":
+        for package in _SHORTCUTS:
+            lean_package(package)
     from .skel import dispatch
     return dispatch(plugin, env, stdin, log=sys.stderr.write)
 
