@@ -110,6 +110,10 @@ def read_env(env: Mapping[str, str], stdin: bytes) -> CmdArgs:
     if missing:
         # the Go skel's exact text: runtimes and tests match on it
         raise CNIError(INVALID_ENV, f"required env variables [{','.join(missing)}] missing")
+    if cmd == "VERSION":
+        # VERSION ignores the other variables: libcni's GetVersionInfo (podman's
+        # network validation) sends CNI_NETNS=dummy, CNI_IFNAME=dummy, CNI_PATH=dummy.
+        return CmdArgs(command=cmd, stdin=stdin, env=env)
     path = [p for p in env.get("CNI_PATH", "").split(os.pathsep) if p]
     a = CmdArgs(command=cmd, container_id=env.get("CNI_CONTAINERID", ""),
                 netns=env.get("CNI_NETNS", ""), ifname=env.get("CNI_IFNAME", ""),
