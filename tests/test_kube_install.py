@@ -1044,3 +1044,58 @@ def test_rendered_vxlan_node_reaches_pod_on_other_node(make_netns, tmp_path):
         assert lab.ping(lab.node["n1"], lab.pod_ip["n2"])  # NodePort / apiserver -> remote pod
     finally:
         lab.teardown()
+
+
+@pytest.mark.root
+def test_rendered_bridge_conflist_with_routes_two_nodes(make_netns, tmp_path):
+    """Routed bridge mode: each node's pods in its podCIDR, RouteApplier keeps a
+    route per other node (protocol 99): pods on two nodes reach each other; a
+    leaving node's route goes, routes that are not ours stay."""
+    from plugins.core import netns as nsmod
+    from plugins.core import skel
+    a, b = make_netns("kba"), make_netns("kbb")
+    a.run("ip", "link", "add", "ul0", "type", "veth", "peer", "name", "ul0", "netns", b.name)
+    ips = {"n1": "192.168.78.1", "n2": "192.168.78.2"}
+    node = {"n1": a, "n2": b}
+    for name, ns in node.items():
+        ns.run("ip", "addr", "add", f"{ips[name]}/24", "dev", "ul0")
+        ns.run("ip", "link", "set", "ul0", "up")
+    objs = [node_obj("n1", ips["n1"], ["10.245.0.0/24"]), node_obj("n2", ips["n2"], ["10.245.1.0/24"])]
+    nodes = ki.nodes_from_list(node_list(*objs))
+    pod_ip, plugins, pods = {}, {}, {}
+    for name, ns in node.items():
+        conf = ki.render(template("bridge"), name, nodes).conflist
+        plugin = libcni_view(conf, 0)
+        plugin["ipam"]["dataDir"] = str(tmp_path / f"ipam-{name}")
+        plugins[name] = plugin
+        pods[name] = make_netns(f"kq{name}")
+        env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": f"c-{name}", "CNI_NETNS": pods[name].path,
+               "CNI_IFNAME": "eth0", "CNI_PATH": "/usr/lib/cni"}
+        with nsmod.entered(ns.path):
+            out, rc = skel.dispatch("bridge", env, json.dumps(plugin).encode())
+            assert rc == 0, out
+            pod_ip[name] = json.loads(out)["ips"][0]["address"].split("/")[0]
+            ra = ki.RouteApplier()
+            put, drop = ki.diff_routes(ra.current(), ki.plan_routes(name, nodes))
+            ra.apply(put, drop)
+            assert ra.current() == ki.plan_routes(name, nodes)
+    assert pod_ip == {"n1": "10.245.0.2", "n2": "10.245.1.2"}
+    assert pods["n1"].run("ping", "-c1", "-W2", pod_ip["n2"], check=False).returncode == 0
+    assert "10.245.1.0/24 via 192.168.78.2" in a.run("ip", "route", "show", "proto", "99").stdout
+    # someone else's route in the node: never ours to remove
+    a.run("ip", "route", "add", "10.99.0.0/24", "via", "192.168.78.2")
+    with nsmod.entered(a.path):
+        ra = ki.RouteApplier()
+        alone = ki.nodes_from_list(node_list(objs[0]))
+        put, drop = ki.diff_routes(ra.current(), ki.plan_routes("n1", alone))
+        assert put == [] and drop == [ki.RoutePlan("10.245.1.0/24", "192.168.78.2")]
+        ra.apply(put, drop)
+        assert ra.current() == []
+    routes = a.run("ip", "route").stdout
+    assert "10.245.1.0/24" not in routes and "10.99.0.0/24 via 192.168.78.2" in routes
+    for name, ns in node.items():
+        env = {"CNI_COMMAND": "DEL", "CNI_CONTAINERID": f"c-{name}", "CNI_NETNS": pods[name].path,
+               "CNI_IFNAME": "eth0", "CNI_PATH": "/usr/lib/cni"}
+        with nsmod.entered(ns.path):
+            out, rc = skel.dispatch("bridge", env, json.dumps(plugins[name]).encode())
+            assert rc == 0, out
