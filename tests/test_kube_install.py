@@ -152,6 +152,11 @@ def test_daemonset_shape():
     agent_cli = __import__("argparse").ArgumentParser()
     cmd_agent.register(agent_cli.add_subparsers())
     agent_cli.parse_args(agent["command"][3:])  # a valid `netlab agent run` command line
+    probe = agent["livenessProbe"]["exec"]["command"]
+    assert probe[:5] == agent["command"][:4] + ["status"]
+    assert probe[probe.index("--socket") + 1] == sock
+    agent_cli.parse_args(probe[3:])
+    assert "readinessProbe" not in agent  # optional: must not block rollouts
     netns = [vm for vm in agent["volumeMounts"] if vm["mountPath"] == "/run/netns"]
     assert netns and netns[0]["mountPropagation"] == "HostToContainer"
     # one image for all three, and the command runs our module
