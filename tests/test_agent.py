@@ -355,3 +355,29 @@ def test_start_twice_is_one_agent_and_stop_removes_the_socket(tmp_path):
     assert not os.path.exists(sock) and ag.ping(sock) is None
     assert not os.path.exists(f"/proc/{pid}") or not cmd_agent._is_our_agent(pid, sock)
     assert cmd_agent.stop_agent(sock, timeout=1) is False
+
+
+# ---- lean imports on the in-process path --------------------------------------------------
+def test_lean_packages_load_only_what_is_used_and_stay_complete():
+    code = """
+import sys
+sys.path.insert(0, %r)
+from plugins.core import launcher
+assert launcher.lean_package("pyroute2") and launcher.lean_package("unittest")
+assert not launcher.lean_package("pyroute2")          # once only
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+from unittest import mock
+import pyroute2, unittest
+assert IPRoute is pyroute2.iproute.IPRoute and NetlinkError.__name__ == "NetlinkError"
+lean = ("pyroute2.ndb.main" not in sys.modules and "pyroute2.ipdb" not in sys.modules
+        and "unittest.runner" not in sys.modules)
+ipr = IPRoute(); ipr.link_lookup(ifname="lo"); ipr.close()
+# anything else: the real package __init__ runs, exactly as shipped
+assert pyroute2.NDB.__name__ == "NDB" and "pyroute2.ndb.main" in sys.modules
+assert unittest.TestCase.__name__ == "TestCase"
+print("lean" if lean else "not lean")
+""" % ROOT
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "lean"
