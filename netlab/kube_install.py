@@ -243,23 +243,28 @@ class Rendered:
     peers: tuple[str, ...]
 
 
-def _substitute(obj: Any, values: Mapping[str, Any], path: str = "") -> Any:
+class _Missing(Exception):
+    def __init__(self, key: str, where: str) -> None:
+        super().__init__(key)
+        self.key, self.where = key, where
+
+
+def _substitute(obj: Any, values: Mapping[str, Any], used: set[str], path: str = "") -> Any:
     if isinstance(obj, dict):
-        return {k: _substitute(v, values, f"{path}.{k}" if path else k) for k, v in obj.items()}
+        return {k: _substitute(v, values, used, f"{path}.{k}" if path else k)
+                for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_substitute(v, values, f"{path}[{i}]") for i, v in enumerate(obj)]
+        return [_substitute(v, values, used, f"{path}[{i}]") for i, v in enumerate(obj)]
     if isinstance(obj, str) and "{{" in obj:
         s = obj.strip()
         key = s[2:-2].strip() if s.startswith("{{") and s.endswith("}}") else None
         if key not in values:
             raise InstallError(f"template: unknown or misplaced placeholder {obj!r} at {path} "
                                f"(known, as a whole value: {', '.join(PLACEHOLDERS)})")
-        val = values[key]
-        if val is None:
-            raise InstallError(f"template: {obj!r} at {path} has no value on this node "
-                               "(clusterCIDR: set CNILAB_CLUSTER_CIDR; underlayInterface: "
-                               "no interface holds the node IP)")
-        return val
+        if values[key] is None:
+            raise _Missing(key, path)
+        used.add(key)
+        return values[key]
     return obj
 
 
@@ -269,6 +274,8 @@ def render(template: Mapping[str, Any], self_name: str, nodes: Mapping[str, Node
 
     ``underlay`` is the name of the interface holding the node IP (the caller
     looks it up on the node; only needed when the template uses it).
+    Raises NotReady when the node lacks data it will get later (podCIDR,
+    InternalIP), InstallError for what the operator must fix.
     """
     if self_name not in nodes:
         raise NotReady(f"node {self_name} is not in the node list")
@@ -289,11 +296,17 @@ def render(template: Mapping[str, Any], self_name: str, nodes: Mapping[str, Node
                         None)
     values = {"podRanges": ranges, "peers": peers, "nodeIP": my_ip, "podCIDR": first_cidr,
               "clusterCIDR": cluster_same, "nodeName": self_name, "underlayInterface": underlay}
-    text = json.dumps(template)
-    if overlay and "{{nodeIP}}" in text and my_ip is None:
-        raise NotReady(f"node {self_name} has no InternalIP yet")
-    out = _substitute(dict(template), values)
-    return Rendered(conflist=out, peers=tuple(peers) if "{{peers}}" in text else ())
+    used: set[str] = set()
+    try:
+        out = _substitute(dict(template), values, used)
+    except _Missing as m:
+        if m.key == "nodeIP" or (m.key == "underlayInterface" and my_ip is None):
+            raise NotReady(f"node {self_name} has no InternalIP yet (needed at {m.where})") from None
+        hint = {"clusterCIDR": "set CNILAB_CLUSTER_CIDR (one per address family)",
+                "underlayInterface": f"no interface on this node holds {my_ip}"}.get(m.key, "")
+        raise InstallError(f"template: {{{{{m.key}}}}} at {m.where} has no value on this node"
+                           + (f": {hint}" if hint else "")) from None
+    return Rendered(conflist=out, peers=tuple(peers) if "peers" in used else ())
 
 
 def dumps(conflist: Mapping[str, Any]) -> bytes:

@@ -402,6 +402,16 @@ def test_render_needs_node_cluster_cidr_and_main_plugin():
     no_ip = dict(nodes, n1=ki.Node("n1", (), ("10.244.0.0/24",)))
     with pytest.raises(ki.NotReady, match="InternalIP"):
         ki.render(tpl, "n1", no_ip, ["10.244.0.0/16"], underlay="eth0")
+    with pytest.raises(ki.NotReady, match="InternalIP"):  # the caller found no underlay either
+        ki.render(tpl, "n1", no_ip, ["10.244.0.0/16"])
+    v6_only = {"cniVersion": "1.0.0", "name": "x", "plugins": [
+        {"type": "bridge", "ipam": {"type": "host-local", "ranges": "{{podRanges}}"},
+         "x": "{{clusterCIDR}}"}]}
+    with pytest.raises(ki.InstallError, match="one per address family"):
+        ki.render(v6_only, "n1", nodes, ["fd00::/56"])
+    spaced = json.loads(json.dumps(tpl).replace('"{{peers}}"', '" {{ peers }} "'))
+    r = ki.render(spaced, "n1", nodes, ["10.244.0.0/16"], underlay="eth0")
+    assert r.peers == ("192.168.10.12", "192.168.10.13")
 
 
 def test_template_loading_errors(tmp_path):
