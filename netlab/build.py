@@ -1,0 +1,325 @@
+"""Apply a plan: one small backend per step kind, each recorded in the state
+file *before* it touches the system, so ``down`` can always undo it.
+
+Pods are attached by running the CNI plugins through netlab's libcni-style
+runtime (``netlab.runtime.Runtime``) with the pod's node namespace as the
+plugins' host. Our plugin executables are installed into ``<lab dir>/bin``
+with ``netlab.install``; a plugin type we have not implemented yet falls back
+to Debian's reference binary in /usr/lib/cni (the choice is recorded and
+printed). Nothing here configures the root namespace: every command runs
+with ``ip -n NS`` or inside a namespace.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+from . import netns as nsutil
+from . import state as statemod
+from .plan import Plan, Step
+
+REFERENCE_CNI = "/usr/lib/cni"
+PLUGIN_TYPES = ("bridge", "host-local", "portmap", "bandwidth", "vxlan")
+ATTACH_WORKERS = int(os.environ.get("NETLAB_ATTACH_WORKERS", "4"))
+
+
+class BuildError(Exception):
+    pass
+
+
+def sh(argv: list[str], *, timeout: float = 30) -> str:
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    if p.returncode != 0:
+        raise BuildError(f"{' '.join(argv)}: {p.stderr.strip() or p.stdout.strip() or 'exit %d' % p.returncode}")
+    return p.stdout
+
+
+def ipn(ns: str, *args: str) -> str:
+    """``ip -n NS ...``: never without a namespace."""
+    if not ns:
+        raise BuildError("refusing to run ip without a namespace")
+    return sh(["ip", "-n", ns, *args])
+
+
+def ipn_batch(ns: str, lines: list[str]) -> None:
+    if not lines:
+        return
+    p = subprocess.run(["ip", "-n", ns, "-batch", "-"], input="\n".join(lines) + "\n",
+                       capture_output=True, text=True, timeout=60)
+    if p.returncode != 0:
+        raise BuildError(f"ip -n {ns} -batch: {p.stderr.strip()}")
+
+
+def in_ns(ns: str, argv: list[str], *, timeout: float = 30, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command inside the named namespace (setns in the child, no mount games)."""
+    from plugins.core import netns as cns
+    fd = os.open(nsutil.path(ns), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                           preexec_fn=lambda: cns._setns(fd))
+    finally:
+        os.close(fd)
+    if check and p.returncode != 0:
+        raise BuildError(f"[{ns}] {' '.join(argv)}: {p.stderr.strip() or p.stdout.strip()}")
+    return p
+
+
+def tx_offload_off(ns: str, dev: str) -> None:
+    """Valid checksums in captures: veths otherwise leave them to 'hardware'."""
+    if shutil.which("ethtool"):
+        in_ns(ns, ["ethtool", "-K", dev, "tx", "off"], check=False)
+
+
+# --------------------------------------------------------------------------- plugins
+
+def plugin_ready(ptype: str) -> bool:
+    """Is our implementation of this plugin type present in the tree?"""
+    mod = {"bridge": "plugins.bridge", "host-local": "ipam.host_local", "portmap": "plugins.portmap",
+           "bandwidth": "plugins.bandwidth", "vxlan": "plugins.vxlan"}.get(ptype)
+    if mod is None:
+        return False
+    try:
+        return importlib.util.find_spec(mod) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def prepare_plugins(lab_dir: str, needed: set[str], choice: str = "auto") -> tuple[str, dict[str, str]]:
+    """Fill ``<lab dir>/bin`` and return (CNI_PATH, {type: 'ours'|'reference'}).
+
+    choice: ``ours`` (our executables, installed with netlab.install),
+    ``reference`` (Debian's Go plugins), ``auto`` (ours where implemented).
+    """
+    bindir = os.path.join(lab_dir, "bin")
+    os.makedirs(bindir, exist_ok=True)
+    which: dict[str, str] = {}
+    installed = False
+    if choice in ("ours", "auto"):
+        try:
+            from .install import install   # written by the plugin-suite engineers
+            install(bindir)
+            installed = True
+        except ImportError:
+            if choice == "ours":
+                raise BuildError("netlab.install is not available: cannot install our plugins")
+    for t in sorted(needed | {"host-local"}):
+        ours = installed and plugin_ready(t) and os.access(os.path.join(bindir, t), os.X_OK)
+        if choice == "ours" and not ours:
+            raise BuildError(f"our {t} plugin is not implemented yet (use --plugins auto or reference)")
+        if choice == "reference" or not ours:
+            ref = os.path.join(REFERENCE_CNI, t)
+            if not os.access(ref, os.X_OK):
+                raise BuildError(f"no {t} plugin: ours is not implemented yet and {ref} does not exist")
+            dst = os.path.join(bindir, t)
+            if os.path.lexists(dst):
+                os.unlink(dst)
+            os.symlink(ref, dst)
+            which[t] = "reference"
+        else:
+            which[t] = "ours"
+    return bindir, which
+
+
+def needed_types(plan: Plan) -> set[str]:
+    types: set[str] = set()
+    for s in plan.steps:
+        if s.kind == "attach":
+            for pl in s.params["conflist"].get("plugins", []):
+                types.add(pl.get("type", ""))
+                ipam = pl.get("ipam")
+                if isinstance(ipam, dict) and ipam.get("type"):
+                    types.add(ipam["type"])
+    return {t for t in types if t}
+
+
+def runtime_for(lab_dir: str, node_ns: str, cni_path: str):
+    from .runtime import Runtime
+    return Runtime([cni_path], cache_dir=os.path.join(lab_dir, "cni-cache"),
+                   host_netns=nsutil.path(node_ns), log_path=os.path.join(lab_dir, "cni.log"),
+                   env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")})
+
+
+# --------------------------------------------------------------------------- builder
+
+class Builder:
+    def __init__(self, plan: Plan, st: statemod.State, *, plugins: str = "auto",
+                 progress: Callable[[str], None] = print) -> None:
+        self.plan = plan
+        self.st = st
+        self.plugins = plugins
+        self.progress = progress
+        self.lock = threading.Lock()
+        self.cni_path = ""
+        self.which: dict[str, str] = {}
+        self.timings: dict[str, float] = {}
+
+    def record(self, kind: str, **fields) -> dict:
+        with self.lock:
+            return self.st.record(kind, **fields)
+
+    def update(self, res: dict, **fields) -> None:
+        with self.lock:
+            self.st.update(res, **fields)
+
+    def run(self) -> None:
+        steps = self.plan.steps
+        total = len(steps)
+        attach = [s for s in steps if s.kind == "attach"]
+        done = 0
+        for s in steps:
+            if s.kind == "attach":
+                continue
+            done += 1
+            t0 = time.monotonic()
+            getattr(self, "do_" + s.kind)(s)
+            self.timings[s.kind] = self.timings.get(s.kind, 0.0) + time.monotonic() - t0
+            self.progress(f"[{done:>3}/{total}] {s.desc}")
+        if attach:
+            t0 = time.monotonic()
+            self.cni_path, self.which = prepare_plugins(self.plan.lab_dir, needed_types(self.plan), self.plugins)
+            self.st.set(cniPath=self.cni_path, plugins=self.which)
+            self.progress("      plugins: " + ", ".join(f"{k}={v}" for k, v in sorted(self.which.items())))
+            errors: list[BaseException] = []
+
+            def one(s: Step) -> None:
+                if errors:
+                    return
+                try:
+                    self.do_attach(s)
+                except BaseException as e:  # noqa: BLE001 - reported below
+                    errors.append(e)
+            # pods of one node attach in parallel (the plugins lock what they share)
+            with ThreadPoolExecutor(max_workers=max(1, ATTACH_WORKERS)) as ex:
+                futs = []
+                for s in attach:
+                    futs.append(ex.submit(one, s))
+                for f in futs:
+                    f.result()
+                    if not errors:
+                        done += 1
+                        self.progress(f"[{done:>3}/{total}] {attach[futs.index(f)].desc}")
+            self.timings["attach"] = time.monotonic() - t0
+            if errors:
+                raise errors[0]
+
+    # ---- step kinds -----------------------------------------------------------
+    def do_labdir(self, s: Step) -> None:
+        pass   # made (and recorded) by the caller before the state file exists
+
+    def do_netns(self, s: Step) -> None:
+        name = s.params["name"]
+        if nsutil.exists(name):
+            raise BuildError(f"namespace {name} already exists: another lab with this name is up? "
+                             f"(netlab down {self.plan.lab})")
+        self.record("netns", name=name, role=s.params["role"])
+        nsutil.create(name)
+
+    def do_netns_alias(self, s: Step) -> None:
+        name, target = s.params["name"], s.params["target"]
+        if nsutil.exists(name):
+            raise BuildError(f"namespace {name} already exists")
+        self.record("netns_alias", name=name, target=target)
+        path = nsutil.path(name)
+        open(path, "w").close()
+        sh(["mount", "--bind", nsutil.path(target), path])
+
+    def do_bridge(self, s: Step) -> None:
+        p = s.params
+        lines = [f"link add {p['name']} type bridge",
+                 f"link set {p['name']} mtu {p['mtu']}", f"link set {p['name']} up"]
+        if p.get("address"):
+            lines.insert(2, f"addr add {p['address']} dev {p['name']}")
+        ipn_batch(p["ns"], lines)
+        in_ns(p["ns"], ["sysctl", "-qw", f"net.ipv6.conf.{p['name']}.disable_ipv6=1"], check=False)
+
+    def do_uplink(self, s: Step) -> None:
+        p = s.params
+        sw, port, ns, ifn = p["switch_ns"], p["port"], p["ns"], p["ifname"]
+        # created directly in the switch namespace, the peer directly in the target one
+        ipn(sw, "link", "add", port, "mtu", str(p["switch_mtu"]), "type", "veth", "peer", "name", ifn,
+            "mtu", str(p["mtu"]), "netns", ns)
+        ipn_batch(sw, [f"link set {port} master {p['bridge']}", f"link set {port} up"])
+        ipn_batch(ns, [f"addr add {p['address']} dev {ifn}", f"link set {ifn} up"])
+        tx_offload_off(sw, port)
+        tx_offload_off(ns, ifn)
+
+    def do_sysctl(self, s: Step) -> None:
+        from plugins.core import netns as cns
+        from plugins.net import sysctl
+        with cns.entered(nsutil.path(s.params["ns"])):
+            sysctl.write(s.params["key"], s.params["value"])
+
+    def do_routes(self, s: Step) -> None:
+        ipn_batch(s.params["ns"], [f"route replace {r['dst']} via {r['via']}" for r in s.params["routes"]])
+
+    def do_etcnetns(self, s: Step) -> None:
+        d = os.path.join("/etc/netns", s.params["netns"])
+        parent_made = not os.path.isdir("/etc/netns")
+        dir_made = not os.path.isdir(d)
+        files = sorted(s.params["files"])
+        self.record("etcnetns", path=d, files=files, created_dir=dir_made, created_parent=parent_made)
+        os.makedirs(d, exist_ok=True)
+        for fn, text in s.params["files"].items():
+            with open(os.path.join(d, fn), "w", encoding="utf-8") as f:
+                f.write(text)
+
+    def do_dnsmasq(self, s: Step) -> None:
+        from . import dns
+        pid, start = dns.start(s.params["ns"], s.params["argv"], s.params["address"],
+                               os.path.join(self.plan.lab_dir, "dnsmasq.out"),
+                               record=lambda **kw: self.record("process", **kw))
+        self.progress(f"      dnsmasq pid {pid} answering")
+
+    def do_attach(self, s: Step) -> None:
+        p = s.params
+        rt = runtime_for(self.plan.lab_dir, p["node_ns"], self.cni_path)
+        res = self.record("attach", pod=p["pod"], netns=p["netns"], node_ns=p["node_ns"],
+                          network=p["network"], container_id=p["container_id"], ifname=p["ifname"],
+                          conflist=p["conflist"], capability_args=p["capability_args"],
+                          cni_args=p["cni_args"], cni_path=self.cni_path, result=None)
+        conf_path = os.path.join(self.plan.lab_dir, "conflists", f"{p['network']}-{p['pod']}.conflist")
+        os.makedirs(os.path.dirname(conf_path), exist_ok=True)
+        with open(conf_path, "w", encoding="utf-8") as f:
+            json.dump(p["conflist"], f, indent=2)
+        t0 = time.monotonic()
+        result = rt.add(p["conflist"], nsutil.path(p["netns"]), p["container_id"], p["ifname"],
+                        capability_args=p["capability_args"], cni_args=p["cni_args"])
+        self.update(res, result=result, seconds=round(time.monotonic() - t0, 3))
+        tx_offload_off(p["netns"], p["ifname"])
+        for itf in result.get("interfaces", []):
+            if not itf.get("sandbox") and itf.get("name") and itf.get("mac"):
+                # host-side veths have a MAC and no sandbox; bridges are fine too
+                tx_offload_off(p["node_ns"], itf["name"])
+
+
+def detach(res: dict, st: statemod.State) -> None:
+    """DEL an attachment recorded in the state (also when the pod netns is gone)."""
+    from .runtime import Runtime
+    if not nsutil.exists(os.path.basename(res["node_ns"]) if "/" in res["node_ns"] else res["node_ns"]):
+        return   # the node (and everything the plugins made in it) is already gone
+    cni_path = res.get("cni_path") or st.data.get("cniPath") or REFERENCE_CNI
+    rt = Runtime([cni_path], cache_dir=os.path.join(st.lab_dir, "cni-cache"),
+                 host_netns=nsutil.path(res["node_ns"]), log_path=os.path.join(st.lab_dir, "cni.log"),
+                 env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")})
+    netns_path = nsutil.path(res["netns"]) if nsutil.exists(res["netns"]) else ""
+    rt.delete(res["conflist"], netns_path, res["container_id"], res["ifname"],
+              capability_args=res.get("capability_args") or {}, cni_args=res.get("cni_args"))
+
+
+def attach_addresses(st: statemod.State) -> dict[str, str]:
+    """pod -> IPv4 address from the recorded ADD results."""
+    out = {}
+    for pod, res in st.attachments().items():
+        for ip in (res.get("result") or {}).get("ips", []):
+            addr = ip.get("address", "")
+            if ":" not in addr and addr:
+                out[pod] = addr.split("/")[0]
+                break
+    return out

@@ -1,0 +1,46 @@
+"""capture: on an interface, with a BPF filter, while a command runs, expect
+packets with given fields (e.g. ``layer: VXLAN, fields: {vni: 42}`` on the
+underlay while one pod pings another across nodes)."""
+from __future__ import annotations
+
+from .common import CheckResult, Context, captured, run_in
+
+
+def _where(ctx: Context, on: str):
+    name, _, iface = on.partition(":")
+    t = ctx.target(name)
+    return t.ns, (iface or t.iface)
+
+
+def _matches(pkt, layer: str | None, fields: dict) -> bool:
+    if layer:
+        if not pkt.haslayer(layer):
+            return False
+        lay = pkt.getlayer(layer)
+    else:
+        lay = pkt
+    for k, v in fields.items():
+        got = getattr(lay, k, None)
+        if got is None or str(got) != str(v):
+            return False
+    return True
+
+
+def run(ctx: Context, check) -> CheckResult:
+    p = check.params
+    ns, iface = _where(ctx, p["on"])
+    src = ctx.target(p["in"])
+    argv = ctx.expand(p["run"])
+    pcap = ctx.pcap(check)
+    proc, pkts = captured(ns, iface, p["filter"], pcap,
+                          lambda: run_in(src.ns, argv, timeout=p["timeout"], etc=True), count=p["count"])
+    e = p["expect"]
+    hits = [x for x in pkts if _matches(x, e["layer"], e["fields"])]
+    want = f"at least {e['min']}" + (f", at most {e['max']}" if e["max"] is not None else "")
+    good = len(hits) >= e["min"] and (e["max"] is None or len(hits) <= e["max"])
+    what = (e["layer"] or "packet") + (" " + ", ".join(f"{k}={v}" for k, v in e["fields"].items()) if e["fields"] else "")
+    details = [f"ran in {src.name}: {' '.join(argv)} (exit {proc.returncode})",
+               f"captured {len(pkts)} packet(s) on {ns}:{iface} filter {p['filter']!r}"]
+    details += [f"  {x.summary()}" for x in hits[:3]]
+    return CheckResult(check.name, "capture", good, f"{want} {what}", f"{len(hits)} matching of {len(pkts)} captured",
+                       pcap, details)

@@ -1,0 +1,398 @@
+"""`netlab up | down | status | exec | verify`: the lab verbs.
+
+``register(subparsers)`` is called by netlab/cli.py. Exit codes: 0 success,
+1 a failure (build, check, teardown), 2 an invalid topology or usage.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+
+from . import state as statemod
+
+EXIT_INVALID = 2
+
+
+def register(sub) -> None:
+    def common(p, lab_arg=True):
+        p.add_argument("--lab-dir", help="the lab's directory (default: $NETLAB_ROOT/<name>, "
+                       f"NETLAB_ROOT={statemod.DEFAULT_ROOT})")
+        if lab_arg:
+            p.add_argument("--name", help="lab name (overrides the file's name)")
+
+    p = sub.add_parser("up", help="validate, build and check a lab from a topology file")
+    p.add_argument("file", help="topology YAML (see docs/netlab/topology-reference.md)")
+    common(p)
+    p.add_argument("--plugins", choices=("auto", "ours", "reference"), default="auto",
+                   help="which CNI plugin executables attach the pods (default: ours where implemented, "
+                   "else Debian's reference plugins)")
+    p.add_argument("--no-checks", action="store_true", help="build only; run the checks later with verify")
+    p.add_argument("--dry-run", action="store_true", help="validate and print the plan; build nothing")
+    p.add_argument("--json", action="store_true", help="print the check report as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no per-step progress")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("down", help="remove everything a lab recorded in its state file")
+    p.add_argument("lab", nargs="?", help="lab name or its topology file")
+    common(p, lab_arg=False)
+    p.set_defaults(func=cmd_down)
+
+    p = sub.add_parser("status", help="show the labs that are up, or one lab")
+    p.add_argument("lab", nargs="?", help="lab name or its topology file")
+    common(p, lab_arg=False)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("exec", help="run a command in a pod or node namespace (with the pod's resolv.conf)")
+    p.add_argument("target", help="pod, node, 'ext', 'dns' or 'underlay'")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
+    p.add_argument("--lab", help="lab name (default: the only lab that is up)")
+    common(p, lab_arg=False)
+    p.set_defaults(func=cmd_exec)
+
+    p = sub.add_parser("verify", help="run the checks of a lab that is up (exit 0 when all pass)")
+    p.add_argument("file", nargs="?", help="topology file with the checks (default: the one the lab was built from)")
+    p.add_argument("--lab", help="lab name (default: the file's name, or the only lab that is up)")
+    common(p, lab_arg=False)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("validate", help="check a topology file and print its plan (builds nothing)")
+    p.add_argument("file")
+    p.set_defaults(func=lambda a: cmd_up(argparse.Namespace(file=a.file, lab_dir=None, name=None, plugins="auto",
+                                                            no_checks=True, dry_run=True, json=False, quiet=True)))
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _err(msg: str) -> None:
+    print(f"netlab: {msg}", file=sys.stderr)
+
+
+def _load_topology(path: str, name: str | None = None):
+    from .topology import TopologyError, load
+    try:
+        return load(path, name=name)
+    except TopologyError as e:
+        print(f"{path}: {len(e.errors)} error(s); nothing was built:", file=sys.stderr)
+        for line in e.errors:
+            print(f"  {line}", file=sys.stderr)
+        return None
+
+
+def _name_from_arg(arg: str) -> str:
+    """A lab name, or the name inside a topology file."""
+    if os.path.isfile(arg) and arg.endswith((".yaml", ".yml")):
+        import yaml
+        try:
+            with open(arg, encoding="utf-8") as f:
+                data = yaml.safe_load(f)
+            if isinstance(data, dict) and isinstance(data.get("name"), str):
+                return data["name"]
+        except (OSError, yaml.YAMLError):
+            pass
+        return os.path.splitext(os.path.basename(arg))[0]
+    return arg
+
+
+def labs_up(root: str | None = None) -> list[statemod.State]:
+    root = root or statemod.DEFAULT_ROOT
+    out = []
+    try:
+        entries = sorted(os.listdir(root))
+    except OSError:
+        return out
+    for e in entries:
+        st = statemod.load(os.path.join(root, e))
+        if st is not None:
+            out.append(st)
+    return out
+
+
+def _find_lab(name: str | None, lab_dir: str | None) -> statemod.State | None:
+    if lab_dir:
+        return statemod.load(lab_dir)
+    if name:
+        return statemod.load(statemod.lab_dir_for(name))
+    up = labs_up()
+    if len(up) == 1:
+        return up[0]
+    if not up:
+        _err("no lab is up")
+    else:
+        _err("several labs are up; name one: " + ", ".join(s.lab for s in up))
+    return None
+
+
+def _plan_for_state(st: statemod.State, topo_path: str | None = None):
+    from .plan import make_plan
+    topo = _load_topology(topo_path or st.data["topology"], name=st.lab)
+    if topo is None:
+        return None, None
+    return topo, make_plan(topo, st.lab_dir)
+
+
+def print_report(lab: str, results, *, as_json: bool = False, out=sys.stdout) -> None:
+    if as_json:
+        json.dump({"lab": lab, "ok": all(r.ok for r in results), "checks": [r.to_dict() for r in results]},
+                  out, indent=2)
+        out.write("\n")
+        return
+    if not results:
+        print("no checks", file=out)
+        return
+    w = max(len(r.name) for r in results)
+    print(f"\nChecks for lab {lab}:", file=out)
+    for r in results:
+        print(f"  {'PASS' if r.ok else 'FAIL'}  {r.name:<{w}}  expected {r.expected}; got {r.observed}  [{r.seconds:.1f}s]", file=out)
+        for d in r.details:
+            print(f"  {'':4}  {'':<{w}}    {d}", file=out)
+        if r.evidence:
+            print(f"  {'':4}  {'':<{w}}    evidence: {r.evidence}", file=out)
+    n_ok = sum(r.ok for r in results)
+    print(f"\n{n_ok}/{len(results)} checks passed", file=out)
+
+
+def _run_checks(topo, plan, st, as_json: bool, quiet: bool = False):
+    from .checks import Context, run_checks
+    ctx = Context(topo, plan, st)
+
+    def prog(r):
+        if not quiet and not as_json:
+            print(f"  check {'ok  ' if r.ok else 'FAIL'} {r.name} ({r.seconds:.1f}s)", flush=True)
+    results = run_checks(ctx, topo.checks, prog)
+    with open(os.path.join(plan.lab_dir, "report.json"), "w", encoding="utf-8") as f:
+        json.dump({"lab": topo.name, "ok": all(r.ok for r in results),
+                   "checks": [r.to_dict() for r in results]}, f, indent=2)
+    return results
+
+
+# --------------------------------------------------------------------------- up
+
+def cmd_up(args) -> int:
+    from .build import Builder, detach
+    from .plan import make_plan
+    topo = _load_topology(args.file, args.name)
+    if topo is None:
+        return EXIT_INVALID
+    lab_dir = os.path.abspath(args.lab_dir or statemod.lab_dir_for(topo.name))
+    plan = make_plan(topo, lab_dir)
+    if args.dry_run:
+        print(f"lab {topo.name}: {len(topo.nodes)} nodes, {len(topo.pods)} pods, {len(topo.networks)} networks, "
+              f"{len(topo.checks)} checks; lab dir {lab_dir}")
+        for i, s in enumerate(plan.steps, 1):
+            print(f"  {i:>3}. {s.desc}")
+        return 0
+    old = statemod.load(lab_dir)
+    if old is not None:
+        _err(f"lab {topo.name} is already up (state in {lab_dir}); remove it first: netlab down {topo.name}"
+             + (f" --lab-dir {lab_dir}" if args.lab_dir else ""))
+        return 1
+    if os.path.isdir(lab_dir) and os.listdir(lab_dir):
+        _err(f"{lab_dir} exists and is not empty (and holds no lab state): refusing to use it")
+        return 1
+    quiet = args.quiet
+    say = (lambda s: None) if quiet else (lambda s: print(s, flush=True))
+    t0 = time.monotonic()
+    created = not os.path.isdir(lab_dir)
+    os.makedirs(lab_dir, mode=0o755, exist_ok=True)
+    st = statemod.create(lab_dir, topo.name, args.file)
+    st.record("labdir", path=lab_dir, created=True)   # we own it now (it was absent or empty)
+    del created
+    say(f"netlab: bringing up lab {topo.name} ({len(topo.nodes)} nodes, {len(topo.pods)} pods) in {lab_dir}")
+    builder = Builder(plan, st, plugins=args.plugins, progress=say)
+    prev_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        builder.run()
+    except BaseException as e:  # noqa: BLE001 - every failure rolls back
+        interrupted = isinstance(e, KeyboardInterrupt)
+        _err(("interrupted" if interrupted else f"build failed: {e}") + "; removing everything built so far")
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        errors = statemod.teardown(st, detach, log=lambda s: None)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if errors:
+            _err("could not remove everything: " + "; ".join(errors) + f"\n  state kept in {st.path}; retry: netlab down {topo.name}")
+        else:
+            _err("removed")
+        return 130 if interrupted else 1
+    finally:
+        signal.signal(signal.SIGTERM, prev_term)
+    build_s = time.monotonic() - t0
+    st.set(status="up", buildSeconds=round(build_s, 2), timings={k: round(v, 3) for k, v in builder.timings.items()})
+    say(f"netlab: lab {topo.name} is up ({build_s:.1f}s)")
+    rc = 0
+    if not args.no_checks and topo.checks:
+        results = _run_checks(topo, plan, st, args.json, quiet)
+        print_report(topo.name, results, as_json=args.json)
+        rc = 0 if all(r.ok for r in results) else 1
+    if not args.json:
+        first_pod = next((p for p in topo.pods), None)
+        dir_opt = f" --lab-dir {lab_dir}" if args.lab_dir else ""
+        print(f"\nThe lab stays up. Use it:\n"
+              f"  netlab status {topo.name}{dir_opt}\n"
+              + (f"  netlab exec --lab {topo.name}{dir_opt} {first_pod} -- ip addr\n" if first_pod else "")
+              + f"  netlab verify --lab {topo.name}{dir_opt}\n"
+              f"Remove it:\n  netlab down {topo.name}{dir_opt}")
+    return rc
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+# --------------------------------------------------------------------------- down
+
+def cmd_down(args) -> int:
+    from .build import detach
+    if args.lab_dir:
+        lab_dir = os.path.abspath(args.lab_dir)
+    elif args.lab:
+        lab_dir = statemod.lab_dir_for(_name_from_arg(args.lab))
+    else:
+        up = labs_up()
+        if len(up) != 1:
+            _err("name the lab to remove" + (": " + ", ".join(s.lab for s in up) if up else " (no lab is up)"))
+            return 0 if not up else EXIT_INVALID
+        lab_dir = up[0].lab_dir
+    st = statemod.load(lab_dir)
+    if st is None:
+        print(f"netlab: nothing to remove (no lab state in {lab_dir})")
+        return 0
+    t0 = time.monotonic()
+    n = sum(1 for r in st.resources if not r.get("removed"))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # finish the teardown once started
+    try:
+        errors = statemod.teardown(st, detach, log=lambda s: None)
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if errors:
+        _err(f"lab {st.lab}: {len(errors)} thing(s) could not be removed:")
+        for e in errors:
+            print(f"  {e}", file=sys.stderr)
+        _err(f"state kept in {st.path}; run netlab down again")
+        return 1
+    print(f"netlab: lab {st.lab} removed ({n} recorded resources, {time.monotonic() - t0:.1f}s)")
+    return 0
+
+
+# --------------------------------------------------------------------------- status
+
+def lab_status(st: statemod.State) -> dict:
+    from . import netns as nsutil
+    from .build import attach_addresses
+    from .state import proc_starttime
+    addrs = attach_addresses(st)
+    nss = [{"name": r["name"], "role": r.get("role", "alias of " + r.get("target", "")),
+            "exists": nsutil.exists(r["name"])} for r in st.resources
+           if r["kind"] in ("netns", "netns_alias") and not r.get("removed")]
+    procs = [{"name": r.get("name"), "pid": r.get("pid"),
+              "running": bool(r.get("pid")) and proc_starttime(int(r["pid"])) == r.get("starttime")}
+             for r in st.find("process") if not r.get("removed")]
+    pods = [{"pod": p, "netns": r["netns"], "node_ns": r["node_ns"], "network": r["network"],
+             "address": addrs.get(p)} for p, r in st.attachments().items() if not r.get("removed")]
+    report = None
+    try:
+        with open(os.path.join(st.lab_dir, "report.json"), encoding="utf-8") as f:
+            rep = json.load(f)
+        report = {"ok": rep["ok"], "passed": sum(c["ok"] for c in rep["checks"]), "total": len(rep["checks"])}
+    except (OSError, ValueError, KeyError):
+        pass
+    healthy = all(n["exists"] for n in nss) and all(p["running"] for p in procs)
+    return {"lab": st.lab, "labDir": st.lab_dir, "status": st.data.get("status"), "healthy": healthy,
+            "topology": st.data.get("topology"), "created": st.data.get("created"),
+            "plugins": st.data.get("plugins", {}), "namespaces": nss, "processes": procs,
+            "pods": pods, "lastCheck": report}
+
+
+def cmd_status(args) -> int:
+    if args.lab or args.lab_dir:
+        st = statemod.load(os.path.abspath(args.lab_dir) if args.lab_dir else statemod.lab_dir_for(_name_from_arg(args.lab)))
+        sts = [st] if st else []
+        if not sts:
+            if args.json:
+                print(json.dumps({"labs": []}))
+            else:
+                print("netlab: that lab is not up")
+            return 1
+    else:
+        sts = labs_up()
+    infos = [lab_status(s) for s in sts]
+    if args.json:
+        print(json.dumps({"labs": infos}, indent=2))
+        return 0
+    if not infos:
+        print("no lab is up")
+        return 0
+    for i in infos:
+        chk = i["lastCheck"]
+        print(f"lab {i['lab']}: {i['status']}{'' if i['healthy'] else ' (DEGRADED)'}  dir {i['labDir']}"
+              + (f"  checks {chk['passed']}/{chk['total']}" if chk else ""))
+        if i["plugins"]:
+            print("  plugins: " + ", ".join(f"{k}={v}" for k, v in sorted(i["plugins"].items())))
+        for n in i["namespaces"]:
+            print(f"  netns {n['name']:<32} {n['role']}{'' if n['exists'] else '  MISSING'}")
+        for p in i["processes"]:
+            print(f"  proc  {p['name']} pid {p['pid']} {'running' if p['running'] else 'NOT RUNNING'}")
+        for p in i["pods"]:
+            print(f"  pod   {p['pod']:<16} {p['address'] or '-':<16} {p['network']:<10} netns {p['netns']}")
+    return 0
+
+
+# --------------------------------------------------------------------------- exec / verify
+
+def cmd_exec(args) -> int:
+    from . import netns as nsutil
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        _err("give a command after --, e.g. netlab exec POD -- ip addr")
+        return EXIT_INVALID
+    st = _find_lab(args.lab, args.lab_dir)
+    if st is None:
+        return 1
+    topo, plan = _plan_for_state(st)
+    if plan is None:
+        return EXIT_INVALID
+    if args.target == "underlay":
+        from .plan import switch_ns
+        ns = switch_ns(st.lab)
+    elif args.target in plan.endpoints:
+        ns = plan.endpoints[args.target].netns
+    else:
+        _err(f"no pod or node {args.target!r} in lab {st.lab} (have: {', '.join(plan.endpoints)})")
+        return EXIT_INVALID
+    if not nsutil.exists(ns):
+        _err(f"namespace {ns} does not exist (is the lab up?)")
+        return 1
+    sys.stdout.flush()
+    os.execvp("ip", nsutil.exec_argv(ns, cmd))
+    return 1  # not reached
+
+
+def cmd_verify(args) -> int:
+    name = args.lab or (_name_from_arg(args.file) if args.file and not args.lab_dir else None)
+    st = _find_lab(name, args.lab_dir)
+    if st is None:
+        if name:
+            _err(f"lab {name} is not up")
+        return 1
+    topo, plan = _plan_for_state(st, args.file)
+    if plan is None:
+        return EXIT_INVALID
+    results = _run_checks(topo, plan, st, args.json)
+    print_report(st.lab, results, as_json=args.json)
+    return 0 if all(r.ok for r in results) else 1
+
+
+def main(argv=None) -> int:
+    """Stand-alone entry (the real one is netlab/cli.py)."""
+    ap = argparse.ArgumentParser(prog="netlab")
+    sub = ap.add_subparsers(dest="command", required=True)
+    register(sub)
+    a = ap.parse_args(argv)
+    return a.func(a)

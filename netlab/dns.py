@@ -1,0 +1,86 @@
+"""The lab's DNS server: Debian's dnsmasq (package dnsmasq-base) in its own
+namespace, serving only the lab's records (``--no-resolv --no-hosts``: no
+upstream, nothing from this machine), authoritative for the cluster domain
+(``--local=/<domain>/``: unknown names there are NXDOMAIN, never forwarded).
+
+The process is started with ``ip netns exec`` (so it sees the namespace's own
+/etc/netns files), stays in the foreground of its own session, and is
+recorded in the state file with its pid and start time before we wait for it,
+so ``down`` stops exactly that process.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from typing import Callable
+
+from . import netns as nsutil
+from .state import proc_starttime
+
+
+class DNSError(Exception):
+    pass
+
+
+def listening_udp(pid: int, address: str, port: int = 53) -> bool:
+    """Is ``pid``'s namespace listening on address:port/udp (from /proc/PID/net/udp)?"""
+    want_port = f"{port:04X}"
+    a = address.split(".")
+    want_ip = "".join(f"{int(x):02X}" for x in reversed(a))
+    try:
+        with open(f"/proc/{pid}/net/udp", encoding="ascii") as f:
+            next(f)
+            for line in f:
+                local = line.split()[1]
+                ip, prt = local.split(":")
+                if prt == want_port and ip in (want_ip, "00000000"):
+                    return True
+    except OSError:
+        return False
+    return False
+
+
+def start(ns: str, argv: list[str], address: str, out_path: str, *,
+          record: Callable[..., dict], timeout: float = 5.0) -> tuple[int, str | None]:
+    """Start dnsmasq in ``ns``; returns (pid, starttime) once it answers on :53."""
+    if not nsutil.exists(ns):
+        raise DNSError(f"namespace {ns} does not exist")
+    out = open(out_path, "ab")
+    try:
+        proc = subprocess.Popen(nsutil.exec_argv(ns, argv), stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+    finally:
+        out.close()
+    # ip netns exec execs dnsmasq in place: the pid is dnsmasq's
+    start_t = None
+    deadline = time.monotonic() + 1.0
+    while start_t is None and time.monotonic() < deadline:
+        start_t = proc_starttime(proc.pid)
+        if start_t is None:
+            time.sleep(0.01)
+    record(name="dnsmasq", pid=proc.pid, starttime=start_t, ns=ns, argv=argv)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rc = proc.poll()
+        if rc is not None:
+            try:
+                with open(out_path, encoding="utf-8", errors="replace") as f:
+                    tail = f.read()[-800:]
+            except OSError:
+                tail = ""
+            raise DNSError(f"dnsmasq exited with status {rc}: {tail.strip()}")
+        if listening_udp(proc.pid, address):
+            # re-read: ip netns exec has exec'd dnsmasq by now, same pid, new comm
+            return proc.pid, proc_starttime(proc.pid) or start_t
+        time.sleep(0.02)
+    raise DNSError(f"dnsmasq did not start listening on {address}:53 within {timeout:g}s")
+
+
+def query_log(lab_dir: str) -> list[str]:
+    """The query lines dnsmasq logged (``--log-queries``)."""
+    try:
+        with open(os.path.join(lab_dir, "dns.log"), encoding="utf-8", errors="replace") as f:
+            return [ln.rstrip("\n") for ln in f if " query[" in ln]
+    except OSError:
+        return []

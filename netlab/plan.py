@@ -1,0 +1,372 @@
+"""Topology -> a build plan: every name, address, route, conflist and file as data.
+
+Pure functions only (no system access), so the whole plan is unit-tested
+without root. ``build.py`` applies it step by step, recording each step in the
+state file before doing it.
+
+Naming (several labs at once never clash; the root namespace is never used):
+
+    nl-<lab>-sw        the underlay switch (bridge ``br0``)
+    nl-<lab>-n-<node>  a node            (uplink ``eth0`` on the switch)
+    nl-<lab>-p-<pod>   a pod             (attached by the CNI plugins run in its node)
+    nl-<lab>-dns       the DNS server    (dnsmasq, on the switch)
+    nl-<lab>-ext       a client outside the nodes, on the switch
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from .topology import Network, Pod, Topology, gateway, node_slice
+
+SWITCH_BRIDGE = "br0"
+UPLINK = "eth0"
+
+
+def ns_prefix(lab: str) -> str:
+    return f"nl-{lab}"
+
+
+def switch_ns(lab: str) -> str:
+    return f"nl-{lab}-sw"
+
+
+def node_ns(lab: str, node: str) -> str:
+    return f"nl-{lab}-n-{node}"
+
+
+def pod_ns(lab: str, pod: str) -> str:
+    return f"nl-{lab}-p-{pod}"
+
+
+def dns_ns(lab: str) -> str:
+    return f"nl-{lab}-dns"
+
+
+def ext_ns(lab: str) -> str:
+    return f"nl-{lab}-ext"
+
+
+def container_id(lab: str, pod: str) -> str:
+    return f"netlab-{lab}-{pod}"
+
+
+@dataclass
+class Step:
+    """One unit of building. ``kind`` picks the applier in build.py."""
+    kind: str
+    desc: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Endpoint:
+    """Where a check target lives: the namespace to run in and its address."""
+    name: str
+    netns: str
+    address: str | None
+    iface: str = UPLINK
+    kind: str = "pod"         # pod | node | ext | dns
+
+
+@dataclass
+class Plan:
+    lab: str
+    lab_dir: str
+    steps: list[Step]
+    endpoints: dict[str, Endpoint]
+    namespaces: list[str]
+    topology: Topology
+
+    def to_dict(self) -> dict:
+        return {"lab": self.lab, "labDir": self.lab_dir,
+                "steps": [{"kind": s.kind, "desc": s.desc, "params": s.params} for s in self.steps]}
+
+
+# --------------------------------------------------------------------------- conflists
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def render_template(obj: Any, variables: dict[str, Any]) -> Any:
+    """Substitute ${var} in every string; a string that is exactly one variable
+    takes the variable's value with its type (lists, ints)."""
+    if isinstance(obj, dict):
+        return {k: render_template(v, variables) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [render_template(v, variables) for v in obj]
+    if isinstance(obj, str):
+        m = _VAR.fullmatch(obj)
+        if m and m.group(1) in variables:
+            return variables[m.group(1)]
+        return _VAR.sub(lambda mm: str(variables.get(mm.group(1), mm.group(0))), obj)
+    return obj
+
+
+def network_vars(topo: Topology, w: Network, node: str, lab_dir: str) -> dict[str, Any]:
+    n = topo.nodes[node]
+    sl = node_slice(w, n.index)
+    gw = gateway(w, n.index)
+    hosts_last = sl.broadcast_address - 1
+    return {
+        "lab": topo.name, "network": w.name, "nodeName": node, "nodeIP": n.address,
+        "subnet": str(w.subnet), "podCIDR": str(sl), "gateway": str(gw),
+        "rangeStart": str(gw + 1), "rangeEnd": str(hosts_last),
+        "peers": [m.address for m in topo.nodes.values() if m.name != node],
+        "mtu": w.mtu or n.mtu, "vni": w.vni, "port": w.port, "bridge": f"cni{w.index}",
+        "ipamDir": os.path.join(lab_dir, "ipam", node), "underlayInterface": UPLINK,
+    }
+
+
+def generated_conflist(w: Network) -> dict:
+    """The conflist a network gets when the topology gives none (a template)."""
+    if w.type == "bridge":
+        main = {"type": "bridge", "bridge": "${bridge}", "isGateway": True, "isDefaultGateway": True,
+                "ipMasq": False, "hairpinMode": True, "mtu": "${mtu}",
+                "ipam": {"type": "host-local", "dataDir": "${ipamDir}",
+                         "ranges": [[{"subnet": "${podCIDR}", "gateway": "${gateway}"}]]}}
+    else:
+        main = {"type": "vxlan", "vni": "${vni}", "port": "${port}", "peers": "${peers}",
+                "localIP": "${nodeIP}", "underlayInterface": "${underlayInterface}",
+                "isGateway": True, "ipMasq": False,
+                "ipam": {"type": "host-local", "dataDir": "${ipamDir}",
+                         "ranges": [[{"subnet": "${subnet}", "rangeStart": "${rangeStart}",
+                                      "rangeEnd": "${rangeEnd}", "gateway": "${gateway}"}]],
+                         "routes": [{"dst": "0.0.0.0/0", "gw": "${gateway}"}]}}
+        if w.mtu:
+            main["mtu"] = "${mtu}"
+    return {"cniVersion": "1.0.0", "name": "${network}", "plugins": [
+        main,
+        {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True},
+        {"type": "bandwidth", "capabilities": {"bandwidth": True}},
+    ]}
+
+
+def render_conflist(topo: Topology, w: Network, node: str, lab_dir: str) -> dict:
+    tmpl = w.conflist if w.conflist is not None else generated_conflist(w)
+    conf = render_template(tmpl, network_vars(topo, w, node, lab_dir))
+    conf.setdefault("cniVersion", "1.0.0")
+    conf.setdefault("name", w.name)
+    # IPAM state always lives in the lab directory, never in /var/lib/cni.
+    for pl in conf.get("plugins", []):
+        ipam = pl.get("ipam") if isinstance(pl, dict) else None
+        if isinstance(ipam, dict) and ipam.get("type") == "host-local" and not ipam.get("dataDir"):
+            ipam["dataDir"] = os.path.join(lab_dir, "ipam", node)
+    return conf
+
+
+def capability_args(pod: Pod) -> dict:
+    rc: dict[str, Any] = {}
+    if pod.ports:
+        rc["portMappings"] = [{"hostPort": p.host_port, "containerPort": p.container_port,
+                               "protocol": p.protocol} for p in pod.ports]
+    if pod.bandwidth:
+        b = pod.bandwidth
+        bw = {}
+        if b.ingress_rate:
+            bw.update(ingressRate=b.ingress_rate, ingressBurst=b.ingress_burst)
+        if b.egress_rate:
+            bw.update(egressRate=b.egress_rate, egressBurst=b.egress_burst)
+        rc["bandwidth"] = bw
+    return rc
+
+
+def cni_args(topo: Topology, pod: Pod) -> str:
+    parts = ["IgnoreUnknown=1", f"K8S_POD_NAMESPACE={pod.namespace}", f"K8S_POD_NAME={pod.name}",
+             f"K8S_POD_INFRA_CONTAINER_ID={container_id(topo.name, pod.name)}"]
+    if pod.ip:
+        parts.append(f"IP={pod.ip}")
+    return ";".join(parts)
+
+
+# --------------------------------------------------------------------------- files
+
+def resolv_conf(topo: Topology, pod: Pod | None, *, namespace: str | None = None) -> str:
+    """resolv.conf the way kubelet writes it for dnsPolicy ClusterFirst."""
+    d = topo.dns
+    servers = (pod.dns.nameservers if pod and pod.dns.nameservers else
+               ([d.address] if d.enabled and d.address else []))
+    lines = [f"# written by netlab for lab {topo.name}"]
+    lines += [f"nameserver {s}" for s in servers]
+    if pod is not None:
+        ns = namespace or pod.namespace
+        search = pod.dns.search if pod.dns.search is not None else [f"{ns}.svc.{d.domain}", f"svc.{d.domain}", d.domain]
+        if search:
+            lines.append("search " + " ".join(search))
+        opts = [f"ndots:{pod.dns.ndots}"] + list(pod.dns.options)
+        lines.append("options " + " ".join(opts))
+    else:
+        lines.append(f"search {d.domain}")
+    return "\n".join(lines) + "\n"
+
+
+def hosts_file(name: str, address: str | None) -> str:
+    lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+    if address:
+        lines.append(f"{address}\t{name}")
+    return "\n".join(lines) + "\n"
+
+
+def dns_records(topo: Topology) -> list[tuple[str, str]]:
+    """(name, address) served by the lab DNS: explicit records, plus one
+    ``<pod>.<namespace>.svc.<domain>`` per pod with a static address, and
+    ``<node>.node.<domain>`` per node."""
+    recs = [(r.name, r.address) for r in topo.dns.records]
+    if topo.dns.pod_records:
+        for n in topo.nodes.values():
+            recs.append((f"{n.name}.node.{topo.dns.domain}", n.address))
+        for p in topo.pods.values():
+            if p.ip:
+                recs.append((f"{p.name}.{p.namespace}.svc.{topo.dns.domain}", p.ip))
+    return recs
+
+
+def dnsmasq_argv(topo: Topology, lab_dir: str, records: list[tuple[str, str]] | None = None) -> list[str]:
+    """dnsmasq serving only the lab: no upstream, no /etc/hosts, only our records."""
+    d = topo.dns
+    argv = ["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
+            "--no-poll", "--bind-interfaces", f"--listen-address={d.address}", "--port=53",
+            "--user=root", "--group=root",
+            f"--pid-file={os.path.join(lab_dir, 'dnsmasq.pid')}",
+            f"--local=/{d.domain}/", "--domain-needed", "--log-queries",
+            f"--log-facility={os.path.join(lab_dir, 'dns.log')}", "--cache-size=0"]
+    for name, addr in (records if records is not None else dns_records(topo)):
+        argv.append(f"--host-record={name},{addr}")
+    return argv
+
+
+# --------------------------------------------------------------------------- plan
+
+def underlay_hosts(topo: Topology) -> list[str]:
+    return [str(h) for h in topo.underlay.subnet.hosts()]
+
+
+def ext_address(topo: Topology) -> str:
+    return underlay_hosts(topo)[2]
+
+
+def make_plan(topo: Topology, lab_dir: str) -> Plan:
+    lab = topo.name
+    u = topo.underlay
+    plen = u.subnet.prefixlen
+    steps: list[Step] = []
+    endpoints: dict[str, Endpoint] = {}
+    namespaces: list[str] = []
+
+    def ns(name: str, role: str) -> None:
+        namespaces.append(name)
+        steps.append(Step("netns", f"namespace {name} ({role})", {"name": name, "role": role}))
+
+    steps.append(Step("labdir", f"lab directory {lab_dir}", {"path": lab_dir}))
+    sw = switch_ns(lab)
+    ns(sw, "underlay switch")
+    steps.append(Step("bridge", f"switch bridge {SWITCH_BRIDGE} (mtu {u.mtu})",
+                      {"ns": sw, "name": SWITCH_BRIDGE, "mtu": u.mtu,
+                       "address": f"{u.switch_address}/{plen}" if u.switch_address else None}))
+
+    # every pod range, for routes from the switch-side namespaces (dns, ext) and between nodes
+    slices: list[tuple[str, str, str]] = []   # (cidr, via node address, node)
+    for w in topo.networks.values():
+        for n in topo.nodes.values():
+            slices.append((str(node_slice(w, n.index)), n.address, n.name))
+
+    def uplink(target_ns: str, port: str, addr: str, mtu: int, role: str) -> None:
+        steps.append(Step("uplink", f"{role} {target_ns}: {UPLINK} {addr}/{plen} on the switch (mtu {mtu})",
+                          {"switch_ns": sw, "bridge": SWITCH_BRIDGE, "port": port, "ns": target_ns,
+                           "ifname": UPLINK, "address": f"{addr}/{plen}", "mtu": mtu,
+                           "switch_mtu": u.mtu}))
+
+    for n in topo.nodes.values():
+        nn = node_ns(lab, n.name)
+        ns(nn, f"node {n.name}")
+        uplink(nn, f"n{n.index}", n.address, n.mtu, "node")
+        steps.append(Step("sysctl", f"{nn}: ip_forward on", {"ns": nn, "key": "net/ipv4/ip_forward", "value": "1"}))
+        routes = [{"dst": c, "via": via} for c, via, owner in slices if owner != n.name
+                  and topo.networks[_net_of(topo, c)].type == "bridge"]
+        if routes:
+            steps.append(Step("routes", f"{nn}: routes to the other nodes' pod ranges ({len(routes)})",
+                              {"ns": nn, "routes": routes}))
+        steps.append(Step("etcnetns", f"/etc/netns/{nn}", {"netns": nn, "files": {
+            "resolv.conf": resolv_conf(topo, None), "hosts": hosts_file(n.name, n.address)}}))
+        endpoints[n.name] = Endpoint(n.name, nn, n.address, UPLINK, "node")
+
+    side_routes = [{"dst": c, "via": via} for c, via, _ in slices]
+    if topo.dns.enabled:
+        dn = dns_ns(lab)
+        ns(dn, "DNS server")
+        uplink(dn, "dns0", topo.dns.address, u.mtu, "dns")
+        if side_routes:
+            steps.append(Step("routes", f"{dn}: routes to the pod ranges via their nodes",
+                              {"ns": dn, "routes": side_routes}))
+        steps.append(Step("etcnetns", f"/etc/netns/{dn}", {"netns": dn, "files": {
+            "resolv.conf": resolv_conf(topo, None), "hosts": hosts_file("dns", topo.dns.address)}}))
+        steps.append(Step("dnsmasq", f"dnsmasq in {dn} on {topo.dns.address}:53 (domain {topo.dns.domain}, no upstream)",
+                          {"ns": dn, "argv": dnsmasq_argv(topo, lab_dir), "address": topo.dns.address,
+                           "pidfile": os.path.join(lab_dir, "dnsmasq.pid")}))
+        endpoints["dns"] = Endpoint("dns", dn, topo.dns.address, UPLINK, "dns")
+    if topo.external:
+        en = ext_ns(lab)
+        ea = ext_address(topo)
+        ns(en, "external client")
+        uplink(en, "ext0", ea, u.mtu, "ext")
+        if side_routes:
+            steps.append(Step("routes", f"{en}: routes to the pod ranges via their nodes",
+                              {"ns": en, "routes": side_routes}))
+        steps.append(Step("etcnetns", f"/etc/netns/{en}", {"netns": en, "files": {
+            "resolv.conf": resolv_conf(topo, None), "hosts": hosts_file("ext", ea)}}))
+        endpoints["ext"] = Endpoint("ext", en, ea, UPLINK, "ext")
+
+    # pods: namespaces first (owners before container: joiners), then attachments
+    order = sorted(topo.pods.values(), key=lambda p: (p.mode == "container", p.index))
+    for p in order:
+        nn = node_ns(lab, p.node)
+        if p.mode == "host":
+            endpoints[p.name] = Endpoint(p.name, nn, topo.nodes[p.node].address, UPLINK, "pod")
+            continue
+        pn = pod_ns(lab, p.name)
+        if p.mode == "container":
+            owner = topo.pod_netns_owner(p.name)
+            target = pod_ns(lab, owner) if topo.pods[owner].mode != "host" else node_ns(lab, topo.pods[owner].node)
+            namespaces.append(pn)
+            steps.append(Step("netns_alias", f"namespace name {pn} for pod {p.name} (joins {owner})",
+                              {"name": pn, "target": target}))
+        else:
+            ns(pn, f"pod {p.name} ({p.mode})")
+        steps.append(Step("etcnetns", f"/etc/netns/{pn}: resolv.conf (ndots:{p.dns.ndots})", {"netns": pn, "files": {
+            "resolv.conf": resolv_conf(topo, p), "hosts": hosts_file(p.name, p.ip)}}))
+        endpoints[p.name] = Endpoint(p.name, pn, p.ip, p.ifname, "pod")
+    for p in order:
+        if p.mode in ("bridge", "overlay"):
+            w = topo.networks[p.network]
+            conf = render_conflist(topo, w, p.node, lab_dir)
+            steps.append(Step("attach", f"pod {p.name}: {p.mode} on {w.name} via node {p.node}"
+                              + (f", ports {','.join(str(m.host_port) for m in p.ports)}" if p.ports else "")
+                              + (", shaped" if p.bandwidth else ""),
+                              {"pod": p.name, "netns": pod_ns(lab, p.name), "node_ns": node_ns(lab, p.node),
+                               "conflist": conf, "container_id": container_id(lab, p.name),
+                               "ifname": p.ifname, "cni_args": cni_args(topo, p),
+                               "capability_args": capability_args(p), "network": w.name}))
+    return Plan(lab, lab_dir, steps, endpoints, namespaces, topo)
+
+
+def _net_of(topo: Topology, cidr: str) -> str:
+    net = ipaddress.IPv4Network(cidr)
+    for w in topo.networks.values():
+        if net.subnet_of(w.subnet):
+            return w.name
+    raise KeyError(cidr)
+
+
+def summary(plan: Plan) -> str:
+    counts: dict[str, int] = {}
+    for s in plan.steps:
+        counts[s.kind] = counts.get(s.kind, 0) + 1
+    return ", ".join(f"{v} {k}" for k, v in counts.items())
+
+
+def dumps(plan: Plan) -> str:
+    return json.dumps(plan.to_dict(), indent=2)

@@ -1,0 +1,220 @@
+"""The lab state file: everything a lab made, recorded *before* it is made.
+
+``<lab dir>/state.json`` holds an ordered list of resources. Each is appended
+(and the file atomically rewritten) before the build step creates it, so a
+crash at any point leaves a file that names everything that may exist.
+``teardown`` walks the list backwards and removes exactly those things,
+tolerating "already gone", so ``netlab down`` is idempotent and works on a
+half-built lab. Nothing is ever removed by pattern.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from . import netns as nsutil
+
+STATE_FILE = "state.json"
+DEFAULT_ROOT = os.environ.get("NETLAB_ROOT", "/var/lib/netlab")
+
+
+def lab_dir_for(name: str, root: str | None = None) -> str:
+    return os.path.join(root or DEFAULT_ROOT, name)
+
+
+@dataclass
+class State:
+    path: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def lab(self) -> str:
+        return self.data.get("lab", "")
+
+    @property
+    def lab_dir(self) -> str:
+        return self.data.get("labDir", os.path.dirname(self.path))
+
+    @property
+    def resources(self) -> list[dict]:
+        return self.data.setdefault("resources", [])
+
+    def save(self) -> None:
+        tmp = self.path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(self.data, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    def record(self, kind: str, **fields: Any) -> dict:
+        res = {"kind": kind, **fields}
+        self.resources.append(res)
+        self.save()
+        return res
+
+    def update(self, res: dict, **fields: Any) -> None:
+        res.update(fields)
+        self.save()
+
+    def set(self, **fields: Any) -> None:
+        self.data.update(fields)
+        self.save()
+
+    def find(self, kind: str, **match: Any) -> list[dict]:
+        return [r for r in self.resources if r["kind"] == kind
+                and all(r.get(k) == v for k, v in match.items())]
+
+    def attachments(self) -> dict[str, dict]:
+        return {r["pod"]: r for r in self.find("attach")}
+
+
+def create(lab_dir: str, lab: str, topology_path: str) -> State:
+    st = State(os.path.join(lab_dir, STATE_FILE), {
+        "lab": lab, "labDir": lab_dir, "topology": os.path.abspath(topology_path),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "status": "building", "resources": []})
+    st.save()
+    return st
+
+
+def load(lab_dir: str) -> State | None:
+    p = os.path.join(lab_dir, STATE_FILE)
+    try:
+        with open(p, encoding="utf-8") as f:
+            return State(p, json.load(f))
+    except FileNotFoundError:
+        return None
+
+
+# --------------------------------------------------------------------------- processes
+
+def proc_starttime(pid: int) -> str | None:
+    """Field 22 of /proc/PID/stat: identifies a process across pid reuse."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            s = f.read()
+    except OSError:
+        return None
+    return s[s.rfind(")") + 2:].split()[19]
+
+
+def kill_recorded(pid: int, starttime: str | None, timeout: float = 3.0) -> bool:
+    """Stop the process only if it is still the one we started."""
+    if not pid or proc_starttime(pid) is None:
+        return False
+    if starttime and proc_starttime(pid) != starttime:
+        return False
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)   # reaps it if it is our child
+            if done:
+                return True
+        except ChildProcessError:
+            pass
+        if proc_starttime(pid) != starttime:
+            return True
+        st = _proc_state(pid)
+        if st in ("Z", None):
+            return True
+        time.sleep(0.02)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return True
+
+
+def _proc_state(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            s = f.read()
+        return s[s.rfind(")") + 2]
+    except OSError:
+        return None
+
+
+# --------------------------------------------------------------------------- teardown
+
+Detacher = Callable[[dict, State], None]
+
+
+def teardown(st: State, detach: Detacher, *, log: Callable[[str], None] = lambda s: None,
+             keep_dir: bool = False) -> list[str]:
+    """Remove every recorded resource, newest first. Returns the errors (also kept
+    in the state file, which stays so that ``down`` can be run again)."""
+    errors: list[str] = []
+    st.set(status="removing")
+    for res in list(reversed(st.resources)):
+        if res.get("removed"):
+            continue
+        kind = res["kind"]
+        try:
+            if kind == "attach":
+                detach(res, st)
+                log(f"detached pod {res['pod']}")
+            elif kind == "process":
+                kill_recorded(int(res.get("pid") or 0), res.get("starttime"))
+                log(f"stopped {res.get('name', 'process')} (pid {res.get('pid')})")
+            elif kind in ("netns", "netns_alias"):
+                nsutil.delete(res["name"])
+                if nsutil.exists(res["name"]):
+                    raise RuntimeError(f"namespace {res['name']} is still there")
+                log(f"deleted namespace {res['name']}")
+            elif kind == "etcnetns":
+                d = res["path"]
+                for fn in res.get("files", []):
+                    try:
+                        os.unlink(os.path.join(d, fn))
+                    except FileNotFoundError:
+                        pass
+                if res.get("created_dir"):
+                    try:
+                        os.rmdir(d)
+                    except FileNotFoundError:
+                        pass
+                if res.get("created_parent"):
+                    try:
+                        os.rmdir(os.path.dirname(d))
+                    except OSError:
+                        pass   # another lab (or the system) still has entries there
+            elif kind == "file":
+                try:
+                    os.unlink(res["path"])
+                except FileNotFoundError:
+                    pass
+            elif kind == "labdir":
+                pass  # handled last, below
+            else:
+                raise RuntimeError(f"unknown resource kind {kind!r}")
+            st.update(res, removed=True)
+        except Exception as e:  # keep going: remove everything we can
+            errors.append(f"{kind} {res.get('name') or res.get('pod') or res.get('path')}: {e}")
+    if errors:
+        st.set(status="remove-failed", errors=errors)
+        return errors
+    ld = st.find("labdir")
+    if ld and ld[0].get("created") and not keep_dir:
+        shutil.rmtree(ld[0]["path"], ignore_errors=True)
+    else:
+        st.set(status="removed")
+        try:
+            os.unlink(st.path)
+        except FileNotFoundError:
+            pass
+    return errors
+
+
+def run_quiet(argv: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True)
