@@ -170,31 +170,44 @@ def add(call) -> Result:
 
 def delete(call) -> None:
     """Remove the IFB and our qdiscs on the host veth; everything optional."""
-    parse_config(call.conf)
+    bw = parse_config(call.conf)
+    from plugins.net import tc
+    ifb = tc.ifb_name(call.conf.name, call.args.container_id)
+    if bw.is_zero() and not _link_exists(ifb):
+        return None                  # nothing was shaped: no netlink library needed
     from pyroute2 import IPRoute
     from plugins.core import netns
-    from plugins.net import tc
     veth = None
-    prev = call.conf.prev_result
-    if prev is not None and call.args.netns and netns.exists(call.args.netns):
+    if call.args.netns and netns.exists(call.args.netns):
         try:
-            veth = host_veth(call, prev)
+            veth = host_veth(call, call.conf.prev_result or Result())
         except CNIError:
             veth = None
     with IPRoute() as ipr:
         t = tc.Tc(ipr)
-        ifb = tc.ifb_name(call.conf.name, call.args.container_id)
         ifb_link = t.link(ifb)
         ifb_index = ifb_link["index"] if ifb_link is not None else None
         if veth is not None:
             _, index = veth
             if tc.Tc.tbf_of(t.root_qdisc(index)) is not None:
                 t.del_root(index)
-            if t.ingress_qdisc(index) is not None and (
-                    ifb_index is None or ifb_index in t.redirect_targets(index)
-                    or not t.redirect_targets(index)):
+            targets = t.redirect_targets(index) if t.ingress_qdisc(index) is not None else None
+            # our ingress qdisc: its filters redirect to our IFB (or to nothing left);
+            # without it, a redirect to a deleted IFB would blackhole the pod's traffic
+            if targets is not None and (not targets or ifb_index in targets
+                                        or all(t.link(index=i) is None for i in targets)):
                 t.del_ingress(index)
         t.delete_link(ifb)
+    return None
+
+
+def _link_exists(name: str) -> bool:
+    import socket
+    try:
+        socket.if_nametoindex(name)
+        return True
+    except OSError:
+        return False
 
 
 def check(call) -> None:
@@ -203,7 +216,12 @@ def check(call) -> None:
     from pyroute2 import IPRoute
     from plugins.net import tc
     ticks = tc.tick_in_usec()
-    name, index = host_veth(call, prev)
+    try:
+        name, index = host_veth(call, prev)
+    except CNIError:
+        if bw.is_zero():
+            return None              # nothing to shape, and nowhere it could be
+        raise
     problems: list[str] = []
     with IPRoute() as ipr:
         t = tc.Tc(ipr)

@@ -31,7 +31,8 @@ def make_node(node, client=None, v6=True):
     """A bridge with the pod gateway addresses; optionally a client netns on an uplink."""
     sh(node, "sysctl", "-qw", "net.ipv4.ip_forward=1")
     sh(node, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
-    sh(node, "ip", "link", "add", BR, "type", "bridge")
+    # no multicast snooping: IPv6 neighbour discovery must not wait for MLD reports
+    sh(node, "ip", "link", "add", BR, "type", "bridge", "mcast_snooping", "0")
     sh(node, "ip", "addr", "add", f"{NODE_V4}/24", "dev", BR)
     if v6:
         sh(node, "ip", "-6", "addr", "add", f"{NODE_V6}/64", "dev", BR, "nodad")
@@ -157,13 +158,13 @@ threading.Event().wait()
 CLIENT = r"""
 import socket, sys
 fam = socket.AF_INET6 if ":" in sys.argv[2] else socket.AF_INET
-proto, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+proto, host, port, wait = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 try:
     if proto == "tcp":
-        s = socket.create_connection((host, port), timeout=2)
+        s = socket.create_connection((host, port), timeout=wait)
         print(s.recv(100).decode())
     else:
-        s = socket.socket(fam, socket.SOCK_DGRAM); s.settimeout(2)
+        s = socket.socket(fam, socket.SOCK_DGRAM); s.settimeout(wait)
         s.sendto(b"hi", (host, port)); print(s.recv(100).decode())
 except OSError as e:
     print("ERR", e); sys.exit(1)
@@ -184,8 +185,10 @@ class Server:
         self.p.wait()
 
 
-def reach(ns, proto, host, port) -> str:
-    p = ns.run(sys.executable, "-c", CLIENT, proto, host, str(port), check=False, timeout=20)
+def reach(ns, proto, host, port, wait: float = 5.0) -> str:
+    """The server's answer ('<name> <peer address seen>'), or '' when unreachable."""
+    p = ns.run(sys.executable, "-c", CLIENT, proto, host, str(port), str(wait), check=False,
+               timeout=wait + 20)
     return p.stdout.strip() if p.returncode == 0 else ""
 
 

@@ -127,3 +127,28 @@ def test_gc_removes_orphan_ifbs_of_this_network_only(lab, make_netns):
     assert rc == 0, out
     assert sorted(links(node, "ifb")) == sorted([tc.ifb_name(NET, "c2"),
                                                  tc.ifb_name("othernet", "c9")])
+
+
+def test_failed_add_rolls_back(lab, monkeypatch):
+    node, pod = lab
+
+    def boom(self, index, target):
+        raise OSError(5, "injected failure after the IFB and TBFs")
+    monkeypatch.setattr(tc.Tc, "redirect_all", boom)
+    c = conf("bandwidth", NET, prev=pod.prev_result(), runtime={"bandwidth": BW})
+    out, rc = call(node, "bandwidth", "ADD", c, netns=pod.ns.path)
+    assert rc == 1 and "injected" in out["msg"]
+    assert links(node, "ifb") == [] and tbf(node, pod.host_veth) == []
+    assert not any(x["kind"] == "ingress" for x in qdiscs(node, pod.host_veth))
+
+
+def test_del_without_prevresult_still_unshapes_the_veth(lab):
+    node, pod = lab
+    c = conf("bandwidth", NET, prev=pod.prev_result(), runtime={"bandwidth": BW})
+    assert call(node, "bandwidth", "ADD", c, netns=pod.ns.path)[1] == 0
+    bare = conf("bandwidth", NET, runtime={"bandwidth": BW})
+    assert call(node, "bandwidth", "DEL", bare, netns=pod.ns.path)[1] == 0
+    assert links(node, "ifb") == [] and tbf(node, pod.host_veth) == []
+    assert not any(x["kind"] == "ingress" for x in qdiscs(node, pod.host_veth))
+    # the pod's link survives and is unshaped: traffic still flows both ways
+    assert pod.ns.run("ping", "-c1", "-W2", "10.77.0.1", check=False).returncode == 0

@@ -48,7 +48,7 @@ def test_hostport_tcp_udp_hairpin_localhost_and_del(lab):
         assert reach(node, "udp", "127.0.0.1", 8053) == f"pod53 {NODE_V4}"
         assert reach(node, "tcp", UP_NODE, 8080).startswith("pod ")
         assert reach(node, "tcp", UP6_NODE, 8080).startswith("pod ")   # node, own v6 address
-        assert reach(node, "tcp", "::1", 8080) == ""   # IPv6 localhost: impossible by DNAT
+        assert reach(node, "tcp", "::1", 8080, wait=1.5) == ""   # IPv6 localhost: impossible by DNAT
         assert node.run("sysctl", "-n", "net.ipv4.conf.cni0.route_localnet").stdout.strip() == "1"
         # CHECK passes on what ADD made
         out, rc = call(node, "portmap", "CHECK", c, netns=pod.ns.path)
@@ -80,7 +80,7 @@ def test_hostip_conditions_and_masqall(lab):
         # IPv6 has no mapping (hostIP is IPv4)
         assert rules(node, "ip6") == [] or not [r for r in rules(node, "ip6") if r.get("comment")]
         # another local address of the node is not forwarded
-        assert reach(pod.ns, "tcp", NODE_V4, 9090) == ""
+        assert reach(pod.ns, "tcp", NODE_V4, 9090, wait=1.5) == ""
     finally:
         srv.stop()
 
@@ -143,3 +143,35 @@ def test_no_prevresult_is_an_error_and_no_mappings_passes_through(lab):
                                                version="0.4.0"), netns=pod.ns.path)
     assert rc == 0 and out == pod.prev_result("0.4.0")
     assert node.run("nft", "list", "tables").stdout.strip() == ""
+
+
+def test_failure_after_the_rules_removes_them(lab, monkeypatch):
+    node, client, pod = lab
+    from plugins import portmap
+
+    def boom(pod_ip, prev):
+        raise OSError(5, "injected route_localnet failure")
+    monkeypatch.setattr(portmap, "_enable_route_localnet", boom)
+    c = conf("portmap", NET, prev=pod.prev_result(), runtime={"portMappings": MAPS})
+    out, rc = call(node, "portmap", "ADD", c, netns=pod.ns.path)
+    assert rc == 1 and "injected" in out["msg"]
+    assert [r for r in rules(node, "ip") + rules(node, "ip6") if r.get("comment")] == []
+
+
+def test_udp_conntrack_entries_for_host_ports_are_flushed(lab):
+    node, client, pod = lab
+    _add(node, pod, maps=[{"hostPort": 7000, "containerPort": 80}], cid="other")  # NAT active
+    # a UDP flow to the node's port 8053 before the mapping exists: conntrack remembers it
+    client.run("python3", "-c", "import socket; s=socket.socket(socket.AF_INET, "
+               f"socket.SOCK_DGRAM); s.bind(('0.0.0.0', 40053)); "
+               f"s.sendto(b'x', ('{UP_NODE}', 8053))")
+    listed = node.run("conntrack", "-L", "-p", "udp", "--orig-port-dst", "8053", check=False)
+    assert "dport=8053" in listed.stdout
+    _add(node, pod)
+    listed = node.run("conntrack", "-L", "-p", "udp", "--orig-port-dst", "8053", check=False)
+    assert "dport=8053" not in listed.stdout
+    srv = Server(pod.ns, 53, name="pod53")
+    try:   # the same source port now reaches the pod at once
+        assert reach(client, "udp", UP_NODE, 8053) == "pod53 10.78.0.2"
+    finally:
+        srv.stop()
