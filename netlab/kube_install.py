@@ -695,9 +695,6 @@ class Settings:
         if not node:
             raise InstallError("NODE_NAME is not set (downward API: spec.nodeName)")
         cidrs = tuple(c.strip() for c in env.get("CNILAB_CLUSTER_CIDR", "").split(",") if c.strip())
-        for c in cidrs:
-            if _norm_net(c) is None:
-                raise InstallError(f"CNILAB_CLUSTER_CIDR: {c!r} is not a network address/prefix")
         kw: dict[str, Any] = dict(
             node_name=node,
             template_path=env.get("CNILAB_TEMPLATE") or template_for_mode(env.get("CNILAB_MODE", "")),
@@ -709,6 +706,10 @@ class Settings:
             interval=float(env.get("CNILAB_RESYNC_SECONDS", "30")),
         )
         kw.update({k: v for k, v in over.items() if v is not None})
+        for c in kw["cluster_cidrs"]:
+            if _norm_net(c) is None:
+                raise InstallError(f"cluster CIDR {c!r} is not a network address/prefix "
+                                   "(CNILAB_CLUSTER_CIDR / --cluster-cidr)")
         return cls(**kw)
 
 

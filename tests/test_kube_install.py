@@ -439,6 +439,8 @@ def test_mode_selects_template():
         ki.Settings.from_env({})
     with pytest.raises(ki.InstallError, match="CLUSTER_CIDR"):
         ki.Settings.from_env({"NODE_NAME": "n", "CNILAB_CLUSTER_CIDR": "10.244.0.1/16"})
+    with pytest.raises(ki.InstallError, match="cluster-cidr"):
+        ki.Settings.from_env({"NODE_NAME": "n"}, cluster_cidrs=("nonsense",))
 
 
 # ---------------------------------------------------------------------------
