@@ -1116,3 +1116,32 @@ def test_rendered_bridge_conflist_with_routes_two_nodes(make_netns, tmp_path):
         with nsmod.entered(ns.path):
             out, rc = skel.dispatch("bridge", env, json.dumps(plugins[name]).encode())
             assert rc == 0, out
+
+
+def test_wrapper_makes_ctypes_load_the_bundled_libnftables(tmp_path):
+    """What the image bundles in lib/cnilab-native is what the plugins load, so a
+    host without libnftables1 (or with another version) still works."""
+    import glob
+    import shutil as sh
+    import subprocess
+    found = glob.glob("/usr/lib/*-linux-gnu/libnftables.so.1")
+    if not found:
+        pytest.skip("libnftables1 is not installed here")
+    libdir = os.path.dirname(os.path.realpath(found[0]))
+    rt = fake_runtime(tmp_path)
+    text = (DEPLOY / "Containerfile").read_text()
+    sonames = text.split("for so in ", 1)[1].split(";", 1)[0].split()
+    assert "libnftables.so.1" in sonames
+    for so in sonames:  # the list the Containerfile copies
+        sh.copy(os.path.join(libdir, so), rt / ki.NATIVE_LIB_DIR / so)
+    code = ("import nftables, sys; nftables.Nftables(); "
+            "print([l.split()[-1] for l in open('/proc/self/maps') if 'libnftables' in l][0])")
+    out = subprocess.run([str(rt / "bin" / ki.WRAPPER_NAME), "-c", code], env={}, cwd="/",
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str((rt / ki.NATIVE_LIB_DIR / "libnftables.so.1").resolve())
+    # and every library libnftables needs (besides libc) is in the list
+    ldd = subprocess.run(["ldd", os.path.join(libdir, "libnftables.so.1")], capture_output=True,
+                         text=True).stdout
+    needed = {l.split()[0] for l in ldd.splitlines() if "=>" in l}
+    assert needed - {"libc.so.6"} <= set(sonames)
