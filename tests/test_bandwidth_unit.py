@@ -76,3 +76,23 @@ def test_bandwidth_must_be_an_object():
     with pytest.raises(CNIError) as e:
         bandwidth.parse_config(netconf([1, 2]), TICKS)
     assert e.value.code == 7
+
+
+NOOP_DEL = r"""
+import json, sys
+from plugins.core.skel import dispatch
+env = {"CNI_COMMAND": "DEL", "CNI_CONTAINERID": "nothing-here", "CNI_IFNAME": "eth0"}
+conf = {"cniVersion": "1.0.0", "name": "n", "type": "bandwidth"}
+out, rc = dispatch("bandwidth", env, json.dumps(conf).encode())
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("pyroute2", "nftables", "scapy"))
+print(json.dumps({"rc": rc, "out": out, "heavy": heavy}))
+"""
+
+
+def test_noop_del_imports_no_netlink_library():
+    import json
+    import subprocess
+    import sys
+    p = subprocess.run([sys.executable, "-c", NOOP_DEL], capture_output=True, text=True,
+                       check=True)
+    assert json.loads(p.stdout) == {"rc": 0, "out": "", "heavy": []}

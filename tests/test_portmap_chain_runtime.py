@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -99,6 +101,40 @@ def observe(node, client, pod, rt, net, cid, caps):
                         "nat_rules": nat_rules_for(node, pod_ip),
                         "client_tcp": reach(client, "tcp", UP_NODE, 8080)}
     return obs
+
+
+def netlab_cli(*argv):
+    p = subprocess.run([sys.executable, "-m", "netlab", *argv], capture_output=True, text=True,
+                       timeout=120, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert p.returncode == 0, f"netlab {' '.join(argv)}: {p.stdout}\n{p.stderr}"
+    return p.stdout
+
+
+def test_netlab_cni_add_del_with_the_chain(tmp_path, make_netns, ours):
+    """`netlab cni add/del` (the CLI, a subprocess) drives our bridge + portmap + bandwidth."""
+    node, client, pod = make_netns("clinode"), make_netns("clicli"), make_netns("clipod")
+    uplink(node, client)
+    confdir = tmp_path / "net.d"
+    confdir.mkdir()
+    (confdir / "10-chain.conflist").write_text(json.dumps(conflist(tmp_path)))
+    common = ["--conf-dir", str(confdir), "--cni-path", ours, "--cache-dir",
+              str(tmp_path / "cache"), "--host-netns", node.name]
+    cap = json.dumps({"portMappings": [{"hostPort": 8080, "containerPort": 80}],
+                      "bandwidth": BW})
+    res = json.loads(netlab_cli("cni", "add", "chain", pod.name, "--id", "cli1", "--cap", cap,
+                                *common))
+    assert res["ips"][0]["address"] == "10.66.0.2/24"
+    srv = Server(pod, 80)
+    try:
+        assert reach(client, "tcp", UP_NODE, 8080) == f"pod {UP_CLIENT}"
+    finally:
+        srv.stop()
+    host = veth_names(node)
+    assert len(host) == 1 and tbf_rate(node, host[0]) == [BW["ingressRate"]]
+    assert [tbf_rate(node, i) for i in ifbs(node)] == [[BW["egressRate"]]]
+    netlab_cli("cni", "check", "chain", pod.name, "--id", "cli1", *common)
+    netlab_cli("cni", "del", "chain", pod.name, "--id", "cli1", *common)
+    assert veth_names(node) == [] and ifbs(node) == [] and nat_rules_for(node, "10.66.0.2") == []
 
 
 @pytest.mark.skipif(not HAVE_REF, reason="reference plugins not in /usr/lib/cni")
