@@ -13,6 +13,7 @@ import pytest
 
 from netlab.install import install
 from netlab.runtime import Runtime
+from plugins.core.errors import CNIError
 from plugins.net import tc
 from tests.chain_lab import Server, reach
 
@@ -92,7 +93,11 @@ def observe(node, client, pod, rt, net, cid, caps):
             "veth_tbf_bits": tbf_rate(node, host[0]),
             "ifb_tbf_bits": [tbf_rate(node, i) for i in ifbs(node)],
         }
-        rt.check(net, pod.path, cid, "eth0") if rt.cni_path[0] != REF else None
+        try:
+            rt.check(net, pod.path, cid, "eth0")
+            checked = "ok"
+        except CNIError as e:
+            checked = str(e)
     finally:
         for s in srv:
             s.stop()
@@ -100,7 +105,7 @@ def observe(node, client, pod, rt, net, cid, caps):
     obs["after_del"] = {"veths": veth_names(node), "ifbs": ifbs(node),
                         "nat_rules": nat_rules_for(node, pod_ip),
                         "client_tcp": reach(client, "tcp", UP_NODE, 8080)}
-    return obs
+    return obs, checked
 
 
 def netlab_cli(*argv):
@@ -142,12 +147,13 @@ def test_same_observable_state_as_reference(tmp_path, make_netns, ours):
     caps = {"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
                              {"hostPort": 8053, "containerPort": 53, "protocol": "udp"}],
             "bandwidth": BW}
-    seen = {}
+    seen, checks = {}, {}
     for label, path in (("ours", ours), ("reference", REF)):
         node, client, pod = make_netns("ch" + label[:3]), make_netns("chcli"), make_netns("chpod")
         uplink(node, client)
         rt = Runtime([path], cache_dir=str(tmp_path / label / "cache"), host_netns=node.path)
-        seen[label] = observe(node, client, pod, rt, conflist(tmp_path / label), "pm1", caps)
+        seen[label], checks[label] = observe(node, client, pod, rt, conflist(tmp_path / label),
+                                             "pm1", caps)
     o, r = seen["ours"], seen["reference"]
     assert o == r, json.dumps(seen, indent=1)
     # and the state is the one we want, not merely the same
@@ -155,6 +161,9 @@ def test_same_observable_state_as_reference(tmp_path, make_netns, ours):
     assert o["hairpin_tcp"] == f"pod {GW}" and o["localhost_tcp"] == f"pod {GW}"
     assert o["veth_tbf_bits"] == [BW["ingressRate"]] and o["ifb_tbf_bits"] == [[BW["egressRate"]]]
     assert o["after_del"] == {"veths": [], "ifbs": [], "nat_rules": [], "client_tcp": ""}
+    # CHECK: ours passes on this IPv4-only pod; the reference 1.1.1 portmap fails here
+    # ("could not check ipv6 dnat": known pain 5), which is why it is not compared
+    assert checks["ours"] == "ok", checks
 
 
 @pytest.mark.slow
