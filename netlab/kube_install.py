@@ -854,8 +854,8 @@ def wrapper_script(python_name: str = "python3") -> str:
     """The interpreter the launchers name in their ``#!`` line (``bin/cnilab-python``).
 
     A POSIX shell script next to the runtime's ``python3``: it resolves its own
-    location (so the tree works wherever it is copied and through the
-    ``current`` link), puts the bundled native libraries (libnftables and what
+    directory with builtins only (``cd -P``: the tree works wherever it is
+    copied, and ``current`` becomes the concrete release), puts the bundled native libraries (libnftables and what
     it links against) on the loader path, and execs python without user site
     and PYTHON* variables. The runtime that execs a plugin passes a minimal
     environment, so nothing else could set the loader path.
@@ -863,7 +863,9 @@ def wrapper_script(python_name: str = "python3") -> str:
     return "\n".join([
         "#!/bin/sh",
         "# cnilab runtime interpreter: bundled native libraries first, no user site",
-        'here=$(dirname "$(readlink -f "$0")")',
+        "# (shell builtins only: runtimes exec plugins with an empty PATH)",
+        'case "$0" in */*) here=${0%/*} ;; *) here=. ;; esac',
+        'here=$(CDPATH= cd -P "$here" && pwd -P) || exit 127',
         f'LD_LIBRARY_PATH="$here/../{NATIVE_LIB_DIR}${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}}"',
         "export LD_LIBRARY_PATH",
         f'exec "$here/{python_name}" -s -E "$@"',
