@@ -114,8 +114,7 @@ def allocate_set(store: Store, idx: int, rs: RangeSet, owner: Owner,
         if misses == PROBES_BEFORE_LISTING:
             # A long run of taken addresses: one directory listing is cheaper than
             # a failed create per address. We hold the lock, so it stays true.
-            fam = rs[0].version
-            taken = {int(a) for a in store.reserved_addresses() if a.version == fam}
+            taken = store.reserved_ints(rs[0].version)
     raise CNIError(POOL_EXHAUSTED, f"no IP addresses available in range set {set_str(rs)}",
                    f"all {set_capacity(rs)} addresses of range set {idx} are reserved")
 
