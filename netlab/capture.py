@@ -83,8 +83,9 @@ class Capture:
     """Capture on ``iface`` inside namespace ``ns`` (a name under /var/run/netns)."""
 
     def __init__(self, ns: str, iface: str, bpf: str = "", *, pcap: str | None = None,
-                 count: int = 0, max_seconds: float = 60.0) -> None:
+                 count: int = 0, max_seconds: float = 60.0, incoming_only: bool = False) -> None:
         self.ns, self.iface, self.bpf = ns, iface, bpf
+        self.incoming_only = incoming_only   # e.g. all ports of a switch: each frame once
         self.pcap = pcap
         self.count = count
         self.max_seconds = max_seconds
@@ -157,6 +158,8 @@ class Capture:
                 if not r:
                     continue
                 data, addr = sock.recvfrom(262144)
+                if self.incoming_only and addr[2] == PACKET_OUTGOING:
+                    continue
                 self.frames.append((time.time(), data))
                 self.directions.append("out" if addr[2] == PACKET_OUTGOING else "in")
                 if self.count and len(self.frames) >= self.count:
@@ -170,6 +173,8 @@ class Capture:
                     break
                 if self.count and len(self.frames) >= self.count:
                     break
+                if self.incoming_only and addr[2] == PACKET_OUTGOING:
+                    continue
                 self.frames.append((time.time(), data))
                 self.directions.append("out" if addr[2] == PACKET_OUTGOING else "in")
         finally:

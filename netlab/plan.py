@@ -132,11 +132,10 @@ def generated_conflist(w: Network) -> dict:
     else:
         main = {"type": "vxlan", "vni": "${vni}", "port": "${port}", "peers": "${peers}",
                 "localIP": "${nodeIP}", "underlayInterface": "${underlayInterface}",
-                "isGateway": True, "ipMasq": False,
+                "isGateway": True, "isDefaultGateway": True, "ipMasq": False,
                 "ipam": {"type": "host-local", "dataDir": "${ipamDir}",
                          "ranges": [[{"subnet": "${subnet}", "rangeStart": "${rangeStart}",
-                                      "rangeEnd": "${rangeEnd}", "gateway": "${gateway}"}]],
-                         "routes": [{"dst": "0.0.0.0/0", "gw": "${gateway}"}]}}
+                                      "rangeEnd": "${rangeEnd}", "gateway": "${gateway}"}]]}}
         if w.mtu:
             main["mtu"] = "${mtu}"
     return {"cniVersion": "1.0.0", "name": "${network}", "plugins": [

@@ -673,7 +673,7 @@ def _check(ctx: _Ctx, c: Any, p: tuple, j: int, nodes: dict, pods: dict, dns: DN
         "dns": ("pod", "query", "timeout"),
         "port": ("from", "pod", "node", "hostPort", "proto", "timeout"),
         "bandwidth": ("from", "to", "direction", "rate", "tolerance", "seconds"),
-        "capture": ("on", "filter", "run", "in", "timeout", "count"),
+        "capture": ("at", "filter", "run", "in", "timeout", "count"),
     }[ctype]
     o = _Obj(ctx, c, p, common + per)
     targets = set(nodes) | set(pods) | {"ext", "dns"}
@@ -771,12 +771,12 @@ def _check(ctx: _Ctx, c: Any, p: tuple, j: int, nodes: dict, pods: dict, dns: DN
         params["expect"] = exp if exp is not None else "within"
         name = name or f"bandwidth {params['from']} -> {params['to']}"
     elif ctype == "capture":
-        on = o.get("on", str, None, required=True)
+        on = o.get("at", str, None, required=True)
         if on is not None:
             tgt = on.split(":", 1)[0]
             if tgt not in targets and tgt != "underlay":
-                ctx.err(p + ("on",), f"unknown target {tgt!r}: 'underlay', {_TARGET_HELP}, optionally :IFACE")
-        params["on"] = on
+                ctx.err(p + ("at",), f"unknown target {tgt!r}: 'underlay', {_TARGET_HELP}, optionally :IFACE")
+        params["at"] = on
         params["filter"] = o.get("filter", str, "")
         params["in"] = target("in", required=False, default=None)
         run = o.get("run", (str, list), None, required=True)
@@ -790,5 +790,5 @@ def _check(ctx: _Ctx, c: Any, p: tuple, j: int, nodes: dict, pods: dict, dns: DN
                             "fields": eo.get("fields", dict, {}),
                             "min": eo.int("min", 1, 0),
                             "max": eo.int("max", None, 0)}
-        name = name or f"capture on {on}"
+        name = name or f"capture at {on}"
     return Check(ctype, j, name, params)

@@ -9,7 +9,7 @@ from .common import CheckResult, Context, captured, run_in
 def _where(ctx: Context, on: str):
     name, _, iface = on.partition(":")
     t = ctx.target(name)
-    return t.ns, (iface or t.iface)
+    return t.ns, (iface or t.iface), t.kind == "switch" and not iface
 
 
 def _matches(pkt, layer: str | None, fields: dict) -> bool:
@@ -20,7 +20,13 @@ def _matches(pkt, layer: str | None, fields: dict) -> bool:
     else:
         lay = pkt
     for k, v in fields.items():
-        got = getattr(lay, k, None)
+        if "." in k:                      # Layer.field, e.g. IP.src
+            ln, _, fn = k.partition(".")
+            if not pkt.haslayer(ln):
+                return False
+            got = getattr(pkt.getlayer(ln), fn, None)
+        else:
+            got = getattr(lay, k, None)
         if got is None or str(got) != str(v):
             return False
     return True
@@ -28,17 +34,19 @@ def _matches(pkt, layer: str | None, fields: dict) -> bool:
 
 def run(ctx: Context, check) -> CheckResult:
     p = check.params
-    ns, iface = _where(ctx, p["on"])
+    ns, iface, incoming = _where(ctx, p["at"])
     src = ctx.target(p["in"])
     argv = ctx.expand(p["run"])
     pcap = ctx.pcap(check)
     proc, pkts = captured(ns, iface, p["filter"], pcap,
-                          lambda: run_in(src.ns, argv, timeout=p["timeout"], etc=True), count=p["count"])
+                          lambda: run_in(src.ns, argv, timeout=p["timeout"], etc=True), count=p["count"],
+                          incoming_only=incoming)
     e = p["expect"]
-    hits = [x for x in pkts if _matches(x, e["layer"], e["fields"])]
+    fields = {k: ctx.expand([str(v)])[0] for k, v in e["fields"].items()}
+    hits = [x for x in pkts if _matches(x, e["layer"], fields)]
     want = f"at least {e['min']}" + (f", at most {e['max']}" if e["max"] is not None else "")
     good = len(hits) >= e["min"] and (e["max"] is None or len(hits) <= e["max"])
-    what = (e["layer"] or "packet") + (" " + ", ".join(f"{k}={v}" for k, v in e["fields"].items()) if e["fields"] else "")
+    what = (e["layer"] or "packet") + (" " + ", ".join(f"{k}={v}" for k, v in fields.items()) if fields else "")
     details = [f"ran in {src.name}: {' '.join(argv)} (exit {proc.returncode})",
                f"captured {len(pkts)} packet(s) on {ns}:{iface} filter {p['filter']!r}"]
     details += [f"  {x.summary()}" for x in hits[:3]]

@@ -56,8 +56,10 @@ class Context:
 
     def target(self, name: str) -> Target:
         if name == "underlay":
-            from ..plan import SWITCH_BRIDGE, switch_ns
-            return Target("underlay", switch_ns(self.topo.name), None, SWITCH_BRIDGE, "switch")
+            from ..plan import switch_ns
+            # all switch ports, incoming frames only (a bridge's own device does
+            # not see unicast frames forwarded between its ports)
+            return Target("underlay", switch_ns(self.topo.name), None, "any", "switch")
         ep = self.plan.endpoints[name]
         addr = ep.address
         if ep.kind == "pod":
@@ -228,9 +230,10 @@ def ping(ns: str, addr: str, *, count: int = 1, timeout: float = 2, size: int | 
 
 
 def captured(ns: str, iface: str, bpf: str, pcap: str, fn: Callable[[], Any], *, count: int = 0,
-             settle: float = 0.1) -> tuple[Any, list]:
+             settle: float = 0.1, incoming_only: bool = False) -> tuple[Any, list]:
     """Run ``fn`` while capturing; returns (fn's value, decoded packets); pcap saved."""
-    cap = Capture(ns, "" if iface == "any" else iface, bpf, pcap=pcap, count=count)
+    cap = Capture(ns, "" if iface == "any" else iface, bpf, pcap=pcap, count=count,
+                  incoming_only=incoming_only)
     cap.start()
     try:
         value = fn()
