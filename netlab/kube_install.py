@@ -721,6 +721,7 @@ class SyncResult:
     routes_dropped: list[RoutePlan] = field(default_factory=list)
     masq_changed: bool = False
     fdb: tuple[list[str], list[str]] | None = None
+    errors: list[str] = field(default_factory=list)
 
 
 class Syncer:
@@ -754,20 +755,37 @@ class Syncer:
             log.info("wrote %s%s", self.s.conflist_path,
                      f" (peers +{list(diff.added)} -{list(diff.removed)})" if diff else "")
         res = SyncResult(written=written, peers=diff)
+        # The conflist is the main job and is done; the node-side jobs below are
+        # each retried on the next step when they fail (logged, never fatal).
         if self.fdb is not None and (written or diff or not self._fdb_done):
-            res.fdb = self.fdb.sync(r.conflist)
-            self._fdb_done = True
-            if res.fdb and (res.fdb[0] or res.fdb[1]):
-                log.info("vxlan FDB: added %s, removed %s", *res.fdb)
+            self._fdb_done = False
+            if self._side_job(res, "vxlan FDB", lambda: setattr(res, "fdb", self.fdb.sync(r.conflist))):
+                self._fdb_done = True
+                if res.fdb and (res.fdb[0] or res.fdb[1]):
+                    log.info("vxlan FDB: added %s, removed %s", *res.fdb)
         if self.routes is not None:
-            put, drop = diff_routes(self.routes.current(), plan_routes(self.s.node_name, self.nodes))
-            if put or drop:
-                self.routes.apply(put, drop)
-                log.info("routes: put %s, dropped %s", put, drop)
-            res.routes_put, res.routes_dropped = put, drop
+            def routes_job():
+                put, drop = diff_routes(self.routes.current(),
+                                        plan_routes(self.s.node_name, self.nodes))
+                if put or drop:
+                    self.routes.apply(put, drop)
+                    log.info("routes: put %s, dropped %s", put, drop)
+                res.routes_put, res.routes_dropped = put, drop
+            self._side_job(res, "routes", routes_job)
         if self.masq is not None and me is not None:
-            res.masq_changed = self.masq.ensure(plan_masq(me.pod_cidrs, self.s.cluster_cidrs))
+            self._side_job(res, "masquerade", lambda: setattr(
+                res, "masq_changed", self.masq.ensure(plan_masq(me.pod_cidrs, self.s.cluster_cidrs))))
         return res
+
+    @staticmethod
+    def _side_job(res: "SyncResult", what: str, job: Callable[[], None]) -> bool:
+        try:
+            job()
+            return True
+        except Exception as e:  # noqa: BLE001 - netlink/nftables/config errors alike
+            log.warning("%s: %s (will retry)", what, e)
+            res.errors.append(f"{what}: {e}")
+            return False
 
 
 def sync_loop(syncer: Syncer, source: Any, stop: threading.Event) -> None:

@@ -1145,3 +1145,23 @@ def test_wrapper_makes_ctypes_load_the_bundled_libnftables(tmp_path):
                          text=True).stdout
     needed = {l.split()[0] for l in ldd.splitlines() if "=>" in l}
     assert needed - {"libc.so.6"} <= set(sonames)
+
+
+def test_side_job_failures_are_logged_and_retried(tmp_path):
+    s = settings(tmp_path)
+    attempts = []
+
+    class FlakyFdb:
+        def sync(self, conflist):
+            attempts.append(ki.conf_peers(conflist))
+            if len(attempts) == 1:
+                raise OSError(16, "Device or resource busy")
+            return ([], [])
+    syncer = ki.Syncer(s, ki.load_template(s.template_path), underlay_of=lambda ip: "eth0",
+                       fdb=FlakyFdb())
+    r1 = syncer.step(ki.nodes_from_list(THREE))
+    assert r1.written and r1.errors == ["vxlan FDB: [Errno 16] Device or resource busy"]
+    r2 = syncer.step(ki.nodes_from_list(THREE))  # config unchanged, but the FDB is retried
+    assert not r2.written and r2.errors == [] and len(attempts) == 2
+    syncer.step(ki.nodes_from_list(THREE))
+    assert len(attempts) == 2  # done: no more netlink work until peers change
