@@ -349,10 +349,38 @@ class DiskStore:
                 del bucket[owner.key]
             self._dirty.add(b)
 
-    def rebuild_index(self, reservations: dict[IPAddress, Owner] | None = None) -> None:
-        """Rewrite the whole index from the address files (one scan)."""
+    def _scan(self) -> dict[str, Owner]:
+        """{address file name: Owner} of the whole directory: one listing plus one
+        openat/read per address file, no ipaddress objects (the rebuild's hot loop)."""
+        import socket
+        pton, v4, v6 = socket.inet_pton, socket.AF_INET, socket.AF_INET6
+        out: dict[str, Owner] = {}
+        dfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for name in os.listdir(dfd):
+                try:
+                    pton(v6 if ":" in name else v4, name)
+                except OSError:
+                    continue
+                try:
+                    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dfd)
+                except FileNotFoundError:
+                    continue
+                try:
+                    out[name] = parse_owner(os.read(fd, 4096))
+                except IsADirectoryError:
+                    pass
+                finally:
+                    os.close(fd)
+        finally:
+            os.close(dfd)
+        return out
+
+    def rebuild_index(self, reservations: dict | None = None) -> None:
+        """Rewrite the whole index from the address files (one scan), or from
+        ``reservations`` ({ip or name: Owner}) when the caller just scanned."""
         if reservations is None:
-            reservations = self.reservations()
+            reservations = self._scan()
         self.rebuilds += 1
         buckets: dict[int, dict[str, list[str]]] = {}
         for ip, owner in reservations.items():
