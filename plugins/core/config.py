@@ -132,7 +132,7 @@ def decode(stdin: bytes) -> dict:
         raise CNIError(DECODING_FAILURE, "no network configuration on stdin")
     try:
         data = json.loads(stdin)
-    except (UnicodeDecodeError, ValueError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:   # too deeply nested
         raise CNIError(DECODING_FAILURE, "network configuration is not valid JSON", str(e)[:300]) from None
     if not isinstance(data, dict):
         raise CNIError(DECODING_FAILURE, "network configuration must be a JSON object",

@@ -10,6 +10,12 @@ _ID_REST = _ALNUM | frozenset("_.-")
 IFNAMSIZ = 15
 
 
+def _show(value: object) -> str:
+    """The offending value for a message, bounded (inputs may be megabytes long)."""
+    text = repr(value)
+    return text if len(text) <= 200 else text[:200] + f"... ({len(text)} characters)"
+
+
 def valid_id(value: str) -> bool:
     return (isinstance(value, str) and value != "" and value[0] in _ALNUM
             and all(ch in _ID_REST for ch in value))
@@ -18,13 +24,13 @@ def valid_id(value: str) -> bool:
 def check_container_id(value: str) -> None:
     if not valid_id(value):
         raise CNIError(INVALID_ENV, "invalid CNI_CONTAINERID",
-                       f"{value!r} must match ^[a-zA-Z0-9][a-zA-Z0-9_.\\-]*$")
+                       f"{_show(value)} must match ^[a-zA-Z0-9][a-zA-Z0-9_.\\-]*$")
 
 
 def check_network_name(value: object) -> None:
     if not isinstance(value, str) or not valid_id(value):
         raise CNIError(INVALID_NETWORK_CONFIG, "invalid network name",
-                       f"{value!r} must match ^[a-zA-Z0-9][a-zA-Z0-9_.\\-]*$")
+                       f"{_show(value)} must match ^[a-zA-Z0-9][a-zA-Z0-9_.\\-]*$")
 
 
 def ifname_problem(value: object) -> str | None:
@@ -44,4 +50,4 @@ def ifname_problem(value: object) -> str | None:
 def check_ifname(value: str, what: str = "CNI_IFNAME", code: int = INVALID_ENV) -> None:
     problem = ifname_problem(value)
     if problem:
-        raise CNIError(code, f"invalid {what}", f"{value!r} {problem}")
+        raise CNIError(code, f"invalid {what}", f"{_show(value)} {problem}")
