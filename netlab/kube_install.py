@@ -915,26 +915,13 @@ def install_plugins(bin_dir: str | os.PathLike, python: str | None = None, *,
     ``uninstall`` can put it back. Without it a foreign file is an error.
     """
     from . import install as installer
-    import inspect
+    if python is not None and (not os.path.isabs(python) or not os.access(python, os.X_OK)):
+        raise InstallError(f"launcher interpreter {python} is not an executable absolute path")
     force = False
     if backup_dir is not None:
         backup_foreign(bin_dir, backup_dir)
         force = True
-    kw: dict[str, Any] = {"force": force}
-    if python is None:
-        return installer.install(str(bin_dir), **kw)
-    if not os.path.isabs(python) or not os.access(python, os.X_OK):
-        raise InstallError(f"launcher interpreter {python} is not an executable absolute path")
-    if "python" in inspect.signature(installer.install).parameters:
-        return installer.install(str(bin_dir), python=python, **kw)
-    # netlab.install.install() has no interpreter parameter (yet): it takes the
-    # interpreter from its module-level interpreter(); swap that for this call.
-    saved = installer.interpreter
-    installer.interpreter = lambda: python
-    try:
-        return installer.install(str(bin_dir), **kw)
-    finally:
-        installer.interpreter = saved
+    return installer.install(str(bin_dir), force=force, python=python)
 
 
 def backup_foreign(bin_dir: str | os.PathLike, backup_dir: str | os.PathLike) -> list[str]:
