@@ -178,8 +178,10 @@ def add(call: Call) -> Result:
             undo.callback(_quietly(macspoof.teardown, call.conf.name, a.container_id, a.ifname))
             macspoof.setup(call.conf.name, a.container_id, a.ifname, spec.host_name, att.pod.mac)
         if c.ipam_type:
-            ipam = delegate_add(c.ipam_type, a.stdin, call.plugin_env, a.path)
+            # Registered before the call: IPAM DEL is idempotent, and this also releases
+            # whatever an IPAM plugin might hold after failing half-way.
             undo.callback(_quietly(delegate, c.ipam_type, "DEL", a.stdin, call.plugin_env, a.path))
+            ipam = delegate_add(c.ipam_type, a.stdin, call.plugin_env, a.path)
             if not ipam.ips:
                 raise CNIError(IO_FAILURE, f"IPAM plugin {c.ipam_type} returned no IP configuration")
             result.ips, result.routes, result.dns = ipam.ips, ipam.routes, ipam.dns
