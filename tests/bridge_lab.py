@@ -33,13 +33,13 @@ def conf(data_dir: str, version: str = "1.0.0", *, v4: str | None = "10.31.0.0/2
 
 def call(node, command: str, config: dict, *, netns: str | None = "", cid: str = "c1",
          ifname: str = "eth0", prev: dict | None = None, cni_args: str = "",
-         path: str = "/usr/lib/cni") -> tuple[int, dict | None]:
+         path: str = "/usr/lib/cni", env: dict | None = None) -> tuple[int, dict | None]:
     """Run one bridge call in ``node``; returns (exit status, parsed stdout or None)."""
     cfg = dict(config)
     if prev is not None:
         cfg["prevResult"] = prev
     env = {"CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_IFNAME": ifname,
-           "CNI_PATH": path, "CNI_NETNS": netns or "", "CNI_ARGS": cni_args}
+           "CNI_PATH": path, "CNI_NETNS": netns or "", "CNI_ARGS": cni_args, **(env or {})}
     with cns.entered(node.path):
         out, rc = dispatch("bridge", env, json.dumps(cfg).encode(), log=sys.stderr.write)
     return rc, (json.loads(out) if out.strip() else None)

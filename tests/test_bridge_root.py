@@ -78,6 +78,20 @@ def test_dual_stack(node, make_netns, data_dir):
     assert reservations(data_dir) == {}
 
 
+@pytest.mark.skipif(not os.access("/usr/lib/cni/host-local", os.X_OK),
+                    reason="reference host-local not installed")
+def test_with_the_reference_host_local_execd(node, pod, data_dir):
+    """Delegation by exec (CNI_PATH) works too: the Go host-local as our IPAM."""
+    env = {"CNILAB_EXEC_DELEGATES": "1"}
+    c = conf(data_dir, "1.0.0", isGateway=True)
+    r = ok(call(node, "ADD", c, netns=pod.path, env=env))
+    assert list(reservations(data_dir).values()) == ["c1\r\neth0"]
+    assert ping(pod, "10.31.0.1")
+    ok(call(node, "CHECK", c, netns=pod.path, prev=r, env=env))
+    ok(call(node, "DEL", c, netns=pod.path, env=env))
+    assert reservations(data_dir) == {}
+
+
 # ---- variants observed in the kernel -----------------------------------------------
 
 def test_hairpin_mtu_default_gateway_and_route_metrics(node, pod, data_dir):
