@@ -96,7 +96,7 @@ def reservations(data_dir: str, network: str = "brnet") -> dict[str, str]:
             ipaddress.ip_address(f.replace("_", ":"))
         except ValueError:
             continue        # lock, last_reserved_ip.N, our index directory...
-        with open(os.path.join(d, f)) as fh:
+        with open(os.path.join(d, f), newline="") as fh:
             out[f] = fh.read()
     return out
 
