@@ -267,7 +267,9 @@ def gc(call) -> None:
     raw = call.conf.raw
     items = raw.get("cni.dev/valid-attachments")
     if items is None:
-        items = raw.get("cni.dev/attachments") or []
+        items = raw.get("cni.dev/attachments")
+    if items is None:      # never read "no list" as "nothing is valid"
+        raise CNIError(INVALID_NETWORK_CONFIG, "GC needs cni.dev/valid-attachments")
     if not isinstance(items, list):
         raise CNIError(INVALID_NETWORK_CONFIG, "cni.dev/valid-attachments must be a list")
     valid = set()

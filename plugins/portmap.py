@@ -368,8 +368,8 @@ def _valid_attachments(raw: dict) -> list[tuple[str, str]]:
     items = raw.get("cni.dev/valid-attachments")
     if items is None:
         items = raw.get("cni.dev/attachments")
-    if items is None:
-        return []
+    if items is None:      # never read "no list" as "nothing is valid"
+        raise CNIError(INVALID_NETWORK_CONFIG, "GC needs cni.dev/valid-attachments")
     if not isinstance(items, list):
         raise CNIError(INVALID_NETWORK_CONFIG, "cni.dev/valid-attachments must be a list")
     out = []

@@ -211,3 +211,14 @@ def test_version_and_input_errors_import_nothing_heavy(plugin, command, rc):
     assert res["heavy"] == [], res
     if command != "VERSION":
         assert res["rc"] == 1 and json.loads(res["out"])["code"] == 7
+
+
+def test_gc_without_an_attachment_list_is_refused_not_a_wipe():
+    from types import SimpleNamespace
+    from plugins import bandwidth
+    raw = {"cniVersion": "1.1.0", "name": "net1", "type": "portmap"}
+    call = SimpleNamespace(conf=parse_netconf(raw), args=None)
+    for plugin in (portmap, bandwidth):
+        with pytest.raises(CNIError) as e:
+            plugin.gc(call)
+        assert e.value.code == 7 and "valid-attachments" in e.value.msg
