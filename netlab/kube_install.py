@@ -1,39 +1,44 @@
 """The Kubernetes node installer: what the cnilab DaemonSet runs on every node.
 
-It does on a real node what flannel's and kindnet's DaemonSets do, for our plugins:
+It does on a real node what flannel's and kindnet's DaemonSets do, for our plugins
+(design: docs/adr/0012-kubernetes-deployment.md; use: docs/deploy.md):
 
-1. ``install``: copy the self-contained plugin runtime from the image to the host
-   (``/opt/cnilab/releases/<version>`` + an atomically swapped ``current`` link),
-   install the plugin executables into the host's ``/opt/cni/bin`` through
-   :func:`netlab.install.install`, then render this node's conflist and write it
-   atomically into ``/etc/cni/net.d``. Run as the DaemonSet's init container.
+1. ``install`` (init container): copy the self-contained runtime from the image
+   to the host (``/opt/cnilab/releases/<version>`` + an atomically swapped
+   ``current`` link), install the plugin executables into ``/opt/cni/bin``
+   through :func:`netlab.install.install` run under that host copy (keeping
+   foreign files of the same names in ``/opt/cnilab/replaced``), wait for the
+   node's podCIDR and write its conflist atomically into ``/etc/cni/net.d``.
 2. ``sync``: watch the node list and rewrite the conflist when nodes join or
-   leave (VXLAN ``peers``), or this node's ``spec.podCIDR`` appears; in routed
-   bridge mode optionally keep routes to the other nodes' pod ranges and a
-   masquerade for traffic leaving the cluster (kindnet style).
+   leave (VXLAN ``peers``, pushed into the node's FDB at once) or this node's
+   ``spec.podCIDR`` appears; in routed bridge mode optionally keep routes to
+   the other nodes' pod ranges and a masquerade for traffic leaving the
+   cluster (kindnet style).
 3. ``render``: print the conflist for a node from a node-list JSON file
    (``kubectl get nodes -o json``), for checking a template without a cluster.
+4. ``install-plugins``, ``uninstall``, ``wrapper``: the pieces, by hand.
 
 Everything that decides something is a pure function over plain data (node
 objects as the API returns them, the conflist template as a dict): rendering,
-peer diffs, watch-event folding, route plans. Only ``write_atomic``,
-``KubeAPI`` and ``RouteApplier`` touch the world, and the API client is plain
-``urllib`` with the pod's service-account token and CA (no client library).
+peer diffs, watch-event folding, route and masquerade plans. The world is
+touched only by ``write_atomic``, ``install_runtime``, ``KubeAPI`` (plain
+``urllib`` with the pod's service-account token and CA, no client library),
+``RouteApplier``, ``MasqApplier`` and ``FdbSyncer``.
 
-The conflist template (ConfigMap key ``conflist.json``) is an ordinary conflist
-in which a JSON string that is *exactly* one of the placeholders below is
-replaced by a typed value (a list stays a list, so the file stays valid JSON):
+A conflist template (ConfigMap keys ``vxlan.conflist.json`` and
+``bridge.conflist.json``) is an ordinary conflist in which a JSON string that
+is *exactly* one of the placeholders below is replaced by a typed value (a
+list stays a list, so the file stays valid JSON):
 
-=================  ==========================================================
-``{{podRanges}}``  host-local ``ranges`` for this node (see ``pod_ranges``)
-``{{peers}}``      the other nodes' InternalIPs (same family as ``nodeIP``)
-``{{nodeIP}}``     this node's InternalIP (VXLAN ``localIP``)
-``{{podCIDR}}``    this node's first pod CIDR
-``{{clusterCIDR}}`` the cluster pod CIDR of the same family (overlay mode)
-``{{nodeName}}``   this node's name
-``{{underlayInterface}}`` the node interface that holds ``nodeIP`` (looked up
-                   on the node when the conflist is written)
-=================  ==========================================================
+=========================  ==================================================
+``{{podRanges}}``          host-local ``ranges`` for this node (``pod_ranges``)
+``{{peers}}``              the other nodes' InternalIPs (family of ``nodeIP``)
+``{{nodeIP}}``             this node's InternalIP (VXLAN ``localIP``)
+``{{podCIDR}}``            this node's first pod CIDR
+``{{clusterCIDR}}``        the cluster pod CIDR of that family
+``{{nodeName}}``           this node's name
+``{{underlayInterface}}``  the node interface that holds ``nodeIP``
+=========================  ==================================================
 
 An unknown ``{{...}}`` placeholder is an error, not a silently kept string.
 """
