@@ -227,10 +227,8 @@ def test_interchange_ours_then_reference(tmp_path):
 
 
 @pytest.mark.e2e
-def test_installed_executable(tmp_path):
-    exe = tmp_path / "host-local"
-    exe.write_text(f"#!{sys.executable}\nfrom plugins.core.launcher import main; main('host-local')\n")
-    exe.chmod(0o755)
+def test_installed_executable(tmp_path, installed_plugins):
+    exe = os.path.join(installed_plugins, "host-local")
     cfg = json.dumps(conf(tmp_path)).encode()
     p = subprocess.run([str(exe)], input=cfg, env=env("ADD"), capture_output=True, timeout=30)
     assert p.returncode == 0, p.stdout + p.stderr
