@@ -30,25 +30,26 @@ def data_dir(tmp_path):
 @pytest.mark.parametrize("version", VERSIONS)
 def test_two_pods_reach_each_other_and_gateway(node, make_netns, data_dir, version):
     p1, p2 = make_netns("pod"), make_netns("pod")
-    c = conf(data_dir, version, isGateway=True)
+    c = conf(data_dir, version, v6="fd31::/64", isGateway=True)
     r1 = ok(call(node, "ADD", c, netns=p1.path, cid="c1"))
     r2 = ok(call(node, "ADD", c, netns=p2.path, cid="c2"))
     assert r1["cniVersion"] == version
     names = [i["name"] for i in r1["interfaces"]]
     assert names == ["cni0", attach.host_veth_name("brnet", "c1", "eth0"), "eth0"]
     assert r1["interfaces"][2]["sandbox"] == p1.path
-    ip1 = r1["ips"][0]
-    assert ip1["interface"] == 2 and ip1["gateway"] == "10.31.0.1"
+    ip4, ip6 = r1["ips"]
+    assert ip4["interface"] == 2 and ip4["gateway"] == "10.31.0.1"
+    assert ip6["interface"] == 2 and ip6["gateway"] == "fd31::1"
     if version.startswith("0."):
-        assert ip1["version"] == "4"
+        assert (ip4["version"], ip6["version"]) == ("4", "6")
     else:
-        assert "version" not in ip1
-    a1 = ip1["address"].split("/")[0]
-    a2 = r2["ips"][0]["address"].split("/")[0]
-    assert a1 != a2
-    assert addrs(p1, "eth0") == {ip1["address"]}
-    assert "10.31.0.1/24" in addrs(node, "cni0")
-    assert ping(p1, a2) and ping(p2, a1) and ping(p1, "10.31.0.1")
+        assert "version" not in ip4
+    assert addrs(p1, "eth0") == {ip4["address"], ip6["address"]}
+    assert {"10.31.0.1/24", "fd31::1/64"} <= addrs(node, "cni0")
+    for me, other in ((p1, r2), (p2, r1)):
+        for ip in other["ips"]:
+            assert ping(me, ip["address"].split("/")[0]), (me, ip)
+    assert ping(p1, "10.31.0.1") and ping(p1, "fd31::1")
     if version not in ("0.3.0", "0.3.1"):
         ok(call(node, "CHECK", c, netns=p1.path, cid="c1", prev=r1))
     ok(call(node, "DEL", c, netns=p1.path, cid="c1", prev=r1))
