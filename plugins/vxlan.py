@@ -39,6 +39,7 @@ class VxlanConf:
     mtu: int = 0                  # 0 -> underlay MTU minus the encapsulation overhead
     is_gateway: bool = False
     is_default_gateway: bool = False
+    anycast_gateway: bool = True  # one gateway MAC on every node (same gateway address everywhere)
     ip_masq: bool = False
     ipam: dict = field(default_factory=dict)
     dns: DNS = field(default_factory=DNS)
@@ -122,7 +123,8 @@ def parse(raw: dict, network: str, dns: DNS | None = None) -> VxlanConf:
     return VxlanConf(network=network, vni=vni, port=port, underlay=underlay, local_ip=local_ip,
                      peers=tuple(peers), group=group, learning=learning, bridge=bridge,
                      mtu=mtu, is_gateway=f.bool("isGateway") or f.bool("isDefaultGateway"),
-                     is_default_gateway=f.bool("isDefaultGateway"), ip_masq=f.bool("ipMasq"),
+                     is_default_gateway=f.bool("isDefaultGateway"),
+                     anycast_gateway=f.bool("anycastGateway", True), ip_masq=f.bool("ipMasq"),
                      ipam=dict(ipam), dns=dns or DNS())
 
 
@@ -335,8 +337,9 @@ def add(call) -> Result:
             attach.configure_pod(a.netns, a.ifname, result.ips, result.routes)
             cidrs = gws[4] + gws[6]
             if cidrs:
-                with VxlanLinks() as links:
-                    links.set_mac(br_index, _anycast_mac(conf.network, conf.vni))
+                if conf.anycast_gateway:
+                    with VxlanLinks() as links:
+                        links.set_mac(br_index, _anycast_mac(conf.network, conf.vni))
                 attach.set_bridge_addrs(conf.bridge, cidrs)
                 attach.enable_forwarding(attach_families(cidrs))
             if conf.ip_masq:

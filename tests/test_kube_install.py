@@ -1052,9 +1052,6 @@ def test_rendered_vxlan_conflist_joins_two_nodes(make_netns, tmp_path):
 
 @pytest.mark.root
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="vxlan gives every node's bridge one anycast gateway "
-                   "MAC (ADR 0006): a pod's reply to another node's bridge address stays local. "
-                   "Needs a per-node MAC option in the vxlan plugin (ADR 0012)")
 def test_rendered_vxlan_node_reaches_pod_on_other_node(make_netns, tmp_path):
     lab = TwoNodeOverlay(make_netns, tmp_path)
     try:

@@ -289,3 +289,9 @@ def test_cni_args_mac():
     for bad_mac in ("01:00:5e:00:00:01", "02:00:00:00:00", "zz:00:00:00:00:01"):
         with pytest.raises(CNIError):
             vxlan._check_mac(bad_mac)
+
+
+def test_anycast_gateway_default_and_off():
+    assert parse().anycast_gateway is True
+    assert parse(anycastGateway=False).anycast_gateway is False
+    bad("anycastGateway must be true or false", anycastGateway="no")
