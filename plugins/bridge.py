@@ -272,10 +272,12 @@ def check(call: Call) -> None:
         raise CNIError(CHECK_FAILED, f"prevResult sandbox {pod_prev.sandbox} differs from "
                        f"CNI_NETNS {a.netns}")
     host_prev = by_name.get(spec.host_name, (None, None))[1]
-    br_index = _check_bridge(c, br_prev)
+    ips = [ip for ip in prev.ips if ip.interface in (None, pod_idx)]
+    gw_cidrs = ([f"{ip.gateway}/{ip.iface.network.prefixlen}" for ip in ips if ip.gateway]
+                if c.is_gateway else [])
+    br_index = _check_bridge(c, br_prev, gw_cidrs)
     attach.check_veth(spec, br_index, pod_mac=pod_prev.mac,
                       host_mac=host_prev.mac if host_prev else "")
-    ips = [ip for ip in prev.ips if ip.interface in (None, pod_idx)]
     attach.check_pod_ips(a.netns, a.ifname, ips, prev.routes)
     if c.ip_masq and ips:
         from .net import masq
@@ -289,11 +291,13 @@ def check(call: Call) -> None:
             raise CNIError(CHECK_FAILED, "macspoofchk rule missing")
 
 
-def _check_bridge(c: BridgeConf, br_prev: Interface | None) -> int:
+def _check_bridge(c: BridgeConf, br_prev: Interface | None, gw_cidrs: list[str]) -> int:
+    import ipaddress
     from .net import link
     ipr = link.open_iproute()
     try:
         br = link.get_link(ipr, c.bridge)
+        present = {a.iface for a in link.list_addrs(ipr, br.index)} if br else set()
     finally:
         ipr.close()
     if br is None:
@@ -307,6 +311,9 @@ def _check_bridge(c: BridgeConf, br_prev: Interface | None) -> int:
                        f"expected {c.promisc}")
     if c.mtu and br.mtu != c.mtu:
         raise CNIError(CHECK_FAILED, f"bridge {c.bridge} MTU is {br.mtu}, expected {c.mtu}")
+    for cidr in gw_cidrs:
+        if ipaddress.ip_interface(cidr) not in present:
+            raise CNIError(CHECK_FAILED, f"gateway address {cidr} not found on bridge {c.bridge}")
     return br.index
 
 

@@ -259,6 +259,12 @@ def test_check_detects_drift(node, pod, data_dir):
     assert rc == 1 and err["code"] == CHECK_FAILED and "address" in err["msg"]
     rc, err = call(node, "CHECK", c, netns=pod.path)
     assert rc == 1 and err["code"] == INVALID_NETWORK_CONFIG and "prevResult" in err["msg"]
+    pod.run("ip", "addr", "add", r["ips"][0]["address"], "dev", "eth0")
+    pod.run("ip", "route", "add", "default", "via", "10.31.0.1", "dev", "eth0", check=False)
+    ok(call(node, "CHECK", c, netns=pod.path, prev=r))
+    node.run("ip", "addr", "del", "10.31.0.1/24", "dev", "cni0")
+    rc, err = call(node, "CHECK", c, netns=pod.path, prev=r)
+    assert rc == 1 and err["code"] == CHECK_FAILED and "gateway" in err["msg"]
     ok(call(node, "DEL", c, netns=pod.path))
 
 
