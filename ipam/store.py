@@ -244,6 +244,17 @@ class DiskStore:
     def _finish(self) -> None:
         if not self._index_ok:
             return                   # the index stays invalid; the next find() rebuilds it
+        try:
+            self._save_index()
+        except OSError:
+            # The reservations are already on disk; never fail the operation for the
+            # index. Without a matching stamp the next call rebuilds it.
+            try:
+                os.unlink(os.path.join(self.idx_dir, "stamp"))
+            except OSError:
+                pass
+
+    def _save_index(self) -> None:
         for b in sorted(self._dirty):
             self._write_bucket(b, self._buckets[b])
         if self._dir_changed or self._dirty:
@@ -439,7 +450,15 @@ class DiskStore:
         owner = Owner(owner.container_id.strip(), owner.ifname)
         for _ in range(2):
             if not self._index_ok:
-                self.rebuild_index()
+                scan = self._scan()
+                try:
+                    self.rebuild_index(scan)
+                except OSError:          # cannot write the index: answer from the scan
+                    self._index_ok = False
+                    by_key: dict[str, list] = {}
+                    for name, o in scan.items():
+                        by_key.setdefault(o.key, []).append(ipaddress.ip_address(name))
+                    return _match(by_key, owner)
             out = self._find_indexed(owner)
             if self._index_ok:            # no bucket turned out unreadable meanwhile
                 return out

@@ -275,3 +275,21 @@ def test_lock_held_elsewhere_times_out_with_try_again(tmp_path, monkeypatch):
     finally:
         os.close(fd)
     assert ours("ADD", cfg, cid="c2")[1] == 0
+
+
+def test_index_trouble_never_fails_an_operation(tmp_path):
+    """The index is a hint: if it cannot be written, ADD/DEL still work (by scan)."""
+    cfg = conf(tmp_path, ranges=[[{"subnet": "10.77.0.0/24"}]])
+    ours("ADD", cfg, cid="a")
+    d = netdir(tmp_path)
+    import shutil
+    shutil.rmtree(d / ".cnilab")
+    (d / ".cnilab").write_text("not a directory")     # index dir unusable
+    res, rc = ours("ADD", cfg, cid="b")
+    assert rc == 0 and addrs(res) == ["10.77.0.3/24"]
+    res, rc = ours("ADD", cfg, cid="a")                # replay still found (by scan)
+    assert rc == 0 and addrs(res) == ["10.77.0.2/24"]
+    assert ours("DEL", cfg, cid="a")[1] == 0 and not (d / "10.77.0.2").exists()
+    (d / ".cnilab").unlink()                           # repaired: index comes back
+    assert ours("CHECK", cfg, cid="b")[1] == 0
+    assert (d / ".cnilab" / "stamp").exists()
