@@ -175,3 +175,32 @@ def test_udp_conntrack_entries_for_host_ports_are_flushed(lab):
         assert reach(client, "udp", UP_NODE, 8053) == "pod53 10.78.0.2"
     finally:
         srv.stop()
+
+
+def test_parallel_adds_and_dels_in_threads(make_netns):
+    """12 ADDs then 12 DELs at once (threads, each in the node netns): no failure, one
+    entry rule per shared chain, and nothing left."""
+    from concurrent.futures import ThreadPoolExecutor
+    node, pns = make_netns("pmnode"), make_netns("pmpod")
+    make_node(node)
+    pod = add_pod(node, pns, 1)
+
+    def run(i, cmd):
+        c = conf("portmap", NET, prev=pod.prev_result(),
+                 runtime={"portMappings": [{"hostPort": 30000 + i, "containerPort": 80},
+                                           {"hostPort": 30000 + i, "containerPort": 53,
+                                            "protocol": "udp"}]})
+        return call(node, "portmap", cmd, c, cid=f"par{i}", netns=pod.ns.path)
+
+    with ThreadPoolExecutor(12) as ex:
+        adds = list(ex.map(lambda i: run(i, "ADD"), range(12)))
+    assert [rc for _, rc in adds] == [0] * 12, adds
+    for fam in ("ip", "ip6"):
+        keyed = {r["comment"] for r in rules(node, fam) if r.get("comment")}
+        assert len(keyed) == 12
+        text = node.run("nft", "list", "table", fam, "cnilab-portmap").stdout
+        assert text.count("jump hostports") == 2        # prerouting + output, once each
+    with ThreadPoolExecutor(12) as ex:
+        dels = list(ex.map(lambda i: run(i, "DEL"), range(12)))
+    assert [rc for _, rc in dels] == [0] * 12, dels
+    assert [r for r in rules(node, "ip") + rules(node, "ip6") if r.get("comment")] == []

@@ -222,3 +222,24 @@ def test_gc_without_an_attachment_list_is_refused_not_a_wipe():
         with pytest.raises(CNIError) as e:
             plugin.gc(call)
         assert e.value.code == 7 and "valid-attachments" in e.value.msg
+
+
+class FakeNft:
+    def __init__(self, errors):
+        self.errors = list(errors)
+        self.applied = []
+
+    def try_apply(self, cmds):
+        self.applied.append(cmds)
+        return self.errors.pop(0) if self.errors else None
+
+
+def test_transactions_are_rebuilt_when_a_parallel_delete_won():
+    builds = []
+    nft = FakeNft(["Error: Could not process rule: No such file or directory"])
+    portmap._apply_retrying(nft, lambda: builds.append(1) or [{"n": len(builds)}])
+    assert len(builds) == 2 and nft.applied == [[{"n": 1}], [{"n": 2}]]
+    nft = FakeNft(["Error: Could not process rule: Operation not supported"])
+    with pytest.raises(CNIError) as e:
+        portmap._apply_retrying(nft, lambda: [{}])
+    assert e.value.code == 5 and len(nft.applied) == 1 and "not supported" in e.value.details
