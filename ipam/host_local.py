@@ -38,7 +38,7 @@ def add(call) -> Result:
             allocs = allocator.allocate(store, cfg.range_sets, _owner(call), cfg.requested)
     except OSError as e:
         raise CNIError(IO_FAILURE, f"host-local: cannot use data dir {cfg.data_dir}",
-                       f"{e.strerror or e}: {getattr(e, 'filename', '')}") from None
+                       f"{e.strerror or e}: {getattr(e, 'filename', None) or cfg.data_dir}") from None
     result.ips = [IPConfig(address=a.cidr, gateway=a.gateway) for a in allocs]
     result.routes = list(cfg.routes)
     return result
