@@ -1,6 +1,8 @@
 """portmap in throwaway namespaces: node (bridge) + pods + a client outside the node."""
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from tests.chain_lab import (NODE_V4, NODE_V6, UP6_NODE, UP_NODE, Server, add_pod, call, conf,
@@ -162,7 +164,7 @@ def test_udp_conntrack_entries_for_host_ports_are_flushed(lab):
     node, client, pod = lab
     _add(node, pod, maps=[{"hostPort": 7000, "containerPort": 80}], cid="other")  # NAT active
     # a UDP flow to the node's port 8053 before the mapping exists: conntrack remembers it
-    client.run("python3", "-c", "import socket; s=socket.socket(socket.AF_INET, "
+    client.run(sys.executable, "-c", "import socket; s=socket.socket(socket.AF_INET, "
                f"socket.SOCK_DGRAM); s.bind(('0.0.0.0', 40053)); "
                f"s.sendto(b'x', ('{UP_NODE}', 8053))")
     listed = node.run("conntrack", "-L", "-p", "udp", "--orig-port-dst", "8053", check=False)
