@@ -91,6 +91,7 @@ class Capture:
         self.max_seconds = max_seconds
         self.frames: list[tuple[float, bytes]] = []
         self.directions: list[str] = []
+        self.ifaces: list[str] = []          # the interface each frame was seen on
         self._ready = threading.Event()
         self._stop = threading.Event()
         self._error: BaseException | None = None
@@ -162,6 +163,7 @@ class Capture:
                     continue
                 self.frames.append((time.time(), data))
                 self.directions.append("out" if addr[2] == PACKET_OUTGOING else "in")
+                self.ifaces.append(addr[0])
                 if self.count and len(self.frames) >= self.count:
                     break
             # drain what is already queued
@@ -177,6 +179,7 @@ class Capture:
                     continue
                 self.frames.append((time.time(), data))
                 self.directions.append("out" if addr[2] == PACKET_OUTGOING else "in")
+                self.ifaces.append(addr[0])
         finally:
             sock.close()
 
