@@ -138,8 +138,7 @@ class Tc:
             raise
 
     def ifb_links(self) -> list:
-        return [l for l in self.ipr.get_links()
-                if (l.get(("linkinfo", "kind")) or _kind(l)) == "ifb"]
+        return [link for link in self.ipr.get_links() if _kind(link) == "ifb"]
 
     # qdiscs
     def qdiscs(self, index: int) -> list:
@@ -217,11 +216,9 @@ class Tc:
         parms = opts.get_attr("TCA_TBF_PARMS") if opts is not None else None
         if parms is None:
             return None
-        rate = parms["rate"]
-        rate64 = opts.get_attr("TCA_TBF_RATE64") if hasattr(opts, "get_attr") else None
-        if rate64:
-            rate = rate64
-        return TbfParams(rate=rate, burst=0, limit=parms["limit"], buffer=parms["buffer"])
+        # rates are capped at 2^32-1 bytes/s by our validation: no TCA_TBF_RATE64
+        return TbfParams(rate=parms["rate"], burst=0, limit=parms["limit"],
+                         buffer=parms["buffer"])
 
 
 def _kind(link) -> str | None:
