@@ -155,10 +155,12 @@ def teardown(st: State, detach: Detacher, *, log: Callable[[str], None] = lambda
     """Remove every recorded resource, newest first. Returns the errors (also kept
     in the state file, which stays so that ``down`` can be run again)."""
     errors: list[str] = []
+    if not os.path.exists(st.path):
+        return errors          # already removed completely
     st.set(status="removing")
     for res in list(reversed(st.resources)):
-        if res.get("removed"):
-            continue
+        if res.get("removed") or res["kind"] == "labdir":
+            continue   # the lab directory goes last, below
         kind = res["kind"]
         try:
             if kind == "attach":
@@ -194,8 +196,6 @@ def teardown(st: State, detach: Detacher, *, log: Callable[[str], None] = lambda
                     os.unlink(res["path"])
                 except FileNotFoundError:
                     pass
-            elif kind == "labdir":
-                pass  # handled last, below
             else:
                 raise RuntimeError(f"unknown resource kind {kind!r}")
             st.update(res, removed=True)

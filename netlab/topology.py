@@ -668,7 +668,7 @@ def _check(ctx: _Ctx, c: Any, p: tuple, j: int, nodes: dict, pods: dict, dns: DN
         return None
     common = ("type", "name", "expect")
     per = {
-        "reach": ("from", "to", "proto", "port", "count", "timeout"),
+        "reach": ("from", "to", "proto", "port", "count", "timeout", "listen"),
         "mtu": ("from", "to", "min", "max", "timeout"),
         "dns": ("pod", "query", "timeout"),
         "port": ("from", "pod", "node", "hostPort", "proto", "timeout"),
@@ -703,6 +703,7 @@ def _check(ctx: _Ctx, c: Any, p: tuple, j: int, nodes: dict, pods: dict, dns: DN
         params["port"] = o.int("port", 8080 if params["proto"] != "icmp" else None, 1, 65535)
         params["count"] = o.int("count", 1, 1, 20)
         params["timeout"] = o.int("timeout", 2, 1, 30)
+        params["listen"] = o.get("listen", bool, True)
         if exp is None:
             exp = "pass"
         if exp not in ("pass", "fail"):

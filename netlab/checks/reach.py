@@ -29,7 +29,9 @@ def run(ctx: Context, check) -> CheckResult:
         (ok, text), pkts = captured(dst.ns, cap_iface, _bpf("icmp", None, dst.address, None), pcap, probe)
         reqs = [x for x in pkts if x.haslayer("ICMP") and x["ICMP"].type == 8 and x["IP"].dst == dst.address]
     else:
-        with Server(dst.ns, p["proto"], p["port"]):
+        import contextlib
+        # listen: false probes whatever is (not) there instead of our responder
+        with (Server(dst.ns, p["proto"], p["port"]) if p.get("listen", True) else contextlib.nullcontext()):
             (ok, text), pkts = captured(dst.ns, cap_iface, _bpf(p["proto"], None, dst.address, p["port"]), pcap,
                                         lambda: client(src.ns, p["proto"], dst.address, p["port"], p["timeout"]))
         layer = p["proto"].upper()

@@ -1,0 +1,215 @@
+"""Root tests: every shipped topology comes up, verifies and goes down; a lab
+that fails, is interrupted or crashes half-way leaves nothing behind; and
+`netlab down` leaves the machine as it was.
+
+Labs get unique names (several may run at once) and a temporary lab dir.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import unique_name
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHIPPED = sorted(os.path.basename(p) for p in glob.glob(os.path.join(REPO, "topologies", "*.yaml")))
+
+pytestmark = pytest.mark.root
+
+
+def netlab(*args: str, timeout: float = 240, check: bool = False) -> subprocess.CompletedProcess:
+    p = subprocess.run([sys.executable, "-m", "netlab", *args], capture_output=True, text=True,
+                       cwd=REPO, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"netlab {' '.join(args)} -> {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    return p
+
+
+def lab_name() -> str:
+    return unique_name("t").replace("_", "-")[:20].lower().strip("-")
+
+
+def leftovers(name: str, lab_dir: str) -> list[str]:
+    """Everything a lab called ``name`` could have left on the machine."""
+    prefix = f"nl-{name}-"
+    out = []
+    if os.path.isdir("/var/run/netns"):
+        out += [f"netns {n}" for n in os.listdir("/var/run/netns") if n.startswith(prefix)]
+    if os.path.isdir("/etc/netns"):
+        out += [f"/etc/netns/{n}" for n in os.listdir("/etc/netns") if n.startswith(prefix)]
+    if os.path.exists(lab_dir):
+        out.append(f"lab dir {lab_dir}")
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if lab_dir in cmd and int(pid) != os.getpid() and "-m pytest" not in cmd:
+            out.append(f"process {pid}: {cmd[:120]}")
+    with open("/proc/mounts") as f:
+        out += [f"mount {ln.split()[1]}" for ln in f if prefix in ln]
+    return out
+
+
+def root_snapshot() -> dict:
+    """The root namespace's links, addresses, routes and nftables tables (read-only)."""
+    def run(*a):
+        return subprocess.run(list(a), capture_output=True, text=True).stdout
+    return {"links": sorted(ln.split(":")[1].strip().split("@")[0] for ln in run("ip", "-o", "link").splitlines()),
+            "addrs": run("ip", "-o", "addr"), "routes": run("ip", "route", "show", "table", "all"),
+            "nft": run("nft", "list", "tables")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("topo", SHIPPED)
+def test_shipped_topology_up_verify_down(topo, tmp_path):
+    name = lab_name()
+    lab_dir = str(tmp_path / "lab")
+    try:
+        up = netlab("up", f"topologies/{topo}", "--name", name, "--lab-dir", lab_dir, "--no-checks", "-q")
+        assert up.returncode == 0, up.stderr[-3000:]
+        st = json.load(open(os.path.join(lab_dir, "state.json")))
+        assert st["status"] == "up" and st["lab"] == name
+        v = netlab("verify", "--lab-dir", lab_dir, "--json")
+        report = json.loads(v.stdout)
+        failed = [c for c in report["checks"] if not c["ok"]]
+        assert v.returncode == 0 and not failed, json.dumps(failed, indent=1)
+        for c in report["checks"]:
+            assert c["evidence"] and os.path.exists(c["evidence"]), c
+            if c["expected"] != "fail":     # a pass is proven by captured packets
+                assert os.path.getsize(c["evidence"]) > 24, c
+        s = netlab("status", "--lab-dir", lab_dir, "--json")
+        info = json.loads(s.stdout)["labs"][0]
+        assert info["healthy"] and info["lastCheck"]["ok"]
+    finally:
+        d = netlab("down", "--lab-dir", lab_dir)
+    assert d.returncode == 0, d.stderr
+    assert leftovers(name, lab_dir) == []
+    assert netlab("down", "--lab-dir", lab_dir).returncode == 0          # idempotent
+
+
+@pytest.mark.slow
+def test_down_leaves_the_machine_as_before(tmp_path):
+    name = lab_name()
+    lab_dir = str(tmp_path / "lab")
+    before_root = root_snapshot()
+    before_tmp = sorted(os.listdir(tmp_path))
+    up = netlab("up", "topologies/default.yaml", "--name", name, "--lab-dir", lab_dir, "-q", "--no-checks")
+    try:
+        assert up.returncode == 0, up.stderr[-2000:]
+        during = leftovers(name, lab_dir)
+        assert any(x.startswith("netns") for x in during) and any(x.startswith("process") for x in during)
+        assert any(x.startswith("/etc/netns/") for x in during)
+    finally:
+        d = netlab("down", name, "--lab-dir", lab_dir)
+    assert d.returncode == 0, d.stderr
+    assert leftovers(name, lab_dir) == []
+    assert root_snapshot() == before_root
+    # other labs (other tests) may come and go meanwhile: ours must be gone, and
+    # nothing of ours may remain under /etc/netns
+    after_etc = sorted(os.listdir("/etc/netns")) if os.path.isdir("/etc/netns") else []
+    assert not [n for n in after_etc if n.startswith(f"nl-{name}-")]
+    assert sorted(os.listdir(tmp_path)) == before_tmp
+
+
+EXHAUST = """name: {name}
+nodes: {{n1: {{}}}}
+networks:
+  tiny:
+    subnet: 10.99.0.0/16
+    conflist:
+      cniVersion: 1.0.0
+      plugins:
+        - type: bridge
+          bridge: cni9
+          isGateway: true
+          ipam: {{type: host-local, ranges: [[{{subnet: 10.99.0.0/30}}]]}}
+pods:
+  p1: {{node: n1, network: tiny}}
+  p2: {{node: n1, network: tiny}}
+"""
+
+
+def test_failed_build_rolls_back_everything(tmp_path):
+    name = lab_name()
+    lab_dir = str(tmp_path / "lab")
+    f = tmp_path / "t.yaml"
+    f.write_text(EXHAUST.format(name=name))   # a /30 has one pod address: p2 cannot attach
+    p = netlab("up", str(f), "--lab-dir", lab_dir, "-q")
+    assert p.returncode == 1
+    assert "build failed" in p.stderr and "removed" in p.stderr
+    assert leftovers(name, lab_dir) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["interrupt", "crash"])
+def test_interrupted_or_crashed_build_is_removed(how, tmp_path):
+    name = lab_name()
+    lab_dir = str(tmp_path / "lab")
+    proc = subprocess.Popen([sys.executable, "-m", "netlab", "up", "topologies/default.yaml", "--name", name,
+                             "--lab-dir", lab_dir, "--no-checks"], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if "ip_forward" in line:      # part-way: namespaces and links exist
+                break
+        proc.send_signal(signal.SIGINT if how == "interrupt" else signal.SIGKILL)
+        rc = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if how == "interrupt":
+        assert rc == 130, proc.stderr.read()
+        assert leftovers(name, lab_dir) == []
+    else:
+        assert rc == -signal.SIGKILL
+        assert leftovers(name, lab_dir)                        # the crash left things behind...
+        st = json.load(open(os.path.join(lab_dir, "state.json")))
+        assert st["status"] == "building" and st["resources"]
+        d = netlab("down", "--lab-dir", lab_dir)               # ...which down removes from the record
+        assert d.returncode == 0, d.stderr
+        assert leftovers(name, lab_dir) == []
+
+
+def test_two_labs_at_once_do_not_clash(tmp_path):
+    names = [lab_name(), lab_name()]
+    dirs = [str(tmp_path / n) for n in names]
+    try:
+        for n, d in zip(names, dirs):
+            p = netlab("up", "topologies/modes.yaml", "--name", n, "--lab-dir", d, "-q", "--no-checks")
+            assert p.returncode == 0, p.stderr[-2000:]
+        # same addresses in both labs, each answering in its own namespaces
+        for d in dirs:
+            v = netlab("verify", "--lab-dir", d, "--json")
+            assert v.returncode == 0, v.stdout[-2000:]
+    finally:
+        for d in dirs:
+            netlab("down", "--lab-dir", d)
+    for n, d in zip(names, dirs):
+        assert leftovers(n, d) == []
+
+
+def test_exec_runs_in_the_pod_with_its_resolv_conf(tmp_path):
+    name = lab_name()
+    lab_dir = str(tmp_path / "lab")
+    try:
+        netlab("up", "topologies/dns-ndots.yaml", "--name", name, "--lab-dir", lab_dir, "-q", "--no-checks", check=True)
+        r = netlab("exec", "--lab-dir", lab_dir, "lean", "--", "cat", "/etc/resolv.conf", check=True)
+        assert "options ndots:1" in r.stdout and "search prod.svc.cluster.local" in r.stdout
+        r = netlab("exec", "--lab-dir", lab_dir, "client", "--", "ip", "-4", "-o", "addr", "show", "eth0", check=True)
+        assert "10.247.0." in r.stdout
+        assert netlab("exec", "--lab-dir", lab_dir, "nosuchpod", "--", "true").returncode == 2
+    finally:
+        netlab("down", "--lab-dir", lab_dir)
+    assert leftovers(name, lab_dir) == []
