@@ -69,6 +69,19 @@ def test_add_check_del(lab):
     assert call(node, "bandwidth", "DEL", c, netns="/var/run/netns/no-such-ns")[1] == 0
 
 
+def test_kubernetes_unlimited_burst_and_odd_values_check_clean(lab):
+    node, pod = lab
+    bw = {"ingressRate": 1_000_000, "ingressBurst": 2**32 - 1,       # containerd's burst
+          "egressRate": 3_333_333, "egressBurst": 777_777}
+    c = conf("bandwidth", NET, prev=pod.prev_result(), runtime={"bandwidth": bw})
+    out, rc = call(node, "bandwidth", "ADD", c, netns=pod.ns.path)
+    assert rc == 0, out
+    assert tbf(node, pod.host_veth)[0]["options"]["rate"] == 125_000
+    c["prevResult"] = out
+    out, rc = call(node, "bandwidth", "CHECK", c, netns=pod.ns.path)
+    assert rc == 0, out
+
+
 def test_top_level_wins_and_zero_is_unshaped(lab):
     node, pod = lab
     c = conf("bandwidth", NET, prev=pod.prev_result(), runtime={"bandwidth": BW},
@@ -90,7 +103,7 @@ def test_bad_input_changes_nothing(lab):
                 {"egressBurst": 1000},                       # rate missing
                 {"ingressRate": -1, "ingressBurst": 10},
                 {"ingressRate": 2**40, "ingressBurst": 10**6},
-                {"ingressRate": 8, "ingressBurst": 2**34}):  # burst takes forever
+                {"ingressRate": 8, "ingressBurst": 2**36}):  # burst beyond 32 bits
         c = conf("bandwidth", NET, prev=pod.prev_result(), runtime={"bandwidth": bad})
         out, rc = call(node, "bandwidth", "ADD", c, netns=pod.ns.path)
         assert rc == 1 and out["code"] == 7, (bad, out)

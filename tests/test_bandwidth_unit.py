@@ -34,11 +34,26 @@ def test_tbf_params_match_tc_for_10_and_100_mbit():
 
 @pytest.mark.parametrize("rate,burst,what", [
     (7, 1000, "rate"), ((2**32) * 8, 1000, "rate"), (8_000, 4, "burst"),
-    (8, 8 * 10**6, "too large"), (10**9, (2**32) * 8, "burst"),
+    (10**9, (2**32) * 8, "burst"),
 ])
 def test_tbf_params_out_of_range(rate, burst, what):
     with pytest.raises(tc.TcParamError, match=what):
         tc.tbf_params(rate, burst, TICKS)
+
+
+@pytest.mark.parametrize("burst", [2**31 - 1, 2**32 - 1])   # kubelet's / containerd's "unlimited"
+def test_unlimited_bursts_are_capped_to_what_the_kernel_holds(burst):
+    p = tc.tbf_params(1_000_000, burst, TICKS)
+    assert p.buffer <= 2**32 - 1 and p.buffer > 0.999 * (2**32 - 1)
+    assert p.burst < burst // 8 and p.limit == 31_250 // 10 + p.burst
+    # where the burst fits, nothing is capped
+    assert tc.tbf_params(100_000_000, 2**32 - 1, TICKS).burst == (2**32 - 1) // 8
+
+
+def test_buffer_is_computed_like_tc():
+    # tc truncates the microseconds before scaling to ticks
+    p = tc.tbf_params(3_333_333, 777_777, TICKS)
+    assert p.buffer == int(int(1_000_000 * (97_222 / 416_666)) * TICKS)
 
 
 def test_ifb_names_are_deterministic_short_and_distinct():
@@ -63,8 +78,8 @@ def test_runtime_config_and_top_level_precedence():
 @pytest.mark.parametrize("bw", [
     {"ingressRate": 1000}, {"ingressBurst": 1000}, {"egressRate": 1000, "egressBurst": 0},
     {"ingressRate": -1, "ingressBurst": 1}, {"ingressRate": "1M", "ingressBurst": 1},
-    {"egressRate": 2**36, "egressBurst": 1000}, {"egressRate": 8, "egressBurst": 8 * 10**6},
-    {"ingressRate": 4, "ingressBurst": 1000},
+    {"egressRate": 2**36, "egressBurst": 1000}, {"egressRate": 800, "egressBurst": 2**36},
+    {"ingressRate": 4, "ingressBurst": 1000}, {"ingressRate": 1.5, "ingressBurst": 1000},
 ])
 def test_invalid_limits_are_code_7(bw):
     with pytest.raises(CNIError) as e:

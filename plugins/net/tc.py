@@ -54,12 +54,21 @@ class TcParamError(ValueError):
     """A rate/burst pair the kernel's TBF cannot represent."""
 
 
+def _xmit_ticks(rate: int, size: int, ticks: float) -> int:
+    """Time to send ``size`` bytes at ``rate`` bytes/s, in ticks, exactly as tc
+    (and pyroute2) compute it: microseconds truncated first, then scaled."""
+    return int(int(TIME_UNITS_PER_SEC * (float(size) / rate)) * ticks)
+
+
 def tbf_params(rate_bits: int, burst_bits: int, ticks: float,
                latency_ms: int = LATENCY_MS) -> TbfParams:
     """TBF parameters for a CNI rate (bit/s) and burst (bits).
 
     limit = rate * latency + burst (bytes); buffer = time to send ``burst`` at
-    ``rate``, in ticks. Each must fit the kernel's 32-bit fields.
+    ``rate``, in ticks (a 32-bit kernel field). A burst longer than the
+    kernel can express (~274 s at the rate) is capped there: runtimes send
+    "unlimited" bursts (kubelet 2^31-1, containerd 2^32-1 bits), which must
+    work at low rates too; the reference lets the value wrap instead.
     """
     rate = rate_bits // 8
     burst = burst_bits // 8
@@ -71,13 +80,12 @@ def tbf_params(rate_bits: int, burst_bits: int, ticks: float,
         raise TcParamError("burst must be at least 8 bits")
     if burst > U32_MAX:
         raise TcParamError(f"burst must be at most {U32_MAX * 8} bits")
-    buffer = int(TIME_UNITS_PER_SEC * (burst / rate) * ticks)
-    if buffer > U32_MAX:
-        raise TcParamError("burst is too large for this rate "
-                           f"({burst_bits} bits take {burst / rate:.0f} s to send)")
-    limit = int(rate * latency_ms * 1000 / TIME_UNITS_PER_SEC) + burst
-    if limit > U32_MAX:
-        raise TcParamError("rate * 25ms + burst exceeds the kernel's 4 GiB queue limit")
+    if _xmit_ticks(rate, burst, ticks) > U32_MAX:
+        burst = int(U32_MAX / ticks * rate / TIME_UNITS_PER_SEC)
+        while burst > 1 and _xmit_ticks(rate, burst, ticks) > U32_MAX:
+            burst -= max(1, burst // 10**6)
+    buffer = _xmit_ticks(rate, burst, ticks)
+    limit = min(int(rate * latency_ms * 1000 / TIME_UNITS_PER_SEC) + burst, U32_MAX)
     return TbfParams(rate=rate, burst=burst, limit=limit, buffer=buffer)
 
 
