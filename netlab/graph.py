@@ -1,0 +1,264 @@
+"""What a lab is made of, read from the kernel, and drawn.
+
+``inventory(st)`` reads every namespace a lab recorded in its state file
+(``ip -j -d addr`` and ``ip -j netns list-id`` inside each, with ``ip -n``:
+nothing is configured) and joins veth pairs across namespaces through the
+peer's netns id, so the result is the lab as it *is*, not as it was planned.
+``netlab trace`` uses the same inventory to know which interfaces to capture
+on. ``render_dot`` / ``render_mermaid`` draw it: nodes, pods, bridges,
+VXLAN devices (VNI, local VTEP), addresses and host ports; Graphviz ``dot``
+turns the DOT text into svg/png.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import netns as nsutil
+
+
+@dataclass
+class Link:
+    ns: str
+    name: str
+    ifindex: int
+    kind: str                    # veth | bridge | vxlan | loopback | other
+    mtu: int
+    mac: str = ""
+    master: str | None = None
+    addrs: list[str] = field(default_factory=list)        # "a.b.c.d/len"
+    peer: tuple[str, str] | None = None                   # (ns, ifname) of a veth peer
+    vni: int | None = None
+    vtep: str | None = None                               # local VXLAN address
+    vxlan_port: int | None = None
+    hairpin: bool | None = None                           # as a bridge port
+    up: bool = True
+    raw: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.ns, self.name)
+
+
+@dataclass
+class NSInfo:
+    name: str
+    role: str                    # switch | node | pod | dns | ext
+    label: str                   # the lab's name for it: node1, web, underlay, ...
+    links: dict[str, Link] = field(default_factory=dict)
+    node: str | None = None      # for pods: their node's namespace
+
+    def by_index(self, ifindex: int) -> Link | None:
+        return next((l for l in self.links.values() if l.ifindex == ifindex), None)
+
+
+@dataclass
+class Inventory:
+    lab: str
+    namespaces: dict[str, NSInfo]
+    host_ports: list[dict] = field(default_factory=list)  # {node_ns, pod, hostPort, containerPort, protocol}
+
+    def link(self, ns: str, name: str) -> Link | None:
+        n = self.namespaces.get(ns)
+        return n.links.get(name) if n else None
+
+    def ports_of(self, ns: str, bridge: str) -> list[Link]:
+        n = self.namespaces.get(ns)
+        return [l for l in n.links.values() if l.master == bridge] if n else []
+
+
+def _ipj(ns: str, *args: str) -> Any:
+    p = subprocess.run(["ip", "-n", ns, "-j", *args], capture_output=True, text=True, timeout=10)
+    if p.returncode != 0 or not p.stdout.strip():
+        return []
+    try:
+        return json.loads(p.stdout)
+    except ValueError:
+        return []
+
+
+def read_links(ns: str) -> tuple[dict[str, Link], dict[int, str]]:
+    links: dict[str, Link] = {}
+    for d in _ipj(ns, "-d", "addr", "show"):
+        li = d.get("linkinfo") or {}
+        kind = li.get("info_kind") or ("loopback" if d.get("link_type") == "loopback" else "other")
+        data = li.get("info_data") or {}
+        slave = li.get("info_slave_data") or {}
+        link = Link(ns=ns, name=d["ifname"], ifindex=d["ifindex"], kind=kind, mtu=d.get("mtu", 0),
+                    mac=d.get("address", ""), master=d.get("master"),
+                    addrs=[f"{a['local']}/{a['prefixlen']}" for a in d.get("addr_info", [])
+                           if a.get("family") == "inet"],
+                    up="UP" in d.get("flags", []), raw=d)
+        if kind == "vxlan":
+            link.vni, link.vtep, link.vxlan_port = data.get("id"), data.get("local"), data.get("port")
+        if li.get("info_slave_kind") == "bridge":
+            link.hairpin = bool(slave.get("hairpin"))
+        links[link.name] = link
+    ids = {e["nsid"]: e["name"] for e in _ipj(ns, "netns", "list-id") if "name" in e}
+    return links, ids
+
+
+def lab_namespaces(st) -> dict[str, tuple[str, str, str | None]]:
+    """netns name -> (role, label, node netns) from the state file and the plan names."""
+    from .plan import ns_prefix
+    pre = ns_prefix(st.lab)
+    out: dict[str, tuple[str, str, str | None]] = {}
+    att = {r["netns"]: r for r in st.find("attach") if not r.get("removed")}
+    for r in st.resources:
+        if r["kind"] not in ("netns", "netns_alias") or r.get("removed"):
+            continue
+        name = r["name"]
+        if r["kind"] == "netns_alias":
+            continue    # the same namespace as its target, under another name
+        rest = name[len(pre) + 1:] if name.startswith(pre + "-") else name
+        if rest == "sw":
+            out[name] = ("switch", "underlay", None)
+        elif rest.startswith("n-"):
+            out[name] = ("node", rest[2:], None)
+        elif rest.startswith("p-"):
+            a = att.get(name)
+            out[name] = ("pod", rest[2:], a["node_ns"] if a else None)
+        elif rest in ("dns", "ext"):
+            out[name] = (rest, rest, None)
+        else:
+            out[name] = ("other", rest, None)
+    return out
+
+
+def inventory(st) -> Inventory:
+    names = lab_namespaces(st)
+    nss: dict[str, NSInfo] = {}
+    nsids: dict[str, dict[int, str]] = {}
+    for name, (role, label, node) in names.items():
+        if not nsutil.exists(name):
+            continue
+        links, ids = read_links(name)
+        nss[name] = NSInfo(name, role, label, links, node)
+        nsids[name] = ids
+    # veth peers: the peer lives in the namespace the netns id names, at link_index
+    for n in nss.values():
+        for l in n.links.values():
+            if l.kind != "veth":
+                continue
+            li = l.raw.get("link_index")
+            if "link_netnsid" in l.raw:
+                other = nsids[n.name].get(l.raw["link_netnsid"])
+            else:
+                other = n.name if li else None
+            if other in nss and li:
+                pl = nss[other].by_index(li)
+                if pl is not None:
+                    l.peer = (other, pl.name)
+    ports = []
+    for r in st.find("attach"):
+        if r.get("removed"):
+            continue
+        for pm in (r.get("capability_args") or {}).get("portMappings", []):
+            ports.append({"node_ns": r["node_ns"], "pod": r["pod"], **pm})
+    return Inventory(st.lab, nss, ports)
+
+
+# --------------------------------------------------------------------------- rendering
+
+def _id(*parts: str) -> str:
+    return "_".join(p.replace("-", "_").replace(".", "_").replace(":", "_") for p in parts)
+
+
+def _label(l: Link) -> str:
+    s = l.name
+    if l.kind == "vxlan":
+        s += f"\\nVXLAN VNI {l.vni}\\nlocal {l.vtep}:{l.vxlan_port}"
+    elif l.kind == "bridge":
+        s += "\\nbridge"
+    s += "".join(f"\\n{a}" for a in l.addrs)
+    s += f"\\nmtu {l.mtu}"
+    if l.hairpin is not None and l.kind == "veth":
+        s += "\\nhairpin " + ("on" if l.hairpin else "off")
+    return s
+
+
+ROLE_COLOR = {"switch": "#dddddd", "node": "#dbe9f6", "pod": "#e6f4e1", "dns": "#fcefd4", "ext": "#f6dede"}
+
+
+def render_dot(inv: Inventory) -> str:
+    out = [f'digraph "{inv.lab}" {{', "  graph [rankdir=TB, fontname=Helvetica, compound=true];",
+           "  node [shape=box, fontname=Helvetica, fontsize=10, style=\"rounded,filled\", fillcolor=white];",
+           "  edge [dir=none, fontname=Helvetica, fontsize=9];",
+           f'  label="netlab lab {inv.lab}"; labelloc=t;']
+    for n in sorted(inv.namespaces.values(), key=lambda x: (list(ROLE_COLOR).index(x.role) if x.role in ROLE_COLOR else 9, x.name)):
+        title = {"switch": "underlay switch", "node": f"node {n.label}", "pod": f"pod {n.label}",
+                 "dns": "DNS server", "ext": "external client"}.get(n.role, n.label)
+        hp = [p for p in inv.host_ports if p["node_ns"] == n.name]
+        if hp:
+            title += "\\nhost ports: " + ", ".join(f"{p['hostPort']}/{p.get('protocol', 'tcp')}->{p['pod']}:{p['containerPort']}" for p in hp)
+        out.append(f"  subgraph cluster_{_id(n.name)} {{")
+        out.append(f'    label="{title}\\n({n.name})"; style=filled; fillcolor="{ROLE_COLOR.get(n.role, "#ffffff")}";')
+        for l in n.links.values():
+            if l.kind == "loopback":
+                continue
+            shape = "ellipse" if l.kind == "bridge" else ("hexagon" if l.kind == "vxlan" else "box")
+            out.append(f'    {_id(n.name, l.name)} [label="{_label(l)}", shape={shape}];')
+        out.append("  }")
+    done: set = set()
+    for n in inv.namespaces.values():
+        for l in n.links.values():
+            if l.master and l.master in n.links:
+                out.append(f"  {_id(n.name, l.name)} -> {_id(n.name, l.master)} [style=dashed];")
+            if l.peer and (l.peer, l.key) not in done:
+                done.add((l.key, l.peer))
+                out.append(f"  {_id(n.name, l.name)} -> {_id(*l.peer)} [penwidth=2, label=\"veth\"];")
+    # VXLAN tunnels between VTEPs of the same VNI
+    vx = [l for n in inv.namespaces.values() for l in n.links.values() if l.kind == "vxlan"]
+    for i, a in enumerate(vx):
+        for b in vx[i + 1:]:
+            if a.vni == b.vni:
+                out.append(f'  {_id(a.ns, a.name)} -> {_id(b.ns, b.name)} [style=dotted, color=blue, '
+                           f'label="VNI {a.vni}", constraint=false];')
+    out.append("}")
+    return "\n".join(out) + "\n"
+
+
+def render_mermaid(inv: Inventory) -> str:
+    out = ["flowchart TB"]
+    for n in inv.namespaces.values():
+        title = {"switch": "underlay switch", "node": f"node {n.label}", "pod": f"pod {n.label}",
+                 "dns": "DNS server", "ext": "external client"}.get(n.role, n.label)
+        hp = [p for p in inv.host_ports if p["node_ns"] == n.name]
+        if hp:
+            title += " · host ports " + ", ".join(f"{p['hostPort']}/{p.get('protocol', 'tcp')}→{p['pod']}:{p['containerPort']}" for p in hp)
+        out.append(f'  subgraph {_id(n.name)}["{title}"]')
+        for l in n.links.values():
+            if l.kind == "loopback":
+                continue
+            lab = _label(l).replace("\\n", "<br/>")
+            o, c = {"bridge": ("([", "])"), "vxlan": ("{{", "}}")}.get(l.kind, ("[", "]"))
+            out.append(f'    {_id(n.name, l.name)}{o}"{lab}"{c}')
+        out.append("  end")
+    done: set = set()
+    for n in inv.namespaces.values():
+        for l in n.links.values():
+            if l.master and l.master in n.links:
+                out.append(f"  {_id(n.name, l.name)} -.- {_id(n.name, l.master)}")
+            if l.peer and (l.peer, l.key) not in done:
+                done.add((l.key, l.peer))
+                out.append(f"  {_id(n.name, l.name)} === {_id(*l.peer)}")
+    vx = [l for n in inv.namespaces.values() for l in n.links.values() if l.kind == "vxlan"]
+    for i, a in enumerate(vx):
+        for b in vx[i + 1:]:
+            if a.vni == b.vni:
+                out.append(f"  {_id(a.ns, a.name)} -. VNI {a.vni} .- {_id(b.ns, b.name)}")
+    return "\n".join(out) + "\n"
+
+
+def render(inv: Inventory, fmt: str) -> bytes:
+    if fmt == "mermaid":
+        return render_mermaid(inv).encode()
+    dot = render_dot(inv)
+    if fmt == "dot":
+        return dot.encode()
+    p = subprocess.run(["dot", f"-T{fmt}"], input=dot.encode(), capture_output=True, timeout=60)
+    if p.returncode != 0:
+        raise RuntimeError(f"graphviz dot -T{fmt} failed: {p.stderr.decode(errors='replace').strip()}")
+    return p.stdout
