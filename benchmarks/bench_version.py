@@ -40,7 +40,10 @@ def one(path: str, env: dict, stdin: bytes) -> tuple[float, int, int]:
     p = subprocess.Popen([path], env=env, stdin=r, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, cwd="/")
     os.close(r)
-    os.write(w, stdin)
+    try:
+        os.write(w, stdin)
+    except BrokenPipeError:
+        pass            # the plugin answered (e.g. an env error) without reading stdin
     os.close(w)
     _, status, usage = os.wait4(p.pid, 0)
     elapsed = time.perf_counter() - start
