@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
+from plugins.core.gc import valid_attachments  # noqa: F401  (GC input, re-exported)
 from plugins.core import cniargs, version as ver
 from plugins.core.config import NetConf
 from plugins.core.errors import CNIError, INVALID_ENV, INVALID_NETWORK_CONFIG
@@ -23,7 +24,6 @@ from plugins.core.types import DNS, Route
 from .ranges import IPAddress, RangeSet, check_sets_disjoint, parse_ip, parse_range_set
 
 DEFAULT_DATA_DIR = "/var/lib/cni/networks"
-VALID_ATTACHMENT_KEYS = ("cni.dev/valid-attachments", "cni.dev/attachments")
 
 
 @dataclass
@@ -175,23 +175,3 @@ def load(conf: NetConf, cni_args: dict[str, str], *, need_ranges: bool = True) -
                       resolv_conf=resolv, requested=requested_ips(conf, cni_args))
 
 
-def valid_attachments(raw: dict) -> set[tuple[str, str]]:
-    """The (containerID, ifname) pairs of a GC call; the key is required."""
-    for key in VALID_ATTACHMENT_KEYS:
-        if key in raw:
-            value = raw[key]
-            break
-    else:
-        raise _bad("GC needs cni.dev/valid-attachments",
-                   "refusing to treat a missing list as 'nothing is valid'")
-    if value is None:
-        value = []
-    if not isinstance(value, list):
-        raise _bad(f"{key} must be a list of {{containerID, ifname}}")
-    out = set()
-    for i, a in enumerate(value):
-        if not isinstance(a, dict) or not isinstance(a.get("containerID"), str) \
-                or not isinstance(a.get("ifname"), str):
-            raise _bad(f"{key}[{i}] must have string containerID and ifname", repr(a)[:100])
-        out.add((a["containerID"].strip(), a["ifname"]))
-    return out

@@ -265,16 +265,8 @@ def gc(call) -> None:
     """Delete IFBs of this network whose container is not among the valid attachments."""
     parse_config(call.conf)
     raw = call.conf.raw
-    items = raw.get("cni.dev/valid-attachments")
-    if items is None:
-        items = raw.get("cni.dev/attachments")
-    if items is None:      # never read "no list" as "nothing is valid"
-        raise CNIError(INVALID_NETWORK_CONFIG, "GC needs cni.dev/valid-attachments")
-    if not isinstance(items, list):
-        raise CNIError(INVALID_NETWORK_CONFIG, "cni.dev/valid-attachments must be a list")
-    valid = set()
-    for n, a in enumerate(items):
-        valid.add(Fields(a, f"cni.dev/valid-attachments[{n}]").str("containerID", required=True))
+    from .core.gc import valid_attachments
+    valid = {cid for cid, _ifname in valid_attachments(raw)}
     from pyroute2 import IPRoute
     from plugins.net import tc
     with IPRoute() as ipr:

@@ -21,6 +21,7 @@ import threading
 from dataclasses import dataclass, field
 
 from plugins.core.config import Fields
+from plugins.core.gc import valid_attachments
 from plugins.core.errors import (CHECK_FAILED, CNIError, INVALID_NETWORK_CONFIG, IO_FAILURE,
                                  NOT_AVAILABLE)
 from plugins.core.types import Result
@@ -364,26 +365,11 @@ def check(call) -> None:
     return None
 
 
-def _valid_attachments(raw: dict) -> list[tuple[str, str]]:
-    items = raw.get("cni.dev/valid-attachments")
-    if items is None:
-        items = raw.get("cni.dev/attachments")
-    if items is None:      # never read "no list" as "nothing is valid"
-        raise CNIError(INVALID_NETWORK_CONFIG, "GC needs cni.dev/valid-attachments")
-    if not isinstance(items, list):
-        raise CNIError(INVALID_NETWORK_CONFIG, "cni.dev/valid-attachments must be a list")
-    out = []
-    for n, a in enumerate(items):
-        f = Fields(a, f"cni.dev/valid-attachments[{n}]")
-        out.append((f.str("containerID", required=True), f.str("ifname", required=True)))
-    return out
-
-
 def gc(call) -> None:
     """Delete every rule of this network whose attachment is not listed as valid."""
     parse_config(call.conf)
     valid = {pr.attachment_comment(call.conf.name, cid, ifn)
-             for cid, ifn in _valid_attachments(call.conf.raw)}
+             for cid, ifn in valid_attachments(call.conf.raw)}
     tag = pr.network_tag(call.conf.name)
     from plugins.net.nft import Nft
     nft = Nft()

@@ -489,28 +489,12 @@ def check(call) -> None:
 
 # ---- GC -----------------------------------------------------------------------------
 
-def valid_attachments(raw: dict) -> list[tuple[str, str]]:
-    """(containerID, ifname) pairs from cni.dev/valid-attachments (or the older key)."""
-    key = "cni.dev/valid-attachments" if "cni.dev/valid-attachments" in raw \
-        else "cni.dev/attachments"
-    items = raw.get(key) or []
-    if not isinstance(items, list):
-        raise CNIError(INVALID_NETWORK_CONFIG, f"{key} must be a list")
-    out = []
-    for n, it in enumerate(items):
-        if not isinstance(it, dict) or not isinstance(it.get("containerID"), str) \
-                or not isinstance(it.get("ifname"), str):
-            raise CNIError(INVALID_NETWORK_CONFIG,
-                           f"{key}[{n}] needs string containerID and ifname")
-        out.append((it["containerID"], it["ifname"]))
-    return out
-
-
 def gc(call) -> None:
     """Remove pod ports, masquerade rules and addresses of attachments not listed;
     then the shared device and bridge when no attachment is left. Keeps going past
     errors and reports them together."""
     conf = _conf(call)
+    from .core.gc import valid_attachments
     valid = valid_attachments(call.conf.raw)
     errors: list[str] = []
     from .net import attach

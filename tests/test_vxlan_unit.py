@@ -268,13 +268,15 @@ def test_overhead_and_names():
 # ---- small helpers ------------------------------------------------------------------
 
 def test_valid_attachments_both_keys():
+    from plugins.core.gc import valid_attachments
     new = {"cni.dev/valid-attachments": [{"containerID": "c1", "ifname": "eth0"}]}
     old = {"cni.dev/attachments": [{"containerID": "c2", "ifname": "net1"}]}
-    assert vxlan.valid_attachments(new) == [("c1", "eth0")]
-    assert vxlan.valid_attachments(old) == [("c2", "net1")]
-    assert vxlan.valid_attachments({}) == []
-    with pytest.raises(CNIError, match="needs string containerID"):
-        vxlan.valid_attachments({"cni.dev/valid-attachments": [{"containerID": 1}]})
+    assert valid_attachments(new) == {("c1", "eth0")}
+    assert valid_attachments(old) == {("c2", "net1")}
+    with pytest.raises(CNIError, match="GC needs"):       # never "nothing is valid"
+        valid_attachments({})
+    with pytest.raises(CNIError, match="string containerID and ifname"):
+        valid_attachments({"cni.dev/valid-attachments": [{"containerID": 1}]})
 
 
 def test_anycast_mac_is_local_unicast_and_stable():
