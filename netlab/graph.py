@@ -170,11 +170,11 @@ def _label(l: Link) -> str:
     s = l.name
     if l.kind == "vxlan":
         s += f"\\nVXLAN VNI {l.vni}\\nlocal {l.vtep}:{l.vxlan_port}"
-    elif l.kind == "bridge":
-        s += "\\nbridge"
+    elif l.kind in ("bridge", "ifb"):
+        s += f"\\n{l.kind}"
     s += "".join(f"\\n{a}" for a in l.addrs)
     s += f"\\nmtu {l.mtu}"
-    if l.hairpin is not None and l.kind == "veth":
+    if l.hairpin is not None and l.kind == "veth" and not l.ns.endswith("-sw"):
         s += "\\nhairpin " + ("on" if l.hairpin else "off")
     return s
 

@@ -895,7 +895,7 @@ def resolve(st, name: str) -> tuple[str, str | None, str]:
 
 
 def trace(st, src: str, dst: str, *, proto: str = "icmp", size: int | None = None, df: bool = False,
-          wait: float = 1.0, pcap_dir: str | None = None) -> TraceResult:
+          wait: float = 1.0, pcap_dir: str | None = None, nftrace: bool = True) -> TraceResult:
     p, port = parse_proto(proto)
     src_ns, src_addr, src_label = resolve(st, src)
     if not src_ns:
@@ -912,7 +912,8 @@ def trace(st, src: str, dst: str, *, proto: str = "icmp", size: int | None = Non
     pr = Probe(p, dst_addr, port, size or max(84, min_size), df, tok, src=src_addr or "",
                sport=random.randint(33000, 60999), icmp_id=random.randint(1, 65535),
                seq=random.randint(1, 2**32 - 1))
-    t = Tracer(st, inv, src_ns, dst_addr, pr, src_name=src_label, dst_name=dst_label, wait=wait, pcap_dir=pcap_dir)
+    t = Tracer(st, inv, src_ns, dst_addr, pr, src_name=src_label, dst_name=dst_label, wait=wait, pcap_dir=pcap_dir,
+               nftrace=nftrace)
     res = t.run()
     return res
 

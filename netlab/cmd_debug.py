@@ -1,0 +1,275 @@
+"""`netlab capture | trace | graph | cni log`: packet-level debugging of a lab.
+
+``register(subparsers)`` is called by netlab/cli.py (after netlab.cmd_cni, so
+``cni log`` can be added under the existing ``netlab cni`` group).
+Exit codes: 0 success, 1 a failure (or, for trace, a probe that got no
+answer), 2 usage errors (unknown lab, target, option).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+EXIT_USAGE = 2
+
+
+def _lab_opts(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lab", help="lab name (default: the only lab that is up)")
+    p.add_argument("--lab-dir", help="the lab's directory (default: $NETLAB_ROOT/<name>)")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("capture", help="live decoded packets (or a pcap) on a pod, node or the underlay switch",
+                       description="Capture inside a lab namespace. TARGET is a pod, a node, 'ext', 'dns' or "
+                       "'underlay' (the switch: every port, each frame once), optionally :IFACE.")
+    p.add_argument("target", metavar="TARGET[:IFACE]")
+    p.add_argument("--filter", "-f", default="", metavar="BPF", help="tcpdump filter expression")
+    p.add_argument("-w", dest="write", metavar="FILE.pcap", help="write a pcap file (Wireshark) instead of printing")
+    p.add_argument("--count", "-c", type=int, default=0, metavar="N", help="stop after N packets")
+    p.add_argument("--timeout", "-t", type=float, default=0, metavar="S", help="stop after S seconds (default: Ctrl-C)")
+    p.add_argument("-v", "--verbose", action="store_true", help="also print scapy's layer summary")
+    _lab_opts(p)
+    p.set_defaults(func=cmd_capture)
+
+    p = sub.add_parser("trace", help="send one probe and follow it through every interface of the lab",
+                       description="Send one probe from FROM to TO while capturing in every namespace of the lab "
+                       "at once; print where it was seen, how it changed (NAT, VXLAN, TTL), where it "
+                       "disappeared and why.")
+    p.add_argument("src", metavar="FROM", help="pod, node, 'ext' or 'dns'")
+    p.add_argument("dst", metavar="TO", help="pod, node, 'ext', 'dns' or an IPv4 address")
+    p.add_argument("--proto", default="icmp", help="icmp, tcp/PORT or udp/PORT (default icmp)")
+    p.add_argument("--size", type=int, help="IP packet size in bytes (default 84, like ping)")
+    p.add_argument("--df", action="store_true", help="set Don't Fragment")
+    p.add_argument("--wait", type=float, default=1.0, help="seconds to wait for the probe and its answer (default 1)")
+    p.add_argument("--no-nftrace", action="store_true", help="do not trace nftables rules (nft monitor trace)")
+    p.add_argument("--pcap-dir", help="save every namespace's capture here (default: <lab dir>/traces/<time>)")
+    p.add_argument("--json", action="store_true")
+    _lab_opts(p)
+    p.set_defaults(func=cmd_trace)
+
+    p = sub.add_parser("graph", help="draw the lab: nodes, pods, bridges, VXLAN devices, addresses, host ports")
+    p.add_argument("--format", "-T", choices=("svg", "png", "dot", "mermaid"), default="dot")
+    p.add_argument("-o", "--output", help="file to write (default: stdout; svg/png need -o or a pipe)")
+    _lab_opts(p)
+    p.set_defaults(func=cmd_graph)
+
+    try:
+        from .cmd_cni import add_cni_command
+        p = add_cni_command("log", help="every plugin call netlab made for a lab (or one pod)",
+                            description="The CNI call log of a lab: command, env, stdin, stdout, stderr, "
+                            "exit status and duration of every plugin exec, oldest first.")
+    except (ImportError, RuntimeError):
+        p = sub.add_parser("cni-log", help="every plugin call netlab made for a lab (or one pod)")
+    p.add_argument("pod", nargs="?", help="only this pod's calls")
+    p.add_argument("--brief", action="store_true", help="one line per call")
+    p.add_argument("--failed", action="store_true", help="only calls that did not exit 0")
+    p.add_argument("--json", action="store_true", help="the raw JSON lines")
+    _lab_opts(p)
+    p.set_defaults(func=cmd_cni_log)
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _err(msg: str) -> None:
+    print(f"netlab: {msg}", file=sys.stderr)
+
+
+def _lab(args):
+    from .cmd_lab import _find_lab
+    st = _find_lab(args.lab, os.path.abspath(args.lab_dir) if args.lab_dir else None)
+    if st is None and (args.lab or args.lab_dir):
+        _err(f"lab {args.lab or args.lab_dir} is not up")
+    return st
+
+
+def resolve_capture_target(st, target: str) -> tuple[str, str, bool]:
+    """TARGET[:IFACE] -> (netns, iface or '' for all, incoming_only)."""
+    from .plan import switch_ns
+    name, _, iface = target.partition(":")
+    if name in ("underlay", "switch"):
+        return switch_ns(st.lab), iface, not iface
+    from .trace import resolve
+    ns, _, _ = resolve(st, name)
+    if not ns:
+        raise ValueError(f"{name!r} is an address; capture needs a pod, node, 'ext', 'dns' or 'underlay'")
+    if not iface:
+        from .cmd_lab import _plan_for_state
+        topo, plan = _plan_for_state(st)
+        if name in topo.pods:
+            owner = topo.pods[topo.pod_netns_owner(name)]
+            iface = owner.ifname if owner.mode in ("bridge", "overlay") else ""
+    return ns, iface, False
+
+
+def frame_line(ts: float, frame: bytes, iface: str, direction: str, verbose: bool = False) -> str:
+    from .trace import _decode, _l4
+    stamp = time.strftime("%H:%M:%S", time.localtime(ts)) + f".{int((ts % 1) * 1e6):06d}"
+    head = f"{stamp} {iface or '?':<16} {direction:<3} "
+    try:
+        d = _decode(frame)
+    except Exception:  # noqa: BLE001 - an undecodable frame is still shown
+        return head + f"{len(frame)} bytes (undecoded)"
+    if "arp" in d:
+        a = d["arp"]
+        body = (f"ARP who-has {a['pdst']} tell {a['psrc']}" if a["op"] == "request"
+                else f"ARP reply {a['psrc']} is-at {a['hwsrc']}")
+    elif "ip" in d:
+        ip = d["ip"]
+        if "vxlan" in d and "inner" in d:
+            inner = d["inner"]
+            body = (f"VXLAN vni {d['vxlan']['vni']} {ip['src']} > {ip['dst']} ttl {ip['ttl']} | "
+                    f"{_l4(inner)} ttl {inner['ttl']} len {inner['len']}")
+        else:
+            body = f"{_l4(ip)} ttl {ip['ttl']} len {ip['len']}" + (" DF" if ip["df"] else "")
+            if ip.get("quoted"):
+                body += f" [about {_l4(ip['quoted'])}]"
+        extra = _dns_text(frame)
+        if extra:
+            body += " " + extra
+    else:
+        from scapy.layers.l2 import Ether
+        body = Ether(frame).summary()
+    line = head + body + f" ({len(frame)} bytes)"
+    if verbose:
+        from scapy.layers.l2 import Ether
+        line += "\n      " + Ether(frame).summary()
+    return line
+
+
+def _dns_text(frame: bytes) -> str:
+    if b"\x00\x35" not in frame[34:38] + frame[36:38]:
+        return ""
+    try:
+        from scapy.layers.dns import DNS
+        from scapy.layers.l2 import Ether
+        p = Ether(frame)
+        if p.haslayer(DNS):
+            return "DNS " + p[DNS].mysummary()
+    except Exception:  # noqa: BLE001
+        pass
+    return ""
+
+
+# --------------------------------------------------------------------------- capture
+
+def cmd_capture(args) -> int:
+    from .capture import Capture, CaptureError
+    from . import netns as nsutil
+    st = _lab(args)
+    if st is None:
+        return EXIT_USAGE
+    try:
+        ns, iface, incoming_only = resolve_capture_target(st, args.target)
+    except (ValueError, Exception) as e:   # TraceError, ValueError
+        _err(str(e))
+        return EXIT_USAGE
+    if not nsutil.exists(ns):
+        _err(f"namespace {ns} does not exist (is the lab up?)")
+        return 1
+    pcap = os.path.abspath(args.write) if args.write else None
+    cap = Capture(ns, iface, args.filter, pcap=pcap, count=args.count,
+                  max_seconds=args.timeout if args.timeout else 10 ** 9, incoming_only=incoming_only)
+    try:
+        cap.start()
+    except CaptureError as e:
+        _err(str(e))
+        return EXIT_USAGE if "filter" in str(e) else 1
+    where = f"{args.target.split(':')[0]} ({ns}" + (f", {iface})" if iface else ", every interface)")
+    print(f"capturing on {where}" + (f" filter {args.filter!r}" if args.filter else "")
+          + (f" -> {pcap}" if pcap else "") + "; Ctrl-C to stop", file=sys.stderr, flush=True)
+    shown = 0
+    try:
+        while cap._thread is not None and cap._thread.is_alive():
+            shown = _print_new(cap, shown, args, pcap)
+            time.sleep(0.05)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        cap.stop(settle=0)
+    shown = _print_new(cap, shown, args, pcap)
+    print(f"{len(cap.frames)} packet(s) captured" + (f", written to {pcap}" if pcap else ""), file=sys.stderr)
+    return 0
+
+
+def _print_new(cap, shown: int, args, pcap) -> int:
+    n = min(len(cap.frames), len(cap.directions), len(cap.ifaces))
+    if pcap:
+        return n
+    for i in range(shown, n):
+        ts, fr = cap.frames[i]
+        print(frame_line(ts, fr, cap.ifaces[i], cap.directions[i], args.verbose), flush=True)
+    return n
+
+
+# --------------------------------------------------------------------------- trace
+
+def cmd_trace(args) -> int:
+    from .trace import TraceError, format_result, trace
+    st = _lab(args)
+    if st is None:
+        return EXIT_USAGE
+    pcap_dir = args.pcap_dir or os.path.join(st.lab_dir, "traces", time.strftime("%Y%m%d-%H%M%S"))
+    try:
+        r = trace(st, args.src, args.dst, proto=args.proto, size=args.size, df=args.df, wait=args.wait,
+                  pcap_dir=pcap_dir, nftrace=not args.no_nftrace)
+    except TraceError as e:
+        _err(str(e))
+        return EXIT_USAGE
+    if args.json:
+        print(json.dumps(r.to_dict(), indent=2, default=str))
+    else:
+        print(format_result(r))
+    return 0 if r.arrived and r.replied else 1
+
+
+# --------------------------------------------------------------------------- graph
+
+def cmd_graph(args) -> int:
+    from .graph import inventory, render
+    st = _lab(args)
+    if st is None:
+        return EXIT_USAGE
+    inv = inventory(st)
+    try:
+        data = render(inv, args.format)
+    except (RuntimeError, OSError) as e:
+        _err(str(e))
+        return 1
+    if args.output:
+        with open(args.output, "wb") as f:
+            f.write(data)
+        print(f"wrote {args.output} ({len(data)} bytes, {args.format})", file=sys.stderr)
+    elif args.format in ("svg", "png") and sys.stdout.isatty():
+        _err(f"{args.format} is binary/large: give -o FILE (or pipe it)")
+        return EXIT_USAGE
+    else:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    return 0
+
+
+# --------------------------------------------------------------------------- cni log
+
+def cmd_cni_log(args) -> int:
+    from . import cnilog
+    st = _lab(args)
+    if st is None:
+        return EXIT_USAGE
+    calls = cnilog.read(st.lab_dir)
+    if args.pod:
+        pods = set(st.attachments())
+        if args.pod not in pods:
+            _err(f"no pod {args.pod!r} with a network attachment in lab {st.lab} (have: {', '.join(sorted(pods)) or 'none'})")
+            return EXIT_USAGE
+        calls = cnilog.for_pod(calls, args.pod, st.attachments())
+    if args.failed:
+        calls = [c for c in calls if not c.ok]
+    if args.json:
+        for c in calls:
+            print(json.dumps(c.raw))
+        return 0
+    print(cnilog.format_calls(calls, brief=args.brief))
+    return 0
