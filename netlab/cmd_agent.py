@@ -40,9 +40,12 @@ def _socket(args: argparse.Namespace) -> str:
 
 
 def _agent_argv(python: str, sock: str, *, workers: int = 64, call_timeout: float = 120.0,
-                on_code_change: str = "exit") -> list[str]:
-    return [python, "-m", "plugins.core.agent", "--socket", sock, "--workers", str(workers),
+                on_code_change: str = "exit", processes: int | None = None) -> list[str]:
+    argv = [python, "-m", "plugins.core.agent", "--socket", sock, "--workers", str(workers),
             "--call-timeout", f"{call_timeout:g}", "--on-code-change", on_code_change]
+    if processes:
+        argv += ["--processes", str(processes)]
+    return argv
 
 
 def _agent_env() -> dict[str, str]:
@@ -68,7 +71,8 @@ def _is_our_agent(pid: int, sock: str) -> bool:
 
 def start_agent(sock: str, *, log_path: str | None = None, wait: float = 15.0,
                 workers: int = 64, call_timeout: float = 120.0,
-                on_code_change: str = "exit", python: str | None = None) -> int:
+                on_code_change: str = "exit", python: str | None = None,
+                processes: int | None = None) -> int:
     """Start a detached agent serving ``sock``; returns its pid once it answers.
 
     Already running and healthy at ``sock``: returns that agent's pid.
@@ -82,7 +86,8 @@ def start_agent(sock: str, *, log_path: str | None = None, wait: float = 15.0,
     agent.secure_socket_dir(sock)
     log_path = log_path or sock + ".log"
     argv = _agent_argv(python or sys.executable, sock, workers=workers,
-                       call_timeout=call_timeout, on_code_change=on_code_change)
+                       call_timeout=call_timeout, on_code_change=on_code_change,
+                       processes=processes)
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd,
@@ -197,7 +202,10 @@ def install_systemd_unit(unit_dir: str = DEFAULT_UNIT_DIR, *, sock: str = launch
 
 # ---- verbs ----------------------------------------------------------------------------
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workers", type=int, default=64, help="concurrent calls (default 64)")
+    p.add_argument("--workers", type=int, default=64,
+                   help="concurrent calls per process (default 64)")
+    p.add_argument("--processes", type=int, default=None,
+                   help="serving processes (default: CPUs, at most 4)")
     p.add_argument("--call-timeout", type=float, default=120.0,
                    help="seconds one call may run before the agent exits (default 120)")
     p.add_argument("--on-code-change", choices=("exit", "refuse", "ignore"), default="exit",
@@ -206,6 +214,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     args.socket = _socket(args)
+    if args.processes is None:
+        args.processes = _agent_module().default_processes()
     return _agent_module().run_from_args(args)
 
 
@@ -213,7 +223,8 @@ def cmd_start(args: argparse.Namespace) -> int:
     sock = _socket(args)
     try:
         pid = start_agent(sock, log_path=args.log, wait=args.wait, workers=args.workers,
-                          call_timeout=args.call_timeout, on_code_change=args.on_code_change)
+                          call_timeout=args.call_timeout, on_code_change=args.on_code_change,
+                          processes=args.processes)
     except (RuntimeError, OSError) as e:
         print(f"netlab agent start: {e}", file=sys.stderr)
         return 1
@@ -240,8 +251,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         state = "healthy" if st.get("healthy") else ("stale code" if st.get("stale") else "stopping")
         print(f"agent pid {st['pid']} on {sock}: {state}; up {st['uptime']:.0f}s, "
+              f"{st.get('processes', 1)} serving process(es), "
               f"served {st['served']} calls ({st['failed']} failed, {st['refused']} refused), "
-              f"{len(st['in_flight'])} in flight; code {st['code_root']}")
+              f"{st.get('in_flight_total', 0)} in flight; code {st['code_root']}")
     if st is None:
         return 3
     return 0 if st.get("healthy") else 1

@@ -66,14 +66,21 @@ class AgentProc:
         code = AGENT_CODE.format(root=ROOT, probe=PROBE)
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", ns_name, sys.executable, "-c", code, "--socket", sock,
-             "--on-code-change", "ignore", "--call-timeout", "60"],
+             "--on-code-change", "ignore", "--call-timeout", "60", "--processes", "2"],
             stdout=self.log, stderr=self.log, cwd="/")
         deadline = time.monotonic() + 20
         while ag.ping(sock, timeout=0.5) is None:
             assert self.proc.poll() is None, "the agent exited at start-up"
             assert time.monotonic() < deadline, "the agent did not come up"
             time.sleep(0.05)
-        self.pid = ag.ping(sock)["pid"]
+        st = ag.ping(sock)
+        self.pid = st["pid"]
+        deadline = time.monotonic() + 10
+        while len(st["workers"]) < st["processes"]:
+            assert time.monotonic() < deadline, "workers did not start"
+            time.sleep(0.05)
+            st = ag.ping(sock)
+        self.workers = set(st["workers"])
 
     def served(self) -> int:
         st = ag.ping(self.sock)
@@ -157,10 +164,10 @@ def test_worker_runs_in_the_namespace_the_launcher_passed(agent, agent_ns, node,
     p = call(probe_exe, node, probe_env("ADD", pod, agent.sock), probe_conf(tmp_path))
     assert p.returncode == 0, p.stdout + p.stderr
     (m,) = markers(tmp_path)
-    assert m["pid"] == agent.pid                 # the agent did the work ...
+    assert m["pid"] in agent.workers             # the agent did the work ...
     assert m["netns"] == ns_inode(node)          # ... inside the caller's node namespace
     assert m["netns"] != ns_inode(agent_ns)      # not where the agent itself lives
-    assert json.loads(p.stdout)["dns"]["domain"] == f"pid{agent.pid}.ns{ns_inode(node)}"
+    assert json.loads(p.stdout)["dns"]["domain"] == f"pid{m['pid']}.ns{ns_inode(node)}"
     assert agent.served() == before + 1
 
 
@@ -177,7 +184,7 @@ def test_two_nodes_at_once_each_in_its_own_namespace(agent, make_netns, pod, pro
         assert p.returncode == 0
     seen = sorted(m["netns"] for m in markers(tmp_path))
     assert seen == sorted([ns_inode(n) for n in nodes] * 3)
-    assert {m["pid"] for m in markers(tmp_path)} == {agent.pid}
+    assert {m["pid"] for m in markers(tmp_path)} <= agent.workers
 
 
 # ---- identical behaviour: the same calls through the agent and in-process --------------
@@ -270,8 +277,8 @@ def test_agent_killed_between_calls_later_calls_fall_back(agent, node, pod, prob
     p = call(probe_exe, node, probe_env("DEL", pod, agent.sock, "k1"), probe_conf(tmp_path))
     assert p.returncode == 0
     ms = markers(tmp_path)
-    assert ms[0]["pid"] == agent.pid
-    assert all(m["pid"] != agent.pid for m in ms[1:])           # done in-process
+    assert ms[0]["pid"] in agent.workers
+    assert all(m["pid"] not in agent.workers for m in ms[1:])   # done in-process
     assert all(m["netns"] == ns_inode(node) for m in ms)        # still in the node netns
 
 
@@ -284,7 +291,7 @@ def _kill_during(agent, node, pod, probe_exe, tmp_path, command: str):
     deadline = time.monotonic() + 20
     while True:
         st = ag.ping(agent.sock)
-        if st and st["in_flight"]:
+        if st and st["in_flight_total"]:
             break
         assert time.monotonic() < deadline, "the call never reached the agent"
         time.sleep(0.05)
@@ -299,7 +306,8 @@ def test_agent_killed_during_del_the_del_is_redone_in_process(agent, node, pod, 
     rc, out = _kill_during(agent, node, pod, probe_exe, tmp_path, "DEL")
     assert rc == 0 and out == b""
     (m,) = markers(tmp_path)                   # the agent died before writing its marker
-    assert m["command"] == "DEL" and m["pid"] != agent.pid and m["netns"] == ns_inode(node)
+    assert m["command"] == "DEL" and m["pid"] not in agent.workers
+    assert m["netns"] == ns_inode(node)
 
 
 def test_agent_killed_during_add_reports_try_again(agent, node, pod, probe_exe, tmp_path):
@@ -307,3 +315,21 @@ def test_agent_killed_during_add_reports_try_again(agent, node, pod, probe_exe, 
     err = json.loads(out)
     assert rc == 1 and err["code"] == 11 and err["cniVersion"] == "1.0.0"
     assert markers(tmp_path) == []             # not silently redone
+
+
+def test_a_dead_worker_is_replaced_and_calls_keep_working(agent, node, pod, probe_exe,
+                                                          tmp_path):
+    victim = sorted(agent.workers)[0]
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while True:
+        st = ag.ping(agent.sock)
+        if st and victim not in st["workers"] and len(st["workers"]) == st["processes"]:
+            break
+        assert time.monotonic() < deadline, "the master did not replace the worker"
+        time.sleep(0.05)
+    for cid in ("w1", "w2", "w3"):
+        p = call(probe_exe, node, probe_env("ADD", pod, agent.sock, cid), probe_conf(tmp_path))
+        assert p.returncode == 0
+    assert {m["pid"] for m in markers(tmp_path)} <= set(st["workers"])
+    assert st["pid"] == agent.pid

@@ -52,6 +52,10 @@ PACKAGES = ("plugins", "ipam")          # the code the agent serves (and fingerp
 ON_CODE_CHANGE = ("exit", "refuse", "ignore")
 EXIT_STALE = 75                          # EX_TEMPFAIL: restart me on the new code
 EXIT_WEDGED = 70                         # EX_SOFTWARE: a call overran call_timeout
+MAX_PROCESSES = 16
+ROW = 5                                   # served, refused, failed, in flight, pid
+SERVED, REFUSED, FAILED, IN_FLIGHT, PID = range(ROW)
+_PR_SET_PDEATHSIG = 1
 _UCRED = struct.Struct("3i")
 
 
@@ -83,6 +87,9 @@ def code_fingerprint(files: list[str]) -> tuple:
     return tuple(out)
 
 
+_reaper_queue = None          # this process's queue of libnftables contexts to free
+
+
 def defer_nft_context_frees(nftables_mod) -> None:
     """Free libnftables contexts on a reaper thread instead of in the call.
 
@@ -93,29 +100,41 @@ def defer_nft_context_frees(nftables_mod) -> None:
     need not be part of the call: the transaction is committed already, only
     the socket's release is left. A context is never used again once its
     Python object is garbage, and nft_ctx_free has no thread affinity.
+    ``start_nft_reaper`` must run in each serving process (after any fork);
+    until it has, contexts are freed inline as before.
     """
     cls = nftables_mod.Nftables
     if getattr(cls, "_cnilab_deferred", False):
         return
+    inline = cls.__del__
+
+    def __del__(self) -> None:
+        q = _reaper_queue
+        ctx = getattr(self, "_Nftables__ctx", None)
+        if q is None or ctx is None:
+            inline(self)
+        else:
+            q.put((self.nft_ctx_free, ctx))
+
+    cls.__del__ = __del__
+    cls._cnilab_deferred = True
+
+
+def start_nft_reaper() -> None:
+    global _reaper_queue
     import queue
-    pending: "queue.SimpleQueue" = queue.SimpleQueue()
+    q: "queue.SimpleQueue" = queue.SimpleQueue()
 
     def reaper() -> None:
         while True:
-            free, ctx = pending.get()
+            free, ctx = q.get()
             try:
                 free(ctx)
             except Exception:  # noqa: BLE001 - a failed free must not kill the reaper
                 pass
 
-    def __del__(self) -> None:
-        ctx = getattr(self, "_Nftables__ctx", None)
-        if ctx is not None:
-            pending.put((self.nft_ctx_free, ctx))
-
     threading.Thread(target=reaper, name="nft-reaper", daemon=True).start()
-    cls.__del__ = __del__
-    cls._cnilab_deferred = True
+    _reaper_queue = q
 
 
 def _setns(fd: int) -> None:
@@ -173,8 +192,17 @@ def _socket_alive(path: str, timeout: float = 1.0) -> bool:
 class Agent:
     def __init__(self, path: str, *, workers: int = 64, call_timeout: float = 120.0,
                  handshake_timeout: float = 5.0, on_code_change: str = "exit",
-                 warm: bool = True, dispatch: Callable | None = None) -> None:
+                 warm: bool = True, dispatch: Callable | None = None,
+                 processes: int = 1) -> None:
         self.path = os.path.abspath(path)
+        self.processes = max(1, min(int(processes), MAX_PROCESSES))
+        # One row per serving process (served, refused, failed, in flight, pid),
+        # in memory shared across fork; each process writes only its own row.
+        import multiprocessing
+        self.table = multiprocessing.get_context("fork").RawArray("q", ROW * self.processes)
+        self.row = 0
+        self.master_pid = os.getpid()
+        self.children: dict[int, int] = {}
         self.root = proto.code_root()
         self.workers = threading.BoundedSemaphore(workers)
         self.max_workers = workers
@@ -192,9 +220,6 @@ class Agent:
         self.stopping = threading.Event()
         self.lock = threading.Lock()
         self.in_flight: dict[int, tuple[float, str, str, str]] = {}
-        self.served = 0
-        self.refused = 0
-        self.failed = 0
         self.warmed: list[str] = []
         self.sock: socket.socket | None = None
         self._next_id = 0
@@ -261,24 +286,33 @@ class Agent:
         return s
 
     # ---- serving --------------------------------------------------------
+    def _bump(self, field: int, delta: int = 1) -> None:
+        with self.lock:
+            self.table[self.row * ROW + field] += delta
+
+    def _total(self, field: int) -> int:
+        return sum(self.table[r * ROW + field] for r in range(self.processes))
+
     def status(self) -> dict:
         with self.lock:
             now = time.time()
             flight = [{"plugin": p, "command": c, "container_id": cid,
                        "seconds": round(now - t0, 3)} for t0, p, c, cid in self.in_flight.values()]
-            return {"pid": os.getpid(), "protocol": proto.PROTOCOL, "socket": self.path,
-                    "code_root": self.root, "python": sys.version.split()[0],
-                    "uptime": round(now - self.started, 3), "served": self.served,
-                    "refused": self.refused, "failed": self.failed,
-                    "in_flight": flight, "max_workers": self.max_workers,
-                    "call_timeout": self.call_timeout, "stale": self.stale,
-                    "on_code_change": self.on_code_change,
-                    "stopping": self.stopping.is_set(), "warm": sorted(self.warmed),
-                    "healthy": not self.stale and not self.stopping.is_set()}
+        workers = [self.table[r * ROW + PID] for r in range(self.processes)]
+        return {"pid": self.master_pid, "worker_pid": os.getpid(),
+                "workers": [w for w in workers if w], "protocol": proto.PROTOCOL,
+                "socket": self.path, "code_root": self.root, "python": sys.version.split()[0],
+                "uptime": round(now - self.started, 3), "served": self._total(SERVED),
+                "refused": self._total(REFUSED), "failed": self._total(FAILED),
+                "in_flight": flight, "in_flight_total": self._total(IN_FLIGHT),
+                "processes": self.processes, "max_workers": self.max_workers,
+                "call_timeout": self.call_timeout, "stale": self.stale,
+                "on_code_change": self.on_code_change,
+                "stopping": self.stopping.is_set(), "warm": sorted(self.warmed),
+                "healthy": not self.stale and not self.stopping.is_set()}
 
     def _refuse(self, conn: socket.socket, reason: str) -> None:
-        with self.lock:
-            self.refused += 1
+        self._bump(REFUSED)
         data = reason.encode()[:4000]
         try:
             conn.sendall(b"F" + len(data).to_bytes(4, "big") + data)
@@ -385,16 +419,17 @@ class Agent:
         t0 = time.monotonic()
         with self.lock:
             self.in_flight[key] = (time.time(), plugin, command, cid)
+        self._bump(IN_FLIGHT)
         errbuf: list[str] = []
         try:
             out, rc = self._dispatch(plugin, env, stdin, log=errbuf.append)
         finally:
             with self.lock:
                 self.in_flight.pop(key, None)
-                self.served += 1
+            self._bump(IN_FLIGHT, -1)
+            self._bump(SERVED)
         if rc != 0:
-            with self.lock:
-                self.failed += 1
+            self._bump(FAILED)
         outb = out.encode("utf-8", "surrogateescape")
         errb = "".join(errbuf).encode("utf-8", "replace")
         if errb:
@@ -419,37 +454,129 @@ class Agent:
                 return
 
     def serve(self) -> int:
-        """Bind, warm up, serve until SIGTERM/SIGINT or stale code; returns the exit code."""
+        """Bind, warm up, serve until SIGTERM/SIGINT or stale code; returns the exit code.
+
+        With ``processes`` > 1 this process binds and warms up, then forks that
+        many serving processes (copy-on-write: they start warm) which accept on
+        the same socket, so calls use every CPU instead of sharing one GIL; it
+        supervises them (a worker that dies is replaced) and is the one
+        ``pid`` in the status. Workers die with it (PR_SET_PDEATHSIG).
+        """
         t0 = time.monotonic()
         self.warm_up()
         self.snapshot_code()
         s = self.bind()
+        self.master_pid = os.getpid()
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: self.stopping.set())
-        threading.Thread(target=self._watchdog, name="watchdog", daemon=True).start()
         log(f"serving {self.path} (protocol {proto.PROTOCOL}, code {self.root}, "
-            f"{len(self.warmed)} modules warm in {time.monotonic() - t0:.2f}s)")
-        s.settimeout(0.2)
+            f"{len(self.warmed)} modules warm in {time.monotonic() - t0:.2f}s, "
+            f"{self.processes} process{'es' if self.processes > 1 else ''})")
+        if self.processes == 1:
+            self.table[PID] = os.getpid()
+            try:
+                code = self._serve_process(s)
+            finally:
+                self.close()
+            log("stopped" + (" (stale code)" if self.stale else ""))
+            return code
         try:
-            while not self.stopping.is_set():
-                try:
-                    conn, _ = s.accept()
-                except TimeoutError:
-                    continue
-                except OSError as e:
-                    if e.errno in (errno.EINTR, errno.ECONNABORTED):
-                        continue
-                    raise
-                conn.settimeout(None)
-                self._next_id += 1
-                threading.Thread(target=self.handle, args=(conn,), daemon=True,
-                                 name=f"call-{self._next_id}").start()
+            for row in range(self.processes):
+                self._spawn(s, row)
+            return self._supervise(s)
         finally:
             self.close()
+
+    def _serve_process(self, s: socket.socket) -> int:
+        """Accept and serve calls in this process until stopping."""
+        start_nft_reaper()
+        threading.Thread(target=self._watchdog, name="watchdog", daemon=True).start()
+        s.settimeout(0.2)
+        while not self.stopping.is_set():
+            try:
+                conn, _ = s.accept()
+            except TimeoutError:
+                continue
+            except OSError as e:
+                if e.errno in (errno.EINTR, errno.ECONNABORTED, errno.EAGAIN):
+                    continue
+                raise
+            conn.settimeout(None)
+            self._next_id += 1
+            threading.Thread(target=self.handle, args=(conn,), daemon=True,
+                             name=f"call-{self._next_id}").start()
         deadline = time.monotonic() + self.call_timeout
         while self.in_flight and time.monotonic() < deadline:
             time.sleep(0.05)
+        return EXIT_STALE if self.stale else 0
+
+    def _spawn(self, s: socket.socket, row: int) -> None:
+        pid = os.fork()
+        if pid:
+            self.children[pid] = row
+            return
+        code = 1
+        try:                                     # the serving child
+            _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() != self.master_pid:
+                os._exit(1)                      # the master died before prctl
+            self.row = row
+            self.lock = threading.Lock()
+            self.in_flight = {}
+            self.workers = threading.BoundedSemaphore(self.max_workers)
+            self.table[row * ROW + IN_FLIGHT] = 0
+            self.table[row * ROW + PID] = os.getpid()
+            self.sock = None                     # only the master unlinks the socket
+            code = self._serve_process(s)
+        except BaseException as e:  # noqa: BLE001 - a child must never return into the master's code
+            log(f"worker crashed: {type(e).__name__}: {e}")
+        finally:
+            os._exit(code)
+
+    def _supervise(self, s: socket.socket) -> int:
+        while not self.stopping.is_set():
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            except InterruptedError:
+                continue
+            if pid == 0:
+                time.sleep(0.2)
+                continue
+            row = self.children.pop(pid, None)
+            if row is None:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            self.table[row * ROW + IN_FLIGHT] = 0
+            self.table[row * ROW + PID] = 0
+            if code == EXIT_STALE:
+                self.stale = True
+                self.stopping.set()
+                break
+            log(f"worker {pid} exited with status {code}: starting another")
+            self._spawn(s, row)
+        for pid in list(self.children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + self.call_timeout + 5
+        while self.children and time.monotonic() < deadline:
+            try:
+                pid, _status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid:
+                self.children.pop(pid, None)
+            else:
+                time.sleep(0.05)
+        for pid in list(self.children):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         log("stopped" + (" (stale code)" if self.stale else ""))
         return EXIT_STALE if self.stale else 0
 
@@ -483,12 +610,19 @@ def ping(path: str, timeout: float = 2.0) -> dict | None:
         s.close()
 
 
+def default_processes() -> int:
+    return max(1, min(os.cpu_count() or 1, 4))
+
+
 def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     p = p or argparse.ArgumentParser(prog="python -m plugins.core.agent",
                                      description="cnilab resident node agent (foreground)")
     p.add_argument("--socket", default=None,
                    help=f"unix socket path (default: ${proto.SOCKET_ENV} or {proto.DEFAULT_SOCKET})")
-    p.add_argument("--workers", type=int, default=64, help="concurrent calls (default 64)")
+    p.add_argument("--workers", type=int, default=64,
+                   help="concurrent calls per process (default 64)")
+    p.add_argument("--processes", type=int, default=default_processes(),
+                   help="serving processes (default: CPUs, at most 4)")
     p.add_argument("--call-timeout", type=float, default=120.0,
                    help="seconds one call may run before the agent exits (default 120)")
     p.add_argument("--on-code-change", choices=ON_CODE_CHANGE, default="exit",
@@ -503,7 +637,8 @@ def run_from_args(args: argparse.Namespace) -> int:
         log("the agent must run as root")
         return 1
     agent = Agent(args.socket or proto.socket_path(), workers=args.workers,
-                  call_timeout=args.call_timeout, on_code_change=args.on_code_change)
+                  call_timeout=args.call_timeout, on_code_change=args.on_code_change,
+                  processes=getattr(args, "processes", 1))
     try:
         return agent.serve()
     except RuntimeError as e:
