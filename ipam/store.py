@@ -161,6 +161,22 @@ class MemoryStore:
         return self.unwritable or None
 
 
+def _make_dirs(path: str, mode: int = 0o700) -> None:
+    """os.makedirs, except that the parents it creates get 0755 whatever the umask
+    (os.makedirs gives them 0777 & ~umask: world-writable under umask 0, where a
+    local user could swap a network directory for a symlink)."""
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path)
+    if parent and parent != path:
+        _make_dirs(parent, 0o755)
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        return
+    os.chmod(path, mode)
+
+
 def _bucket_of(key: str) -> int:
     return zlib.crc32(key.encode("utf-8", errors="surrogateescape")) % BUCKETS
 
@@ -185,7 +201,7 @@ class DiskStore:
         return self
 
     def __enter__(self) -> None:
-        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        _make_dirs(self.dir)
         fd = os.open(os.path.join(self.dir, LOCK_NAME), os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC,
                      0o600)
         try:
