@@ -183,27 +183,34 @@ _SHORTCUTS = {
 
 
 def lean_package(package: str) -> bool:
-    """Install the stand-in for ``package`` (only if nothing imported it yet)."""
+    """Install the stand-in for ``package`` (only if nothing imported it yet).
+
+    Uses the import system's frozen core directly (no ``importlib.util``,
+    which alone drags in collections/contextlib/functools).
+    """
     if package in sys.modules:
         return False
-    import importlib
-    import importlib.util
+    import _frozen_importlib as bootstrap
     try:
-        spec = importlib.util.find_spec(package)
+        spec = bootstrap._find_spec(package, None)
     except (ImportError, ValueError):
         return False
     if spec is None or spec.loader is None or not spec.submodule_search_locations:
         return False
-    mod = importlib.util.module_from_spec(spec)
+    mod = bootstrap.module_from_spec(spec)
     where = {name: sub for sub, names in _SHORTCUTS.get(package, {}).items() for name in names}
     state = {"full": False}
+
+    def _import(fullname: str):
+        __import__(fullname)
+        return sys.modules[fullname]
 
     def __getattr__(name: str):
         sub = where.get(name)
         if sub is not None:
-            return getattr(importlib.import_module(sub), name)
-        if not name.startswith("__") and importlib.util.find_spec(f"{package}.{name}"):
-            return importlib.import_module(f"{package}.{name}")     # a submodule
+            return getattr(_import(sub), name)
+        if not name.startswith("__") and bootstrap._find_spec(f"{package}.{name}", mod.__path__):
+            return _import(f"{package}.{name}")          # a submodule
         if not state["full"]:
             state["full"] = True
             spec.loader.exec_module(mod)       # the real package, exactly as shipped
@@ -223,7 +230,7 @@ def run_in_process(plugin: str, env, stdin: bytes) -> tuple[str, int]:
         # installer does): the plugins need them (pyroute2, nftables).
         import site
         site.main()
-    if os.environ.get("CNILAB_LEAN_IMPORTS", "1") != "0":
+    if env.get("CNI_COMMAND") != "VERSION" and env.get("CNILAB_LEAN_IMPORTS", "1") != "0":
         for package in _SHORTCUTS:
             lean_package(package)
     from .skel import dispatch
