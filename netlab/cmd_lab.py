@@ -208,6 +208,8 @@ def cmd_up(args) -> int:
     prev_term = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         builder.run()
+        from .scenario import apply as apply_scenario   # a scenario's faults, if the file has any
+        apply_scenario(plan, st, record=builder.record, update=builder.update, progress=say)
     except BaseException as e:  # noqa: BLE001 - every failure rolls back
         interrupted = isinstance(e, KeyboardInterrupt)
         _err(("interrupted" if interrupted else f"build failed: {e}") + "; removing everything built so far")

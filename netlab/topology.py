@@ -308,7 +308,8 @@ def _dns_name(v: str) -> str | None:
 
 # --------------------------------------------------------------------------- load
 
-TOP_KEYS = ("name", "description", "underlay", "nodes", "networks", "pods", "dns", "checks", "external")
+TOP_KEYS = ("name", "description", "underlay", "nodes", "networks", "pods", "dns", "checks", "external",
+            "scenario")   # scenario: broken-on-purpose labs, validated by netlab/scenario.py
 
 
 def load(path: str, *, name: str | None = None) -> Topology:
@@ -621,6 +622,10 @@ def _build(ctx: _Ctx, data: Any, path: str, base_dir: str, name_override: str | 
         if names.count(c.name) > 1:
             ctx.err(("checks", c.index, "name"), f"check name {c.name!r} is used more than once")
             break
+    if "scenario" in data:
+        from .scenario import validate as _validate_scenario
+        for spath, msg in _validate_scenario(data["scenario"], nodes, pods, names):
+            ctx.err(("scenario",) + spath, msg)
     return Topology(lab or "", path, underlay, nodes, networks, pods, dns, checks, description, external)
 
 
