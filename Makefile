@@ -11,7 +11,8 @@ PYTEST_ARGS ?=
 # Debian packages the code, the tests, the labs and the benchmarks call.
 APT_PACKAGES := iproute2 nftables libnftables1 iptables tcpdump iperf3 \
 	dnsmasq-base busybox-static iputils-ping conntrack ethtool graphviz \
-	containernetworking-plugins podman runc kmod procps python3-venv
+	containernetworking-plugins podman runc kmod procps python3-venv \
+	strace util-linux conmon
 
 .PHONY: setup apt venv lab down test test-fast bench clean-venv
 setup: apt venv
