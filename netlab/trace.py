@@ -619,6 +619,14 @@ class Tracer:
             res.arrived = any(o.ns == owner and o.direction == "in" for o in fwd
                               if (o.info.get("inner") or o.info.get("ip"))["dst"] == top["dst"])
         res.replied = bool(back) and any(o.ns == self.src_ns for o in back)
+        # a DNAT the nft trace saw, whose result never showed up on the wire
+        self.dnat_lost = None
+        for ns, rs in self.rules.items():
+            for r in rs:
+                m = re.search(r"\bdnat to ([0-9.]+)(?::(\d+))?", r["rule"])
+                if m and not any((o.info.get("inner") or o.info["ip"])["dst"] == m.group(1) for o in fwd):
+                    res.arrived = False
+                    self.dnat_lost = (ns, m.group(1), m.group(2), r)
         self._diagnose(fwd, back, arps, before, after)
 
     def _hops(self, seq: list[Obs], first) -> list[Hop]:
@@ -676,6 +684,23 @@ class Tracer:
             return
         last = fwd[-1]
         top = last.info.get("inner") or last.info["ip"]
+        if self.dnat_lost is not None:
+            ns, a, port, rule = self.dnat_lost
+            res.verdict = f"lost in {self.label(ns)} right after a DNAT to {a}" + (f":{port}" if port else "")
+            res.causes.append(f"{self.label(ns)} rewrote the destination to {a}" + (f":{port}" if port else "")
+                              + f" ({rule['table']} chain {rule['chain']}: {rule['rule']}) and no copy with that "
+                              "destination was seen anywhere")
+            came_in = next((o for o in fwd if o.ns == ns and o.direction == "in"), None)
+            pl = inv.link(ns, came_in.iface) if came_in else None
+            if a == pr.src and pl is not None and pl.master and pl.hairpin is False:
+                res.causes.append(f"hairpin: {a} is the sender itself; the bridge {pl.master} must send the packet "
+                                  f"back out of the port it came in on ({pl.name}), and hairpin mode is off on "
+                                  f"{pl.name} (`bridge link show dev {pl.name}`), so the bridge drops it")
+            else:
+                r = route_get(ns, a)
+                res.causes.append(f"route to {a} in {self.label(ns)}: " + (r.get("error") or f"dev {r.get('dev')}"
+                                  + (f" via {r['gateway']}" if r.get("gateway") else "")))
+            return
         if res.arrived:
             where = self.label(_owner_of(inv, top["dst"]) or last.ns)
             if res.replied:
@@ -756,8 +781,27 @@ class Tracer:
                 rr = route_get(ns, vtep)
                 causes.append(f"FDB: {dmac} -> VTEP {vtep}; route to it: " + (rr.get("error") or f"dev {rr.get('dev')}"))
             return
-        # received here (or sent on a bridge/other device) and not forwarded on
         n = inv.namespaces.get(ns)
+        if last.direction == "out" and link is not None and link.kind == "bridge":
+            # handed to the bridge for delivery: which port should have sent it?
+            dmac = last.info["l2"]["dst"]
+            port = _fdb_port(ns, ifn, dmac)
+            came_in = next((o.iface for o in seq if o.ns == ns and o.direction == "in"
+                            and (inv.link(ns, o.iface) or link).master == ifn), None)
+            pl = inv.link(ns, port) if port else None
+            if port and port == came_in and pl is not None and pl.hairpin is False:
+                causes.append(f"hairpin: after the DNAT the packet is for {top['dst']}, the sender itself; the bridge "
+                              f"{ifn} must send it back out of the port it came in on ({port}), and hairpin mode is "
+                              f"off on {port} (`bridge link show dev {port}`), so the bridge drops it")
+                return
+            if port is None:
+                causes.append(f"the bridge {ifn} does not know the destination MAC {dmac} (bridge fdb show br {ifn})")
+            else:
+                causes.append(f"the bridge {ifn} should have sent it out of {port} (MAC {dmac}); nothing left there")
+                if pl is not None and frame_len - 14 > pl.mtu:
+                    causes.append(f"MTU: {frame_len - 14}-byte packet, {port} has MTU {pl.mtu}")
+            return
+        # received here (or sent on another device) and not forwarded on
         in_if = ifn
         if link is not None and link.master and link.master in (n.links if n else {}):
             br = link.master
@@ -785,7 +829,7 @@ class Tracer:
         r = route_get(ns, cur_dst, src=top["src"], iif=in_if)
         fwd_on = _sysctl(ns, "net/ipv4/ip_forward")
         if "error" in r:
-            if fwd_on == "0" and "not permitted" in r["error"].lower() or fwd_on == "0":
+            if fwd_on == "0":
                 causes.append(f"ip_forward is off in {self.label(ns)} (net.ipv4.ip_forward = 0): it is not a router, "
                               f"packets for other hosts are dropped (`ip route get {cur_dst} from {top['src']} iif {in_if}`: {r['error']})")
             else:
