@@ -27,7 +27,7 @@ from .plan import Plan, Step
 
 REFERENCE_CNI = "/usr/lib/cni"
 PLUGIN_TYPES = ("bridge", "host-local", "portmap", "bandwidth", "vxlan")
-ATTACH_WORKERS = int(os.environ.get("NETLAB_ATTACH_WORKERS", "4"))
+ATTACH_WORKERS = int(os.environ.get("NETLAB_ATTACH_WORKERS", "0")) or max(2, os.cpu_count() or 2)
 
 
 class BuildError(Exception):
@@ -139,18 +139,44 @@ def needed_types(plan: Plan) -> set[str]:
     return {t for t in types if t}
 
 
-def runtime_for(lab_dir: str, node_ns: str, cni_path: str):
+def plugin_env(agent_socket: str | None) -> dict[str, str]:
+    """The environment plugins run with: never a node-wide agent, only the lab's."""
+    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
+    if agent_socket:
+        env.update(CNILAB_AGENT="on", CNILAB_AGENT_SOCKET=agent_socket)
+    else:
+        env["CNILAB_AGENT"] = "off"
+    return env
+
+
+def runtime_for(lab_dir: str, node_ns: str, cni_path: str, agent_socket: str | None = None):
     from .runtime import Runtime
     return Runtime([cni_path], cache_dir=os.path.join(lab_dir, "cni-cache"),
                    host_netns=nsutil.path(node_ns), log_path=os.path.join(lab_dir, "cni.log"),
-                   env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")})
+                   env=plugin_env(agent_socket))
+
+
+def start_lab_agent(lab_dir: str, record: Callable[..., dict], update: Callable[..., None]) -> str | None:
+    """One resident plugin agent per lab (our plugins' fast path, ADR 0010),
+    on a socket in the lab dir; recorded so that down stops exactly it."""
+    try:
+        from .cmd_agent import start_agent
+    except ImportError:
+        return None
+    sock = os.path.join(lab_dir, "agent.sock")
+    res = record("process", name="plugin agent", pid=0, starttime=None, socket=sock)
+    pid = start_agent(sock, log_path=os.path.join(lab_dir, "agent.log"), workers=16)
+    update(res, pid=pid, starttime=statemod.proc_starttime(pid))
+    return sock
 
 
 # --------------------------------------------------------------------------- builder
 
 class Builder:
     def __init__(self, plan: Plan, st: statemod.State, *, plugins: str = "auto",
-                 progress: Callable[[str], None] = print) -> None:
+                 progress: Callable[[str], None] = print, agent: bool = True) -> None:
+        self.agent = agent
+        self.agent_socket: str | None = None
         self.plan = plan
         self.st = st
         self.plugins = plugins
@@ -168,46 +194,71 @@ class Builder:
         with self.lock:
             self.st.update(res, **fields)
 
-    def run(self) -> None:
-        steps = self.plan.steps
-        total = len(steps)
-        attach = [s for s in steps if s.kind == "attach"]
-        done = 0
-        for s in steps:
-            if s.kind == "attach":
-                continue
-            done += 1
-            t0 = time.monotonic()
-            getattr(self, "do_" + s.kind)(s)
+    def _timed(self, s: Step) -> None:
+        t0 = time.monotonic()
+        getattr(self, "do_" + s.kind)(s)
+        with self.lock:
             self.timings[s.kind] = self.timings.get(s.kind, 0.0) + time.monotonic() - t0
-            self.progress(f"[{done:>3}/{total}] {s.desc}")
-        if attach:
-            t0 = time.monotonic()
-            self.cni_path, self.which = prepare_plugins(self.plan.lab_dir, needed_types(self.plan), self.plugins)
-            self.st.set(cniPath=self.cni_path, plugins=self.which)
-            self.progress("      plugins: " + ", ".join(f"{k}={v}" for k, v in sorted(self.which.items())))
-            errors: list[BaseException] = []
 
-            def one(s: Step) -> None:
+    def _parallel(self, groups: list[list[Step]], fn: Callable[[Step], None], counter: list[int]) -> None:
+        """Run groups in parallel (steps of one group in order); stop at the first error."""
+        errors: list[BaseException] = []
+        total = len(self.plan.steps)
+
+        def one(group: list[Step]) -> None:
+            for s in group:
                 if errors:
                     return
                 try:
-                    self.do_attach(s)
-                except BaseException as e:  # noqa: BLE001 - reported below
+                    fn(s)
+                except BaseException as e:  # noqa: BLE001 - re-raised below
                     errors.append(e)
-            # pods of one node attach in parallel (the plugins lock what they share)
-            with ThreadPoolExecutor(max_workers=max(1, ATTACH_WORKERS)) as ex:
-                futs = []
-                for s in attach:
-                    futs.append(ex.submit(one, s))
-                for f in futs:
-                    f.result()
-                    if not errors:
-                        done += 1
-                        self.progress(f"[{done:>3}/{total}] {attach[futs.index(f)].desc}")
+                    return
+                with self.lock:
+                    counter[0] += 1
+                    self.progress(f"[{counter[0]:>3}/{total}] {s.desc}")
+        ex = ThreadPoolExecutor(max_workers=max(1, ATTACH_WORKERS))
+        try:
+            futs = [ex.submit(one, g) for g in groups]
+            for f in futs:
+                f.result()
+        except BaseException as e:  # noqa: BLE001 - Ctrl-C: let running steps finish
+            errors.append(e)
+        finally:
+            ex.shutdown(wait=True, cancel_futures=True)
+        if errors:
+            raise errors[0]
+
+    def run(self) -> None:
+        steps = self.plan.steps
+        total = len(steps)
+        counter = [0]
+        infra = [s for s in steps if not s.params.get("pod")]
+        pods = [s for s in steps if s.params.get("pod") and s.kind != "attach"]
+        attach = [s for s in steps if s.kind == "attach"]
+        for s in infra:
+            self._timed(s)
+            counter[0] += 1
+            self.progress(f"[{counter[0]:>3}/{total}] {s.desc}")
+        # pod namespaces and their /etc/netns files: in parallel, pod by pod;
+        # container: pods (aliases of another pod's namespace) after their owners
+        by_pod: dict[str, list[Step]] = {}
+        for s in pods:
+            by_pod.setdefault(s.params["pod"], []).append(s)
+        owners = [g for g in by_pod.values() if g[0].kind != "netns_alias"]
+        joiners = [g for g in by_pod.values() if g[0].kind == "netns_alias"]
+        self._parallel(owners, self._timed, counter)
+        self._parallel(joiners, self._timed, counter)
+        if attach:
+            t0 = time.monotonic()
+            self.cni_path, self.which = prepare_plugins(self.plan.lab_dir, needed_types(self.plan), self.plugins)
+            if self.agent and "ours" in self.which.values():
+                self.agent_socket = start_lab_agent(self.plan.lab_dir, self.record, self.update)
+            self.st.set(cniPath=self.cni_path, plugins=self.which, agentSocket=self.agent_socket)
+            self.progress("      plugins: " + ", ".join(f"{k}={v}" for k, v in sorted(self.which.items()))
+                          + (f" (agent {self.agent_socket})" if self.agent_socket else ""))
+            self._parallel([[s] for s in attach], self.do_attach, counter)
             self.timings["attach"] = time.monotonic() - t0
-            if errors:
-                raise errors[0]
 
     # ---- step kinds -----------------------------------------------------------
     def do_labdir(self, s: Step) -> None:
@@ -279,7 +330,7 @@ class Builder:
 
     def do_attach(self, s: Step) -> None:
         p = s.params
-        rt = runtime_for(self.plan.lab_dir, p["node_ns"], self.cni_path)
+        rt = runtime_for(self.plan.lab_dir, p["node_ns"], self.cni_path, self.agent_socket)
         res = self.record("attach", pod=p["pod"], netns=p["netns"], node_ns=p["node_ns"],
                           network=p["network"], container_id=p["container_id"], ifname=p["ifname"],
                           conflist=p["conflist"], capability_args=p["capability_args"],
@@ -305,9 +356,10 @@ def detach(res: dict, st: statemod.State) -> None:
     if not nsutil.exists(os.path.basename(res["node_ns"]) if "/" in res["node_ns"] else res["node_ns"]):
         return   # the node (and everything the plugins made in it) is already gone
     cni_path = res.get("cni_path") or st.data.get("cniPath") or REFERENCE_CNI
+    sock = st.data.get("agentSocket")
     rt = Runtime([cni_path], cache_dir=os.path.join(st.lab_dir, "cni-cache"),
                  host_netns=nsutil.path(res["node_ns"]), log_path=os.path.join(st.lab_dir, "cni.log"),
-                 env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")})
+                 env=plugin_env(sock if sock and os.path.exists(sock) else None))
     netns_path = nsutil.path(res["netns"]) if nsutil.exists(res["netns"]) else ""
     rt.delete(res["conflist"], netns_path, res["container_id"], res["ifname"],
               capability_args=res.get("capability_args") or {}, cni_args=res.get("cni_args"))

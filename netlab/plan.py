@@ -332,10 +332,11 @@ def make_plan(topo: Topology, lab_dir: str) -> Plan:
             target = pod_ns(lab, owner) if topo.pods[owner].mode != "host" else node_ns(lab, topo.pods[owner].node)
             namespaces.append(pn)
             steps.append(Step("netns_alias", f"namespace name {pn} for pod {p.name} (joins {owner})",
-                              {"name": pn, "target": target}))
+                              {"name": pn, "target": target, "pod": p.name}))
         else:
             ns(pn, f"pod {p.name} ({p.mode})")
-        steps.append(Step("etcnetns", f"/etc/netns/{pn}: resolv.conf (ndots:{p.dns.ndots})", {"netns": pn, "files": {
+            steps[-1].params["pod"] = p.name
+        steps.append(Step("etcnetns", f"/etc/netns/{pn}: resolv.conf (ndots:{p.dns.ndots})", {"netns": pn, "pod": p.name, "files": {
             "resolv.conf": resolv_conf(topo, p), "hosts": hosts_file(p.name, p.ip)}}))
         endpoints[p.name] = Endpoint(p.name, pn, p.ip, p.ifname, "pod")
     for p in order:

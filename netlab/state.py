@@ -14,7 +14,9 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -48,9 +50,9 @@ class State:
     def save(self) -> None:
         tmp = self.path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.data, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
+            json.dump(self.data, f, separators=(",", ":"))
+        # rename is atomic: a crashed netlab always leaves a complete file. (No
+        # fsync: surviving a power cut is pointless, the namespaces would not.)
         os.replace(tmp, self.path)
 
     def record(self, kind: str, **fields: Any) -> dict:
@@ -151,22 +153,52 @@ Detacher = Callable[[dict, State], None]
 
 
 def teardown(st: State, detach: Detacher, *, log: Callable[[str], None] = lambda s: None,
-             keep_dir: bool = False) -> list[str]:
+             keep_dir: bool = False, workers: int = 4) -> list[str]:
     """Remove every recorded resource, newest first. Returns the errors (also kept
     in the state file, which stays so that ``down`` can be run again)."""
     errors: list[str] = []
     if not os.path.exists(st.path):
         return errors          # already removed completely
     st.set(status="removing")
+    # pod attachments first, in parallel (each a CNI DEL through its node's plugins)
+    lock = threading.Lock()
+
+    def det(res: dict) -> None:
+        try:
+            detach(res, st)
+            with lock:
+                st.update(res, removed=True)
+            log(f"detached pod {res['pod']}")
+        except Exception as e:  # noqa: BLE001
+            with lock:
+                errors.append(f"attach {res.get('pod')}: {e}")
+    pending = [r for r in reversed(st.resources) if r["kind"] == "attach" and not r.get("removed")]
+    if pending:
+        with ThreadPoolExecutor(max_workers=workers) as ex:
+            list(ex.map(det, pending))
+    # then namespaces, in parallel (deleting one takes the links, routes, rules
+    # and qdiscs the plugins made in it)
+    def delns(res: dict) -> None:
+        try:
+            nsutil.delete(res["name"])
+            if nsutil.exists(res["name"]):
+                raise RuntimeError(f"namespace {res['name']} is still there")
+            with lock:
+                st.update(res, removed=True)
+        except Exception as e:  # noqa: BLE001
+            with lock:
+                errors.append(f"{res['kind']} {res.get('name')}: {e}")
+    nss = [r for r in reversed(st.resources) if r["kind"] in ("netns", "netns_alias") and not r.get("removed")]
+    aliases = [r for r in nss if r["kind"] == "netns_alias"]
+    with ThreadPoolExecutor(max_workers=workers) as ex:
+        list(ex.map(delns, aliases))
+        list(ex.map(delns, [r for r in nss if r["kind"] == "netns"]))
     for res in list(reversed(st.resources)):
-        if res.get("removed") or res["kind"] == "labdir":
-            continue   # the lab directory goes last, below
+        if res.get("removed") or res["kind"] in ("labdir", "attach"):
+            continue   # attachments done above; the lab directory goes last, below
         kind = res["kind"]
         try:
-            if kind == "attach":
-                detach(res, st)
-                log(f"detached pod {res['pod']}")
-            elif kind == "process":
+            if kind == "process":
                 kill_recorded(int(res.get("pid") or 0), res.get("starttime"))
                 log(f"stopped {res.get('name', 'process')} (pid {res.get('pid')})")
             elif kind in ("netns", "netns_alias"):
