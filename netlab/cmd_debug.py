@@ -43,6 +43,8 @@ def register(sub) -> None:
     p.add_argument("--proto", default="icmp", help="icmp, tcp/PORT or udp/PORT (default icmp)")
     p.add_argument("--size", type=int, help="IP packet size in bytes (default 84, like ping)")
     p.add_argument("--df", action="store_true", help="set Don't Fragment")
+    p.add_argument("--sport", type=int, help="source port for tcp/udp (udp: shared with a running flow, "
+                   "to follow that flow's conntrack entry)")
     p.add_argument("--wait", type=float, default=1.0, help="seconds to wait for the probe and its answer (default 1)")
     p.add_argument("--no-nftrace", action="store_true", help="do not trace nftables rules (nft monitor trace)")
     p.add_argument("--pcap-dir", help="save every namespace's capture here (default: <lab dir>/traces/<time>)")
@@ -214,7 +216,7 @@ def cmd_trace(args) -> int:
     pcap_dir = args.pcap_dir or os.path.join(st.lab_dir, "traces", time.strftime("%Y%m%d-%H%M%S"))
     try:
         r = trace(st, args.src, args.dst, proto=args.proto, size=args.size, df=args.df, wait=args.wait,
-                  pcap_dir=pcap_dir, nftrace=not args.no_nftrace)
+                  pcap_dir=pcap_dir, nftrace=not args.no_nftrace, sport=args.sport)
     except TraceError as e:
         _err(str(e))
         return EXIT_USAGE

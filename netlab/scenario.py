@@ -341,8 +341,9 @@ class Applier:
         old = (res.get("result") or {}).get("ips", [{}])[0].get("address", "?")
         detach(res, self.st)
         n = int(res.get("replaced", 0)) + 1
-        cid = f"{res['container_id'].split('~')[0]}~{n}"
-        self.update(res, container_id=cid, replaced=n, result=None)
+        first = res.get("first_container_id") or res["container_id"]
+        cid = f"{first}-r{n}"     # a new sandbox gets a new container ID
+        self.update(res, first_container_id=first, container_id=cid, replaced=n, result=None)
         rt = runtime_for(self.plan.lab_dir, res["node_ns"], res.get("cni_path") or self.st.data.get("cniPath"))
         args = res["cni_args"].replace(res["cni_args"].split("K8S_POD_INFRA_CONTAINER_ID=")[-1].split(";")[0], cid) \
             if "K8S_POD_INFRA_CONTAINER_ID=" in res["cni_args"] else res["cni_args"]

@@ -142,6 +142,9 @@ def send_probe(ns: str, pr: Probe) -> None:
             pkt = struct.pack("!BBHHH", 8, 0, c, pr.icmp_id, 1) + body
         elif pr.proto == "udp":
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            # SO_REUSEPORT: share a source port with a running flow (--sport), to test *its* conntrack entry
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             s.bind(("0.0.0.0", pr.sport))
             pkt = pr.payload()
         else:
@@ -506,6 +509,7 @@ class Tracer:
                  src_name: str, dst_name: str, wait: float = 1.0, pcap_dir: str | None = None,
                  nftrace: bool = True) -> None:
         self.nftrace = nftrace
+        self.nat_points: list[tuple[str, tuple, tuple]] = []
         self.rules: dict[str, list[dict]] = {}
         self.st, self.inv = st, inv
         self.src_ns, self.dst = src_ns, dst_addr
@@ -645,6 +649,8 @@ class Tracer:
                 pd = prev.info
                 ptop = pd.get("inner") or pd["ip"]
                 a, b = _tuple(ptop), _tuple(top)
+                if a[2:] != b[2:] or a[:2] != b[:2]:
+                    self.nat_points.append((o.ns, a, b))
                 if a[2:] != b[2:]:
                     h.changes.append(f"DNAT: destination {a[2]}{':' + str(a[3]) if a[3] else ''} -> "
                                      f"{b[2]}{':' + str(b[3]) if b[3] else ''}")
@@ -682,6 +688,7 @@ class Tracer:
         if not fwd:
             res.verdict = "the probe was not seen anywhere (not even leaving the sender)"
             return
+        self._conntrack_notes(fwd)
         last = fwd[-1]
         top = last.info.get("inner") or last.info["ip"]
         if self.dnat_lost is not None:
@@ -717,6 +724,35 @@ class Tracer:
             return
         res.verdict = f"lost after {self.label(last.ns)} {last.iface} ({'received' if last.direction == 'in' else 'sent'})"
         self._lost_after(last, fwd, arps, deltas, reply=False)
+
+    def _conntrack_notes(self, fwd: list[Obs]) -> None:
+        """A NAT rewrite with no NAT rule hit in the nft trace: an existing conntrack
+        entry decided it. Show that entry; flag it when its target is gone."""
+        pr, res = self.probe, self.res
+        seen = set()
+        for ns, a, b in self.nat_points:
+            if (ns, a) in seen or ns not in self.inv.namespaces:
+                continue
+            seen.add((ns, a))
+            if any(re.search(r"\b[ds]nat to|masquerade", r["rule"]) for r in self.rules.get(ns, [])):
+                continue    # a rule made this NAT now: a new connection
+            argv = ["conntrack", "-L", "-p", pr.proto if pr.proto != "icmp" else "icmp",
+                    "--orig-src", a[0], "--orig-dst", a[2]]
+            if a[1]:
+                argv += ["--orig-port-src", str(a[1]), "--orig-port-dst", str(a[3])]
+            p = run_ns(ns, argv)
+            entries = [ln.strip() for ln in p.stdout.splitlines() if ln.strip()]
+            if not entries:
+                continue
+            res.evidence.append(f"conntrack in {self.label(ns)}: {entries[0]}")
+            if self.nftrace:
+                target = b[2] if a[2:] != b[2:] else b[0]
+                if _owner_of(self.inv, target) is None:
+                    res.causes.insert(0, f"stale conntrack entry: in {self.label(ns)} this flow's NAT was decided "
+                                      f"when it started and still points at {target}, an address no namespace of the "
+                                      "lab has any more (the pod behind it was replaced); no NAT rule was consulted "
+                                      f"for this packet. Delete it: conntrack -D -p {pr.proto} --orig-src {a[0]} "
+                                      f"--orig-dst {a[2]}" + (f" --orig-port-src {a[1]}" if a[1] else ""))
 
     def _no_answer(self, last: Obs, top: dict, deltas: dict) -> None:
         res, pr = self.res, self.probe
@@ -939,7 +975,8 @@ def resolve(st, name: str) -> tuple[str, str | None, str]:
 
 
 def trace(st, src: str, dst: str, *, proto: str = "icmp", size: int | None = None, df: bool = False,
-          wait: float = 1.0, pcap_dir: str | None = None, nftrace: bool = True) -> TraceResult:
+          wait: float = 1.0, pcap_dir: str | None = None, nftrace: bool = True,
+          sport: int | None = None) -> TraceResult:
     p, port = parse_proto(proto)
     src_ns, src_addr, src_label = resolve(st, src)
     if not src_ns:
@@ -954,7 +991,7 @@ def trace(st, src: str, dst: str, *, proto: str = "icmp", size: int | None = Non
     if size is not None and size < min_size:
         raise TraceError(f"--size must be at least {min_size} (IP + {p.upper()} headers + the {len(tok)}-byte trace token)")
     pr = Probe(p, dst_addr, port, size or max(84, min_size), df, tok, src=src_addr or "",
-               sport=random.randint(33000, 60999), icmp_id=random.randint(1, 65535),
+               sport=sport or random.randint(33000, 60999), icmp_id=random.randint(1, 65535),
                seq=random.randint(1, 2**32 - 1))
     t = Tracer(st, inv, src_ns, dst_addr, pr, src_name=src_label, dst_name=dst_label, wait=wait, pcap_dir=pcap_dir,
                nftrace=nftrace)
