@@ -253,7 +253,10 @@ class Builder:
             t0 = time.monotonic()
             self.cni_path, self.which = prepare_plugins(self.plan.lab_dir, needed_types(self.plan), self.plugins)
             if self.agent and "ours" in self.which.values():
-                self.agent_socket = start_lab_agent(self.plan.lab_dir, self.record, self.update)
+                try:
+                    self.agent_socket = start_lab_agent(self.plan.lab_dir, self.record, self.update)
+                except (RuntimeError, OSError) as e:   # the agent is only a fast path
+                    self.progress(f"      plugin agent not started ({e}); plugins run in-process")
             self.st.set(cniPath=self.cni_path, plugins=self.which, agentSocket=self.agent_socket)
             self.progress("      plugins: " + ", ".join(f"{k}={v}" for k, v in sorted(self.which.items()))
                           + (f" (agent {self.agent_socket})" if self.agent_socket else ""))

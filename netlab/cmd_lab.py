@@ -198,11 +198,15 @@ def cmd_up(args) -> int:
     quiet = args.quiet
     say = (lambda s: None) if quiet else (lambda s: print(s, flush=True))
     t0 = time.monotonic()
-    created = not os.path.isdir(lab_dir)
+    parents = []          # directories above the lab dir that we create (e.g. /var/lib/netlab)
+    d = os.path.dirname(lab_dir)
+    while d and d != "/" and not os.path.isdir(d):
+        parents.append(d)
+        d = os.path.dirname(d)
     os.makedirs(lab_dir, mode=0o755, exist_ok=True)
     st = statemod.create(lab_dir, topo.name, args.file)
-    st.record("labdir", path=lab_dir, created=True)   # we own it now (it was absent or empty)
-    del created
+    # we own the lab dir now (it was absent or empty)
+    st.record("labdir", path=lab_dir, created=True, created_parents=parents)
     say(f"netlab: bringing up lab {topo.name} ({len(topo.nodes)} nodes, {len(topo.pods)} pods) in {lab_dir}")
     builder = Builder(plan, st, plugins=args.plugins, progress=say)
     prev_term = signal.signal(signal.SIGTERM, _raise_interrupt)

@@ -239,6 +239,11 @@ def teardown(st: State, detach: Detacher, *, log: Callable[[str], None] = lambda
     ld = st.find("labdir")
     if ld and ld[0].get("created") and not keep_dir:
         shutil.rmtree(ld[0]["path"], ignore_errors=True)
+        for parent in ld[0].get("created_parents", []):
+            try:
+                os.rmdir(parent)       # only when empty: other labs may live there
+            except OSError:
+                break
     else:
         st.set(status="removed")
         try:
