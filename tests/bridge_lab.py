@@ -73,11 +73,12 @@ def routes(ns, family: str = "-4") -> list[dict]:
     return ip_json(ns, family, "route", "show")
 
 
-def ping(ns, addr: str, count: int = 1) -> bool:
+def ping(ns, addr: str, count: int = 1, tries: int = 2) -> bool:
+    """True when ``addr`` answers; one retry absorbs a lost first packet on a loaded machine."""
     argv = ["ping", "-c", str(count), "-W", "1", "-i", "0.2", addr]
     if ":" in addr:
         argv.insert(1, "-6")
-    return ns.run(*argv, check=False).returncode == 0
+    return any(ns.run(*argv, check=False).returncode == 0 for _ in range(tries))
 
 
 def nft_table(ns, family: str, table: str) -> str:

@@ -37,7 +37,8 @@ API (stable; the vxlan plugin builds on it)
 
 ``configure_pod(netns, ifname, ips, routes, *, enable_dad=False)``
     In the pod: sysctls (accept_dad, arp_notify, IPv6 enabled when needed,
-    keep_addr_on_down), addresses, link up, DAD settle when needed, routes
+    keep_addr_on_down), addresses, link up, IPv6 addresses settled (not
+    tentative: with DAD this waits for it), routes
     (gw defaults to the family's gateway; route mtu/advmss/priority/table/
     scope applied). ``ips`` are ``types.IPConfig``, ``routes`` ``types.Route``.
 
@@ -307,7 +308,10 @@ def _configure_here(ipr, ifname: str, ips: list[IPConfig], routes: list[Route],
         if ip.gateway and ip.family not in gw_by_family:
             gw_by_family[ip.family] = ip.gateway
     link.set_link(ipr, info.index, f"setting {ifname} up in the pod", state="up")
-    if has_v6 and enable_dad:
+    if has_v6:
+        # Even without DAD, IPv6 addresses stay tentative (ignored by neighbour
+        # discovery) until the kernel has seen the link's carrier; under load that
+        # can take a while, and the pod would miss its first neighbour solicitations.
         link.settle_addrs(ipr, info.index, 5.0, f"{ifname} in the pod")
     for r in routes:
         fam = ipaddress.ip_network(r.dst, strict=False).version
