@@ -127,6 +127,7 @@ def run(n: int, par: int, json_path: str | None) -> int:
                                                   for v in VARIANTS}
     errors: dict[str, str] = {}
     par_res: dict[str, dict] = {}
+    cpu = {v: 0.0 for v in VARIANTS}          # CPU seconds of the measured pods, per variant
     with H.Scratch("chain") as scratch:
         ours_bin = H.install_ours(scratch.mkdir("bin"))
         with H.running_agent(scratch) as sock:
@@ -137,12 +138,15 @@ def run(n: int, par: int, json_path: str | None) -> int:
             for i in range(n + 1):                # iteration 0 warms caches, not counted
                 order = order[1:] + order[:1]
                 for name in order:
+                    c0 = H.children_cpu() + (H.agent_cpu(sock) if name == "agent" else 0.0)
                     try:
                         a, d = vs[name].add_del(f"chain{i:04d}", i)
                     except Exception as e:  # noqa: BLE001 - reported in the table
                         errors.setdefault(name, f"{type(e).__name__}: {e}"[:400])
                         continue
+                    c1 = H.children_cpu() + (H.agent_cpu(sock) if name == "agent" else 0.0)
                     if i:
+                        cpu[name] += c1 - c0
                         samples[name]["add"].append(a)
                         samples[name]["del"].append(d)
                         samples[name]["total"].append(a + d)
@@ -162,7 +166,14 @@ def run(n: int, par: int, json_path: str | None) -> int:
         rows.append([phase.upper() if phase != "total" else "ADD+DEL",
                      H.fmt_ms(r), H.fmt_ms(med["ours"][phase]), H.fmt_ms(med["agent"][phase]),
                      H.fmt_ratio(med["ours"][phase], r), H.fmt_ratio(med["agent"][phase], r)])
+    cpu_ms = {v: cpu[v] / max(1, len(samples[v]["total"])) for v in VARIANTS}
+    rows.append(["CPU/pod", H.fmt_ms(cpu_ms["ref"]), H.fmt_ms(cpu_ms["ours"]),
+                 H.fmt_ms(cpu_ms["agent"]), H.fmt_ratio(cpu_ms["ours"], cpu_ms["ref"]),
+                 H.fmt_ratio(cpu_ms["agent"], cpu_ms["ref"])])
     print(H.table(["per pod", "ref ms", "ours ms", "agent ms", "ours/ref", "agent/ref"], rows))
+    print("(ADD, DEL, ADD+DEL: median wall time; CPU/pod: mean user+system CPU of the plugin "
+          "processes, plus the agent's own for the agent variant; less sensitive to other load)")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f} (1 min)")
     if par_res:
         print(f"\n{par} pods in parallel ({par} threads, one runtime call each): wall time")
         prow = []
@@ -186,7 +197,8 @@ def run(n: int, par: int, json_path: str | None) -> int:
     print(f"\nagent variant: {agent_calls} plugin calls, {served} served by the agent"
           + ("" if served == agent_calls else "  <-- MISMATCH: some fell back in-process"))
     H.dump_json(json_path, {"machine": H.machine_description(), "chain": chain, "iterations": n,
-                            "medians_s": med, "parallel": par_res, "errors": errors,
+                            "medians_s": med, "cpu_per_pod_s": cpu_ms, "parallel": par_res,
+                            "errors": errors, "loadavg": os.getloadavg(),
                             "agent_calls": agent_calls, "agent_served": served})
     return 0
 

@@ -258,6 +258,31 @@ def running_agent(scratch: Scratch) -> Iterator[str]:
         stop_agent(sock)
 
 
+def children_cpu() -> float:
+    """CPU seconds (user + system) of this process's reaped children so far."""
+    import resource
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def agent_cpu(sock: str) -> float:
+    """CPU seconds used so far by the agent's processes (master and workers)."""
+    from plugins.core import agent
+    st = agent.ping(sock)
+    if st is None:
+        return float("nan")
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in {st["pid"], *st.get("workers", [])}:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += sum(int(x) for x in fields[11:15]) / tick   # utime stime cutime cstime
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
 def agent_served(sock: str) -> int:
     from plugins.core import agent
     st = agent.ping(sock)
