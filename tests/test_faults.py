@@ -179,7 +179,7 @@ def test_kill_9_during_add_then_del_leaves_nothing(tmp_path, make_netns, install
             assert res["ips"]
             rt.delete(net, pod.path, f"ok{n}", "eth0")
     print(f"\nkill -9 during ADD: {stats}")
-    assert stats["add_kills"] >= 15, stats
+    assert stats["add_kills"] >= 10, stats
     assert stats["left_before_del"], stats     # some kills did leave half-made state
     res = rt.add(net, pod.path, "after", "eth0", capability_args=caps(0))
     ip = res["ips"][0]["address"].split("/")[0]
