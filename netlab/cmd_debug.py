@@ -124,6 +124,12 @@ def frame_line(ts: float, frame: bytes, iface: str, direction: str, verbose: boo
             inner = d["inner"]
             body = (f"VXLAN vni {d['vxlan']['vni']} {ip['src']} > {ip['dst']} ttl {ip['ttl']} | "
                     f"{_l4(inner)} ttl {inner['ttl']} len {inner['len']}")
+        elif "vxlan" in d:
+            from scapy.layers.l2 import Ether
+            from scapy.layers.vxlan import VXLAN
+            p = Ether(frame)
+            inner = p[VXLAN].payload.summary() if p.haslayer(VXLAN) else "?"
+            body = f"VXLAN vni {d['vxlan']['vni']} {ip['src']} > {ip['dst']} ttl {ip['ttl']} | {inner}"
         else:
             body = f"{_l4(ip)} ttl {ip['ttl']} len {ip['len']}" + (" DF" if ip["df"] else "")
             if ip.get("quoted"):
