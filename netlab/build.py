@@ -262,6 +262,22 @@ class Builder:
                           + (f" (agent {self.agent_socket})" if self.agent_socket else ""))
             self._parallel([[s] for s in attach], self.do_attach, counter)
             self.timings["attach"] = time.monotonic() - t0
+        self.publish_late_records()
+
+    def publish_late_records(self) -> None:
+        """DNS records for pods whose address came from IPAM (and host/container pods)."""
+        from . import dns
+        from .plan import POD_HOSTS, late_records
+        procs = [r for r in self.st.find("process") if r.get("name") == "dnsmasq"]
+        recs = late_records(self.plan.topology, attach_addresses(self.st))
+        if not procs or not recs:
+            return
+        hosts = os.path.join(self.plan.lab_dir, POD_HOSTS)
+        dns.write_hosts(hosts, recs)
+        if not dns.reload(int(procs[0]["pid"]), procs[0].get("starttime"),
+                          log_path=os.path.join(self.plan.lab_dir, "dns.log"), hosts_path=hosts):
+            self.progress("      DNS: dnsmasq did not confirm reading the pod records")
+        self.progress(f"      DNS: {len(recs)} record(s) for pods addressed by IPAM, host and container pods")
 
     # ---- step kinds -----------------------------------------------------------
     def do_labdir(self, s: Step) -> None:
@@ -326,6 +342,8 @@ class Builder:
 
     def do_dnsmasq(self, s: Step) -> None:
         from . import dns
+        from .plan import POD_HOSTS
+        dns.write_hosts(os.path.join(self.plan.lab_dir, POD_HOSTS), [])
         pid, start = dns.start(s.params["ns"], s.params["argv"], s.params["address"],
                                os.path.join(self.plan.lab_dir, "dnsmasq.out"),
                                record=lambda **kw: self.record("process", **kw))

@@ -84,3 +84,36 @@ def query_log(lab_dir: str) -> list[str]:
             return [ln.rstrip("\n") for ln in f if " query[" in ln]
     except OSError:
         return []
+
+
+def write_hosts(path: str, records: list[tuple[str, str]]) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for name, addr in records:
+            f.write(f"{addr}\t{name}\n")
+    os.replace(tmp, path)
+
+
+def _reads(log_path: str, hosts_path: str) -> int:
+    try:
+        with open(log_path, encoding="utf-8", errors="replace") as f:
+            return f.read().count(f"read {hosts_path}")
+    except OSError:
+        return 0
+
+
+def reload(pid: int, starttime: str | None, *, log_path: str = "", hosts_path: str = "",
+           timeout: float = 2.0) -> bool:
+    """SIGHUP: dnsmasq re-reads its --addn-hosts file (only our recorded process);
+    with log_path/hosts_path, wait until its log says it has read the file."""
+    import signal
+    if not pid or proc_starttime(pid) != starttime:
+        return False
+    before = _reads(log_path, hosts_path) if log_path else 0
+    os.kill(pid, signal.SIGHUP)
+    deadline = time.monotonic() + timeout
+    while log_path and time.monotonic() < deadline:
+        if _reads(log_path, hosts_path) > before:
+            return True
+        time.sleep(0.01)
+    return not log_path

@@ -24,6 +24,7 @@ from typing import Any
 from .topology import Network, Pod, Topology, gateway, node_slice
 
 SWITCH_BRIDGE = "br0"
+POD_HOSTS = "pods.hosts"
 UPLINK = "eth0"
 
 
@@ -224,6 +225,26 @@ def dns_records(topo: Topology) -> list[tuple[str, str]]:
     return recs
 
 
+def late_records(topo: Topology, addresses: dict[str, str]) -> list[tuple[str, str]]:
+    """Records known only once pods are attached: pods without a requested
+    address, host-network pods (their node's address) and container: pods
+    (the address of the pod whose namespace they share)."""
+    if not (topo.dns.enabled and topo.dns.pod_records):
+        return []
+    out = []
+    for p in topo.pods.values():
+        if p.ip:
+            continue               # already a --host-record
+        owner = topo.pods[topo.pod_netns_owner(p.name)]
+        if owner.mode == "host":
+            addr = topo.nodes[owner.node].address
+        else:
+            addr = owner.ip or addresses.get(owner.name)
+        if addr:
+            out.append((f"{p.name}.{p.namespace}.svc.{topo.dns.domain}", addr))
+    return out
+
+
 def dnsmasq_argv(topo: Topology, lab_dir: str, records: list[tuple[str, str]] | None = None) -> list[str]:
     """dnsmasq serving only the lab: no upstream, no /etc/hosts, only our records."""
     d = topo.dns
@@ -232,7 +253,9 @@ def dnsmasq_argv(topo: Topology, lab_dir: str, records: list[tuple[str, str]] | 
             "--user=root", "--group=root",
             f"--pid-file={os.path.join(lab_dir, 'dnsmasq.pid')}",
             f"--local=/{d.domain}/", "--domain-needed", "--log-queries",
-            f"--log-facility={os.path.join(lab_dir, 'dns.log')}", "--cache-size=0"]
+            f"--log-facility={os.path.join(lab_dir, 'dns.log')}", "--cache-size=0",
+            # records of pods whose address is known only after ADD (re-read on SIGHUP)
+            f"--addn-hosts={os.path.join(lab_dir, POD_HOSTS)}"]
     for name, addr in (records if records is not None else dns_records(topo)):
         argv.append(f"--host-record={name},{addr}")
     return argv

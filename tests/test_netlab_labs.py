@@ -213,3 +213,21 @@ def test_exec_runs_in_the_pod_with_its_resolv_conf(tmp_path):
     finally:
         netlab("down", "--lab-dir", lab_dir)
     assert leftovers(name, lab_dir) == []
+
+
+@pytest.mark.slow
+def test_same_lab_on_the_reference_plugins(tmp_path):
+    """netlab is a plain CNI runtime: the Go reference plugins pass the same checks."""
+    name = lab_name()
+    lab_dir = str(tmp_path / "lab")
+    try:
+        p = netlab("up", "topologies/bridge.yaml", "--name", name, "--lab-dir", lab_dir, "-q",
+                   "--plugins", "reference", "--json")
+        assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+        assert json.loads(p.stdout)["ok"]
+        st = json.load(open(os.path.join(lab_dir, "state.json")))
+        assert set(st["plugins"].values()) == {"reference"}
+        assert os.path.realpath(os.path.join(lab_dir, "bin", "bridge")) == "/usr/lib/cni/bridge"
+    finally:
+        netlab("down", "--lab-dir", lab_dir)
+    assert leftovers(name, lab_dir) == []

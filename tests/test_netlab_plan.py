@@ -181,3 +181,12 @@ def test_state_records_before_use_survive_a_crash(tmp_path):
 def test_kill_recorded_refuses_a_different_process():
     assert S.kill_recorded(os.getpid(), "0") is False       # wrong start time: not ours
     assert S.proc_starttime(os.getpid()) is not None
+
+
+def test_late_dns_records_for_pods_known_after_add():
+    topo = load("modes.yaml")
+    recs = dict(P.late_records(topo, {"other": "10.248.1.2"}))
+    assert recs == {"other.default.svc.cluster.local": "10.248.1.2",
+                    "sidecar.default.svc.cluster.local": "10.248.0.10",     # shares app's namespace
+                    "hostpod.default.svc.cluster.local": "192.168.90.12"}   # its node's address
+    assert "--addn-hosts=/lab/pods.hosts" in P.dnsmasq_argv(topo, "/lab")
