@@ -175,6 +175,9 @@ def env_cases() -> list[Case]:
     out.append(Case("CNI_NETNS missing namespace", 3, "/var/run/netns/cnilab-no-such",
                     env={"CNI_NETNS": "/var/run/netns/cnilab-no-such-ns"},
                     plugins=("bridge", "vxlan")))
+    for path in ("/etc/hostname", "/tmp", "/dev/null", "/proc/self/ns/mnt"):
+        out.append(Case(f"CNI_NETNS {path} (not a netns)", 3, path, env={"CNI_NETNS": path},
+                        plugins=("bridge", "bandwidth", "vxlan")))
     out.append(Case("CHECK with cniVersion 0.3.1", 1, "CHECK",
                     env={"CNI_COMMAND": "CHECK"}, conf={"cniVersion": "0.3.1"}))
     out.append(Case("GC with cniVersion 1.0.0", 1, "GC", env={"CNI_COMMAND": "GC"}))

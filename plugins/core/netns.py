@@ -32,11 +32,26 @@ def _setns(fd: int) -> None:
         raise OSError(e, f"setns: {os.strerror(e)}")
 
 
+NS_GET_NSTYPE = 0xB703      # ioctl on an nsfs fd: the namespace's CLONE_NEW* type
+
+
+def _is_netns(fd: int) -> bool:
+    import fcntl
+    try:
+        return fcntl.ioctl(fd, NS_GET_NSTYPE) == CLONE_NEWNET
+    except OSError:             # ENOTTY: a regular file, a directory, /dev/null...
+        return False
+
+
 def open_netns(path: str) -> int:
     try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise NetnsGone(path) from None
+    if not _is_netns(fd):
+        os.close(fd)
+        raise NetnsGone(path, "is not a network namespace")
+    return fd
 
 
 def exists(path: str) -> bool:
@@ -46,8 +61,10 @@ def exists(path: str) -> bool:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return False
-    os.close(fd)
-    return True
+    try:
+        return _is_netns(fd)
+    finally:
+        os.close(fd)
 
 
 @contextmanager
