@@ -356,6 +356,9 @@ def set_bridge_addrs(bridge: str, cidrs: Iterable[str], *, force: bool = False) 
                                    f"found {a.address}; set forceAddress to replace it")
                 link.del_addr(ipr, br.index, a.address)
             link.add_addr(ipr, br.index, cidr, nodad=True, what=f"bridge {bridge}")
+        v6 = [c for c in cidrs if ipaddress.ip_interface(c).version == 6]
+        if v6:      # usable only once the bridge is "ready" (has carrier), even without DAD
+            link.settle_addrs(ipr, br.index, 5.0, f"bridge {bridge}", only=v6)
         link.pin_mac(ipr, br.index)
     finally:
         ipr.close()

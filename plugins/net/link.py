@@ -409,11 +409,15 @@ def del_addr(ipr, index: int, cidr: str) -> None:
             raise kernel_error(e, f"removing address {cidr}") from None
 
 
-def settle_addrs(ipr, index: int, timeout: float = 5.0, what: str = "") -> None:
-    """Wait until no IPv6 address of the link is tentative; error on failed DAD."""
+def settle_addrs(ipr, index: int, timeout: float = 5.0, what: str = "",
+                 only: Iterable[str] | None = None) -> None:
+    """Wait until no (global) IPv6 address of the link is tentative; error on failed DAD.
+
+    ``only``: restrict to these CIDRs (e.g. the addresses we just added)."""
+    wanted = {ipaddress.ip_interface(c) for c in only} if only is not None else None
     deadline = time.monotonic() + timeout
     while True:
-        addrs = [a for a in list_addrs(ipr, index, 6)]
+        addrs = [a for a in list_addrs(ipr, index, 6) if wanted is None or a.iface in wanted]
         failed = [a.address for a in addrs if a.dadfailed]
         if failed:
             raise CNIError(IO_FAILURE, f"duplicate address detection failed on {what or index}",
