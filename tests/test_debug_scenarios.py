@@ -1,0 +1,88 @@
+"""Root tests: every scenario in topologies/scenarios/ comes up, its checks
+fail exactly as it declares (the symptom, for the stated reason) while the
+others pass, and netlab trace points at the cause. Labs always go down.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import unique_name
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCENARIOS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(REPO, "topologies", "scenarios", "*.yaml")))
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+# what `netlab trace` must say for each scenario: (FROM, TO, trace options, text in the output)
+TRACES = {
+    "ip-forward-off.yaml": ("client", "web", ["--proto", "tcp/80"],
+                            ["verdict: lost after node node2 cni0 (received)",
+                             "cause: ip_forward is off in node node2 (net.ipv4.ip_forward = 0)"]),
+    "hairpin-off.yaml": ("web", "node1", ["--proto", "tcp/8080"],
+                         ["dnat to 10.241.0.2:80", "cause: hairpin:",
+                          "hairpin mode is off on veth"]),
+    "mtu-blackhole-vxlan.yaml": ("a", "b", ["--size", "2000", "--df"],
+                                 ["encapsulated: VXLAN VNI 77", "verdict: lost after node node1 eth0 (sent)",
+                                  "MTU: the frame carries a 2050-byte packet; n0 in underlay switch has MTU 1500"]),
+    "masquerade-missing.yaml": ("app", "192.168.124.1", [],
+                                ["verdict: delivered to underlay switch; no answer came back",
+                                 "cause: no route back: underlay switch has no route to 10.242.",
+                                 "nothing rewrote it (no masquerade/SNAT"]),
+    "stale-udp-conntrack.yaml": ("client", "10.96.0.10", ["--proto", "udp/53", "--sport", "40053"],
+                                 ["cause: stale conntrack entry: in node node1", "no ARP answer: node node2 asked who has 10.240.1.2"]),
+    "hostport-collision.yaml": ("ext", "exporter", ["--proto", "tcp/9100"],
+                                ["DNAT: destination 192.168.127.11:9100 -> 10.239.0.2:9100",
+                                 "cnilab-portmap hostports: tcp dport 9100 dnat to 10.239.0.2:9100",
+                                 "verdict: delivered to pod web and answered"]),
+}
+
+
+def netlab(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "netlab", *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=timeout)
+
+
+def test_every_scenario_has_a_trace_or_dns_evidence():
+    assert len(SCENARIOS) >= 7
+    assert set(TRACES) | {"ndots-amplification.yaml"} == set(SCENARIOS)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_scenario_shows_its_symptom(scenario, tmp_path):
+    from netlab import scenario as sc_mod
+    from netlab.checks.common import CheckResult
+    path = os.path.join(REPO, "topologies", "scenarios", scenario)
+    sc = sc_mod.load(path)
+    assert sc is not None and sc.symptom and sc.cause and sc.fix and sc.failing
+    name = unique_name("s").replace("_", "-")[:20].lower().strip("-")
+    lab_dir = str(tmp_path / "lab")
+    try:
+        up = netlab("up", path, "--name", name, "--lab-dir", lab_dir, "--json", "-q")
+        assert up.returncode == 1, up.stdout[-2000:] + up.stderr[-3000:]     # its checks fail: the symptom
+        report = json.loads(up.stdout)
+        results = [CheckResult(**{k: c[k] for k in ("name", "type", "ok", "expected", "observed", "details")})
+                   for c in report["checks"]]
+        assert sc_mod.judge(sc, results) == [], json.dumps(report["checks"], indent=1)
+        if scenario in TRACES:
+            src, dst, opts, wants = TRACES[scenario]
+            t = netlab("trace", src, dst, *opts, "--lab-dir", lab_dir)
+            for w in wants:
+                assert w in t.stdout, f"{w!r} not in:\n{t.stdout}\n{t.stderr}"
+    finally:
+        d = netlab("down", "--lab-dir", lab_dir)
+    assert d.returncode == 0, d.stderr
+    assert not [n for n in os.listdir("/var/run/netns") if n.startswith(f"nl-{name}-")]
+    assert not os.path.exists(lab_dir)
+    # the udp-flow process of a scenario is stopped by down
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                assert lab_dir.encode() not in f.read(), f"process {pid} left running"
+        except OSError:
+            pass
