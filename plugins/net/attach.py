@@ -14,6 +14,10 @@ API (stable; the vxlan plugin builds on it)
     Create the bridge if missing (an existing non-bridge link is LINK_EXISTS,
     a kernel without vlan filtering is NOT_SUPPORTED_BY_KERNEL), set ``mtu``
     (raising or lowering an existing bridge), bring it up, accept_ra=0.
+    When ``created``, push ``remove_bridge_if_unused(name)`` on the undo stack
+    (before ``attach``) so a failed ADD does not leave a bridge it made (kept if
+    another pod joined it meanwhile). ``bridge_interface(name)`` re-reads the
+    bridge's ``Interface`` (its MAC can change as ports join).
 
 ``VethSpec(network, container_id, ifname, netns, bridge, mtu=0, mac="", hairpin=False,
            isolated=False, host_name="", vlan=0, vlan_trunk=(), preserve_default_vlan=False)``
@@ -47,16 +51,23 @@ API (stable; the vxlan plugin builds on it)
 ``set_bridge_addrs(bridge, cidrs, *, force=False)``
     Put gateway addresses on the bridge; a different IPv4 address (or an
     overlapping IPv6 one) is ADDRESS_UNAVAILABLE unless ``force`` replaces it.
-    IPv6 gateways are added without DAD (they are ours). Pins the bridge MAC.
+    IPv6 gateways are added without DAD (they are ours) and waited for until
+    usable (the bridge needs carrier). Pins the bridge MAC.
 
 ``enable_forwarding(families)``  ip_forward / ipv6 forwarding in the node netns.
 
 ``wait_port_up(host_name, timeout=2.5)``  wait for the host end's operstate UP.
 
+Masquerade and MAC spoof checks live in ``masq.py`` (``setup(network, id,
+ifname, cidrs)``, ``teardown(network, id, ifname)``, ``gc(network, valid)``)
+and ``macspoof.py`` (``setup(network, id, ifname, host_veth, mac)``, same
+``teardown``/``gc``); both key rules by (network, container ID, ifname).
+
 ``detach(network, container_id, ifname, netns, host_name="") -> None``
     Idempotent: removes the pod end if the netns still exists (missing or
-    empty netns is fine), then the host end by its deterministic name. Raises
-    a CNIError only for real failures.
+    empty netns is fine), then the host end by its deterministic name. Uses a
+    few standard-library rtnetlink requests (``link.delete_by_name``), so DEL
+    never imports pyroute2. Raises a CNIError only for real failures.
 
 ``check_veth(spec, bridge_index, pod_mac="", host_mac="") -> None``
 ``check_pod_ips(netns, ifname, ips, routes) -> None``
