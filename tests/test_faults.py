@@ -354,3 +354,40 @@ def test_unwritable_data_dir_is_a_clear_error(tmp_path, make_netns, installed_pl
                                dict(conf, type="host-local"), other.path, "victim")
         assert st["rc"] != 0 and json.loads(st["out"])["code"] == 50, st
         rt.delete(net, pod.path, "live", "eth0")
+
+
+def test_duplicate_and_concurrent_add_keep_the_live_attachment(tmp_path, make_netns,
+                                                               installed_plugins):
+    """A runtime bug or a retry race: ADD of an attachment that exists (sequentially and
+    two at once) fails with code 100 and leaves the live one whole. (A runtime that
+    then DELs the failed ADD removes the attachment: DEL is keyed by container ID and
+    ifname, for us as for the reference; so this runtime does not roll back here.)"""
+    node, pod = make_netns("fnode"), make_netns("fpod")
+    data_dir = str(tmp_path / "ipam")
+    net = conflist(data_dir)
+    rt = Runtime([installed_plugins], cache_dir=str(tmp_path / "cache"), host_netns=node.path,
+                 env=dict(os.environ, CNILAB_AGENT="off"), rollback=False)
+    from concurrent.futures import ThreadPoolExecutor
+    from plugins.core.errors import CNIError
+
+    def add(_=None):
+        try:
+            return rt.add(net, pod.path, "dup", "eth0", capability_args=caps(1))
+        except CNIError as e:
+            return e
+
+    first = add()
+    assert isinstance(first, dict), first
+    again = add()
+    assert isinstance(again, CNIError) and again.code == 100, again
+    with ThreadPoolExecutor(2) as ex:
+        racing = list(ex.map(add, range(2)))
+    assert all(isinstance(r, CNIError) and r.code == 100 for r in racing), racing
+    ip = first["ips"][0]["address"]
+    assert node_state.reservations(data_dir, NET) == {ip.split("/")[0]: "dup/eth0"}
+    addrs = json.loads(pod.run("ip", "-j", "addr", "show", "dev", "eth0").stdout)
+    assert ip in [f"{a['local']}/{a['prefixlen']}" for a in addrs[0]["addr_info"]]
+    assert len(node_state.links_of_kind(node.name, "ifb")) == 1
+    rt.check(net, pod.path, "dup", "eth0")
+    rt.delete(net, pod.path, "dup", "eth0")
+    assert node_state.nothing_left(everything_left(node, pod, data_dir))
