@@ -210,6 +210,18 @@ def test_exec_runs_in_the_pod_with_its_resolv_conf(tmp_path):
         r = netlab("exec", "--lab-dir", lab_dir, "client", "--", "ip", "-4", "-o", "addr", "show", "eth0", check=True)
         assert "10.247.0." in r.stdout
         assert netlab("exec", "--lab-dir", lab_dir, "nosuchpod", "--", "true").returncode == 2
+        # verify FILE runs that file's checks against the running lab; a wrong
+        # expectation is a failed check (exit 1) that says what was seen
+        wrong = tmp_path / "wrong.yaml"
+        text = open(os.path.join(REPO, "topologies", "dns-ndots.yaml")).read()
+        wrong.write_text(text.replace("expect: {queries: [api.example.org], count: 1, answer: 192.168.80.200}\n  - type: dns\n    name: ndots:1",
+                                      "expect: {queries: [api.example.org], count: 2, answer: 192.168.80.200}\n  - type: dns\n    name: ndots:1"))
+        assert wrong.read_text() != text
+        v = netlab("verify", str(wrong), "--lab-dir", lab_dir, "--json")
+        assert v.returncode == 1
+        bad = [c for c in json.loads(v.stdout)["checks"] if not c["ok"]]
+        assert [c["name"] for c in bad] == ["trailing dot asks once"]
+        assert "1 query" in bad[0]["observed"] and "expected 2" in bad[0]["observed"]
     finally:
         netlab("down", "--lab-dir", lab_dir)
     assert leftovers(name, lab_dir) == []
