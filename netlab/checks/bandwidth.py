@@ -4,12 +4,10 @@ stream are kept as evidence (a full capture of the transfer is not)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 
 from .. import netns as nsutil
-from ..dns import listening_udp  # noqa: F401  (same /proc parsing idea, tcp below)
 from .common import CheckResult, Context, captured, run_in
 
 
