@@ -319,23 +319,9 @@ def _check_bridge(c: BridgeConf, br_prev: Interface | None, gw_cidrs: list[str])
 
 # ---- GC / STATUS ----------------------------------------------------------------
 
-def valid_attachments(raw: dict) -> list[tuple[str, str]]:
-    items = raw.get("cni.dev/valid-attachments")
-    if items is None:
-        items = raw.get("cni.dev/attachments")
-    if items is None:
-        return []
-    if not isinstance(items, list):
-        raise CNIError(INVALID_NETWORK_CONFIG, "cni.dev/valid-attachments must be a list")
-    out = []
-    for n, item in enumerate(items):
-        f = Fields(item, f"cni.dev/valid-attachments[{n}]")
-        out.append((f.str("containerID", required=True), f.str("ifname", required=True)))
-    return out
-
-
 def gc(call: Call) -> None:
     c = parse_conf(call, strict=False)
+    from .core.gc import valid_attachments
     valid = valid_attachments(call.conf.raw)
     errors: list[CNIError] = []
     from .net import macspoof, masq
