@@ -196,7 +196,9 @@ def cmd_up(args) -> int:
         _err(f"{lab_dir} exists and is not empty (and holds no lab state): refusing to use it")
         return 1
     quiet = args.quiet
-    say = (lambda s: None) if quiet else (lambda s: print(s, flush=True))
+    # with --json, stdout carries only the report: progress goes to stderr
+    out = sys.stderr if args.json else sys.stdout
+    say = (lambda s: None) if quiet else (lambda s: print(s, file=out, flush=True))
     t0 = time.monotonic()
     parents = []          # directories above the lab dir that we create (e.g. /var/lib/netlab)
     d = os.path.dirname(lab_dir)
@@ -232,7 +234,7 @@ def cmd_up(args) -> int:
     say(f"netlab: lab {topo.name} is up ({build_s:.1f}s)")
     rc = 0
     if not args.no_checks and topo.checks:
-        results = _run_checks(topo, plan, st, args.json, quiet)
+        results = _run_checks(topo, plan, st, args.json, quiet or args.json)
         print_report(topo.name, results, as_json=args.json)
         rc = 0 if all(r.ok for r in results) else 1
     if not args.json:

@@ -614,7 +614,7 @@ def _build(ctx: _Ctx, data: Any, path: str, base_dir: str, name_override: str | 
         ctx.err(("checks",), f"must be a list, got {_typename(raw_checks)}")
         raw_checks = []
     for j, c in enumerate(raw_checks):
-        chk = _check(ctx, c, ("checks", j), j, nodes, pods, dns)
+        chk = _check(ctx, c, ("checks", j), j, nodes, pods, dns, external)
         if chk:
             checks.append(chk)
     names = [c.name for c in checks]
@@ -663,7 +663,8 @@ def gateway(w: Network, node_index: int) -> ipaddress.IPv4Address:
 _TARGET_HELP = "a pod name, node name, 'ext' (client outside the nodes) or 'dns'"
 
 
-def _check(ctx: _Ctx, c: Any, p: tuple, j: int, nodes: dict, pods: dict, dns: DNSConfig) -> Check | None:
+def _check(ctx: _Ctx, c: Any, p: tuple, j: int, nodes: dict, pods: dict, dns: DNSConfig,
+           external: bool = True) -> Check | None:
     if not isinstance(c, dict):
         ctx.err(p, f"a check must be a mapping, got {_typename(c)}")
         return None
@@ -681,7 +682,7 @@ def _check(ctx: _Ctx, c: Any, p: tuple, j: int, nodes: dict, pods: dict, dns: DN
         "capture": ("at", "filter", "run", "in", "timeout", "count"),
     }[ctype]
     o = _Obj(ctx, c, p, common + per)
-    targets = set(nodes) | set(pods) | {"ext", "dns"}
+    targets = set(nodes) | set(pods) | ({"ext"} if external else set()) | ({"dns"} if dns.enabled else set())
 
     def target(key, required=True, kinds=targets, default=None):
         v = o.get(key, str, default, required=required)

@@ -100,6 +100,8 @@ checks:
     ("pods: {a: {node: n1, network: podnet, ports: [{hostPort: 80}]}, b: {node: n1, network: podnet, ports: [{hostPort: 80}]}}",
      "already taken by pod a"),
     ("pods: {ext: {node: n1, network: podnet}}", "reserved"),
+    ("external: false\nchecks: [{type: reach, from: ext, to: n1}]", "unknown target 'ext'"),
+    ("dns: {enabled: false}\nchecks: [{type: reach, from: n1, to: dns}]", "unknown target 'dns'"),
     ("checks: [{type: port, pod: a, hostPort: 81}]\npods: {a: {node: n1, network: podnet, ports: [{hostPort: 80}]}}",
      "no tcp mapping for host port 81"),
     ("checks: [{type: bandwidth, from: a, to: b}]\npods: {a: {node: n1, network: podnet}, b: {node: n1, network: podnet}}",
