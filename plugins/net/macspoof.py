@@ -15,6 +15,7 @@ from typing import Iterable
 
 from ..core.errors import CNIError, IO_FAILURE
 from .masq import attachment_key, network_key
+from .nft import plan_delete
 
 FAMILY = "bridge"
 TABLE = "cnilab_macspoof"
@@ -54,11 +55,6 @@ def select_rules(objects: list[dict] | None, prefix: str) -> list[dict]:
             if "rule" in o and str(o["rule"].get("comment", "")).startswith(prefix)]
 
 
-def plan_delete(rules: Iterable[dict]) -> list[dict]:
-    return [{"delete": {"rule": {"family": r["family"], "table": r["table"],
-                                 "chain": r["chain"], "handle": r["handle"]}}} for r in rules]
-
-
 def _nft():
     from .nft import Nft
     return Nft()
@@ -84,17 +80,7 @@ def rules_for(network: str, container_id: str, ifname: str) -> list[dict]:
 
 
 def _delete(select) -> int:
-    nft = _nft()
-    last = None
-    for _ in range(3):
-        rules = select(nft.list_table(FAMILY, TABLE))
-        if not rules:
-            return 0
-        err = nft.try_apply(plan_delete(rules))
-        if err is None:
-            return len(rules)
-        last = err
-    raise CNIError(IO_FAILURE, "removing macspoofchk rules failed", last or "")
+    return _nft().delete_selected(FAMILY, TABLE, select, "macspoofchk rules")
 
 
 def teardown(network: str, container_id: str, ifname: str) -> int:

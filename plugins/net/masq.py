@@ -26,6 +26,7 @@ import ipaddress
 from typing import Iterable
 
 from ..core.errors import CNIError, IO_FAILURE
+from .nft import plan_delete
 
 FAMILY = "inet"
 TABLE = "cnilab_masq"
@@ -111,11 +112,6 @@ def plan_rules(network: str, container_id: str, ifname: str, cidrs: Iterable[str
     return out
 
 
-def plan_delete(rules: Iterable[dict]) -> list[dict]:
-    return [{"delete": {"rule": {"family": r["family"], "table": r["table"],
-                                 "chain": r["chain"], "handle": r["handle"]}}} for r in rules]
-
-
 def select_rules(objects: list[dict] | None, prefix: str) -> list[dict]:
     """Rules of our masq chain whose comment starts with ``prefix``."""
     out = []
@@ -165,17 +161,7 @@ def rules_for(network: str, container_id: str | None = None, ifname: str | None 
 
 
 def _delete_selected(select) -> int:
-    nft = _nft()
-    last = None
-    for _ in range(3):
-        rules = select(nft.list_table(FAMILY, TABLE))
-        if not rules:
-            return 0
-        err = nft.try_apply(plan_delete(rules))
-        if err is None:
-            return len(rules)
-        last = err
-    raise CNIError(IO_FAILURE, "removing masquerade rules failed", last or "")
+    return _nft().delete_selected(FAMILY, TABLE, select, "masquerade rules")
 
 
 def teardown(network: str, container_id: str, ifname: str) -> int:

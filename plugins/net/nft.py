@@ -55,6 +55,23 @@ class Nft:
     def table_exists(self, family: str, table: str) -> bool:
         return self.list_table(family, table) is not None
 
+    def delete_selected(self, family: str, table: str, select, what: str) -> int:
+        """Delete the rules ``select(objects of the table)`` picks; returns how many.
+
+        Rule handles come from a listing, so a concurrent change can make the
+        delete transaction fail: list again and retry a few times.
+        """
+        last = None
+        for _ in range(3):
+            rules = select(self.list_table(family, table))
+            if not rules:
+                return 0
+            err = self.try_apply(plan_delete(rules))
+            if err is None:
+                return len(rules)
+            last = err
+        raise CNIError(IO_FAILURE, f"removing {what} failed", last or "")
+
 
 def rules_with_comment(objects: list[dict] | None, pred) -> list[dict]:
     """Rules whose comment satisfies ``pred`` (comments carry our attachment keys)."""
@@ -69,3 +86,8 @@ def rules_with_comment(objects: list[dict] | None, pred) -> list[dict]:
 def delete_rule_cmd(rule: dict) -> dict[str, Any]:
     return {"delete": {"rule": {"family": rule["family"], "table": rule["table"],
                                 "chain": rule["chain"], "handle": rule["handle"]}}}
+
+
+def plan_delete(rules) -> list[dict]:
+    """Delete commands for listed rules (by handle)."""
+    return [delete_rule_cmd(r) for r in rules]
