@@ -391,3 +391,107 @@ def test_duplicate_and_concurrent_add_keep_the_live_attachment(tmp_path, make_ne
     rt.check(net, pod.path, "dup", "eth0")
     rt.delete(net, pod.path, "dup", "eth0")
     assert node_state.nothing_left(everything_left(node, pod, data_dir))
+
+
+VX_NET = {"cniVersion": "1.1.0", "name": "fvx", "plugins": [
+    {"type": "vxlan", "vni": 4011, "underlayInterface": "ul0", "ipMasq": True,
+     "peers": ["10.98.0.2", "10.98.0.3"], "isGateway": True,
+     "ipam": {"type": "host-local", "dataDir": "<data>",
+              "ranges": [[{"subnet": "10.99.7.0/24"}]]}}]}
+
+
+def vx_net(data_dir: str) -> dict:
+    net = json.loads(json.dumps(VX_NET))
+    net["plugins"][0]["ipam"]["dataDir"] = data_dir
+    return net
+
+
+def vx_node(make_netns):
+    node, pod = make_netns("fnode"), make_netns("fpod")
+    node.run("ip", "link", "add", "ul0", "type", "veth", "peer", "name", "ul0p")
+    node.run("ip", "addr", "add", "10.98.0.1/24", "dev", "ul0")
+    node.run("ip", "link", "set", "ul0", "up")
+    return node, pod
+
+
+def shared_links(node) -> list[str]:
+    return (node_state.links_of_kind(node.name, "vxlan")
+            + node_state.links_of_kind(node.name, "bridge"))
+
+
+@pytest.mark.slow
+def test_kill_9_during_vxlan_add_then_del_leaves_nothing(tmp_path, make_netns,
+                                                         installed_plugins):
+    """vxlan: a kill at any moment of ADD, then DEL: no per-attachment artefact (veth,
+    masquerade rule, reservation, pod interface) remains, and the next ADD works.
+    The shared VXLAN device and bridge go with the last pod, except in one window
+    (see the xfail below): those torn leftovers are counted and removed here, by
+    exact name, so the run goes on."""
+    node, pod = vx_node(make_netns)
+    data_dir = str(tmp_path / "ipam")
+    net = vx_net(data_dir)
+    rt = runtime(tmp_path, installed_plugins, node)
+    rng = random.Random(int(os.environ.get("CNILAB_FAULT_SEED", "9")))
+    t0 = time.monotonic()
+    rc, out = finish(spawn(installed_plugins, node, "ADD", plugin_conf(net, 0, None, {}), "warm",
+                           pod.path))
+    duration = time.monotonic() - t0
+    assert rc == 0, out
+    rt.delete(net, pod.path, "warm", "eth0")
+
+    def left() -> dict:
+        out = everything_left(node, pod, data_dir)
+        out["veths"] = [v for v in out["veths"] if v not in ("ul0", "ul0p")]
+        out["reservations"] = sorted(node_state.reservations(data_dir, "fvx"))
+        return out
+
+    assert node_state.nothing_left(left()) and shared_links(node) == [], left()
+    kills = partial = torn = 0
+    start = time.monotonic()
+    n = 0
+    while time.monotonic() - start < 12.0:
+        n += 1
+        p = spawn(installed_plugins, node, "ADD", plugin_conf(net, 0, None, {}), f"vx{n}",
+                  pod.path)
+        kills += kill_at(p, duration * rng.uniform(0.25, 1.05))
+        finish(p)
+        partial += not node_state.nothing_left(left())
+        rt.delete(net, pod.path, f"vx{n}", "eth0")
+        assert node_state.nothing_left(left()), (n, json.dumps(left()))
+        leftover = shared_links(node)
+        if leftover:
+            torn += 1
+            for name in leftover:          # ours by exact name, in our throwaway node
+                node.run("ip", "link", "del", name)
+        if n % 5 == 0:
+            assert rt.add(net, pod.path, f"ok{n}", "eth0")["ips"]
+            rt.delete(net, pod.path, f"ok{n}", "eth0")
+    print(f"\nkill -9 during vxlan ADD: {kills} kills in {n} runs, {partial} left state "
+          f"before DEL, {torn} left a torn shared device/bridge")
+    assert kills >= 5 and partial >= 1
+    assert rt.add(net, pod.path, "after", "eth0")["ips"]
+    rt.delete(net, pod.path, "after", "eth0")
+    assert node_state.nothing_left(left()) and shared_links(node) == [], left()
+
+
+@pytest.mark.xfail(strict=True, reason="vxlan: a kill between creating the VXLAN device and "
+                   "setting its ownership alias leaves an unowned device: DEL and GC keep it, "
+                   "every later ADD fails with 100 (reported to the lead)")
+def test_vxlan_recovers_from_a_device_torn_by_a_crash(tmp_path, make_netns, installed_plugins):
+    """The state a kill right after RTM_NEWLINK leaves (device made, alias not yet set),
+    reproduced deterministically: the next ADD must work and the last DEL remove it."""
+    node, pod = vx_node(make_netns)
+    data_dir = str(tmp_path / "ipam")
+    net = vx_net(data_dir)
+    rt = runtime(tmp_path, installed_plugins, node)
+    rt.add(net, pod.path, "first", "eth0")
+    mtu = json.loads(node.run("ip", "-j", "link", "show", "vxlan4011").stdout)[0]["mtu"]
+    rt.delete(net, pod.path, "first", "eth0")
+    node.run("ip", "link", "add", "vxlan4011", "mtu", str(mtu), "type", "vxlan", "id", "4011",
+             "dstport", "4789", "dev", "ul0", "local", "10.98.0.1", "nolearning")
+    try:
+        assert rt.add(net, pod.path, "second", "eth0")["ips"]
+        rt.delete(net, pod.path, "second", "eth0")
+        assert shared_links(node) == []
+    finally:
+        node.run("ip", "link", "del", "vxlan4011", check=False)
