@@ -7,29 +7,49 @@ from __future__ import annotations
 from .common import CheckResult, Context, captured, run_in
 
 
-def run(ctx: Context, check) -> CheckResult:
-    p = check.params
-    pod = ctx.target(p["pod"])
-    pcap = ctx.pcap(check)
-    proc, pkts = captured(pod.ns, "any" if pod.kind == "host" else pod.iface, "udp port 53", pcap,
-                          lambda: run_in(pod.ns, ["getent", "ahostsv4", p["query"]], timeout=p["timeout"] + 5, etc=True))
-    queries, answers = [], {}
-    seen_ids = set()
+RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
+
+
+def _qname(d) -> str | None:
+    qd = d.qd
+    if isinstance(qd, list):      # scapy >= 2.6: a list of questions
+        qd = qd[0] if qd else None
+    return qd.qname.decode().rstrip(".") if qd is not None else None
+
+
+def parse_dns(pkts, dedupe: bool = False) -> tuple[list[str], dict[str, str]]:
+    """(query names in the order sent, {name: rcode of its answer}). With
+    ``dedupe`` (capturing on every interface) a query seen twice counts once;
+    otherwise a retransmission counts, as it should."""
+    queries: list[str] = []
+    answers: dict[str, str] = {}
+    seen = set()
     for x in pkts:
         if not x.haslayer("DNS"):
             continue
         d = x["DNS"]
-        if d.qr == 0 and d.qd is not None:
-            key = (d.id, x["UDP"].sport)
-            if key in seen_ids:
-                continue      # the same query seen twice ("any" interface)
-            seen_ids.add(key)
-            qd = d.qd[0] if hasattr(d.qd, "__getitem__") and not hasattr(d.qd, "qname") else d.qd
-            queries.append(qd.qname.decode().rstrip("."))
-        elif d.qr == 1 and d.qd is not None:
-            qd = d.qd[0] if hasattr(d.qd, "__getitem__") and not hasattr(d.qd, "qname") else d.qd
-            rc = {0: "NOERROR", 2: "SERVFAIL", 3: "NXDOMAIN", 5: "REFUSED"}.get(d.rcode, str(d.rcode))
-            answers[qd.qname.decode().rstrip(".")] = rc
+        name = _qname(d)
+        if name is None:
+            continue
+        if d.qr == 0:
+            key = (d.id, x["UDP"].sport if x.haslayer("UDP") else 0)
+            if dedupe and key in seen:
+                continue
+            seen.add(key)
+            queries.append(name)
+        else:
+            answers[name] = RCODES.get(d.rcode, str(d.rcode))
+    return queries, answers
+
+
+def run(ctx: Context, check) -> CheckResult:
+    p = check.params
+    pod = ctx.target(p["pod"])
+    pcap = ctx.pcap(check)
+    iface = "any" if pod.kind == "host" else pod.iface
+    proc, pkts = captured(pod.ns, iface, "udp port 53", pcap,
+                          lambda: run_in(pod.ns, ["getent", "ahostsv4", p["query"]], timeout=p["timeout"] + 5, etc=True))
+    queries, answers = parse_dns(pkts, dedupe=iface == "any")
     got = proc.stdout.split()[0] if proc.returncode == 0 and proc.stdout.split() else "none"
     e = p["expect"]
     problems = []
