@@ -155,7 +155,7 @@ def _dns_text(frame: bytes) -> str:
         from scapy.layers.l2 import Ether
         p = Ether(frame)
         if p.haslayer(DNS):
-            return "DNS " + p[DNS].mysummary()
+            return p[DNS].mysummary()
     except Exception:  # noqa: BLE001
         pass
     return ""

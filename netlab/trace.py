@@ -401,7 +401,8 @@ def _l4(x: dict) -> str:
         if t.get("mtu"):
             extra += f" (fragmentation needed, next-hop MTU {t['mtu']})"
         return f"{x['src']} > {x['dst']} ICMP {name}{extra}"
-    return f"{x['src']} > {x['dst']} proto {x['proto']}"
+    names = {2: "IGMP", 47: "GRE", 50: "ESP", 89: "OSPF", 132: "SCTP"}
+    return f"{x['src']} > {x['dst']} " + (names[x["proto"]] if x.get("proto") in names else f"proto {x.get('proto')}")
 
 
 def _tuple(x: dict) -> tuple:
@@ -507,8 +508,9 @@ def _owner_of(inv: Inventory, addr: str) -> str | None:
 class Tracer:
     def __init__(self, st, inv: Inventory, src_ns: str, dst_addr: str, probe: Probe, *,
                  src_name: str, dst_name: str, wait: float = 1.0, pcap_dir: str | None = None,
-                 nftrace: bool = True) -> None:
+                 nftrace: bool = True, dst_ns: str = "") -> None:
         self.nftrace = nftrace
+        self.dst_ns = dst_ns
         self.nat_points: list[tuple[str, tuple, tuple]] = []
         self.rules: dict[str, list[dict]] = {}
         self.st, self.inv = st, inv
@@ -710,6 +712,14 @@ class Tracer:
             return
         if res.arrived:
             where = self.label(_owner_of(inv, top["dst"]) or last.ns)
+            owner = _owner_of(inv, top["dst"]) or last.ns
+            if self.dst_ns and owner != self.dst_ns and self.nat_points:
+                ns0, a, b = self.nat_points[0]
+                rule = next((r for r in self.rules.get(ns0, []) if "dnat" in r["rule"]), None)
+                res.causes.append(f"note: addressed to {res.dst_name} ({a[2]}{':' + str(a[3]) if a[3] else ''}) but "
+                                  f"delivered to {where} ({b[2]}{':' + str(b[3]) if b[3] else ''}): {self.label(ns0)} "
+                                  "rewrote the destination" + (f" ({rule['table']} chain {rule['chain']}: {rule['rule']})"
+                                                               if rule else ""))
             if res.replied:
                 rtop = back[-1].info.get("inner") or back[-1].info["ip"]
                 res.verdict = f"delivered to {where} and answered ({_l4(rtop)})"
@@ -981,7 +991,7 @@ def trace(st, src: str, dst: str, *, proto: str = "icmp", size: int | None = Non
     src_ns, src_addr, src_label = resolve(st, src)
     if not src_ns:
         raise TraceError("FROM must be a pod, node, 'ext' or 'dns' of the lab (the probe is sent from its namespace)")
-    _, dst_addr, dst_label = resolve(st, dst)
+    dst_ns, dst_addr, dst_label = resolve(st, dst)
     if not dst_addr:
         raise TraceError(f"{dst} has no address")
     inv = inventory(st)
@@ -994,6 +1004,7 @@ def trace(st, src: str, dst: str, *, proto: str = "icmp", size: int | None = Non
                sport=sport or random.randint(33000, 60999), icmp_id=random.randint(1, 65535),
                seq=random.randint(1, 2**32 - 1))
     t = Tracer(st, inv, src_ns, dst_addr, pr, src_name=src_label, dst_name=dst_label, wait=wait, pcap_dir=pcap_dir,
+               dst_ns=dst_ns,
                nftrace=nftrace)
     res = t.run()
     return res
