@@ -187,6 +187,9 @@ def cmd_up(args) -> int:
         for i, s in enumerate(plan.steps, 1):
             print(f"  {i:>3}. {s.desc}")
         return 0
+    if os.geteuid() != 0:
+        _err("netlab up needs root (it creates network namespaces); try: sudo netlab up ...")
+        return 1
     old = statemod.load(lab_dir)
     if old is not None:
         _err(f"lab {topo.name} is already up (state in {lab_dir}); remove it first: netlab down {topo.name}"
@@ -270,6 +273,9 @@ def cmd_down(args) -> int:
     if st is None:
         print(f"netlab: nothing to remove (no lab state in {lab_dir})")
         return 0
+    if os.geteuid() != 0:
+        _err("netlab down needs root")
+        return 1
     t0 = time.monotonic()
     n = sum(1 for r in st.resources if not r.get("removed"))
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # finish the teardown once started
