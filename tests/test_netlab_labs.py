@@ -182,6 +182,7 @@ def test_interrupted_or_crashed_build_is_removed(how, tmp_path):
         assert leftovers(name, lab_dir) == []
 
 
+@pytest.mark.slow
 def test_two_labs_at_once_do_not_clash(tmp_path):
     names = [lab_name(), lab_name()]
     dirs = [str(tmp_path / n) for n in names]
@@ -200,6 +201,7 @@ def test_two_labs_at_once_do_not_clash(tmp_path):
         assert leftovers(n, d) == []
 
 
+@pytest.mark.slow
 def test_exec_runs_in_the_pod_with_its_resolv_conf(tmp_path):
     name = lab_name()
     lab_dir = str(tmp_path / "lab")
