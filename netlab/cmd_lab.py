@@ -45,6 +45,8 @@ def register(sub) -> None:
     p.add_argument("lab", nargs="?", help="lab name or its topology file")
     common(p, lab_arg=False)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--cni-check", action="store_true",
+                   help="also run CNI CHECK for every pod attachment (through the lab's plugins)")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("exec", help="run a command in a pod or node namespace (with the pod's resolv.conf)")
@@ -322,6 +324,25 @@ def lab_status(st: statemod.State) -> dict:
             "pods": pods, "lastCheck": report}
 
 
+def cni_check(st: statemod.State) -> dict[str, str]:
+    """CNI CHECK of every recorded attachment: 'ok' or the plugin's error."""
+    from . import netns as nsutil
+    from .build import runtime_for
+    out = {}
+    sock = st.data.get("agentSocket")
+    for pod, res in st.attachments().items():
+        if res.get("removed"):
+            continue
+        try:
+            rt = runtime_for(st.lab_dir, res["node_ns"], res.get("cni_path") or st.data.get("cniPath", ""),
+                             sock if sock and os.path.exists(sock) else None)
+            rt.check(res["conflist"], nsutil.path(res["netns"]), res["container_id"], res["ifname"])
+            out[pod] = "ok"
+        except Exception as e:  # noqa: BLE001 - reported per pod
+            out[pod] = f"FAILED: {e}"
+    return out
+
+
 def cmd_status(args) -> int:
     if args.lab or args.lab_dir:
         st = statemod.load(os.path.abspath(args.lab_dir) if args.lab_dir else statemod.lab_dir_for(_name_from_arg(args.lab)))
@@ -335,9 +356,16 @@ def cmd_status(args) -> int:
     else:
         sts = labs_up()
     infos = [lab_status(s) for s in sts]
+    if getattr(args, "cni_check", False):
+        for st, info in zip(sts, infos):
+            results = cni_check(st)
+            for pod in info["pods"]:
+                pod["cniCheck"] = results.get(pod["pod"], "not checked")
+            info["healthy"] = info["healthy"] and all(v == "ok" for v in results.values())
+    rc = 0 if all(i["healthy"] for i in infos) else 1
     if args.json:
         print(json.dumps({"labs": infos}, indent=2))
-        return 0
+        return rc
     if not infos:
         print("no lab is up")
         return 0
@@ -352,8 +380,9 @@ def cmd_status(args) -> int:
         for p in i["processes"]:
             print(f"  proc  {p['name']} pid {p['pid']} {'running' if p['running'] else 'NOT RUNNING'}")
         for p in i["pods"]:
-            print(f"  pod   {p['pod']:<16} {p['address'] or '-':<16} {p['network']:<10} netns {p['netns']}")
-    return 0
+            print(f"  pod   {p['pod']:<16} {p['address'] or '-':<16} {p['network']:<10} netns {p['netns']}"
+                  + (f"  CNI CHECK: {p['cniCheck']}" if "cniCheck" in p else ""))
+    return rc
 
 
 # --------------------------------------------------------------------------- exec / verify

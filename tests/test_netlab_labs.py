@@ -245,3 +245,31 @@ def test_same_lab_on_the_reference_plugins(tmp_path):
     finally:
         netlab("down", "--lab-dir", lab_dir)
     assert leftovers(name, lab_dir) == []
+
+
+@pytest.mark.slow
+def test_checks_and_status_catch_a_broken_lab(tmp_path):
+    """Break a running lab behind netlab's back: verify and status must notice."""
+    name = lab_name()
+    lab_dir = str(tmp_path / "lab")
+    node1 = f"nl-{name}-n-node1"
+    try:
+        netlab("up", "topologies/bridge.yaml", "--name", name, "--lab-dir", lab_dir, "-q", "--no-checks", check=True)
+        s = netlab("status", "--lab-dir", lab_dir, "--cni-check", "--json")
+        assert s.returncode == 0 and all(p["cniCheck"] == "ok" for p in json.loads(s.stdout)["labs"][0]["pods"])
+        # node1 forgets its route to node2's pods: cross-node reach must fail
+        subprocess.run(["ip", "-n", node1, "route", "del", "10.244.1.0/24"], check=True)
+        v = netlab("verify", "--lab-dir", lab_dir, "--json")
+        assert v.returncode == 1
+        bad = {c["name"]: c for c in json.loads(v.stdout)["checks"] if not c["ok"]}
+        assert "reach a1 -> b1 tcp" in bad and "0 request(s) seen at b1" in bad["reach a1 -> b1 tcp"]["observed"]
+        assert "reach a1 -> a2 icmp" not in bad                       # same-node traffic is unaffected
+        # the bridge's MTU changed under the plugin: CNI CHECK fails for that node's pods
+        subprocess.run(["ip", "-n", node1, "link", "set", "cni0", "mtu", "1400"], check=True)
+        s = netlab("status", "--lab-dir", lab_dir, "--cni-check", "--json")
+        pods = {p["pod"]: p["cniCheck"] for p in json.loads(s.stdout)["labs"][0]["pods"]}
+        assert s.returncode == 1
+        assert pods["b1"] == "ok" and "MTU" in pods["a1"] and pods["a1"].startswith("FAILED")
+    finally:
+        netlab("down", "--lab-dir", lab_dir)
+    assert leftovers(name, lab_dir) == []
