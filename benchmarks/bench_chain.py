@@ -112,7 +112,7 @@ def parallel(v: Variant, pods: list[str], workers: int) -> dict:
     return out
 
 
-def run(n: int, par: int, json_path: str | None) -> int:
+def run(n: int, par: int, json_path: str | None, agent_processes: int | None = None) -> int:
     if os.geteuid() != 0:
         print("bench_chain: needs root (creates throwaway namespaces)", file=sys.stderr)
         return 2
@@ -130,7 +130,7 @@ def run(n: int, par: int, json_path: str | None) -> int:
     cpu = {v: 0.0 for v in VARIANTS}          # CPU seconds of the measured pods, per variant
     with H.Scratch("chain") as scratch:
         ours_bin = H.install_ours(scratch.mkdir("bin"))
-        with H.running_agent(scratch) as sock:
+        with H.running_agent(scratch, agent_processes) as sock:
             served0 = H.agent_served(sock)
             vs = {name: Variant(name, scratch, H.REF_DIR if name == "ref" else ours_bin, sock,
                                 chain) for name in VARIANTS}
@@ -209,8 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parallel", type=int, default=50,
                     help="pods ADDed at once per variant (default 50; 0 skips)")
     ap.add_argument("--json", default=None, help="also write the figures as JSON here")
+    ap.add_argument("--agent-processes", type=int, default=None,
+                    help="the agent's serving processes (default: its own default)")
     a = ap.parse_args(argv)
-    return run(a.n, a.parallel, a.json)
+    return run(a.n, a.parallel, a.json, a.agent_processes)
 
 
 if __name__ == "__main__":

@@ -243,7 +243,7 @@ def cni_env(command: str, cni_path: str, *, container_id: str = "", netns: str =
 
 # ---- the agent, for the "ours + agent" variant ---------------------------------------
 @contextlib.contextmanager
-def running_agent(scratch: Scratch) -> Iterator[str]:
+def running_agent(scratch: Scratch, processes: int | None = None) -> Iterator[str]:
     """A private agent on a socket inside the scratch dir; yields the socket path.
 
     ``--on-code-change ignore``: other people edit the tree while benchmarks
@@ -251,7 +251,8 @@ def running_agent(scratch: Scratch) -> Iterator[str]:
     """
     from netlab.cmd_agent import start_agent, stop_agent
     sock = scratch.path("agent", "agent.sock")
-    start_agent(sock, on_code_change="ignore", log_path=scratch.path("agent", "agent.log"))
+    start_agent(sock, on_code_change="ignore", log_path=scratch.path("agent", "agent.log"),
+                processes=processes)
     try:
         yield sock
     finally:
