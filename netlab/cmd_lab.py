@@ -245,12 +245,26 @@ def cmd_up(args) -> int:
     if not args.json:
         first_pod = next((p for p in topo.pods), None)
         dir_opt = f" --lab-dir {lab_dir}" if args.lab_dir else ""
+        nl = _prog()
         print(f"\nThe lab stays up. Use it:\n"
-              f"  netlab status {topo.name}{dir_opt}\n"
-              + (f"  netlab exec --lab {topo.name}{dir_opt} {first_pod} -- ip addr\n" if first_pod else "")
-              + f"  netlab verify --lab {topo.name}{dir_opt}\n"
-              f"Remove it:\n  netlab down {topo.name}{dir_opt}")
+              f"  {nl} status {topo.name}{dir_opt}\n"
+              + (f"  {nl} exec --lab {topo.name}{dir_opt} {first_pod} -- ip addr\n" if first_pod else "")
+              + f"  {nl} verify --lab {topo.name}{dir_opt}\n"
+              f"  evidence (pcaps): {os.path.join(lab_dir, 'evidence')}\n"
+              f"Remove it:\n  {nl} down {topo.name}{dir_opt}")
     return rc
+
+
+def _prog() -> str:
+    """How the user can call netlab: on PATH, else this venv's script, else -m."""
+    import shutil
+    if shutil.which("netlab"):
+        return "netlab"
+    script = os.path.join(os.path.dirname(sys.executable), "netlab")
+    if os.access(script, os.X_OK):
+        rel = os.path.relpath(script)
+        return rel if not rel.startswith("..") else script
+    return f"{sys.executable} -m netlab"
 
 
 def _raise_interrupt(signum, frame):
