@@ -1042,7 +1042,10 @@ def format_result(r: TraceResult) -> str:
     out.append("")
     out.append(f"verdict: {r.verdict}")
     for c in r.causes:
-        out.append("  cause: " + c.replace("\n", "\n    "))
+        if c.startswith("note: "):
+            out.append("  note:  " + c[6:])
+        else:
+            out.append("  cause: " + c.replace("\n", "\n    "))
     for e in r.evidence:
         out.append("  seen:  " + e)
     if r.pcaps:
