@@ -381,3 +381,16 @@ print("lean" if lean else "not lean")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "lean"
+
+
+@pytest.mark.root
+def test_large_stdin_and_env_cross_the_socket_intact(agent_sock):
+    conf = {"cniVersion": "1.0.0", "name": "big", "type": "bridge", "pad": "x" * (3 << 20)}
+    stdin = json.dumps(conf).encode()
+    env = {"CNI_COMMAND": "DEL", "CNI_CONTAINERID": "c1", "CNI_IFNAME": "eth0",
+           "CNI_ARGS": "IgnoreUnknown=1;" + "K=" + "v" * 100000, "CNILAB_AGENT_SOCKET": agent_sock}
+    before = ag.ping(agent_sock)["served"]
+    p = run_launcher("host-local", env, stdin)
+    assert ag.ping(agent_sock)["served"] == before + 1           # it went through the agent
+    rc, out = in_process("host-local", env, stdin)
+    assert (p.returncode, p.stdout) == (rc, out)
