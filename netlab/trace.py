@@ -609,10 +609,14 @@ class Tracer:
                     o.kind, o.info = "reply", info
                     obs.append(o)
         far = max(dist.values(), default=0) + 1
-        fwd = sorted([o for o in obs if o.kind == "probe"], key=lambda o: (dist.get(o.ns, far), o.ns, o.order))
-        back = sorted([o for o in obs if o.kind == "reply"], key=lambda o: (-dist.get(o.ns, far), o.ns, o.order))
-        res.hops = self._hops(fwd, first=None)
-        res.replies = self._hops(back, first=None)
+        fwd = self._walk([o for o in obs if o.kind == "probe"], self.src_ns,
+                         key=lambda o: (dist.get(o.ns, far), o.ns, o.order))
+        replies = [o for o in obs if o.kind == "reply"]
+        origin = next((o.ns for o in sorted(replies, key=lambda o: o.order) if o.direction == "out"
+                       and _owner_of(inv, (o.info.get("inner") or o.info["ip"])["src"]) == o.ns), None)
+        back = self._walk(replies, origin, key=lambda o: (-dist.get(o.ns, far), o.ns, o.order))
+        res.hops = self._hops(fwd)
+        res.replies = self._hops(back, reply=True)
         for o in sorted([o for o in obs if o.kind == "icmp-error"], key=lambda o: (-dist.get(o.ns, far), o.ns, o.order)):
             top = o.info.get("inner") or o.info["ip"]
             res.errors.append(f"{self.label(o.ns)} {o.iface} {o.direction}: {_l4(top)}"
@@ -635,7 +639,39 @@ class Tracer:
                     self.dnat_lost = (ns, m.group(1), m.group(2), r)
         self._diagnose(fwd, back, arps, before, after)
 
-    def _hops(self, seq: list[Obs], first) -> list[Hop]:
+    def _walk(self, items: list[Obs], start: str | None, key) -> list[Obs]:
+        """Order copies along the path: in a namespace, kernel order; leave it where a copy
+        goes out of a veth whose peer saw it come in, and continue there. A packet that
+        returns to a namespace (a hairpin) is followed too. What the walk cannot place is
+        appended in distance order."""
+        by_ns: dict[str, list[Obs]] = {}
+        for o in sorted(items, key=lambda o: o.order):
+            by_ns.setdefault(o.ns, []).append(o)
+        used: set[int] = set()
+        seq: list[Obs] = []
+        cur = start
+        while cur in by_ns:
+            nxt = None
+            for o in by_ns[cur]:
+                if id(o) in used:
+                    continue
+                used.add(id(o))
+                seq.append(o)
+                link = self.inv.link(o.ns, o.iface)
+                if o.direction == "out" and link is not None and link.peer:
+                    pns, pif = link.peer
+                    cand = next((x for x in by_ns.get(pns, []) if id(x) not in used and x.iface == pif
+                                 and x.direction == "in"), None)
+                    if cand is not None:
+                        nxt = pns
+                        break
+            if nxt is None:
+                break
+            cur = nxt
+        rest = sorted([o for o in items if id(o) not in used], key=key)
+        return seq + rest
+
+    def _hops(self, seq: list[Obs], reply: bool = False) -> list[Hop]:
         hops: list[Hop] = []
         prev = None
         for o in seq:
@@ -651,13 +687,14 @@ class Tracer:
                 pd = prev.info
                 ptop = pd.get("inner") or pd["ip"]
                 a, b = _tuple(ptop), _tuple(top)
-                if a[2:] != b[2:] or a[:2] != b[:2]:
+                if (a[2:] != b[2:] or a[:2] != b[:2]) and not reply:
                     self.nat_points.append((o.ns, a, b))
+                dn, sn = ("NAT undone: destination", "NAT undone: source") if reply else ("DNAT: destination", "SNAT: source")
                 if a[2:] != b[2:]:
-                    h.changes.append(f"DNAT: destination {a[2]}{':' + str(a[3]) if a[3] else ''} -> "
+                    h.changes.append(f"{dn} {a[2]}{':' + str(a[3]) if a[3] else ''} -> "
                                      f"{b[2]}{':' + str(b[3]) if b[3] else ''}")
                 if a[:2] != b[:2]:
-                    h.changes.append(f"SNAT: source {a[0]}{':' + str(a[1]) if a[1] else ''} -> "
+                    h.changes.append(f"{sn} {a[0]}{':' + str(a[1]) if a[1] else ''} -> "
                                      f"{b[0]}{':' + str(b[1]) if b[1] else ''}")
                 if top["ttl"] != ptop["ttl"]:
                     h.changes.append(f"TTL {ptop['ttl']} -> {top['ttl']} (routed)")

@@ -39,7 +39,8 @@ TRACES = {
     "hostport-collision.yaml": ("ext", "exporter", ["--proto", "tcp/9100"],
                                 ["DNAT: destination 192.168.127.11:9100 -> 10.239.0.2:9100",
                                  "cnilab-portmap hostports: tcp dport 9100 dnat to 10.239.0.2:9100",
-                                 "verdict: delivered to pod web and answered"]),
+                                 "verdict: delivered to pod web and answered",
+                                 "note:  addressed to exporter (192.168.127.11:9100) but delivered to pod web"]),
 }
 
 

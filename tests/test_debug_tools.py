@@ -126,7 +126,7 @@ def test_trace_host_port_shows_dnat_and_the_rule(lab):
     out = p.stdout
     assert "* DNAT: destination 192.168.100.11:8080 -> 10.244.0.10:80" in out, out
     assert re.search(r"cnilab-portmap hostports: tcp dport 8080 dnat to 10\.244\.0\.10:80", out), out
-    assert "SNAT: source 10.244.0.10:80 -> 192.168.100.11:8080" in out      # the answer, un-NATed
+    assert "NAT undone: source 10.244.0.10:80 -> 192.168.100.11:8080" in out      # the answer
     assert "verdict: delivered to pod web and answered" in out
 
 
