@@ -165,7 +165,7 @@ def start_lab_agent(lab_dir: str, record: Callable[..., dict], update: Callable[
         return None
     sock = os.path.join(lab_dir, "agent.sock")
     res = record("process", name="plugin agent", pid=0, starttime=None, socket=sock)
-    pid = start_agent(sock, log_path=os.path.join(lab_dir, "agent.log"), workers=16)
+    pid = start_agent(sock, log_path=os.path.join(lab_dir, "agent.log"), workers=8)
     update(res, pid=pid, starttime=statemod.proc_starttime(pid))
     return sock
 

@@ -491,6 +491,9 @@ class FdbSyncer:
         raw = dict(main_plugin(conflist), name=conflist["name"],
                    cniVersion=conflist["cniVersion"])
         conf = vx.parse(raw, conflist["name"])
+        if os.environ.get("CNILAB_RUN_DIR"):     # the same lock the plugins on this node take
+            import dataclasses
+            conf = dataclasses.replace(conf, run_dir=os.environ["CNILAB_RUN_DIR"])
         if conf.group:
             return None
         with vx.node_lock(conf), VxlanLinks() as links:

@@ -43,6 +43,7 @@ class VxlanConf:
     ip_masq: bool = False
     ipam: dict = field(default_factory=dict)
     dns: DNS = field(default_factory=DNS)
+    run_dir: str = "/run/cnilab"  # node lock files; the call's CNILAB_RUN_DIR overrides
 
     @property
     def device(self) -> str:
@@ -197,7 +198,11 @@ CNI_ARGS_KEYS = frozenset({"MAC", "IP"})       # MAC: ours; IP: host-local's
 
 
 def _conf(call) -> VxlanConf:
-    return parse(call.conf.raw, call.conf.name, call.conf.dns)
+    import dataclasses
+    conf = parse(call.conf.raw, call.conf.name, call.conf.dns)
+    # The call's environment, not the process's: in the node agent they differ.
+    run_dir = call.args.env.get("CNILAB_RUN_DIR")
+    return dataclasses.replace(conf, run_dir=run_dir) if run_dir else conf
 
 
 def _anycast_mac(network: str, vni: int) -> str:
@@ -217,7 +222,7 @@ def node_lock(conf: VxlanConf):
     """
     import fcntl
     import os
-    d = os.environ.get("CNILAB_RUN_DIR", "/run/cnilab")
+    d = conf.run_dir
     os.makedirs(d, mode=0o700, exist_ok=True)
     fd = os.open(os.path.join(d, f"vxlan-{conf.bridge}.lock"),
                  os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
