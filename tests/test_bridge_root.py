@@ -117,6 +117,23 @@ def test_hairpin_mtu_default_gateway_and_route_metrics(node, pod, data_dir):
     ok(call(node, "DEL", c, netns=pod.path, prev=r))
 
 
+def test_a_route_the_pod_already_has_wins(node, pod, data_dir):
+    """Second attachment with isDefaultGateway in a pod that already has a default
+    route (another interface): the existing route stays, ADD succeeds (as the
+    reference: first route wins)."""
+    pod.run("ip", "link", "add", "other0", "type", "veth", "peer", "name", "other1")
+    pod.run("ip", "link", "set", "other1", "up")
+    pod.run("ip", "addr", "add", "192.0.2.2/24", "dev", "other0")
+    pod.run("ip", "link", "set", "other0", "up")
+    pod.run("ip", "route", "add", "default", "via", "192.0.2.1")
+    c = conf(data_dir, "1.1.0", isDefaultGateway=True)
+    r = ok(call(node, "ADD", c, netns=pod.path))
+    rts = {x["dst"]: x for x in routes(pod)}
+    assert rts["default"]["gateway"] == "192.0.2.1" and rts["default"]["dev"] == "other0"
+    assert addrs(pod, "eth0") == {r["ips"][0]["address"]}
+    ok(call(node, "DEL", c, netns=pod.path, prev=r))
+
+
 def test_promisc_and_port_isolation(node, make_netns, data_dir):
     p1, p2 = make_netns("pod"), make_netns("pod")
     c = conf(data_dir, "1.0.0", promiscMode=True, portIsolation=True, isGateway=True)

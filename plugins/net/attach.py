@@ -327,8 +327,10 @@ def _configure_here(ipr, ifname: str, ips: list[IPConfig], routes: list[Route],
     for r in routes:
         fam = ipaddress.ip_network(r.dst, strict=False).version
         gw = r.gw or gw_by_family.get(fam, "")
+        # A route the pod already has (e.g. a default route through another
+        # attachment) wins, as with the reference plugins: skip, don't fail.
         link.add_route(ipr, dst=r.dst, oif=info.index, gw=gw, priority=r.priority,
-                       table=r.table, scope=r.scope, mtu=r.mtu, advmss=r.advmss)
+                       table=r.table, scope=r.scope, mtu=r.mtu, advmss=r.advmss, exist_ok=True)
 
 
 def pod_link_up(netns_path: str, ifname: str) -> None:

@@ -470,7 +470,9 @@ def list_routes(ipr, family: int, table: int | None = None) -> list[RouteInfo]:
 
 def add_route(ipr, *, dst: str, oif: int, gw: str = "", priority: int = 0,
               table: int | None = None, scope: int | None = None, mtu: int = 0,
-              advmss: int = 0) -> None:
+              advmss: int = 0, exist_ok: bool = False) -> bool:
+    """Add a route; with ``exist_ok`` an existing one for the same destination
+    (and metric) is left as it is and False is returned."""
     net = ipaddress.ip_network(dst, strict=False)
     kw: dict[str, Any] = {"dst": str(net), "oif": oif}
     if gw:
@@ -490,9 +492,12 @@ def add_route(ipr, *, dst: str, oif: int, gw: str = "", priority: int = 0,
         kw["metrics"] = metrics
     try:
         ipr.route("add", **kw)
+        return True
     except Exception as e:  # noqa: BLE001
         desc = f"{net}" + (f" via {gw}" if gw else "") + (f" metric {priority}" if priority else "")
         if netlink_errno(e) == errno.EEXIST:
+            if exist_ok:
+                return False
             raise CNIError(IO_FAILURE, f"route {desc} already exists", str(e)) from None
         raise kernel_error(e, f"adding route {desc}") from None
 
