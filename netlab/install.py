@@ -21,7 +21,8 @@ import os
 import subprocess
 import sys
 import sysconfig
-import tempfile
+
+from .fsutil import write_atomic
 
 PLUGINS = ("bridge", "host-local", "portmap", "bandwidth", "vxlan")
 MARKER = "# cnilab CNI plugin launcher"
@@ -70,22 +71,8 @@ def script_text(plugin: str, *, python: str | None = None, mode: str = "-IS",
     return "\n".join(lines)
 
 
-def _write_atomic(path: str, text: str) -> None:
-    d = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+def _write_script(path: str, text: str) -> None:
+    write_atomic(path, text.encode(), mode=0o755)
 
 
 def is_ours(path: str) -> bool:
@@ -134,7 +121,7 @@ def install(directory: str, *, force: bool = False, plugins: tuple[str, ...] = P
             except (OSError, UnicodeDecodeError):
                 same = False
             if not same:
-                _write_atomic(target, text)
+                _write_script(target, text)
             if not verify or works(target):
                 break
         else:

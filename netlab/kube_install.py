@@ -52,7 +52,6 @@ import os
 import shutil
 import ssl
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
@@ -61,6 +60,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
+
+from . import fsutil
 
 log = logging.getLogger("cnilab.kube")
 
@@ -534,26 +535,7 @@ def write_atomic(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> boo
             return False
     except FileNotFoundError:
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    fsutil.write_atomic(path, data, mode=mode, sync_dir=True)
     return True
 
 

@@ -35,7 +35,6 @@ import fcntl
 import json
 import os
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
@@ -45,6 +44,8 @@ from plugins.core.errors import (CNIError, DECODING_FAILURE, INCOMPATIBLE_VERSIO
                                  INVALID_NETWORK_CONFIG, IO_FAILURE, UNKNOWN_CONTAINER)
 from plugins.core.invoke import find_plugin
 from plugins.core.types import Result
+
+from .fsutil import write_atomic
 
 CACHE_KIND = "cniCacheV1"
 DEFAULT_CACHE_DIR = "/var/lib/cni"
@@ -574,7 +575,7 @@ class Runtime:
             info["capabilityArgs"] = caps
         info["result"] = result
         path = self._cache_path(net.name, container_id, ifname)
-        _atomic_write(path, json.dumps(info).encode(), mode=0o600, dir_mode=0o700)
+        write_atomic(path, json.dumps(info).encode(), mode=0o600, dir_mode=0o700)
 
     def _cache_read_info(self, net_name: str, container_id: str, ifname: str) -> dict | None:
         try:
@@ -783,25 +784,6 @@ def _result_as(raw: Any, cni_version: str) -> dict:
     except CNIError as e:
         raise CNIError(DECODING_FAILURE, f"cannot convert the result to {cni_version}: {e.msg}",
                        e.details) from None
-
-
-def _atomic_write(path: str, data: bytes, *, mode: int = 0o644, dir_mode: int = 0o755) -> None:
-    d = os.path.dirname(path)
-    os.makedirs(d, mode=dir_mode, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 __all__ = ["Runtime", "NetworkConfigList", "Attachment", "PluginError", "MultiError",
