@@ -189,14 +189,9 @@ def install_systemd_unit(unit_dir: str = DEFAULT_UNIT_DIR, *, sock: str = launch
                          python: str | None = None, root: str | None = None) -> str:
     """Write (or rewrite) the unit file; returns its path. Enabling it is left to
     the operator (`systemctl daemon-reload && systemctl enable --now cnilab-agent`)."""
-    text = unit_text(sock, python, root)
-    os.makedirs(unit_dir, exist_ok=True)
+    from .fsutil import write_atomic
     path = os.path.join(unit_dir, UNIT_NAME)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    write_atomic(path, unit_text(sock, python, root).encode(), mode=0o644)
     return path
 
 

@@ -136,6 +136,9 @@ def register(subparsers) -> None:
     p.add_argument("dir", metavar="DIR")
     p.add_argument("--force", action="store_true",
                    help="also replace files that are not our launchers")
+    p.add_argument("--systemd", nargs="?", const="/etc/systemd/system", metavar="UNIT_DIR",
+                   help="also write the node agent's systemd unit (default dir "
+                        "/etc/systemd/system); enable it with systemctl")
     p.set_defaults(func=run_install)
     # `netlab cni log` is added by netlab.cmd_debug (issue 8) via add_cni_command.
 
@@ -187,4 +190,10 @@ def run_install(args: argparse.Namespace) -> int:
         return _fail(e)
     for path in written:
         sys.stdout.write(path + "\n")
+    if args.systemd:
+        from .cmd_agent import install_systemd_unit
+        unit = install_systemd_unit(args.systemd, python=sys.executable)
+        sys.stdout.write(unit + "\n")
+        sys.stderr.write("enable the agent with: systemctl daemon-reload && "
+                         "systemctl enable --now cnilab-agent\n")
     return 0

@@ -206,3 +206,19 @@ def test_in_process_ipam_matches_exec(installed_plugins, tmp_path):
     assert outcomes["in-process"] == outcomes["exec"]
     assert outcomes["exec"][0]["ips"][0]["address"] == "10.66.0.2/24"
     assert outcomes["exec"][2][0] == 7
+
+
+def test_cli_install_with_systemd_unit(tmp_path):
+    """`netlab cni install DIR --systemd UNIT_DIR` writes the launchers and the agent unit."""
+    import subprocess
+    import sys
+    bin_dir, unit_dir = tmp_path / "bin", tmp_path / "units"
+    bin_dir.mkdir()
+    p = subprocess.run([sys.executable, "-m", "netlab", "cni", "install", str(bin_dir),
+                        "--systemd", str(unit_dir)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert sorted(os.listdir(bin_dir)) == ["bandwidth", "bridge", "host-local", "portmap", "vxlan"]
+    units = os.listdir(unit_dir)
+    assert units == ["cnilab-agent.service"]
+    text = (unit_dir / units[0]).read_text()
+    assert "agent" in text and sys.executable in text and "ExecStart=" in text
