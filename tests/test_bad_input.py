@@ -57,6 +57,8 @@ class Lab:
              for k, v in node_state.state(self.node).items()}
         s["files"] = sorted(f"{k} {v}" for k, v in node_state.files(self.data_dir).items()
                             if not k.endswith("/lock"))
+        spare = node_state.rootns_guard.snapshot(os.path.basename(self.spare_path))
+        s["pod"] = [f"{k} {x}" for k, v in spare.items() for x in v if "fe80:" not in str(x)]
         return s
 
 
