@@ -524,6 +524,13 @@ def test_property_config_shapes(lab, plugin):
         conf.update(top)
         if "ipam" in conf and isinstance(conf["ipam"], dict) and ipam_over:
             conf["ipam"] = dict(conf["ipam"], **ipam_over)
+        ipam = conf.get("ipam")
+        if isinstance(ipam, dict):
+            # never the machine's default /var/lib/cni/networks (an empty or missing
+            # dataDir means that) nor any absolute path: only invalid values stay
+            d = ipam.get("dataDir")
+            if not d or (isinstance(d, str) and d.startswith("/")):
+                conf["ipam"] = dict(ipam, dataDir=lab.data_dir)
         # never the live attachment's bridge/ports: ours would collide by design
         env = base_env(lab, command)
         stdin = json.dumps(conf).encode()
