@@ -5,6 +5,23 @@ import os
 import tempfile
 
 
+def make_dirs(path: str | os.PathLike, mode: int = 0o755) -> None:
+    """os.makedirs whose new directories get ``mode`` (missing parents 0755) whatever
+    the umask: under umask 0 os.makedirs makes them 0777, and a world-writable
+    plugin or cache directory lets any local user swap what root executes or reads."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(os.path.abspath(path))
+    if parent != os.path.abspath(path):
+        make_dirs(parent, 0o755)
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        return
+    os.chmod(path, mode)
+
+
 def write_atomic(path: str | os.PathLike, data: bytes, *, mode: int = 0o644,
                  dir_mode: int = 0o755, sync_dir: bool = False) -> None:
     """Write ``data`` to ``path`` so readers see the old file or the new one, never half.
@@ -15,7 +32,7 @@ def write_atomic(path: str | os.PathLike, data: bytes, *, mode: int = 0o644,
     """
     path = os.fspath(path)
     d = os.path.dirname(path) or "."
-    os.makedirs(d, mode=dir_mode, exist_ok=True)
+    make_dirs(d, dir_mode)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=d)
     try:
         with os.fdopen(fd, "wb") as f:

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import sysconfig
 
-from .fsutil import write_atomic
+from .fsutil import make_dirs, write_atomic
 
 PLUGINS = ("bridge", "host-local", "portmap", "bandwidth", "vxlan")
 MARKER = "# cnilab CNI plugin launcher"
@@ -105,7 +105,7 @@ def install(directory: str, *, force: bool = False, plugins: tuple[str, ...] = P
     if python is not None and not os.path.isabs(python):
         raise ValueError(f"the interpreter path must be absolute: {python!r}")
     directory = os.path.abspath(directory)
-    os.makedirs(directory, exist_ok=True)
+    make_dirs(directory, 0o755)     # never world-writable, whatever the umask
     targets = [os.path.join(directory, name) for name in plugins]
     for t in targets:
         if os.path.lexists(t) and not force and not is_ours(t):

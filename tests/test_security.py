@@ -393,3 +393,24 @@ def test_guard_is_wired_for_the_whole_session(request):
     assert set(snap) == {"links", "addrs", "routes", "rules", "nft_tables"}
     if os.geteuid() == 0 and shutil.which("ip"):
         assert any(l[0] == "lo" for l in snap["links"])      # it really reads the root ns
+
+
+def test_installer_and_runtime_cache_dirs_are_never_world_writable(tmp_path):
+    """Under umask 0 os.makedirs makes 0777 directories: a world-writable plugin dir
+    would let any local user replace what root executes."""
+    from netlab.fsutil import write_atomic
+    from netlab.install import install
+    old = os.umask(0)
+    try:
+        install(str(tmp_path / "opt" / "cni" / "bin"), verify=False)
+        write_atomic(tmp_path / "var" / "cache" / "results" / "net-c-eth0", b"{}",
+                     mode=0o600, dir_mode=0o700)
+    finally:
+        os.umask(old)
+    for d in ("opt", "opt/cni", "opt/cni/bin", "var", "var/cache", "var/cache/results"):
+        mode = stat.S_IMODE(os.stat(tmp_path / d).st_mode)
+        assert not mode & 0o022, (d, oct(mode))
+    for f in os.listdir(tmp_path / "opt" / "cni" / "bin"):
+        mode = stat.S_IMODE(os.stat(tmp_path / "opt" / "cni" / "bin" / f).st_mode)
+        assert mode == 0o755, (f, oct(mode))
+    assert stat.S_IMODE(os.stat(tmp_path / "var/cache/results/net-c-eth0").st_mode) == 0o600
