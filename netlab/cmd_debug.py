@@ -240,7 +240,9 @@ def cmd_graph(args) -> int:
     st = _lab(args)
     if st is None:
         return EXIT_USAGE
-    inv = inventory(st)
+    from .cmd_lab import _plan_for_state
+    topo, _ = _plan_for_state(st)
+    inv = inventory(st, topo)
     try:
         data = render(inv, args.format)
     except (RuntimeError, OSError) as e:

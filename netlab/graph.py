@@ -59,6 +59,7 @@ class Inventory:
     lab: str
     namespaces: dict[str, NSInfo]
     host_ports: list[dict] = field(default_factory=list)  # {node_ns, pod, hostPort, containerPort, protocol}
+    sharing: dict[str, list[str]] = field(default_factory=dict)  # netns -> pods without their own (host, container:)
 
     def link(self, ns: str, name: str) -> Link | None:
         n = self.namespaces.get(ns)
@@ -127,7 +128,7 @@ def lab_namespaces(st) -> dict[str, tuple[str, str, str | None]]:
     return out
 
 
-def inventory(st) -> Inventory:
+def inventory(st, topo=None) -> Inventory:
     names = lab_namespaces(st)
     nss: dict[str, NSInfo] = {}
     nsids: dict[str, dict[int, str]] = {}
@@ -157,7 +158,17 @@ def inventory(st) -> Inventory:
             continue
         for pm in (r.get("capability_args") or {}).get("portMappings", []):
             ports.append({"node_ns": r["node_ns"], "pod": r["pod"], **pm})
-    return Inventory(st.lab, nss, ports)
+    sharing: dict[str, list[str]] = {}
+    if topo is not None:
+        from .plan import node_ns, pod_ns
+        for p in topo.pods.values():
+            if p.mode == "host":
+                sharing.setdefault(node_ns(st.lab, p.node), []).append(f"{p.name} (host network)")
+            elif p.mode == "container":
+                owner = topo.pods[topo.pod_netns_owner(p.name)]
+                where = node_ns(st.lab, owner.node) if owner.mode == "host" else pod_ns(st.lab, owner.name)
+                sharing.setdefault(where, []).append(f"{p.name} (container:{p.container_of})")
+    return Inventory(st.lab, nss, ports, sharing)
 
 
 # --------------------------------------------------------------------------- rendering
@@ -190,6 +201,8 @@ def render_dot(inv: Inventory) -> str:
     for n in sorted(inv.namespaces.values(), key=lambda x: (list(ROLE_COLOR).index(x.role) if x.role in ROLE_COLOR else 9, x.name)):
         title = {"switch": "underlay switch", "node": f"node {n.label}", "pod": f"pod {n.label}",
                  "dns": "DNS server", "ext": "external client"}.get(n.role, n.label)
+        if inv.sharing.get(n.name):
+            title += "\\nalso here: " + ", ".join(inv.sharing[n.name])
         hp = [p for p in inv.host_ports if p["node_ns"] == n.name]
         if hp:
             title += "\\nhost ports: " + ", ".join(f"{p['hostPort']}/{p.get('protocol', 'tcp')}->{p['pod']}:{p['containerPort']}" for p in hp)
@@ -200,6 +213,8 @@ def render_dot(inv: Inventory) -> str:
                 continue
             shape = "ellipse" if l.kind == "bridge" else ("hexagon" if l.kind == "vxlan" else "box")
             out.append(f'    {_id(n.name, l.name)} [label="{_label(l)}", shape={shape}];')
+        if all(l.kind == "loopback" for l in n.links.values()):
+            out.append(f'    {_id(n.name, "lo")} [label="lo only (no network)", style=dashed];')
         out.append("  }")
     done: set = set()
     for n in inv.namespaces.values():
@@ -225,6 +240,8 @@ def render_mermaid(inv: Inventory) -> str:
     for n in inv.namespaces.values():
         title = {"switch": "underlay switch", "node": f"node {n.label}", "pod": f"pod {n.label}",
                  "dns": "DNS server", "ext": "external client"}.get(n.role, n.label)
+        if inv.sharing.get(n.name):
+            title += " · also here: " + ", ".join(inv.sharing[n.name])
         hp = [p for p in inv.host_ports if p["node_ns"] == n.name]
         if hp:
             title += " · host ports " + ", ".join(f"{p['hostPort']}/{p.get('protocol', 'tcp')}→{p['pod']}:{p['containerPort']}" for p in hp)
@@ -235,6 +252,8 @@ def render_mermaid(inv: Inventory) -> str:
             lab = _label(l).replace("\\n", "<br/>")
             o, c = {"bridge": ("([", "])"), "vxlan": ("{{", "}}")}.get(l.kind, ("[", "]"))
             out.append(f'    {_id(n.name, l.name)}{o}"{lab}"{c}')
+        if all(l.kind == "loopback" for l in n.links.values()):
+            out.append(f'    {_id(n.name, "lo")}["lo only (no network)"]')
         out.append("  end")
     done: set = set()
     for n in inv.namespaces.values():

@@ -40,7 +40,7 @@ from typing import Any
 
 from . import netns as nsutil
 from .capture import Capture
-from .graph import Inventory, Link, inventory
+from .graph import Inventory, inventory
 
 VXLAN_DEFAULT_PORTS = (4789, 8472)
 
@@ -829,7 +829,7 @@ class Tracer:
         res.evidence += self._counter_lines(ns, deltas)
 
     def _lost_after(self, last: Obs, seq: list[Obs], arps: list[Obs], deltas: dict, reply: bool) -> None:
-        res, inv, pr = self.res, self.inv, self.probe
+        res, inv = self.res, self.inv
         top = last.info.get("inner") or last.info["ip"]
         ns, ifn = last.ns, last.iface
         link = inv.link(ns, ifn)
@@ -1055,14 +1055,12 @@ def format_result(r: TraceResult) -> str:
     if r.hops:
         out.append("forward path:")
         for i, h in enumerate(r.hops, 1):
-            arrow = "->" if h.direction == "in" else "<-"
             out.append(f"  {i:>2}. {h.where:<18} {h.iface:<16} {h.direction:<3} {h.role}")
             out.append(f"      {h.header}  ttl {h.ttl}  {h.size} bytes")
             if h.encap:
                 out.append(f"      {h.encap}")
             for c in h.changes:
                 out.append(f"      * {c}")
-            del arrow
     if r.replies:
         out.append("answer:")
         for i, h in enumerate(r.replies, 1):

@@ -9,7 +9,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -80,7 +79,7 @@ def test_capture_underlay_decodes_vxlan_live_and_writes_pcap(lab, tmp_path):
         else:
             assert out == "" and "packet(s) captured, written to" in err
             from scapy.utils import rdpcap
-            import scapy.layers.vxlan  # noqa: F401
+            import scapy.layers.vxlan  # noqa: F401  (binds VXLAN to UDP 4789)
             pk = rdpcap(pcap)
             assert all(x.haslayer("VXLAN") and x["VXLAN"].vni == 42 for x in pk)
             assert len([x for x in pk if x.haslayer("ICMP") and x["ICMP"].type in (0, 8)]) == 4

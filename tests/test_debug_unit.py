@@ -133,6 +133,11 @@ def test_graph_dot_and_mermaid():
     assert "host ports: 8080/tcp->a:80" in dot and "10.1.0.5/24" in dot
     mm = graph.render_mermaid(inv)
     assert mm.startswith("flowchart TB") and mm.count(" === ") == 2 and "{{" in mm
+    inv.sharing = {"nl-x-n-node1": ["exp (host network)"]}
+    inv.namespaces["nl-x-p-none"] = graph.NSInfo("nl-x-p-none", "pod", "none", {
+        "lo": graph.Link("nl-x-p-none", "lo", 1, "loopback", 65536)})
+    dot = graph.render_dot(inv)
+    assert "also here: exp (host network)" in dot and "lo only (no network)" in dot
 
 
 def test_trace_probe_options():
