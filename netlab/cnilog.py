@@ -61,7 +61,7 @@ def for_pod(calls: list[Call], pod: str, attachments: dict[str, dict]) -> list[C
     nss = {a["netns"]} if a else set()
     return [c for c in calls if c.raw.get("container_id") in ids
             or os.path.basename(c.raw.get("netns") or "") in nss
-            or c.raw.get("env", {}).get("CNI_ARGS", "").find(f"K8S_POD_NAME={pod};") >= 0]
+            or _pod_of(c) == pod]
 
 
 def _stamp(t: float) -> str:
