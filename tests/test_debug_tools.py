@@ -188,3 +188,28 @@ def test_graph_formats(lab, tmp_path):
     svg = tmp_path / "lab.svg"
     assert netlab("graph", "-T", "svg", "-o", str(svg), *lab["opts"]).returncode == 0
     assert b"<svg" in svg.read_bytes()[:400]
+
+
+def test_lab_veths_have_tx_checksum_offload_off(lab):
+    """Captures show valid checksums only if the veths compute them in software."""
+    pre = f"nl-{lab['name']}-"
+    st = _state(lab)
+    web = next(r for r in st["resources"] if r["kind"] == "attach" and r["pod"] == "web")
+    host_veth = next(i["name"] for i in web["result"]["interfaces"] if not i.get("sandbox") and i["name"] != "cni0")
+    for ns, dev in ((pre + "sw", "n0"), (pre + "n-node1", "eth0"), (pre + "n-node1", host_veth), (pre + "p-web", "eth0")):
+        out = subprocess.run(["ip", "netns", "exec", ns, "ethtool", "-k", dev], capture_output=True, text=True).stdout
+        assert "tx-checksumming: off" in out, (ns, dev, out[:300])
+    # and a captured TCP segment carries a correct checksum
+    from scapy.layers.inet import TCP
+    from scapy.layers.l2 import Ether
+    from scapy.utils import rdpcap
+    t = netlab("trace", "client", "web", "--proto", "tcp/80", "--pcap-dir", os.path.join(lab["dir"], "cksum"), *lab["opts"])
+    assert t.returncode == 0, t.stdout
+    pk = [p for p in rdpcap(os.path.join(lab["dir"], "cksum", pre + "p-web.pcap")) if p.haslayer(TCP)]
+    assert pk
+    for p in pk:
+        got = p[TCP].chksum
+        again = Ether(bytes(p))
+        del again["IP"].chksum
+        del again[TCP].chksum
+        assert Ether(bytes(again))[TCP].chksum == got
