@@ -550,7 +550,10 @@ class Tracer:
             if nft:
                 time.sleep(0.3)     # nft monitor has no "ready" signal
             send_probe(self.src_ns, pr)
-            time.sleep(self.wait if pr.sent else 0.1)
+            if pr.sent:
+                self._wait_for_answer(caps.get(self.src_ns))
+            else:
+                time.sleep(0.1)
         finally:
             for c in caps.values():
                 try:
@@ -567,6 +570,26 @@ class Tracer:
             res.pcaps = [c.pcap for c in caps.values() if c.pcap and c.frames]
         self.analyse(caps, before, after)
         return res
+
+    def _wait_for_answer(self, cap: Capture | None) -> None:
+        """Up to ``wait`` seconds; stop early once an answer (or an ICMP error quoting the
+        probe) is back in the sender's namespace, plus a little time for the stragglers."""
+        pr = self.probe
+        deadline = time.monotonic() + self.wait
+        seen = 0
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            if cap is None:
+                continue
+            n = min(len(cap.frames), len(cap.directions))
+            for i in range(seen, n):
+                if cap.directions[i] != "in":
+                    continue
+                fr = cap.frames[i][1]
+                if pr.token in fr or (pr.proto == "tcp" and _tcp_dport(fr) == pr.sport):
+                    time.sleep(0.15)
+                    return
+            seen = n
 
     # ---- analysis ----------------------------------------------------------------
     def analyse(self, caps: dict[str, Capture], before: dict, after: dict) -> None:
@@ -963,6 +986,16 @@ class Tracer:
             if dd:
                 out.append(f"{self.label(ns)} {ifn}: " + ", ".join(f"{k} +{v}" for k, v in dd.items()))
         return out
+
+
+def _tcp_dport(frame: bytes) -> int | None:
+    """Destination port of a plain Ethernet/IPv4/TCP frame (no decoding library)."""
+    if len(frame) < 34 or frame[12:14] != b"\x08\x00" or frame[23] != 6:
+        return None
+    off = 14 + (frame[14] & 0x0F) * 4
+    if len(frame) < off + 4:
+        return None
+    return struct.unpack("!H", frame[off + 2:off + 4])[0]
 
 
 def _fdb_port(ns: str, br: str, mac: str) -> str | None:
