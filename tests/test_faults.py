@@ -474,12 +474,13 @@ def test_kill_9_during_vxlan_add_then_del_leaves_nothing(tmp_path, make_netns,
     assert node_state.nothing_left(left()) and shared_links(node) == [], left()
 
 
-@pytest.mark.xfail(strict=True, reason="vxlan: a kill between creating the VXLAN device and "
-                   "setting its ownership alias leaves an unowned device: DEL and GC keep it, "
-                   "every later ADD fails with 100 (reported to the lead)")
-def test_vxlan_recovers_from_a_device_torn_by_a_crash(tmp_path, make_netns, installed_plugins):
-    """The state a kill right after RTM_NEWLINK leaves (device made, alias not yet set),
-    reproduced deterministically: the next ADD must work and the last DEL remove it."""
+@pytest.mark.parametrize("alias_set", [False, True])
+def test_vxlan_recovers_from_a_device_torn_by_a_crash(tmp_path, make_netns, installed_plugins,
+                                                      alias_set):
+    """The states a kill during device creation leaves (created under the staging name,
+    alias not yet set / set but not yet renamed), reproduced deterministically: the
+    next ADD must work and the last DEL remove everything."""
+    from plugins.net.vxlan_dev import owner_alias, staging_name
     node, pod = vx_node(make_netns)
     data_dir = str(tmp_path / "ipam")
     net = vx_net(data_dir)
@@ -487,11 +488,16 @@ def test_vxlan_recovers_from_a_device_torn_by_a_crash(tmp_path, make_netns, inst
     rt.add(net, pod.path, "first", "eth0")
     mtu = json.loads(node.run("ip", "-j", "link", "show", "vxlan4011").stdout)[0]["mtu"]
     rt.delete(net, pod.path, "first", "eth0")
-    node.run("ip", "link", "add", "vxlan4011", "mtu", str(mtu), "type", "vxlan", "id", "4011",
+    staged = staging_name("vxlan4011", owner_alias(net["name"]))
+    node.run("ip", "link", "add", staged, "mtu", str(mtu), "type", "vxlan", "id", "4011",
              "dstport", "4789", "dev", "ul0", "local", "10.98.0.1", "nolearning")
+    if alias_set:
+        node.run("ip", "link", "set", staged, "alias", owner_alias(net["name"]))
     try:
         assert rt.add(net, pod.path, "second", "eth0")["ips"]
+        names = {l["ifname"] for l in json.loads(node.run("ip", "-j", "link", "show").stdout)}
+        assert "vxlan4011" in names and staged not in names
         rt.delete(net, pod.path, "second", "eth0")
         assert shared_links(node) == []
     finally:
-        node.run("ip", "link", "del", "vxlan4011", check=False)
+        node.run("ip", "link", "del", staged, check=False)

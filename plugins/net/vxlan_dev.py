@@ -39,6 +39,20 @@ def device_name(vni: int) -> str:
     return f"vxlan{vni}"
 
 
+def staging_name(spec_name: str, alias: str) -> str:
+    """The name a new device is created under, before it is marked as ours.
+
+    The kernel ignores an alias in the creating request, so creation takes two
+    steps; a crash between them must not leave a device under the real name that
+    nobody owns (every later ADD would fail). We create under this name (ours by
+    construction: deterministic from the alias and the real name, never used for
+    anything else), set the alias, then rename. A leftover under this name is a
+    torn creation of ours and is deleted before the next try.
+    """
+    import hashlib
+    return "vxs" + hashlib.sha256(f"{alias}\0{spec_name}".encode()).hexdigest()[:12]
+
+
 def owner_alias(network: str) -> str:
     """The ifalias that marks a device/bridge as made by us for ``network``."""
     return f"{ALIAS_PREFIX}:{network}"
@@ -256,8 +270,14 @@ class VxlanLinks:
 
     # ---- changing --------------------------------------------------------------
     def create(self, spec: DeviceSpec, underlay_index: int) -> int:
+        attrs = spec.netlink_attrs(underlay_index)
+        if spec.alias:
+            attrs["ifname"] = staging_name(spec.name, spec.alias)
+            torn = self.index_of(attrs["ifname"])
+            if torn is not None:          # a creation of ours that a crash cut short
+                self.ipr.link("del", index=torn)
         try:
-            self.ipr.link("add", **spec.netlink_attrs(underlay_index))
+            self.ipr.link("add", **attrs)
         except Exception as e:  # noqa: BLE001
             code = _nl_errno(e)
             if code == errno.EEXIST:
@@ -268,11 +288,12 @@ class VxlanLinks:
                 raise CNIError(NOT_SUPPORTED_BY_KERNEL, "the kernel has no vxlan support",
                                str(e)) from None
             raise CNIError(IO_FAILURE, f"creating VXLAN device {spec.name} failed", str(e)) from None
-        idx = self.index_of(spec.name)
+        idx = self.index_of(attrs["ifname"])
         if idx is None:
             raise CNIError(IO_FAILURE, f"VXLAN device {spec.name} vanished after creation")
         if spec.alias:
             self.ipr.link("set", index=idx, ifalias=spec.alias)
+            self.ipr.link("set", index=idx, ifname=spec.name)   # down still: rename allowed
         return idx
 
     def set_mtu(self, index: int, mtu: int) -> None:
