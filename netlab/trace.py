@@ -512,6 +512,7 @@ class Tracer:
         self.nftrace = nftrace
         self.dst_ns = dst_ns
         self.nat_points: list[tuple[str, tuple, tuple]] = []
+        self.frag_counts: dict[tuple, int] = {}
         self.rules: dict[str, list[dict]] = {}
         self.st, self.inv = st, inv
         self.src_ns, self.dst = src_ns, dst_addr
@@ -611,6 +612,8 @@ class Tracer:
                         o.kind = "icmp-error"
                     elif ic and ic["type"] == 0:
                         o.kind = "reply"
+                        if top.get("mf"):
+                            frag_ids.add((top["src"], top["id"]))
                     else:
                         o.kind = "probe"
                         if top.get("mf"):
@@ -623,8 +626,9 @@ class Tracer:
                     o.kind, o.info = "arp", info
                     arps.append(o)
                 elif top and (top.get("src"), top.get("id")) in frag_ids:
-                    o.kind, o.info = "probe", info
-                    obs.append(o)
+                    # a later fragment of the probe: counted where it was seen, not listed
+                    k = (top["src"], top["id"], ns, ifn, d)
+                    self.frag_counts[k] = self.frag_counts.get(k, 0) + 1
                 elif top.get("tcp") and pr.proto == "tcp" and top["tcp"]["ack"] == (pr.seq + 1 + len(pr.payload())) % 2**32:
                     o.kind, o.info = "reply", info
                     obs.append(o)
@@ -725,8 +729,10 @@ class Tracer:
                     h.changes.append(f"encapsulated: VXLAN VNI {d['vxlan']['vni']} to VTEP {d['ip']['dst']} (+{d['len'] - pd['len']} bytes)")
                 if "vxlan" in pd and "vxlan" not in d:
                     h.changes.append(f"decapsulated (VNI {pd['vxlan']['vni']})")
-                if top.get("mf") or top.get("frag"):
-                    h.changes.append(f"fragment (offset {top['frag'] * 8}{', more follow' if top.get('mf') else ''})")
+            was_frag = prev is not None and bool(((prev.info.get("inner") or prev.info["ip"]) or {}).get("mf"))
+            if top.get("mf") and not was_frag:
+                n = 1 + self.frag_counts.get((top["src"], top["id"], o.ns, o.iface, o.direction), 0)
+                h.changes.append(f"fragmented: this is the first of {n} fragments seen here (DF not set)")
             hops.append(h)
             prev = o
         return hops

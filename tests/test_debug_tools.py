@@ -213,3 +213,10 @@ def test_lab_veths_have_tx_checksum_offload_off(lab):
         del again["IP"].chksum
         del again[TCP].chksum
         assert Ether(bytes(again))[TCP].chksum == got
+
+
+def test_trace_without_df_shows_the_fragments(lab):
+    p = netlab("trace", "client", "web", "--size", "3000", *lab["opts"])
+    assert p.returncode == 0, p.stdout
+    assert "fragmented: this is the first of 3 fragments seen here (DF not set)" in p.stdout, p.stdout
+    assert "verdict: delivered to pod web and answered" in p.stdout
