@@ -220,7 +220,8 @@ def cmd_up(args) -> int:
     try:
         builder.run()
         from .scenario import apply as apply_scenario   # a scenario's faults, if the file has any
-        apply_scenario(plan, st, record=builder.record, update=builder.update, progress=say)
+        scenario = apply_scenario(plan, st, record=builder.record, update=builder.update,
+                                  progress=say)
     except BaseException as e:  # noqa: BLE001 - every failure rolls back
         interrupted = isinstance(e, KeyboardInterrupt)
         _err(("interrupted" if interrupted else f"build failed: {e}") + "; removing everything built so far")
@@ -242,6 +243,8 @@ def cmd_up(args) -> int:
         results = _run_checks(topo, plan, st, args.json, quiet or args.json)
         print_report(topo.name, results, as_json=args.json)
         rc = 0 if all(r.ok for r in results) else 1
+        if scenario is not None:
+            rc = _judge_scenario(scenario, results, quiet=args.json)
     if not args.json:
         first_pod = next((p for p in topo.pods), None)
         dir_opt = f" --lab-dir {lab_dir}" if args.lab_dir else ""
@@ -253,6 +256,18 @@ def cmd_up(args) -> int:
               f"  evidence (pcaps): {os.path.join(lab_dir, 'evidence')}\n"
               f"Remove it:\n  {nl} down {topo.name}{dir_opt}")
     return rc
+
+
+def _judge_scenario(scenario, results, *, quiet: bool) -> int:
+    """A lab broken on purpose succeeds when its checks fail exactly as declared."""
+    from .scenario import judge
+    problems = judge(scenario, results)
+    if not quiet:
+        if problems:
+            print("\nscenario: the symptom is NOT as declared:\n  " + "\n  ".join(problems))
+        else:
+            print(f"\nscenario: symptom reproduced as declared: {scenario.symptom}")
+    return 1 if problems else 0
 
 
 def _prog() -> str:
