@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
-from plugins.core.config import Fields
+from plugins.core.config import Fields, require_prev_result
 from plugins.core.errors import (CHECK_FAILED, CNIError, INVALID_NETWORK_CONFIG, IO_FAILURE)
 from plugins.core.types import Interface, Result
 
@@ -79,11 +79,7 @@ def parse_config(conf, ticks: float | None = None) -> Bandwidth:
 
 
 def _require_prev(conf) -> Result:
-    if conf.prev_result is None:
-        raise CNIError(INVALID_NETWORK_CONFIG,
-                       "bandwidth must be called as a chained plugin: prevResult is missing",
-                       "put bandwidth after a main plugin (e.g. bridge) in a conflist")
-    return conf.prev_result
+    return require_prev_result(conf, "bandwidth")
 
 
 # ---- finding the host veth ----------------------------------------------------

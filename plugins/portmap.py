@@ -20,7 +20,7 @@ import sys
 import threading
 from dataclasses import dataclass, field
 
-from plugins.core.config import Fields
+from plugins.core.config import Fields, require_prev_result
 from plugins.core.gc import valid_attachments
 from plugins.core.errors import (CHECK_FAILED, CNIError, INVALID_NETWORK_CONFIG, IO_FAILURE,
                                  NOT_AVAILABLE)
@@ -117,11 +117,7 @@ def pod_addresses(prev: Result, ifname: str) -> dict[int, str]:
 
 
 def _require_prev(conf) -> Result:
-    if conf.prev_result is None:
-        raise CNIError(INVALID_NETWORK_CONFIG,
-                       "portmap must be called as a chained plugin: prevResult is missing",
-                       "put portmap after a main plugin (e.g. bridge) in a conflist")
-    return conf.prev_result
+    return require_prev_result(conf, "portmap")
 
 
 # ---- conditions: text -> JSON, compiled in a private network namespace -------

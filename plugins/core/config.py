@@ -191,3 +191,12 @@ def parse_netconf(raw: dict, *, require_name: bool = True) -> NetConf:
             raise CNIError(DECODING_FAILURE, f"prevResult: {e.msg}", e.details) from None
     return NetConf(cni_version=v, name=name or "", type=typ, raw=raw, ipam=ipam, dns=dns,
                    runtime_config=rc, args=args, prev_result=prev, capabilities=caps)
+
+
+def require_prev_result(conf: NetConf, plugin: str) -> Result:
+    """A chained plugin's input: the previous plugin's result, or a clear error."""
+    if conf.prev_result is None:
+        raise CNIError(INVALID_NETWORK_CONFIG,
+                       f"{plugin} must be called as a chained plugin: prevResult is missing",
+                       f"put {plugin} after a main plugin (e.g. bridge) in a conflist")
+    return conf.prev_result

@@ -210,12 +210,7 @@ def attach(spec: VethSpec, undo: contextlib.ExitStack) -> Attached:
         pod_index = host.peer
     finally:
         ipr.close()
-    with nsmod.entered(spec.netns):
-        pipr = link.open_iproute()
-        try:
-            pod = link.get_link(pipr, spec.ifname)
-        finally:
-            pipr.close()
+    pod = _pod_link(spec)
     if pod is None:
         raise CNIError(IO_FAILURE, f"{spec.ifname} not found in {spec.netns} after creation")
     return Attached(host=Interface(name=spec.host_name, mac=host.mac),
@@ -333,6 +328,16 @@ def _configure_here(ipr, ifname: str, ips: list[IPConfig], routes: list[Route],
                        table=r.table, scope=r.scope, mtu=r.mtu, advmss=r.advmss, exist_ok=True)
 
 
+def _pod_link(spec: "VethSpec"):
+    """The pod end of the veth as the pod's namespace sees it (None if absent)."""
+    with nsmod.entered(spec.netns):
+        pipr = link.open_iproute()
+        try:
+            return link.get_link(pipr, spec.ifname)
+        finally:
+            pipr.close()
+
+
 def pod_link_up(netns_path: str, ifname: str) -> None:
     with nsmod.entered(netns_path):
         ipr = link.open_iproute()
@@ -435,12 +440,7 @@ def check_veth(spec: VethSpec, bridge_index: int, pod_mac: str = "", host_mac: s
             raise _fail(f"{spec.host_name} is not an isolated port")
     finally:
         ipr.close()
-    with nsmod.entered(spec.netns):
-        pipr = link.open_iproute()
-        try:
-            pod = link.get_link(pipr, spec.ifname)
-        finally:
-            pipr.close()
+    pod = _pod_link(spec)
     if pod is None:
         raise _fail(f"{spec.ifname} not found in {spec.netns}")
     if pod.kind != "veth":
