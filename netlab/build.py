@@ -139,9 +139,11 @@ def needed_types(plan: Plan) -> set[str]:
     return {t for t in types if t}
 
 
-def plugin_env(agent_socket: str | None) -> dict[str, str]:
-    """The environment plugins run with: never a node-wide agent, only the lab's."""
-    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
+def plugin_env(lab_dir: str, agent_socket: str | None) -> dict[str, str]:
+    """The environment plugins run with: never a node-wide agent, only the lab's;
+    node lock files in the lab dir (removed with it), not in /run/cnilab."""
+    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+           "CNILAB_RUN_DIR": os.path.join(lab_dir, "run")}
     if agent_socket:
         env.update(CNILAB_AGENT="on", CNILAB_AGENT_SOCKET=agent_socket)
     else:
@@ -153,7 +155,7 @@ def runtime_for(lab_dir: str, node_ns: str, cni_path: str, agent_socket: str | N
     from .runtime import Runtime
     return Runtime([cni_path], cache_dir=os.path.join(lab_dir, "cni-cache"),
                    host_netns=nsutil.path(node_ns), log_path=os.path.join(lab_dir, "cni.log"),
-                   env=plugin_env(agent_socket))
+                   env=plugin_env(lab_dir, agent_socket))
 
 
 def start_lab_agent(lab_dir: str, record: Callable[..., dict], update: Callable[..., None]) -> str | None:
@@ -380,7 +382,7 @@ def detach(res: dict, st: statemod.State) -> None:
     sock = st.data.get("agentSocket")
     rt = Runtime([cni_path], cache_dir=os.path.join(st.lab_dir, "cni-cache"),
                  host_netns=nsutil.path(res["node_ns"]), log_path=os.path.join(st.lab_dir, "cni.log"),
-                 env=plugin_env(sock if sock and os.path.exists(sock) else None))
+                 env=plugin_env(st.lab_dir, sock if sock and os.path.exists(sock) else None))
     netns_path = nsutil.path(res["netns"]) if nsutil.exists(res["netns"]) else ""
     rt.delete(res["conflist"], netns_path, res["container_id"], res["ifname"],
               capability_args=res.get("capability_args") or {}, cni_args=res.get("cni_args"))

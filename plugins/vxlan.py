@@ -200,8 +200,9 @@ CNI_ARGS_KEYS = frozenset({"MAC", "IP"})       # MAC: ours; IP: host-local's
 def _conf(call) -> VxlanConf:
     import dataclasses
     conf = parse(call.conf.raw, call.conf.name, call.conf.dns)
-    # The call's environment, not the process's: in the node agent they differ.
-    run_dir = call.args.env.get("CNILAB_RUN_DIR")
+    # The call's environment first: in the node agent it differs from the process's.
+    import os
+    run_dir = call.args.env.get("CNILAB_RUN_DIR") or os.environ.get("CNILAB_RUN_DIR")
     return dataclasses.replace(conf, run_dir=run_dir) if run_dir else conf
 
 

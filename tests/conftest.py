@@ -17,6 +17,19 @@ RUN_TAG = secrets.token_hex(2)
 
 
 @pytest.fixture(scope="session", autouse=True)
+def private_run_dir(tmp_path_factory):
+    """Plugins keep node lock files in $CNILAB_RUN_DIR (default /run/cnilab): the
+    suite uses a directory of its own so it leaves nothing in /run."""
+    old = os.environ.get("CNILAB_RUN_DIR")
+    os.environ["CNILAB_RUN_DIR"] = str(tmp_path_factory.mktemp("cnilab-run"))
+    yield
+    if old is None:
+        os.environ.pop("CNILAB_RUN_DIR", None)
+    else:
+        os.environ["CNILAB_RUN_DIR"] = old
+
+
+@pytest.fixture(scope="session", autouse=True)
 def root_namespace_untouched():
     """The whole suite must leave the root namespace exactly as it found it."""
     if not (IS_ROOT and HAVE_IP):
