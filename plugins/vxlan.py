@@ -15,11 +15,15 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .core.config import Fields
 from .core.errors import (CHECK_FAILED, CNIError, INVALID_ENV, INVALID_NETWORK_CONFIG,
                           IO_FAILURE, LINK_EXISTS, NOT_AVAILABLE)
 from .core.types import DNS, IPConfig, Result
+
+if TYPE_CHECKING:                        # netlink types, imported lazily at run time
+    from .net.vxlan_dev import DeviceSpec, Underlay
 
 DEFAULT_PORT = 4789
 MAX_VNI = (1 << 24) - 1
@@ -134,8 +138,8 @@ def parse(raw: dict, network: str, dns: DNS | None = None) -> VxlanConf:
 @dataclass(frozen=True)
 class Resolved:
     conf: VxlanConf
-    spec: "DeviceSpec"
-    underlay: "Underlay"
+    spec: DeviceSpec
+    underlay: Underlay
     peers: tuple[str, ...]        # the configured peers minus this node's own address
     mtu: int
     max_mtu: int
