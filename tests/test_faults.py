@@ -72,7 +72,7 @@ def plugin_conf(net: dict, i: int, prev: dict | None, capargs: dict) -> dict:
 def spawn(bin_dir: str, node, command: str, conf: dict, cid: str, pod_path: str):
     env = {"CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_NETNS": pod_path,
            "CNI_IFNAME": "eth0", "CNI_PATH": bin_dir, "CNILAB_AGENT": "off",
-           "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+           "CNILAB_RUN_DIR": os.environ["CNILAB_RUN_DIR"], "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
     # nsenter setns()es and execs: the plugin keeps its PID, so the kill hits the plugin
     p = subprocess.Popen(["nsenter", f"--net={node.path}", os.path.join(bin_dir, conf["type"])],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -299,7 +299,7 @@ def run_with_data_dir(mode: str, tmp_path, node, bin_dir: str, plugin: str, comm
     helper.write_text(_MOUNT_HELPER)
     env = {"CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_NETNS": pod_path,
            "CNI_IFNAME": "eth0", "CNI_PATH": bin_dir, "CNILAB_AGENT": "off",
-           "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+           "CNILAB_RUN_DIR": os.environ["CNILAB_RUN_DIR"], "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
     p = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable,
                         str(helper), mode, conf["ipam"]["dataDir"], node.path,
                         os.path.join(bin_dir, plugin)],

@@ -7,7 +7,7 @@
 * nothing is written outside the data dir: every file-writing syscall of a
   full chain (bridge + host-local + portmap + bandwidth: ADD, DEL, GC) and of
   vxlan is traced and checked against an allow-list (data dir, the node's
-  /proc/sys/net, our lock dir /run/cnilab);
+  /proc/sys/net, the lock dir $CNILAB_RUN_DIR);
 * no shell and no unexpected program is ever executed;
 * state files 0600 in 0700 dirs, even when the runtime's umask is 0;
 * nftables changes stay in our own tables (a foreign table is untouched);
@@ -41,13 +41,19 @@ _WRITE_FLAGS = ("O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC", "O_APPEND")
 
 # ---- tracing a plugin exec -------------------------------------------------------------
 
+def RUN_DIR() -> str:
+    """The plugins' lock dir: the suite's own (tests/conftest.py), not /run/cnilab."""
+    return os.path.realpath(os.environ["CNILAB_RUN_DIR"])
+
+
 def traced_exec(tmp_path, bin_dir: str, node_path: str, plugin: str, env: dict,
                 conf: dict | bytes) -> tuple[int, str, list[tuple[str, str]]]:
     """Run an installed plugin in the node netns under strace; returns (rc, stdout,
     [(syscall, path)] of every successful change to the file system, and every exec)."""
     log = tmp_path / f"strace-{len(os.listdir(tmp_path))}.log"
     stdin = conf if isinstance(conf, bytes) else json.dumps(conf).encode()
-    full_env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CNILAB_AGENT": "off", **env}
+    full_env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CNILAB_AGENT": "off",
+                "CNILAB_RUN_DIR": RUN_DIR(), **env}
     p = subprocess.run(["strace", "-f", "-qq", "-s", "4096", "-e", f"trace={TRACED}",
                         "-o", str(log), "nsenter", f"--net={node_path}",
                         os.path.join(bin_dir, plugin)],
@@ -215,7 +221,7 @@ def test_chain_writes_only_its_data_dir_runs_no_shell_and_keeps_modes(lab):
     tmp = lab["tmp"]
     data_dir = str(tmp / "state" / "ipam")        # created by the plugin itself
     plugins = chain(data_dir)
-    allowed = (lab["bin"], data_dir + "/", "/proc/sys/net/", "/run/cnilab/")
+    allowed = (lab["bin"], data_dir + "/", "/proc/sys/net/", RUN_DIR() + "/")
     old_umask = os.umask(0)                       # a careless runtime: modes must not care
     try:
         prev = None
@@ -273,18 +279,21 @@ def test_vxlan_writes_only_its_data_dir_and_lock(lab):
             "underlayInterface": "ul0", "peers": ["10.98.0.2"],
             "ipam": {"type": "host-local", "dataDir": data_dir,
                      "ranges": [[{"subnet": "10.99.0.0/24"}]]}}
+    run_dir = os.path.join(RUN_DIR(), f"sec-{os.getpid()}-{len(os.listdir(RUN_DIR()))}")
     events = []
     for command in ("ADD", "DEL"):
-        rc, out, ev = traced_exec(tmp, lab["bin"], node.path, "vxlan", env_for(lab, command),
-                                  conf)
+        env = dict(env_for(lab, command), CNILAB_RUN_DIR=run_dir)   # made by the plugin
+        rc, out, ev = traced_exec(tmp, lab["bin"], node.path, "vxlan", env, conf)
         assert rc == 0, out
         events += ev
     assert _outside(events, (lab["bin"], data_dir + "/", "/proc/sys/net/",
-                             "/run/cnilab/")) == []
-    for call, path in events:
-        if path.startswith("/run/cnilab/") and call in ("openat", "open"):
-            assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    assert stat.S_IMODE(os.stat("/run/cnilab").st_mode) == 0o700
+                             run_dir + "/")) == []
+    locks = [path for call, path in events
+             if path.startswith(run_dir + "/") and call in ("openat", "open")]
+    assert locks
+    for path in locks:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(run_dir).st_mode) == 0o700
 
 
 # ---- nftables: our own tables only ---------------------------------------------------

@@ -390,7 +390,8 @@ def test_installed_executable(nodes, make_netns, installed_plugins):
         p = make_netns(f"px{node.key}")
         pods[node.key] = p
         env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": f"exe-{node.key}", "CNI_NETNS": p.path,
-               "CNI_IFNAME": "eth0", "CNI_PATH": installed_plugins}
+               "CNI_IFNAME": "eth0", "CNI_PATH": installed_plugins,
+               "CNILAB_RUN_DIR": os.environ["CNILAB_RUN_DIR"]}
         r = subprocess.run(["ip", "netns", "exec", node.ns.name, exe], env=env,
                            input=json.dumps(dict(node.conf(), cniVersion="0.4.0")),
                            capture_output=True, text=True, timeout=60)
@@ -403,7 +404,7 @@ def test_installed_executable(nodes, make_netns, installed_plugins):
     for node in nodes:
         env = {"CNI_COMMAND": "DEL", "CNI_CONTAINERID": f"exe-{node.key}",
                "CNI_NETNS": pods[node.key].path, "CNI_IFNAME": "eth0",
-               "CNI_PATH": installed_plugins}
+               "CNI_PATH": installed_plugins, "CNILAB_RUN_DIR": os.environ["CNILAB_RUN_DIR"]}
         r = subprocess.run(["ip", "netns", "exec", node.ns.name, exe], env=env,
                            input=json.dumps(node.conf()), capture_output=True, text=True,
                            timeout=60)
