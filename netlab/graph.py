@@ -193,19 +193,43 @@ def _label(l: Link) -> str:
 ROLE_COLOR = {"switch": "#dddddd", "node": "#dbe9f6", "pod": "#e6f4e1", "dns": "#fcefd4", "ext": "#f6dede"}
 
 
+def _title(inv: Inventory, n, sep: str, arrow: str) -> str:
+    """A namespace's caption: its role, who else lives in it, its host ports."""
+    title = {"switch": "underlay switch", "node": f"node {n.label}", "pod": f"pod {n.label}",
+             "dns": "DNS server", "ext": "external client"}.get(n.role, n.label)
+    if inv.sharing.get(n.name):
+        title += f"{sep}also here: " + ", ".join(inv.sharing[n.name])
+    hp = [p for p in inv.host_ports if p["node_ns"] == n.name]
+    if hp:
+        title += f"{sep}host ports: " + ", ".join(
+            f"{p['hostPort']}/{p.get('protocol', 'tcp')}{arrow}{p['pod']}:{p['containerPort']}" for p in hp)
+    return title
+
+
+def _edges(inv: Inventory):
+    """("master", port, bridge), ("veth", end, peer) once per pair, ("vni", vtep, vtep)."""
+    done: set = set()
+    for n in inv.namespaces.values():
+        for l in n.links.values():
+            if l.master and l.master in n.links:
+                yield "master", (n.name, l.name), (n.name, l.master), None
+            if l.peer and (l.peer, l.key) not in done:
+                done.add((l.key, l.peer))
+                yield "veth", (n.name, l.name), l.peer, None
+    vx = [l for n in inv.namespaces.values() for l in n.links.values() if l.kind == "vxlan"]
+    for i, a in enumerate(vx):
+        for b in vx[i + 1:]:
+            if a.vni == b.vni:
+                yield "vni", (a.ns, a.name), (b.ns, b.name), a.vni
+
+
 def render_dot(inv: Inventory) -> str:
     out = [f'digraph "{inv.lab}" {{', "  graph [rankdir=TB, fontname=Helvetica, compound=true];",
            "  node [shape=box, fontname=Helvetica, fontsize=10, style=\"rounded,filled\", fillcolor=white];",
            "  edge [dir=none, fontname=Helvetica, fontsize=9];",
            f'  label="netlab lab {inv.lab}"; labelloc=t;']
     for n in sorted(inv.namespaces.values(), key=lambda x: (list(ROLE_COLOR).index(x.role) if x.role in ROLE_COLOR else 9, x.name)):
-        title = {"switch": "underlay switch", "node": f"node {n.label}", "pod": f"pod {n.label}",
-                 "dns": "DNS server", "ext": "external client"}.get(n.role, n.label)
-        if inv.sharing.get(n.name):
-            title += "\\nalso here: " + ", ".join(inv.sharing[n.name])
-        hp = [p for p in inv.host_ports if p["node_ns"] == n.name]
-        if hp:
-            title += "\\nhost ports: " + ", ".join(f"{p['hostPort']}/{p.get('protocol', 'tcp')}->{p['pod']}:{p['containerPort']}" for p in hp)
+        title = _title(inv, n, "\\n", "->")
         out.append(f"  subgraph cluster_{_id(n.name)} {{")
         out.append(f'    label="{title}\\n({n.name})"; style=filled; fillcolor="{ROLE_COLOR.get(n.role, "#ffffff")}";')
         for l in n.links.values():
@@ -216,21 +240,10 @@ def render_dot(inv: Inventory) -> str:
         if all(l.kind == "loopback" for l in n.links.values()):
             out.append(f'    {_id(n.name, "lo")} [label="lo only (no network)", style=dashed];')
         out.append("  }")
-    done: set = set()
-    for n in inv.namespaces.values():
-        for l in n.links.values():
-            if l.master and l.master in n.links:
-                out.append(f"  {_id(n.name, l.name)} -> {_id(n.name, l.master)} [style=dashed];")
-            if l.peer and (l.peer, l.key) not in done:
-                done.add((l.key, l.peer))
-                out.append(f"  {_id(n.name, l.name)} -> {_id(*l.peer)} [penwidth=2, label=\"veth\"];")
-    # VXLAN tunnels between VTEPs of the same VNI
-    vx = [l for n in inv.namespaces.values() for l in n.links.values() if l.kind == "vxlan"]
-    for i, a in enumerate(vx):
-        for b in vx[i + 1:]:
-            if a.vni == b.vni:
-                out.append(f'  {_id(a.ns, a.name)} -> {_id(b.ns, b.name)} [style=dotted, color=blue, '
-                           f'label="VNI {a.vni}", constraint=false];')
+    style = {"master": "[style=dashed]", "veth": '[penwidth=2, label="veth"]'}
+    for kind, a, b, vni in _edges(inv):
+        attrs = style.get(kind) or f'[style=dotted, color=blue, label="VNI {vni}", constraint=false]'
+        out.append(f"  {_id(*a)} -> {_id(*b)} {attrs};")
     out.append("}")
     return "\n".join(out) + "\n"
 
@@ -238,13 +251,7 @@ def render_dot(inv: Inventory) -> str:
 def render_mermaid(inv: Inventory) -> str:
     out = ["flowchart TB"]
     for n in inv.namespaces.values():
-        title = {"switch": "underlay switch", "node": f"node {n.label}", "pod": f"pod {n.label}",
-                 "dns": "DNS server", "ext": "external client"}.get(n.role, n.label)
-        if inv.sharing.get(n.name):
-            title += " · also here: " + ", ".join(inv.sharing[n.name])
-        hp = [p for p in inv.host_ports if p["node_ns"] == n.name]
-        if hp:
-            title += " · host ports " + ", ".join(f"{p['hostPort']}/{p.get('protocol', 'tcp')}→{p['pod']}:{p['containerPort']}" for p in hp)
+        title = _title(inv, n, " · ", "→")
         out.append(f'  subgraph {_id(n.name)}["{title}"]')
         for l in n.links.values():
             if l.kind == "loopback":
@@ -255,19 +262,9 @@ def render_mermaid(inv: Inventory) -> str:
         if all(l.kind == "loopback" for l in n.links.values()):
             out.append(f'    {_id(n.name, "lo")}["lo only (no network)"]')
         out.append("  end")
-    done: set = set()
-    for n in inv.namespaces.values():
-        for l in n.links.values():
-            if l.master and l.master in n.links:
-                out.append(f"  {_id(n.name, l.name)} -.- {_id(n.name, l.master)}")
-            if l.peer and (l.peer, l.key) not in done:
-                done.add((l.key, l.peer))
-                out.append(f"  {_id(n.name, l.name)} === {_id(*l.peer)}")
-    vx = [l for n in inv.namespaces.values() for l in n.links.values() if l.kind == "vxlan"]
-    for i, a in enumerate(vx):
-        for b in vx[i + 1:]:
-            if a.vni == b.vni:
-                out.append(f"  {_id(a.ns, a.name)} -. VNI {a.vni} .- {_id(b.ns, b.name)}")
+    for kind, a, b, vni in _edges(inv):
+        link = {"master": "-.-", "veth": "==="}.get(kind) or f"-. VNI {vni} .-"
+        out.append(f"  {_id(*a)} {link} {_id(*b)}")
     return "\n".join(out) + "\n"
 
 
