@@ -284,17 +284,35 @@ def _flush_udp_conntrack(cfg: PortMapConfig, families) -> None:
 
 # ---- handlers ---------------------------------------------------------------
 
-def add(call) -> Result:
+@dataclass
+class _Work:
+    """What ADD and CHECK act on: the config, the pod's addresses, the rule plans."""
+    cfg: PortMapConfig
+    prev: Result
+    addrs: dict[int, str]
+    families: list[int]
+    plans: list[pr.PortMapPlan]
+
+
+def _plan(call) -> tuple[Result, "_Work | None"]:
+    """(prevResult, the work) or (prevResult, None) when there is nothing to map."""
     cfg = parse_config(call.conf)
     prev = _require_prev(call.conf)
     if not cfg.mappings:
-        return prev
+        return prev, None
     addrs = pod_addresses(prev, call.args.ifname)
     families = [fam for fam in sorted(addrs) if any(m.applies_to(fam) for m in cfg.mappings)]
     if not families:
+        return prev, None
+    plans = build_plans(cfg, call, addrs, _resolve_conditions(cfg, families))
+    return prev, _Work(cfg, prev, addrs, families, plans)
+
+
+def add(call) -> Result:
+    prev, work = _plan(call)
+    if work is None:
         return prev
-    conds = _resolve_conditions(cfg, families)
-    plans = build_plans(cfg, call, addrs, conds)
+    cfg, addrs, families, plans = work.cfg, work.addrs, work.families, work.plans
 
     from plugins.net.nft import Nft
     nft = Nft()
@@ -334,15 +352,10 @@ def delete(call) -> None:
 
 
 def check(call) -> None:
-    cfg = parse_config(call.conf)
-    prev = _require_prev(call.conf)
-    if not cfg.mappings:
+    _prev, work = _plan(call)
+    if work is None:
         return None
-    addrs = pod_addresses(prev, call.args.ifname)
-    families = [fam for fam in sorted(addrs) if any(m.applies_to(fam) for m in cfg.mappings)]
-    if not families:
-        return None
-    plans = build_plans(cfg, call, addrs, _resolve_conditions(cfg, families))
+    plans = work.plans
     from plugins.net.nft import Nft
     nft = Nft()
     problems: list[str] = []
