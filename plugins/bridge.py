@@ -144,7 +144,8 @@ def _spec(call: Call, c: BridgeConf) -> attach.VethSpec:
                            ifname=call.args.ifname, netns=call.args.netns, bridge=c.bridge,
                            mtu=c.mtu, mac=c.mac, hairpin=c.hairpin, isolated=c.port_isolation,
                            vlan=c.vlan, vlan_trunk=tuple(c.vlan_trunk),
-                           preserve_default_vlan=c.preserve_default_vlan)
+                           preserve_default_vlan=c.preserve_default_vlan,
+                           owner=attach.port_owner("bridge", call.conf.name))
 
 
 def _quietly(fn: Callable, *args) -> Callable[[], None]:
@@ -325,6 +326,11 @@ def gc(call: Call) -> None:
     valid = valid_attachments(call.conf.raw)
     errors: list[CNIError] = []
     from .net import macspoof, masq
+    keep = {attach.host_veth_name(call.conf.name, cid, ifn) for cid, ifn in valid}
+    try:      # veths of stale attachments whose pod namespace still exists
+        attach.gc_ports(c.bridge, attach.port_owner("bridge", call.conf.name), keep)
+    except (CNIError, OSError) as e:
+        errors.append(e if isinstance(e, CNIError) else CNIError(IO_FAILURE, "GC of ports", str(e)))
     for fn in (masq.gc, macspoof.gc):
         try:
             fn(call.conf.name, valid)

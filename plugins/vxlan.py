@@ -333,11 +333,10 @@ def add(call) -> Result:
                                f"ipam type {conf.ipam.get('type')}")
         spec = attach.VethSpec(network=conf.network, container_id=a.container_id,
                                ifname=a.ifname, netns=a.netns, bridge=conf.bridge,
-                               mtu=res.mtu, mac=mac)
+                               mtu=res.mtu, mac=mac, owner=owner_alias(conf.network))
         with node_lock(conf), VxlanLinks() as links:
             _, br_index = _ensure_shared(conf, res, links, undo)
             att = attach.attach(spec, undo)
-            links.set_alias(att.host_index, owner_alias(conf.network))
         if ipam_res is not None:
             result.ips = [IPConfig(address=ip.address, gateway=ip.gateway, interface=2)
                           for ip in ipam_res.ips]
@@ -508,16 +507,11 @@ def gc(call) -> None:
     valid = valid_attachments(call.conf.raw)
     errors: list[str] = []
     from .net import attach
-    from .net.vxlan_dev import VxlanLinks, owner_alias
+    from .net.vxlan_dev import owner_alias
     keep = {attach.host_veth_name(conf.network, cid, ifn) for cid, ifn in valid}
-    alias = owner_alias(conf.network)
     try:
-        with node_lock(conf), VxlanLinks() as links:
-            br = links.observe(conf.bridge)
-            if br is not None:
-                for p in links.ports(br.index):
-                    if p.kind == "veth" and p.alias == alias and p.name not in keep:
-                        links.delete(p.index)
+        with node_lock(conf):
+            attach.gc_ports(conf.bridge, owner_alias(conf.network), keep)
     except (CNIError, OSError) as e:
         errors.append(f"stale ports: {e}")
     try:            # whatever ipMasq says now: it may have been on when pods were added

@@ -249,7 +249,27 @@ def test_gc_removes_rules_and_reservations_of_stale_attachments(node, make_netns
     assert k1 in t and k2 not in t
     owners = list(reservations(data_dir).values())
     assert len(owners) == 1 and owners[0].startswith("c1")
+    # c2's pod namespace still exists: its veth (both ends) goes too, c1's stays
+    h1, h2 = (attach.host_veth_name("brnet", cid, "eth0") for cid in ("c1", "c2"))
+    nl = links(node)
+    assert h1 in nl and h2 not in nl
+    assert "eth0" not in links(p2) and "eth0" in links(p1)
     ok(call(node, "DEL", c, netns=p1.path, cid="c1"))
+
+
+def test_gc_spares_veths_it_did_not_make(node, make_netns, data_dir):
+    """A bridge port of another network (or made by hand) is not ours to collect."""
+    p1 = make_netns("pod")
+    c = conf(data_dir, "1.1.0")
+    ok(call(node, "ADD", c, netns=p1.path, cid="c1"))
+    node.run("ip", "link", "add", "handmade0", "type", "veth", "peer", "name", "handmade1")
+    node.run("ip", "link", "set", "handmade0", "master", "cni0")
+    other = dict(c, name="othernet")
+    ok(call(node, "ADD", other, netns=make_netns("pod").path, cid="o1"))
+    ok(call(node, "GC", dict(c, **{"cni.dev/valid-attachments": []})))
+    nl = links(node)
+    assert attach.host_veth_name("brnet", "c1", "eth0") not in nl
+    assert "handmade0" in nl and attach.host_veth_name("othernet", "o1", "eth0") in nl
 
 
 def test_status_delegates_to_ipam(node, pod, data_dir):

@@ -114,6 +114,7 @@ class VethSpec:
     vlan: int = 0                      # access vlan (needs bridge vlan filtering)
     vlan_trunk: tuple[int, ...] = ()   # tagged vids
     preserve_default_vlan: bool = False
+    owner: str = ""                    # ifalias marking the host veth as ours (see gc_ports)
 
     def __post_init__(self) -> None:
         if not self.host_name:
@@ -204,6 +205,8 @@ def attach(spec: VethSpec, undo: contextlib.ExitStack) -> Attached:
                       master=br.index, state="up")
         link.set_brport(ipr, host.index, hairpin=spec.hairpin,
                         isolated=spec.isolated if spec.isolated else None)
+        if spec.owner:      # the kernel takes no alias in the creating request
+            link.set_link(ipr, host.index, f"marking {spec.host_name}", ifalias=spec.owner)
         if spec.vlan or spec.vlan_trunk:
             link.set_port_vlans(ipr, host.index, vlan=spec.vlan, trunk=list(spec.vlan_trunk),
                                 preserve_default=spec.preserve_default_vlan)
@@ -326,6 +329,38 @@ def _configure_here(ipr, ifname: str, ips: list[IPConfig], routes: list[Route],
         # attachment) wins, as with the reference plugins: skip, don't fail.
         link.add_route(ipr, dst=r.dst, oif=info.index, gw=gw, priority=r.priority,
                        table=r.table, scope=r.scope, mtu=r.mtu, advmss=r.advmss, exist_ok=True)
+
+
+def port_owner(kind: str, network: str) -> str:
+    """The ifalias a plugin puts on the host veths it makes for ``network``."""
+    alias = f"cnilab-{kind}:{network}"
+    if len(alias) > 200:      # IFALIASZ is 256; network names are not bounded
+        alias = f"cnilab-{kind}:#" + hashlib.sha256(network.encode()).hexdigest()[:32]
+    return alias
+
+
+def gc_ports(bridge: str, owner: str, keep: set[str]) -> list[str]:
+    """Delete the veth ports of ``bridge`` marked ``owner`` whose name is not in ``keep``
+    (the host names of the attachments still valid); returns the names deleted.
+
+    For GC: an attachment the runtime no longer knows whose pod namespace still
+    exists keeps its veth otherwise (a missing namespace takes the veth with it).
+    Deleting the host end deletes the pod end too.
+    """
+    ipr = link.open_iproute()
+    try:
+        br = link.get_link(ipr, bridge)
+        if br is None:
+            return []
+        gone = []
+        for info in link.list_links(ipr):
+            if info.master == br.index and info.kind == "veth" and info.alias == owner \
+                    and info.name not in keep:
+                if link.delete_index(info.index):
+                    gone.append(info.name)
+        return gone
+    finally:
+        ipr.close()
 
 
 def _pod_link(spec: "VethSpec"):

@@ -166,6 +166,7 @@ class LinkInfo:
     peer: int            # IFLA_LINK: the veth peer's index (in its own netns), else 0
     operstate: str
     data: dict = field(default_factory=dict)        # IFLA_INFO_DATA attrs (bridge options...)
+    alias: str = ""                                 # IFLA_IFALIAS (marks links as ours)
     brport: dict = field(default_factory=dict)      # bridge-port attrs when enslaved
 
     @property
@@ -195,7 +196,7 @@ def _to_info(msg: Any) -> LinkInfo:
                     master=msg.get_attr("IFLA_MASTER") or 0,
                     peer=msg.get_attr("IFLA_LINK") or 0,
                     operstate=msg.get_attr("IFLA_OPERSTATE") or "",
-                    data=data)
+                    data=data, alias=msg.get_attr("IFLA_IFALIAS") or "")
 
 
 def get_link(ipr, name: str | None = None, index: int | None = None) -> LinkInfo | None:
@@ -210,6 +211,11 @@ def get_link(ipr, name: str | None = None, index: int | None = None) -> LinkInfo
             return None
         raise kernel_error(e, f"looking up link {name or index}") from None
     return _to_info(msgs[0]) if msgs else None
+
+
+def list_links(ipr) -> list[LinkInfo]:
+    """Every link of the namespace ``ipr`` is bound to (one dump)."""
+    return [_to_info(msg) for msg in ipr.get_links()]
 
 
 def brport_attrs(ipr, index: int) -> dict:
