@@ -337,6 +337,8 @@ class Builder:
         dir_made = not os.path.isdir(d)
         files = sorted(s.params["files"])
         self.record("etcnetns", path=d, files=files, created_dir=dir_made, created_parent=parent_made)
+        if parent_made:
+            statemod.make_etc_netns()
         os.makedirs(d, exist_ok=True)
         for fn, text in s.params["files"].items():
             with open(os.path.join(d, fn), "w", encoding="utf-8") as f:

@@ -152,6 +152,33 @@ def _proc_state(pid: int) -> str | None:
 Detacher = Callable[[dict, State], None]
 
 
+ETC_NETNS_MARKER = ".made-by-netlab"
+
+
+def make_etc_netns(parent: str = "/etc/netns") -> None:
+    """Create /etc/netns, marked so that any lab's down may remove it once empty."""
+    os.makedirs(parent, mode=0o755, exist_ok=True)
+    with open(os.path.join(parent, ETC_NETNS_MARKER), "a", encoding="utf-8"):
+        pass
+
+
+def remove_etc_netns_if_ours(parent: str = "/etc/netns") -> None:
+    """Remove /etc/netns when netlab made it and nothing but the marker is left."""
+    marker = os.path.join(parent, ETC_NETNS_MARKER)
+    try:
+        if os.listdir(parent) != [ETC_NETNS_MARKER]:
+            return
+        os.unlink(marker)
+    except OSError:
+        return     # gone already
+    try:
+        os.rmdir(parent)
+    except OSError:
+        # another lab added entries meanwhile: keep the mark so its down removes it
+        with open(marker, "a", encoding="utf-8"):
+            pass
+
+
 def teardown(st: State, detach: Detacher, *, log: Callable[[str], None] = lambda s: None,
              keep_dir: bool = False, workers: int = 4) -> list[str]:
     """Remove every recorded resource, newest first. Returns the errors (also kept
@@ -218,11 +245,9 @@ def teardown(st: State, detach: Detacher, *, log: Callable[[str], None] = lambda
                         os.rmdir(d)
                     except FileNotFoundError:
                         pass
-                if res.get("created_parent"):
-                    try:
-                        os.rmdir(os.path.dirname(d))
-                    except OSError:
-                        pass   # another lab (or the system) still has entries there
+                # /etc/netns itself goes with the last lab's entries if netlab made
+                # it, whichever lab that was (labs come and go in any order)
+                remove_etc_netns_if_ours(os.path.dirname(d))
             elif kind == "file":
                 try:
                     os.unlink(res["path"])

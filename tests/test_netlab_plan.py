@@ -189,3 +189,22 @@ def test_late_dns_records_for_pods_known_after_add():
                     "sidecar.default.svc.cluster.local": "10.248.0.10",     # shares app's namespace
                     "hostpod.default.svc.cluster.local": "192.168.90.12"}   # its node's address
     assert "--addn-hosts=/lab/pods.hosts" in P.dnsmasq_argv(topo, "/lab")
+
+
+def test_etc_netns_removed_by_the_last_lab_only_if_netlab_made_it(tmp_path):
+    """Labs come and go in any order: /etc/netns goes with the last lab's entries
+    when netlab created it (marked), and never when it was already there."""
+    parent = str(tmp_path / "netns")
+    S.make_etc_netns(parent)
+    os.makedirs(os.path.join(parent, "lab-a-pod"))
+    os.makedirs(os.path.join(parent, "lab-b-pod"))
+    os.rmdir(os.path.join(parent, "lab-a-pod"))        # lab A down first
+    S.remove_etc_netns_if_ours(parent)
+    assert os.path.isdir(parent)                         # lab B still has entries
+    os.rmdir(os.path.join(parent, "lab-b-pod"))          # then lab B (which did not create it)
+    S.remove_etc_netns_if_ours(parent)
+    assert not os.path.exists(parent)
+    theirs = str(tmp_path / "system-netns")              # made by someone else: stays
+    os.makedirs(theirs)
+    S.remove_etc_netns_if_ours(theirs)
+    assert os.path.isdir(theirs)
