@@ -22,7 +22,9 @@ import subprocess
 import sys
 import sysconfig
 
-from .fsutil import make_dirs, write_atomic
+from plugins.core.fsutil import make_dirs
+
+from .fsutil import write_atomic
 
 PLUGINS = ("bridge", "host-local", "portmap", "bandwidth", "vxlan")
 MARKER = "# cnilab CNI plugin launcher"
