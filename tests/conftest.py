@@ -63,6 +63,19 @@ class NS:
     def run(self, *argv: str, check: bool = True, timeout: float = 60):
         return nsutil.run(self.name, argv, check=check, timeout=timeout)
 
+    def wire(self, other: "NS", ifname: str, peer_ifname: str | None = None,
+             addrs: tuple[str, ...] = (), peer_addrs: tuple[str, ...] = ()) -> None:
+        """A veth from this namespace (``ifname``) to ``other`` (``peer_ifname``,
+        default the same name), with addresses (IPv6 without DAD), both ends up."""
+        peer_ifname = peer_ifname or ifname
+        self.run("ip", "link", "add", ifname, "type", "veth", "peer", "name", peer_ifname,
+                 "netns", other.name)
+        for ns, dev, cidrs in ((self, ifname, addrs), (other, peer_ifname, peer_addrs)):
+            for cidr in cidrs:
+                extra = ("nodad",) if ":" in cidr else ()
+                ns.run("ip", "addr", "add", cidr, "dev", dev, *extra)
+            ns.run("ip", "link", "set", dev, "up")
+
     def __repr__(self) -> str:
         return f"NS({self.name})"
 

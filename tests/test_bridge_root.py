@@ -188,11 +188,7 @@ def test_mac_from_cni_args(node, pod, data_dir):
 def test_masquerade_rules_appear_work_and_disappear(node, make_netns, data_dir):
     pod, outside = make_netns("pod"), make_netns("out")
     # an "outside" host on an uplink of the node; it has no route back to the pod subnet
-    node.run("ip", "link", "add", "up0", "type", "veth", "peer", "name", "up0o", "netns", outside.name)
-    node.run("ip", "addr", "add", "10.32.0.1/24", "dev", "up0")
-    node.run("ip", "link", "set", "up0", "up")
-    outside.run("ip", "addr", "add", "10.32.0.2/24", "dev", "up0o")
-    outside.run("ip", "link", "set", "up0o", "up")
+    node.wire(outside, "up0", "up0o", ("10.32.0.1/24",), ("10.32.0.2/24",))
     c = conf(data_dir, "1.0.0", v6="fd31::/64", isDefaultGateway=True, ipMasq=True)
     r = ok(call(node, "ADD", c, netns=pod.path))
     table = nft_table(node, "inet", "cnilab_masq")

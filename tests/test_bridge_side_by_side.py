@@ -58,12 +58,7 @@ def netlab_cni(verb: str, conf_path: str, netns: str | None, *, cni_path: str, c
 
 
 def with_uplink(node, outside, n: int) -> None:
-    node.run("ip", "link", "add", "up0", "type", "veth", "peer", "name", "up0o",
-             "netns", outside.name)
-    node.run("ip", "addr", "add", f"10.34.{n}.1/24", "dev", "up0")
-    node.run("ip", "link", "set", "up0", "up")
-    outside.run("ip", "addr", "add", f"10.34.{n}.2/24", "dev", "up0o")
-    outside.run("ip", "link", "set", "up0o", "up")
+    node.wire(outside, "up0", "up0o", (f"10.34.{n}.1/24",), (f"10.34.{n}.2/24",))
 
 
 def reach(ns, addr: str, tries: int = 4) -> bool:

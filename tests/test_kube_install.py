@@ -1002,11 +1002,8 @@ class TwoNodeOverlay:
         from plugins.core import skel
         self._nsmod, self._skel = nsmod, skel
         a, b = make_netns("kva"), make_netns("kvb")
-        a.run("ip", "link", "add", "ul0", "type", "veth", "peer", "name", "ul0", "netns", b.name)
+        a.wire(b, "ul0", addrs=(f"{self.IPS['n1']}/24",), peer_addrs=(f"{self.IPS['n2']}/24",))
         self.node = {"n1": a, "n2": b}
-        for name, ns in self.node.items():
-            ns.run("ip", "addr", "add", f"{self.IPS[name]}/24", "dev", "ul0")
-            ns.run("ip", "link", "set", "ul0", "up")
         nodes = ki.nodes_from_list(node_list(node_obj("n1", self.IPS["n1"], ["10.244.0.0/24"]),
                                              node_obj("n2", self.IPS["n2"], ["10.244.1.0/24"])))
         self.plugin, self.pod, self.pod_ip = {}, {}, {}
@@ -1068,12 +1065,9 @@ def test_rendered_bridge_conflist_with_routes_two_nodes(make_netns, tmp_path):
     from plugins.core import netns as nsmod
     from plugins.core import skel
     a, b = make_netns("kba"), make_netns("kbb")
-    a.run("ip", "link", "add", "ul0", "type", "veth", "peer", "name", "ul0", "netns", b.name)
     ips = {"n1": "192.168.78.1", "n2": "192.168.78.2"}
+    a.wire(b, "ul0", addrs=(f"{ips['n1']}/24",), peer_addrs=(f"{ips['n2']}/24",))
     node = {"n1": a, "n2": b}
-    for name, ns in node.items():
-        ns.run("ip", "addr", "add", f"{ips[name]}/24", "dev", "ul0")
-        ns.run("ip", "link", "set", "ul0", "up")
     objs = [node_obj("n1", ips["n1"], ["10.245.0.0/24"]), node_obj("n2", ips["n2"], ["10.245.1.0/24"])]
     nodes = ki.nodes_from_list(node_list(*objs))
     pod_ip, plugins, pods = {}, {}, {}

@@ -11,11 +11,7 @@ pytestmark = pytest.mark.root
 def _pair(make_netns):
     """ns (vb, 10.123.0.2) <-> peer (va, 10.123.0.1); returns (ns, peer)."""
     ns, peer = make_netns("cap"), make_netns("capp")
-    peer.run("ip", "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", ns.name)
-    peer.run("ip", "addr", "add", "10.123.0.1/24", "dev", "va")
-    ns.run("ip", "addr", "add", "10.123.0.2/24", "dev", "vb")
-    peer.run("ip", "link", "set", "va", "up")
-    ns.run("ip", "link", "set", "vb", "up")
+    peer.wire(ns, "va", "vb", ("10.123.0.1/24",), ("10.123.0.2/24",))
     return ns, peer
 
 

@@ -155,12 +155,7 @@ def test_podman_runs_a_container_on_our_plugins(tmp_path, make_netns, request):
     pm = Podman(short, node, str(bin_dir))
     (pm.conf_dir / f"50-{NET}.conflist").write_text(json.dumps(conflist(str(ipam_dir))))
     # an uplink to a client namespace, which reaches the published port from outside
-    node.run("ip", "link", "add", "up0", "type", "veth", "peer", "name", "up0c",
-             "netns", client.name)
-    node.run("ip", "addr", "add", f"{UP_NODE}/24", "dev", "up0")
-    node.run("ip", "link", "set", "up0", "up")
-    client.run("ip", "addr", "add", f"{UP_CLIENT}/24", "dev", "up0c")
-    client.run("ip", "link", "set", "up0c", "up")
+    node.wire(client, "up0", "up0c", (f"{UP_NODE}/24",), (f"{UP_CLIENT}/24",))
 
     cache_existed = os.path.exists(LIBCNI_CACHE)
     results_existed = os.path.exists(os.path.join(LIBCNI_CACHE, "results"))

@@ -46,12 +46,7 @@ def ours(tmp_path_factory):
 
 
 def uplink(node, client):
-    node.run("ip", "link", "add", "up0", "type", "veth", "peer", "name", "up0c",
-             "netns", client.name)
-    node.run("ip", "addr", "add", f"{UP_NODE}/24", "dev", "up0")
-    node.run("ip", "link", "set", "up0", "up")
-    client.run("ip", "addr", "add", f"{UP_CLIENT}/24", "dev", "up0c")
-    client.run("ip", "link", "set", "up0c", "up")
+    node.wire(client, "up0", "up0c", (f"{UP_NODE}/24",), (f"{UP_CLIENT}/24",))
 
 
 def veth_names(ns):

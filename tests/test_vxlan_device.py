@@ -19,11 +19,8 @@ def links_in(ns) -> vd.VxlanLinks:
 def underlay(make_netns):
     """Nodes A and B on one veth underlay: A=10.210.0.1, B=10.210.0.2 (+ fd10:210::1/2)."""
     a, b = make_netns("vxa"), make_netns("vxb")
-    a.run("ip", "link", "add", "ul0", "type", "veth", "peer", "name", "ul0", "netns", b.name)
-    for ns, n in ((a, 1), (b, 2)):
-        ns.run("ip", "addr", "add", f"10.210.0.{n}/24", "dev", "ul0")
-        ns.run("ip", "-6", "addr", "add", f"fd10:210::{n}/64", "dev", "ul0", "nodad")
-        ns.run("ip", "link", "set", "ul0", "up")
+    a.wire(b, "ul0", addrs=("10.210.0.1/24", "fd10:210::1/64"),
+           peer_addrs=("10.210.0.2/24", "fd10:210::2/64"))
     return a, b
 
 

@@ -67,10 +67,7 @@ class Node:
 @pytest.fixture
 def nodes(make_netns, tmp_path):
     a, b = make_netns("vxa"), make_netns("vxb")
-    a.run("ip", "link", "add", "ul0", "type", "veth", "peer", "name", "ul0", "netns", b.name)
-    for ns, key in ((a, "A"), (b, "B")):
-        ns.run("ip", "addr", "add", f"{UNDERLAY[key]}/24", "dev", "ul0")
-        ns.run("ip", "link", "set", "ul0", "up")
+    a.wire(b, "ul0", addrs=(f"{UNDERLAY['A']}/24",), peer_addrs=(f"{UNDERLAY['B']}/24",))
     return (Node(a, "A", str(tmp_path / "ipam-a")), Node(b, "B", str(tmp_path / "ipam-b")))
 
 
@@ -303,10 +300,7 @@ def test_gateway_and_masquerade(nodes, make_netns):
 
 def test_ipv6_underlay(make_netns, tmp_path):
     a, b = make_netns("vx6a"), make_netns("vx6b")
-    a.run("ip", "link", "add", "ul0", "type", "veth", "peer", "name", "ul0", "netns", b.name)
-    for ns, n in ((a, 1), (b, 2)):
-        ns.run("ip", "-6", "addr", "add", f"fd10:210::{n}/64", "dev", "ul0", "nodad")
-        ns.run("ip", "link", "set", "ul0", "up")
+    a.wire(b, "ul0", addrs=("fd10:210::1/64",), peer_addrs=("fd10:210::2/64",))
     na, nb = Node(a, "A", str(tmp_path / "a")), Node(b, "B", str(tmp_path / "b"))
     peers = ["fd10:210::1", "fd10:210::2"]
     pa, pb = make_netns("p6a"), make_netns("p6b")
