@@ -35,6 +35,7 @@ import zlib
 from collections import namedtuple
 
 from plugins.core.errors import CNIError, TRY_AGAIN_LATER
+from plugins.core.fsutil import make_dirs
 
 from .ranges import IPAddress
 
@@ -42,6 +43,10 @@ LINE_BREAK = "\r\n"
 LAST_PREFIX = "last_reserved_ip."
 LOCK_NAME = "lock"
 INDEX_DIR = ".cnilab"
+# A reservation is written here first and linked into place complete, so a crash
+# never leaves an address file without its owner (which no DEL could find). Not
+# an address name: every reader (ours and the reference's) skips it.
+STAGING_NAME = ".cnilab-reserving"
 BUCKETS = 256
 LOCK_TIMEOUT = 60.0
 _MTIME_BACKDATE_NS = 2_000_000_000
@@ -161,22 +166,6 @@ class MemoryStore:
         return self.unwritable or None
 
 
-def _make_dirs(path: str, mode: int = 0o700) -> None:
-    """os.makedirs, except that the parents it creates get 0755 whatever the umask
-    (os.makedirs gives them 0777 & ~umask: world-writable under umask 0, where a
-    local user could swap a network directory for a symlink)."""
-    if os.path.isdir(path):
-        return
-    parent = os.path.dirname(path)
-    if parent and parent != path:
-        _make_dirs(parent, 0o755)
-    try:
-        os.mkdir(path, mode)
-    except FileExistsError:
-        return
-    os.chmod(path, mode)
-
-
 def _bucket_of(key: str) -> int:
     return zlib.crc32(key.encode("utf-8", errors="surrogateescape")) % BUCKETS
 
@@ -201,7 +190,7 @@ class DiskStore:
         return self
 
     def __enter__(self) -> None:
-        _make_dirs(self.dir)
+        make_dirs(self.dir, 0o700)
         fd = os.open(os.path.join(self.dir, LOCK_NAME), os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC,
                      0o600)
         try:
@@ -428,18 +417,31 @@ class DiskStore:
     # ---- the Store protocol -------------------------------------------------------
     def reserve(self, ip: IPAddress, owner: Owner, set_index: int) -> bool:
         path = self._path(str(ip))
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        except FileExistsError:
+        if os.path.lexists(path):
             return False
+        # Under the lock one staging file is enough. One a crash left behind may be
+        # a second link of a live reservation: unlink it, never write through it.
+        # link() is atomic and fails if the address is taken.
+        staging = self._path(STAGING_NAME)
+        try:
+            os.unlink(staging)
+        except FileNotFoundError:
+            pass
         self._dir_changed = True
         try:
-            os.write(fd, owner.content())
-        except OSError:
-            os.close(fd)
-            os.unlink(path)
-            raise
-        os.close(fd)
+            fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, owner.content())
+            finally:
+                os.close(fd)
+            os.link(staging, path)
+        except FileExistsError:
+            return False
+        finally:
+            try:
+                os.unlink(staging)
+            except FileNotFoundError:
+                pass
         self._write_file_inplace(self._path(f"{LAST_PREFIX}{set_index}"), str(ip).encode())
         self._index_add(Owner(owner.container_id.strip(), owner.ifname), ip)
         return True

@@ -70,6 +70,23 @@ def test_add_writes_the_reference_format(tmp_path):
         assert stat.S_IMODE(os.stat(d / f).st_mode) == 0o600, f
 
 
+def test_a_reservation_appears_complete_or_not_at_all(tmp_path):
+    """Written to a staging file and linked into place: a crash can never leave an
+    address file without its owner. A staging file a crash left behind (here still
+    a second link of a live reservation) is replaced, never written through."""
+    from ipam.store import STAGING_NAME
+    res, rc = ours("ADD", conf(tmp_path))
+    assert rc == 0, res
+    d = netdir(tmp_path)
+    assert not (d / STAGING_NAME).exists()
+    os.link(d / "10.77.0.2", d / STAGING_NAME)           # the state a kill after link() leaves
+    res, rc = ours("ADD", conf(tmp_path), cid="c2")
+    assert rc == 0, res
+    assert (d / "10.77.0.2").read_bytes() == b"c1\r\neth0"
+    assert (d / "10.77.0.3").read_bytes() == b"c2\r\neth0"
+    assert not (d / STAGING_NAME).exists()
+
+
 def test_replay_del_check_and_old_versions(tmp_path):
     cfg = conf(tmp_path)
     first, _ = ours("ADD", cfg)
