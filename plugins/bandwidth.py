@@ -91,11 +91,11 @@ def host_veth(call, prev: Result) -> tuple[str, int]:
     be a veth whose own peer is the pod interface, and be a host interface of
     prevResult.
     """
-    from pyroute2 import IPRoute
+    from plugins.net.link import open_iproute
     from plugins.core import netns
     ifname = call.args.ifname
     with netns.entered(call.args.netns):
-        with IPRoute() as ipr:
+        with open_iproute() as ipr:
             links = ipr.link_lookup(ifname=ifname)
             if not links:
                 raise CNIError(IO_FAILURE, f"pod interface {ifname} not found in "
@@ -110,7 +110,7 @@ def host_veth(call, prev: Result) -> tuple[str, int]:
                        "bandwidth shapes on the host side of a veth; the main plugin must "
                        "create a veth pair (bridge, ptp)")
     host_names = {i.name for i in prev.interfaces if not i.sandbox}
-    with IPRoute() as ipr:
+    with open_iproute() as ipr:
         try:
             h = ipr.link("get", index=peer)[0]
         except Exception:
@@ -137,12 +137,12 @@ def add(call) -> Result:
     prev = _require_prev(call.conf)
     if bw.is_zero():
         return prev
-    from pyroute2 import IPRoute
+    from plugins.net.link import open_iproute
     from plugins.net import tc
     ticks = tc.tick_in_usec()
     name, index = host_veth(call, prev)
     result = prev.copy()
-    with IPRoute() as ipr, contextlib.ExitStack() as undo:
+    with open_iproute() as ipr, contextlib.ExitStack() as undo:
         t = tc.Tc(ipr)
         if bw.shapes_ingress:
             t.set_tbf(index, tc.tbf_params(bw.ingress_rate, bw.ingress_burst, ticks))
@@ -171,7 +171,7 @@ def delete(call) -> None:
     ifb = tc.ifb_name(call.conf.name, call.args.container_id)
     if bw.is_zero() and not _link_exists(ifb):
         return None                  # nothing was shaped: no netlink library needed
-    from pyroute2 import IPRoute
+    from plugins.net.link import open_iproute
     from plugins.core import netns
     veth = None
     if call.args.netns and netns.exists(call.args.netns):
@@ -179,7 +179,7 @@ def delete(call) -> None:
             veth = host_veth(call, call.conf.prev_result or Result())
         except CNIError:
             veth = None
-    with IPRoute() as ipr:
+    with open_iproute() as ipr:
         t = tc.Tc(ipr)
         ifb_link = t.link(ifb)
         ifb_index = ifb_link["index"] if ifb_link is not None else None
@@ -209,7 +209,7 @@ def _link_exists(name: str) -> bool:
 def check(call) -> None:
     bw = parse_config(call.conf)
     prev = _require_prev(call.conf)
-    from pyroute2 import IPRoute
+    from plugins.net.link import open_iproute
     from plugins.net import tc
     ticks = tc.tick_in_usec()
     try:
@@ -219,7 +219,7 @@ def check(call) -> None:
             return None              # nothing to shape, and nowhere it could be
         raise
     problems: list[str] = []
-    with IPRoute() as ipr:
+    with open_iproute() as ipr:
         t = tc.Tc(ipr)
         live_in = tc.Tc.tbf_of(t.root_qdisc(index))
         if bw.shapes_ingress:
@@ -263,9 +263,9 @@ def gc(call) -> None:
     raw = call.conf.raw
     from .core.gc import valid_attachments
     valid = {cid for cid, _ifname in valid_attachments(raw)}
-    from pyroute2 import IPRoute
+    from plugins.net.link import open_iproute
     from plugins.net import tc
-    with IPRoute() as ipr:
+    with open_iproute() as ipr:
         t = tc.Tc(ipr)
         for link in t.ifb_links():
             owner = tc.parse_alias(link.get_attr("IFLA_IFALIAS") or "")

@@ -449,3 +449,39 @@ def test_del_with_a_config_that_no_longer_validates(nodes, make_netns):
     rc, err = a.cni("DEL", a.conf(), "ctr-edit", p.path)     # the next good DEL tidies up
     assert rc == 0, err
     assert set(a.links()) == {"lo", "ul0"}
+
+
+def test_gc_keeps_going_past_a_netlink_error(nodes, make_netns, monkeypatch):
+    """pyroute2's NetlinkError is no OSError: it used to escape GC's keep-going loop at
+    the first step (stale ports), skipping the IPAM GC and the shared device."""
+    import errno as errno_mod
+    import pyroute2
+    from pyroute2.netlink.exceptions import NetlinkError
+    a, _ = nodes
+    p = make_netns("pnl")
+    r = a.add(p, "ctr-nl")
+    real = pyroute2.IPRoute
+
+    class FailingDumps:
+        """pyroute2's IPRoute, except that a full link dump fails as the kernel would."""
+        def __init__(self, *args, **kw):
+            self.ipr = real(*args, **kw)
+
+        def get_links(self, *args, **kw):
+            if not args and not kw:       # gc_ports' and the bridge's port listing
+                raise NetlinkError(errno_mod.EBUSY, "injected")
+            return self.ipr.get_links(*args, **kw)
+
+        def __getattr__(self, name):
+            return getattr(self.ipr, name)
+    monkeypatch.setattr(pyroute2, "IPRoute", FailingDumps)
+    rc, err = a.cni("GC", dict(a.conf(), **{"cni.dev/valid-attachments": []}))
+    monkeypatch.undo()
+    assert rc == 1 and err["code"] == 5, err                  # I/O failure, not internal
+    assert "stale ports" in err["details"] and "shared device" in err["details"], err
+    assert "Device or resource busy" in err["details"], err
+    # the step after the failing one still ran: the stale address is released
+    assert pod_ip(r) not in os.listdir(os.path.join(a.data_dir, "overlay"))
+    rc, err = a.cni("GC", dict(a.conf(), **{"cni.dev/valid-attachments": []}))
+    assert rc == 0, err
+    assert set(a.links()) == {"lo", "ul0"}

@@ -132,10 +132,69 @@ def delete_by_name(name: str, *, kind: str | None = None) -> bool:
 
 # ---- pyroute2 ---------------------------------------------------------------
 
-def open_iproute():
-    """An IPRoute socket bound to the calling thread's current network namespace."""
+class NetlinkFailure(OSError):
+    """A netlink request the kernel refused, as an ``OSError`` (errno set).
+
+    pyroute2 raises ``NetlinkError``, which is not an OSError: it slipped past
+    every ``except OSError`` of DEL's and GC's keep-going loops and skipped the
+    remaining steps. ``open_iproute`` hands out sockets whose requests raise this
+    instead, so one conversion point covers every plugin. ``code`` mirrors
+    pyroute2's attribute for code that reads it.
+    """
+
+    @property
+    def code(self) -> int:
+        return self.errno
+
+
+def netlink_failure(exc: BaseException) -> NetlinkFailure:
+    code = getattr(exc, "code", None)
+    if not isinstance(code, int) or code <= 0:
+        code = errno.EIO         # e.g. NetlinkDumpInterrupted: no kernel errno
+    return NetlinkFailure(code, f"netlink: {os.strerror(code)} ({exc})")
+
+
+class NetlinkSocket:
+    """An IPRoute whose requests raise ``NetlinkFailure`` instead of NetlinkError.
+
+    pyroute2's synchronous API returns materialised lists and tuples, so wrapping
+    each call is enough: no error can surface later while iterating a result.
+    """
+
+    def __init__(self, ipr) -> None:
+        self._ipr = ipr
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._ipr, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kw):
+            from pyroute2.netlink.exceptions import NetlinkError
+            try:
+                return attr(*args, **kw)
+            except NetlinkError as e:
+                raise netlink_failure(e) from e
+        return call
+
+    def close(self) -> None:
+        self._ipr.close()
+
+    def __enter__(self) -> "NetlinkSocket":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_iproute() -> NetlinkSocket:
+    """An IPRoute socket bound to the calling thread's current network namespace.
+
+    Every pyroute2 IPRoute of the plugins comes from here (the netlink boundary):
+    its kernel errors are ``NetlinkFailure`` (an OSError).
+    """
     from pyroute2 import IPRoute  # lazy: ~100 ms, only when links are touched
-    return IPRoute()
+    return NetlinkSocket(IPRoute())
 
 
 def netlink_errno(exc: BaseException) -> int | None:

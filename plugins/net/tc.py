@@ -7,7 +7,8 @@ the deterministic IFB device name.
 
 Backend (``Tc``): TBF as root qdisc, the ingress qdisc, a match-all filter
 with a mirred egress redirect (u32 match-all when the kernel has no matchall
-classifier), IFB devices. It works in the netns its IPRoute was opened in.
+classifier), IFB devices. It works in the netns its IPRoute was opened in; the
+IPRoute comes from ``link.open_iproute`` (kernel errors are OSErrors).
 """
 from __future__ import annotations
 
@@ -118,13 +119,12 @@ class Tc:
 
     # links
     def link(self, name: str | None = None, index: int | None = None):
-        from pyroute2.netlink.exceptions import NetlinkError
         try:
             if index is not None:
                 return self.ipr.link("get", index=index)[0]
             return self.ipr.link("get", ifname=name)[0]
-        except NetlinkError as e:
-            if e.code in (19, 2):   # ENODEV, ENOENT
+        except OSError as e:        # link.NetlinkFailure
+            if e.errno in (19, 2):   # ENODEV, ENOENT
                 return None
             raise
 
@@ -136,12 +136,11 @@ class Tc:
         return idx
 
     def delete_link(self, name: str) -> bool:
-        from pyroute2.netlink.exceptions import NetlinkError
         try:
             self.ipr.link("del", ifname=name)
             return True
-        except NetlinkError as e:
-            if e.code in (19, 2):
+        except OSError as e:        # link.NetlinkFailure
+            if e.errno in (19, 2):
                 return False
             raise
 
@@ -173,36 +172,33 @@ class Tc:
         self._del_qdisc(index, dict(parent=TC_H_ROOT))
 
     def add_ingress(self, index: int) -> None:
-        from pyroute2.netlink.exceptions import NetlinkError
         try:
             self.ipr.tc("add", kind="ingress", index=index, handle=INGRESS_HANDLE)
-        except NetlinkError as e:
-            if e.code != 17:        # EEXIST: re-ADD
+        except OSError as e:        # link.NetlinkFailure
+            if e.errno != 17:        # EEXIST: re-ADD
                 raise
 
     def del_ingress(self, index: int) -> None:
         self._del_qdisc(index, dict(kind="ingress", handle=INGRESS_HANDLE))
 
     def _del_qdisc(self, index: int, kw: dict) -> None:
-        from pyroute2.netlink.exceptions import NetlinkError
         try:
             self.ipr.tc("del", index=index, **kw)
-        except NetlinkError as e:
-            if e.code not in (2, 22, 19):     # nothing there (ENOENT/EINVAL/ENODEV)
+        except OSError as e:        # link.NetlinkFailure
+            if e.errno not in (2, 22, 19):     # nothing there (ENOENT/EINVAL/ENODEV)
                 raise
 
     def redirect_all(self, index: int, target: int) -> str:
         """Redirect everything entering ``index`` to ``target``'s egress; returns the
         classifier used."""
-        from pyroute2.netlink.exceptions import NetlinkError
         action = {"kind": "mirred", "direction": "egress", "action": "redirect",
                   "ifindex": target}
         try:
             self.ipr.tc("replace-filter", kind="matchall", index=index, parent=INGRESS_HANDLE,
                         prio=FILTER_PRIO, protocol=ETH_P_ALL, action=action)
             return "matchall"
-        except NetlinkError as e:
-            if e.code not in (2, 95, 22):   # no cls_matchall in this kernel
+        except OSError as e:        # link.NetlinkFailure
+            if e.errno not in (2, 95, 22):   # no cls_matchall in this kernel
                 raise
         self.ipr.tc("replace-filter", kind="u32", index=index, parent=INGRESS_HANDLE,
                     prio=FILTER_PRIO, protocol=ETH_P_ALL, keys=["0x0/0x0+0"],

@@ -175,8 +175,8 @@ class VxlanLinks:
 
     def __init__(self, ipr=None) -> None:
         if ipr is None:
-            from pyroute2 import IPRoute
-            ipr = IPRoute()
+            from .link import open_iproute
+            ipr = open_iproute()
         self.ipr = ipr
 
     def close(self) -> None:
