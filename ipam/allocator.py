@@ -6,6 +6,7 @@ so the in-memory fake covers it in unit tests. Callers hold ``store.session()``.
 from __future__ import annotations
 
 from plugins.core.errors import ADDRESS_UNAVAILABLE, CNIError, POOL_EXHAUSTED
+from plugins.core.undo import quietly
 
 from .ranges import IPAddress, Range, RangeSet, set_capacity, set_contains, set_str
 from .store import Owner, Store
@@ -135,7 +136,7 @@ def allocate(store: Store, sets: list[RangeSet], owner: Owner,
     except BaseException:
         for a in done:
             if a.new:
-                store.release(a.ip)
+                quietly(store.release, a.ip)()    # the original error is the one reported
         raise
     return done
 

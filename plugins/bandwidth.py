@@ -15,7 +15,6 @@ derived, and the IFB alias tells GC whom it belongs to.
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 from plugins.core.config import Fields, require_prev_result
@@ -142,7 +141,8 @@ def add(call) -> Result:
     ticks = tc.tick_in_usec()
     name, index = host_veth(call, prev)
     result = prev.copy()
-    with open_iproute() as ipr, contextlib.ExitStack() as undo:
+    from plugins.core.undo import Undo
+    with open_iproute() as ipr, Undo() as undo:
         t = tc.Tc(ipr)
         if bw.shapes_ingress:
             t.set_tbf(index, tc.tbf_params(bw.ingress_rate, bw.ingress_burst, ticks))

@@ -8,9 +8,7 @@ artefact is found from (network, container ID, ifname). See docs/plugins/bridge.
 """
 from __future__ import annotations
 
-import contextlib
 import re
-import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -20,6 +18,7 @@ from .core.errors import (CNIError, CHECK_FAILED, INVALID_NETWORK_CONFIG, IO_FAI
 from .core.invoke import delegate, delegate_add
 from .core.skel import Call
 from .core.types import Interface, Result
+from .core.undo import Undo
 from .net import attach
 
 DEFAULT_BRIDGE = "cni0"
@@ -148,16 +147,6 @@ def _spec(call: Call, c: BridgeConf) -> attach.VethSpec:
                            owner=attach.port_owner("bridge", call.conf.name))
 
 
-def _quietly(fn: Callable, *args) -> Callable[[], None]:
-    """An undo step: best effort, never hides the error that triggered the rollback."""
-    def run() -> None:
-        try:
-            fn(*args)
-        except Exception as e:  # noqa: BLE001
-            sys.stderr.write(f"bridge: rollback step {getattr(fn, '__name__', fn)} failed: {e}\n")
-    return run
-
-
 # ---- ADD ------------------------------------------------------------------------
 
 def add(call: Call) -> Result:
@@ -166,22 +155,22 @@ def add(call: Call) -> Result:
     if not nsmod.exists(a.netns):
         raise nsmod.NetnsGone(a.netns)
     spec = _spec(call, c)
-    with contextlib.ExitStack() as undo:
+    with Undo() as undo:          # every step quiet: the original error is reported
         br_if, created = attach.ensure_bridge(c.bridge, mtu=c.mtu, promisc=c.promisc,
                                               vlan_filtering=c.wants_vlan_filtering)
         if created:     # runs last on rollback, after the veth is gone
-            undo.callback(_quietly(attach.remove_bridge_if_unused, c.bridge))
+            undo.callback(attach.remove_bridge_if_unused, c.bridge)
         att = attach.attach(spec, undo)
         result = Result(cni_version=call.conf.cni_version,
                         interfaces=[br_if, att.host, att.pod])
         if c.macspoofchk:
             from .net import macspoof
-            undo.callback(_quietly(macspoof.teardown, call.conf.name, a.container_id, a.ifname))
+            undo.callback(macspoof.teardown, call.conf.name, a.container_id, a.ifname)
             macspoof.setup(call.conf.name, a.container_id, a.ifname, spec.host_name, att.pod.mac)
         if c.ipam_type:
             # Registered before the call: IPAM DEL is idempotent, and this also releases
             # whatever an IPAM plugin might hold after failing half-way.
-            undo.callback(_quietly(delegate, c.ipam_type, "DEL", a.stdin, call.plugin_env, a.path))
+            undo.callback(delegate, c.ipam_type, "DEL", a.stdin, call.plugin_env, a.path)
             ipam = delegate_add(c.ipam_type, a.stdin, call.plugin_env, a.path)
             if not ipam.ips:
                 raise CNIError(IO_FAILURE, f"IPAM plugin {c.ipam_type} returned no IP configuration")
@@ -196,7 +185,7 @@ def add(call: Call) -> Result:
                 attach.enable_forwarding([f for f in (4, 6) if gws[f]])
             if c.ip_masq:
                 from .net import masq
-                undo.callback(_quietly(masq.teardown, call.conf.name, a.container_id, a.ifname))
+                undo.callback(masq.teardown, call.conf.name, a.container_id, a.ifname)
                 masq.setup(call.conf.name, a.container_id, a.ifname,
                            [ip.address for ip in result.ips])
         elif not c.disable_container_interface:

@@ -25,6 +25,7 @@ from plugins.core.gc import valid_attachments
 from plugins.core.errors import (CHECK_FAILED, CNIError, INVALID_NETWORK_CONFIG, IO_FAILURE,
                                  NOT_AVAILABLE)
 from plugins.core.types import Result
+from plugins.core.undo import quietly
 from plugins.net import portmap_rules as pr
 
 _RETRIES = 8
@@ -328,7 +329,7 @@ def add(call) -> Result:
                                               for m in cfg.mappings):
             _enable_route_localnet(addrs[4], prev)
     except BaseException:
-        _remove(nft, comment)
+        quietly(_remove, nft, comment)()      # the original error is the one reported
         raise
     _flush_udp_conntrack(cfg, families)
     return prev

@@ -247,7 +247,7 @@ def _ipam(conf: VxlanConf, call, command: str):
     return None
 
 
-def _ensure_shared(conf: VxlanConf, res: Resolved, links, undo: contextlib.ExitStack):
+def _ensure_shared(conf: VxlanConf, res: Resolved, links, undo):
     """The VXLAN device, the bridge, the device as a bridge port, the FDB. Needs node_lock."""
     from .net import attach
     from .net.vxlan_dev import ALIAS_PREFIX, owner_alias
@@ -323,11 +323,13 @@ def add(call) -> Result:
         raise CNIError(LINK_EXISTS, f"attachment {a.container_id}/{a.ifname} already exists",
                        f"host veth {host_name} is present (ADD twice without DEL?)")
     result = Result(cni_version=call.conf.cni_version)
-    with contextlib.ExitStack() as undo:
+    from .core.undo import Undo
+    with Undo() as undo:          # every step quiet: the original error is reported
         ipam_res = None
         if conf.ipam:
+            # Before the call: an IPAM ADD that reserved and then failed is released too.
+            undo.callback(_ipam, conf, call, "DEL")
             ipam_res = _ipam(conf, call, "ADD")
-            undo.callback(_ipam_release_quietly, conf, call)
             if not ipam_res.ips:
                 raise CNIError(INVALID_NETWORK_CONFIG, "IPAM returned no IP addresses",
                                f"ipam type {conf.ipam.get('type')}")
@@ -383,13 +385,6 @@ def _check_mac(mac: str) -> None:
     import re
     if not re.fullmatch(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}", mac) or int(mac[:2], 16) & 1:
         raise CNIError(INVALID_ENV, "CNI_ARGS MAC must be a unicast MAC address", mac)
-
-
-def _ipam_release_quietly(conf: VxlanConf, call) -> None:
-    try:
-        _ipam(conf, call, "DEL")
-    except CNIError:
-        pass
 
 
 # ---- DEL ------------------------------------------------------------------------------

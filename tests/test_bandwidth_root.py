@@ -155,6 +155,27 @@ def test_failed_add_rolls_back(lab, monkeypatch):
     assert not any(x["kind"] == "ingress" for x in qdiscs(node, pod.host_veth))
 
 
+def test_failing_undo_step_keeps_the_original_error(lab, monkeypatch):
+    """An undo step that fails (after doing its work) is logged; the rest of the
+    rollback runs and the runtime sees the original error."""
+    node, pod = lab
+    real_del_ingress = tc.Tc.del_ingress
+
+    def boom(self, index, target):
+        raise OSError(5, "injected failure after the IFB and TBFs")
+
+    def del_ingress_then_fail(self, index):
+        real_del_ingress(self, index)
+        raise RuntimeError("undo step broke")
+    monkeypatch.setattr(tc.Tc, "redirect_all", boom)
+    monkeypatch.setattr(tc.Tc, "del_ingress", del_ingress_then_fail)
+    c = conf("bandwidth", NET, prev=pod.prev_result(), runtime={"bandwidth": BW})
+    out, rc = call(node, "bandwidth", "ADD", c, netns=pod.ns.path)
+    assert rc == 1 and out["code"] == 5 and "injected failure" in out["msg"], out
+    assert links(node, "ifb") == [] and tbf(node, pod.host_veth) == []
+    assert not any(x["kind"] == "ingress" for x in qdiscs(node, pod.host_veth))
+
+
 def test_del_without_prevresult_still_unshapes_the_veth(lab):
     node, pod = lab
     c = conf("bandwidth", NET, prev=pod.prev_result(), runtime={"bandwidth": BW})

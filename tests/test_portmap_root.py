@@ -160,6 +160,27 @@ def test_failure_after_the_rules_removes_them(lab, monkeypatch):
     assert [r for r in rules(node, "ip") + rules(node, "ip6") if r.get("comment")] == []
 
 
+def test_failing_rollback_keeps_the_original_error(lab, monkeypatch):
+    """The undo of the rules fails after removing them: the runtime still sees the
+    failure that started the rollback."""
+    node, client, pod = lab
+    from plugins import portmap
+
+    def boom(pod_ip, prev):
+        raise OSError(5, "injected route_localnet failure")
+    real_remove = portmap._remove
+
+    def remove_then_fail(*args, **kw):
+        real_remove(*args, **kw)
+        raise RuntimeError("undo step broke")
+    monkeypatch.setattr(portmap, "_enable_route_localnet", boom)
+    monkeypatch.setattr(portmap, "_remove", remove_then_fail)
+    c = conf("portmap", NET, prev=pod.prev_result(), runtime={"portMappings": MAPS})
+    out, rc = call(node, "portmap", "ADD", c, netns=pod.ns.path)
+    assert rc == 1 and out["code"] == 5 and "injected route_localnet" in out["msg"], out
+    assert [r for r in rules(node, "ip") + rules(node, "ip6") if r.get("comment")] == []
+
+
 def test_udp_conntrack_entries_for_host_ports_are_flushed(lab):
     node, client, pod = lab
     _add(node, pod, maps=[{"hostPort": 7000, "containerPort": 80}], cid="other")  # NAT active

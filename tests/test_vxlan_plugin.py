@@ -485,3 +485,51 @@ def test_gc_keeps_going_past_a_netlink_error(nodes, make_netns, monkeypatch):
     rc, err = a.cni("GC", dict(a.conf(), **{"cni.dev/valid-attachments": []}))
     assert rc == 0, err
     assert set(a.links()) == {"lo", "ul0"}
+
+
+def _reserved(node) -> list[str]:
+    d = os.path.join(node.data_dir, "overlay")
+    return [f for f in os.listdir(d) if f.startswith("10.")] if os.path.isdir(d) else []
+
+
+def test_ipam_add_failing_after_it_reserved_is_released(nodes, make_netns, monkeypatch):
+    """The IPAM release is registered before the IPAM ADD: an ADD that reserved an
+    address and then failed leaves nothing reserved."""
+    import ipam.host_local as hl
+    a, _ = nodes
+    p = make_netns("pipam")
+
+    def broken(*args, **kw):
+        raise RuntimeError("injected failure after the reservation")
+    monkeypatch.setattr(hl, "IPConfig", broken)
+    rc, err = a.cni("ADD", a.conf(), "ctr-ipam", p.path)
+    assert rc == 1 and "injected failure after the reservation" in err["msg"], err
+    assert _reserved(a) == []
+    assert set(a.links()) == {"lo", "ul0"}
+
+
+def test_failing_undo_step_keeps_the_original_error(nodes, make_netns, monkeypatch):
+    """A failure after IPAM rolls back; an undo step that fails (after doing its work)
+    is logged, the others still run, and the runtime sees the original error."""
+    from plugins import vxlan
+    from plugins.core.errors import IO_FAILURE, CNIError
+    from plugins.net import attach
+    a, _ = nodes
+    p = make_netns("pundo")
+
+    def after_ipam(*args, **kw):
+        raise CNIError(IO_FAILURE, "injected after IPAM", "the original")
+    real_remove = vxlan._remove_shared_if_unused
+
+    def remove_then_fail(conf):
+        real_remove(conf)
+        raise RuntimeError("undo step broke")
+    monkeypatch.setattr(attach, "configure_pod", after_ipam)
+    monkeypatch.setattr(vxlan, "_remove_shared_if_unused", remove_then_fail)
+    rc, err = a.cni("ADD", a.conf(), "ctr-undo", p.path)
+    assert rc == 1 and (err["code"], err["msg"], err.get("details")) == \
+        (IO_FAILURE, "injected after IPAM", "the original"), err
+    assert _reserved(a) == []                            # the step after the broken one ran
+    assert set(a.links()) == {"lo", "ul0"}
+    assert [l for l in json.loads(p.run("ip", "-j", "link", "show").stdout)
+            if l["ifname"] != "lo"] == []

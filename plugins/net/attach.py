@@ -24,7 +24,7 @@ API (stable; the vxlan plugin builds on it)
     One attachment. ``host_name`` defaults to ``host_veth_name(...)``; the
     vlan fields need a bridge with vlan filtering (see ``ensure_bridge``).
 
-``attach(spec, undo: contextlib.ExitStack) -> Attached``
+``attach(spec, undo: core.undo.Undo) -> Attached``
     Create the veth pair (pod end created directly in the pod netns under
     ``spec.ifname``, with ``mac`` and ``mtu``), bring the host end up, enslave
     it to ``spec.bridge`` with hairpin / isolation flags. Registers on ``undo``
@@ -75,18 +75,20 @@ and ``macspoof.py`` (``setup(network, id, ifname, host_veth, mac)``, same
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import ipaddress
 import os
 from dataclasses import dataclass
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from ..core import netns as nsmod
 from ..core.errors import (ADDRESS_UNAVAILABLE, CHECK_FAILED, CNIError, IO_FAILURE,
                            TRY_AGAIN_LATER)
 from ..core.types import Interface, IPConfig, Result, Route
 from . import link, sysctl
+
+if TYPE_CHECKING:
+    from ..core.undo import Undo
 
 HOST_PREFIX = "veth"
 
@@ -183,7 +185,7 @@ def bridge_interface(name: str) -> Interface:
 
 # ---- veth ---------------------------------------------------------------------
 
-def attach(spec: VethSpec, undo: contextlib.ExitStack) -> Attached:
+def attach(spec: VethSpec, undo: Undo) -> Attached:
     ipr = link.open_iproute()
     try:
         br = link.get_link(ipr, spec.bridge)
@@ -222,16 +224,12 @@ def attach(spec: VethSpec, undo: contextlib.ExitStack) -> Attached:
 
 
 def _undo_veth(host_name: str) -> None:
-    """Rollback: deleting the host end removes the pod end too (best effort)."""
+    """Rollback: deleting the host end removes the pod end too (an Undo step: quiet)."""
+    ipr = link.open_iproute()
     try:
-        ipr = link.open_iproute()
-        try:
-            link.delete_link(ipr, host_name)
-        finally:
-            ipr.close()
-    except Exception as e:  # noqa: BLE001 - never mask the error that caused the rollback
-        import sys
-        sys.stderr.write(f"rollback: deleting veth {host_name} failed: {e}\n")
+        link.delete_link(ipr, host_name)
+    finally:
+        ipr.close()
 
 
 def refresh_macs(att: Attached, spec: VethSpec) -> None:
