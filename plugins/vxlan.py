@@ -260,12 +260,12 @@ def _ensure_shared(conf: VxlanConf, res: Resolved, links, undo):
             and br_obs.alias != alias:
         raise CNIError(LINK_EXISTS, f"bridge {conf.bridge} belongs to another network",
                        f"its alias is {br_obs.alias!r}")
-    br, br_created = attach.ensure_bridge(conf.bridge, mtu=res.mtu)
-    br_index = links.index_of(conf.bridge)
-    if br_created:
-        links.set_alias(br_index, alias)
+    if br_obs is None:              # marked before it has its name: a kill leaves no
+        links.create_bridge(conf.bridge, alias, res.mtu)   # unmarked bridge behind
         if not vx_created:
             undo.callback(_remove_shared_if_unused, conf)
+    br, _ = attach.ensure_bridge(conf.bridge, mtu=res.mtu)   # MTU, up, accept_ra
+    br_index = links.index_of(conf.bridge)
     vx = links.observe_index(vx_index)
     if vx.master != br_index:
         if vx.master:
@@ -283,19 +283,22 @@ def _remove_shared_if_unused(conf: VxlanConf) -> bool:
     """Delete our VXLAN device and bridge when no pod port is left on the bridge.
 
     Only links carrying our alias are deleted; a bridge the operator made stays.
+    Leftovers under a staging name (a creation a kill cut short) always go.
     """
-    from .net.vxlan_dev import VxlanLinks, owner_alias
-    if not (link_exists(conf.bridge) or link_exists(conf.device)):
-        return False            # nothing to do: no netlink socket (no pyroute2 import)
+    from .net.vxlan_dev import VxlanLinks, owner_alias, staging_name
     alias = owner_alias(conf.network)
+    names = (conf.bridge, conf.device)
+    if not any(link_exists(n) for n in (*names, *(staging_name(n, alias) for n in names))):
+        return False            # nothing to do: no netlink socket (no pyroute2 import)
     with node_lock(conf), VxlanLinks() as links:
+        torn = [links.remove_torn(n, alias) for n in names]     # creations a kill cut short
         br = links.observe(conf.bridge)
         vx = links.observe(conf.device)
         if br is not None:
             others = [p for p in links.ports(br.index) if vx is None or p.index != vx.index]
             if others:
                 return False
-        removed = False
+        removed = any(torn)
         if vx is not None and vx.alias == alias and (br is None or vx.master in (0, br.index)):
             removed |= links.delete(vx.index)
         if br is not None and br.alias == alias:

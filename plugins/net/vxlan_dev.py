@@ -40,14 +40,16 @@ def device_name(vni: int) -> str:
 
 
 def staging_name(spec_name: str, alias: str) -> str:
-    """The name a new device is created under, before it is marked as ours.
+    """The name a new device or bridge is created under, before it is marked as ours.
 
     The kernel ignores an alias in the creating request, so creation takes two
-    steps; a crash between them must not leave a device under the real name that
-    nobody owns (every later ADD would fail). We create under this name (ours by
+    steps; a crash between them must not leave a link under the real name that
+    nobody owns (an unmarked device makes every later ADD fail; an unmarked
+    bridge is never removed by DEL or GC). We create under this name (ours by
     construction: deterministic from the alias and the real name, never used for
     anything else), set the alias, then rename. A leftover under this name is a
-    torn creation of ours and is deleted before the next try.
+    torn creation of ours: the next creation, DEL and GC delete it (under the
+    node lock, where no creation is in flight).
     """
     import hashlib
     return "vxs" + hashlib.sha256(f"{alias}\0{spec_name}".encode()).hexdigest()[:12]
@@ -269,13 +271,41 @@ class VxlanLinks:
         return sorted(set(out), key=_sort_key)
 
     # ---- changing --------------------------------------------------------------
+    def remove_torn(self, name: str, alias: str) -> bool:
+        """Delete the leftover of a creation of ``name`` that a crash cut short (the
+        staging name is ours alone); needs the node lock. True when one was there."""
+        torn = self.index_of(staging_name(name, alias))
+        return torn is not None and self.delete(torn)
+
+    def _mark_and_rename(self, idx: int, name: str, alias: str) -> None:
+        """Mark a link created under its staging name, then give it its real name."""
+        try:
+            self.ipr.link("set", index=idx, ifalias=alias)
+            self.ipr.link("set", index=idx, ifname=name)    # down still: rename allowed
+        except Exception as e:  # noqa: BLE001 - e.g. the real name was taken meanwhile
+            self.delete(idx)
+            raise CNIError(IO_FAILURE if _nl_errno(e) != errno.EEXIST else LINK_EXISTS,
+                           f"naming {name} after creating it failed", str(e)) from None
+
+    def create_bridge(self, name: str, alias: str, mtu: int) -> int:
+        """A new bridge ``name`` (down), marked with ``alias`` before it gets its name."""
+        self.remove_torn(name, alias)
+        staged = staging_name(name, alias)
+        try:
+            self.ipr.link("add", ifname=staged, kind="bridge", mtu=mtu)
+        except Exception as e:  # noqa: BLE001
+            raise CNIError(IO_FAILURE, f"creating bridge {name} failed", str(e)) from None
+        idx = self.index_of(staged)
+        if idx is None:
+            raise CNIError(IO_FAILURE, f"bridge {name} vanished after creation")
+        self._mark_and_rename(idx, name, alias)
+        return idx
+
     def create(self, spec: DeviceSpec, underlay_index: int) -> int:
         attrs = spec.netlink_attrs(underlay_index)
         if spec.alias:
+            self.remove_torn(spec.name, spec.alias)
             attrs["ifname"] = staging_name(spec.name, spec.alias)
-            torn = self.index_of(attrs["ifname"])
-            if torn is not None:          # a creation of ours that a crash cut short
-                self.ipr.link("del", index=torn)
         try:
             self.ipr.link("add", **attrs)
         except Exception as e:  # noqa: BLE001
@@ -292,8 +322,7 @@ class VxlanLinks:
         if idx is None:
             raise CNIError(IO_FAILURE, f"VXLAN device {spec.name} vanished after creation")
         if spec.alias:
-            self.ipr.link("set", index=idx, ifalias=spec.alias)
-            self.ipr.link("set", index=idx, ifname=spec.name)   # down still: rename allowed
+            self._mark_and_rename(idx, spec.name, spec.alias)
         return idx
 
     def set_mtu(self, index: int, mtu: int) -> None:
