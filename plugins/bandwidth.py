@@ -6,12 +6,17 @@ fields at the top level of the config, which win when any of them is set.
 
 - ingress (toward the pod): TBF as the root qdisc of the host veth;
 - egress (from the pod): the host veth's ingress qdisc + a match-all filter
-  with a mirred redirect to an IFB device (named from a hash of network and
-  container ID, alias naming both) whose root qdisc is a TBF.
+  with a mirred redirect to an IFB device (named from a hash of network,
+  container ID and interface, alias naming all three: one IFB per attachment)
+  whose root qdisc is a TBF.
 
 Zero means unshaped; rate and burst come in pairs; values the kernel's TBF
 cannot represent are code 7. DEL and GC need no state: the IFB name is
-derived, and the IFB alias tells GC whom it belongs to.
+derived, and the IFB alias tells GC whom it belongs to. An IFB named by an
+earlier version (hash of network and container ID only, alias without the
+interface) is removed by the DEL of the attachment whose veth redirects to it
+(or of any attachment of that container once nothing redirects to it), and by
+GC when its container has no valid attachment left.
 """
 from __future__ import annotations
 
@@ -148,11 +153,11 @@ def add(call) -> Result:
             t.set_tbf(index, tc.tbf_params(bw.ingress_rate, bw.ingress_burst, ticks))
             undo.callback(t.del_root, index)
         if bw.shapes_egress:
-            ifb = tc.ifb_name(call.conf.name, call.args.container_id)
+            key = (call.conf.name, call.args.container_id, call.args.ifname)
+            ifb = tc.ifb_name(*key)
             mtu = ipr.link("get", index=index)[0].get_attr("IFLA_MTU")
-            t.delete_link(ifb)                 # a leftover from an earlier ADD
-            ifb_index = t.create_ifb(ifb, mtu, tc.ifb_alias(call.conf.name,
-                                                            call.args.container_id))
+            t.delete_link(ifb)                 # this attachment's leftover of an earlier ADD
+            ifb_index = t.create_ifb(ifb, mtu, tc.ifb_alias(*key))
             undo.callback(t.delete_link, ifb)
             t.set_tbf(ifb_index, tc.tbf_params(bw.egress_rate, bw.egress_burst, ticks))
             t.add_ingress(index)
@@ -164,12 +169,34 @@ def add(call) -> Result:
     return result
 
 
+def _ifbs_of(t, call, veth_index: int | None, *, orphan: bool = True) -> list:
+    """The IFB links of this attachment: the one named for it and, from an earlier
+    version, the one named for its container when this attachment's veth redirects
+    to it (or, with ``orphan``, when no link redirects to it any more)."""
+    from plugins.net import tc
+    net, cid = call.conf.name, call.args.container_id
+    out = []
+    own = t.link(tc.ifb_name(net, cid, call.args.ifname))
+    if own is not None:
+        out.append(own)
+    old = t.link(tc.legacy_ifb_name(net, cid))
+    if old is not None and tc.parse_alias(old.get_attr("IFLA_IFALIAS") or "") == (net, cid, None):
+        idx = old["index"]
+        if (veth_index is not None and t.ingress_qdisc(veth_index) is not None
+                and idx in t.redirect_targets(veth_index)) \
+                or (orphan and not t.redirected_to(idx)):
+            out.append(old)
+    return out
+
+
 def delete(call) -> None:
-    """Remove the IFB and our qdiscs on the host veth; everything optional."""
+    """Remove the attachment's IFB and our qdiscs on its host veth; everything optional.
+    Every step runs; failures are reported together."""
     bw = parse_config(call.conf)
     from plugins.net import tc
-    ifb = tc.ifb_name(call.conf.name, call.args.container_id)
-    if bw.is_zero() and not _link_exists(ifb):
+    names = (tc.ifb_name(call.conf.name, call.args.container_id, call.args.ifname),
+             tc.legacy_ifb_name(call.conf.name, call.args.container_id))
+    if bw.is_zero() and not any(_link_exists(n) for n in names):
         return None                  # nothing was shaped: no netlink library needed
     from plugins.net.link import open_iproute
     from plugins.core import netns
@@ -179,21 +206,33 @@ def delete(call) -> None:
             veth = host_veth(call, call.conf.prev_result or Result())
         except CNIError:
             veth = None
+    errors: list[str] = []
     with open_iproute() as ipr:
         t = tc.Tc(ipr)
-        ifb_link = t.link(ifb)
-        ifb_index = ifb_link["index"] if ifb_link is not None else None
-        if veth is not None:
-            _, index = veth
-            if tc.Tc.tbf_of(t.root_qdisc(index)) is not None:
-                t.del_root(index)
-            targets = t.redirect_targets(index) if t.ingress_qdisc(index) is not None else None
-            # our ingress qdisc: its filters redirect to our IFB (or to nothing left);
-            # without it, a redirect to a deleted IFB would blackhole the pod's traffic
-            if targets is not None and (not targets or ifb_index in targets
-                                        or all(t.link(index=i) is None for i in targets)):
-                t.del_ingress(index)
-        t.delete_link(ifb)
+        index = veth[1] if veth is not None else None
+        ifbs = _ifbs_of(t, call, index)
+        ours = {link["index"] for link in ifbs}
+        if index is not None:
+            try:
+                if tc.Tc.tbf_of(t.root_qdisc(index)) is not None:
+                    t.del_root(index)
+                targets = (t.redirect_targets(index) if t.ingress_qdisc(index) is not None
+                           else None)
+                # our ingress qdisc: its filters redirect to our IFB (or to nothing left);
+                # without it, a redirect to a deleted IFB would blackhole the pod's traffic
+                if targets is not None and (not targets or ours & set(targets)
+                                            or all(t.link(index=i) is None for i in targets)):
+                    t.del_ingress(index)
+            except OSError as e:
+                errors.append(f"qdiscs of {veth[0]}: {e}")
+        for link in ifbs:
+            name = link.get_attr("IFLA_IFNAME")
+            try:
+                t.delete_link(name)
+            except OSError as e:
+                errors.append(f"IFB {name}: {e}")
+    if errors:
+        raise CNIError(IO_FAILURE, "bandwidth DEL failed in part", "; ".join(errors))
     return None
 
 
@@ -227,8 +266,10 @@ def check(call) -> None:
                                   tc.tbf_params(bw.ingress_rate, bw.ingress_burst, ticks))
         elif live_in is not None:
             problems.append(f"{name} has a TBF but the config shapes no ingress")
-        ifb = tc.ifb_name(call.conf.name, call.args.container_id)
-        ifb_link = t.link(ifb)
+        ifbs = _ifbs_of(t, call, index, orphan=False)
+        ifb_link = ifbs[0] if ifbs else None
+        ifb = (ifb_link.get_attr("IFLA_IFNAME") if ifb_link is not None else
+               tc.ifb_name(call.conf.name, call.args.container_id, call.args.ifname))
         if bw.shapes_egress:
             if ifb_link is None:
                 problems.append(f"IFB {ifb} is missing")
@@ -258,22 +299,36 @@ def _tbf_diff(what: str, live, want) -> list[str]:
 
 
 def gc(call) -> None:
-    """Delete IFBs of this network whose container is not among the valid attachments."""
+    """Delete IFBs of this network whose attachment is not among the valid ones (an
+    earlier version's IFB, keyed by container only: when no attachment of its
+    container is valid). Keeps going past errors and reports them together."""
     parse_config(call.conf)
     raw = call.conf.raw
     from .core.gc import valid_attachments
-    valid = {cid for cid, _ifname in valid_attachments(raw)}
+    valid = valid_attachments(raw)
+    containers = {cid for cid, _ifname in valid}
     from plugins.net.link import open_iproute
     from plugins.net import tc
+    errors: list[str] = []
     with open_iproute() as ipr:
         t = tc.Tc(ipr)
         for link in t.ifb_links():
             owner = tc.parse_alias(link.get_attr("IFLA_IFALIAS") or "")
-            if owner is None or owner[0] != call.conf.name or owner[1] in valid:
+            if owner is None or owner[0] != call.conf.name:
                 continue
+            net, cid, ifname = owner
             name = link.get_attr("IFLA_IFNAME")
-            if name == tc.ifb_name(owner[0], owner[1]):   # exactly the one we would make
-                t.delete_link(name)
+            if ifname is None:
+                stale = cid not in containers and name == tc.legacy_ifb_name(net, cid)
+            else:                     # exactly the one we would make for that attachment
+                stale = (cid, ifname) not in valid and name == tc.ifb_name(net, cid, ifname)
+            if stale:
+                try:
+                    t.delete_link(name)
+                except OSError as e:
+                    errors.append(f"IFB {name}: {e}")
+    if errors:
+        raise CNIError(IO_FAILURE, "bandwidth GC failed in part", "; ".join(errors))
 
 
 def status(call) -> None:

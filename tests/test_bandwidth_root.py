@@ -6,7 +6,7 @@ import json
 import pytest
 
 from plugins.net import tc
-from tests.chain_lab import add_pod, call, conf, make_node
+from tests.chain_lab import BR, Pod, add_pod, call, conf, make_node
 
 pytestmark = pytest.mark.root
 
@@ -40,7 +40,7 @@ def test_add_check_del(lab):
     c = conf("bandwidth", NET, prev=pod.prev_result(), runtime={"bandwidth": BW})
     out, rc = call(node, "bandwidth", "ADD", c, netns=pod.ns.path)
     assert rc == 0, out
-    ifb = tc.ifb_name(NET, "c1")
+    ifb = tc.ifb_name(NET, "c1", "eth0")
     assert out["interfaces"][-1]["name"] == ifb and out["interfaces"][:3] == \
         pod.prev_result()["interfaces"]
     # ingress: TBF at 10 Mbit/s on the host veth (tc -j reports bytes/s)
@@ -131,15 +131,15 @@ def test_gc_removes_orphan_ifbs_of_this_network_only(lab, make_netns):
         c = conf("bandwidth", NET, prev=p.prev_result(), runtime={"bandwidth": BW})
         assert call(node, "bandwidth", "ADD", c, cid=cid, netns=p.ns.path)[1] == 0
     # an IFB of another network, which this network's GC must leave alone
-    node.run("ip", "link", "add", tc.ifb_name("othernet", "c9"), "type", "ifb")
-    node.run("ip", "link", "set", tc.ifb_name("othernet", "c9"), "alias",
-             tc.ifb_alias("othernet", "c9"))
+    node.run("ip", "link", "add", tc.ifb_name("othernet", "c9", "eth0"), "type", "ifb")
+    node.run("ip", "link", "set", tc.ifb_name("othernet", "c9", "eth0"), "alias",
+             tc.ifb_alias("othernet", "c9", "eth0"))
     gc = conf("bandwidth", NET, version="1.1.0",
               **{"cni.dev/valid-attachments": [{"containerID": "c2", "ifname": "eth0"}]})
     out, rc = call(node, "bandwidth", "GC", gc)
     assert rc == 0, out
-    assert sorted(links(node, "ifb")) == sorted([tc.ifb_name(NET, "c2"),
-                                                 tc.ifb_name("othernet", "c9")])
+    assert sorted(links(node, "ifb")) == sorted([tc.ifb_name(NET, "c2", "eth0"),
+                                                 tc.ifb_name("othernet", "c9", "eth0")])
 
 
 def test_failed_add_rolls_back(lab, monkeypatch):
@@ -186,3 +186,94 @@ def test_del_without_prevresult_still_unshapes_the_veth(lab):
     assert not any(x["kind"] == "ingress" for x in qdiscs(node, pod.host_veth))
     # the pod's link survives and is unshaped: traffic still flows both ways
     assert pod.ns.run("ping", "-c1", "-W2", "10.77.0.1", check=False).returncode == 0
+
+
+def add_second_interface(node, pod) -> Pod:
+    """eth1 of the same pod namespace, on the node's bridge (as a second network would)."""
+    host = f"{pod.host_veth[:13]}b1"
+    node.run("ip", "link", "add", host, "type", "veth", "peer", "name", "eth1",
+             "netns", pod.ns.name)
+    node.run("ip", "link", "set", host, "master", BR, "up")
+    pod.ns.run("ip", "addr", "add", "10.77.0.99/24", "dev", "eth1")
+    pod.ns.run("ip", "link", "set", "eth1", "up")
+    return Pod(pod.ns, host, "10.77.0.99", None, ifname="eth1")
+
+
+def shaped(node, veth, ifb, rate):
+    filt = node.run("tc", "filter", "show", "dev", veth, "ingress").stdout
+    q = tbf(node, ifb)
+    return (len(q) == 1 and q[0]["options"]["rate"] == rate // 8
+            and f"Egress Redirect to device {ifb}" in filt)
+
+
+def test_two_shaped_interfaces_of_one_pod_keep_their_own_ifb(lab):
+    """eth0 and eth1 of one container in one network: each attachment owns its IFB;
+    ADD of eth1 and DEL of eth1 leave eth0's egress shaping alone."""
+    node, eth0 = lab
+    eth1 = add_second_interface(node, eth0)
+    bw1 = dict(BW, egressRate=30_000_000)
+    for p, bw in ((eth0, BW), (eth1, bw1)):
+        c = conf("bandwidth", NET, prev=p.prev_result(), runtime={"bandwidth": bw})
+        out, rc = call(node, "bandwidth", "ADD", c, netns=p.ns.path, ifname=p.ifname)
+        assert rc == 0, out
+    ifb0, ifb1 = tc.ifb_name(NET, "c1", "eth0"), tc.ifb_name(NET, "c1", "eth1")
+    assert sorted(links(node, "ifb")) == sorted([ifb0, ifb1])
+    assert shaped(node, eth0.host_veth, ifb0, 20_000_000)
+    assert shaped(node, eth1.host_veth, ifb1, 30_000_000)
+    c1 = conf("bandwidth", NET, prev=eth1.prev_result(), runtime={"bandwidth": bw1})
+    assert call(node, "bandwidth", "DEL", c1, netns=eth1.ns.path, ifname="eth1")[1] == 0
+    assert links(node, "ifb") == [ifb0] and shaped(node, eth0.host_veth, ifb0, 20_000_000)
+    assert tbf(node, eth1.host_veth) == []
+    # GC keyed by the full attachment: c1/eth0 valid, c1/eth1 not (already gone)
+    gc = conf("bandwidth", NET, version="1.1.0",
+              **{"cni.dev/valid-attachments": [{"containerID": "c1", "ifname": "eth0"}]})
+    assert call(node, "bandwidth", "GC", gc)[1] == 0
+    assert links(node, "ifb") == [ifb0] and shaped(node, eth0.host_veth, ifb0, 20_000_000)
+
+
+def legacy_shaping(node, pod, cid="c1"):
+    """The egress shaping an earlier version made: IFB named from network + container
+    ID only, alias without the interface, the veth's ingress redirected to it."""
+    name = tc.legacy_ifb_name(NET, cid)
+    node.run("ip", "link", "add", name, "type", "ifb")
+    node.run("ip", "link", "set", name, "alias", f"cnilab-bandwidth n:{NET} c:{cid}")
+    node.run("ip", "link", "set", name, "up")
+    node.run("tc", "qdisc", "add", "dev", name, "root", "tbf", "rate", "20mbit",
+             "burst", "250000", "latency", "25ms")
+    node.run("tc", "qdisc", "add", "dev", pod.host_veth, "handle", "ffff:", "ingress")
+    node.run("tc", "filter", "add", "dev", pod.host_veth, "parent", "ffff:", "protocol", "all",
+             "u32", "match", "u32", "0", "0", "action", "mirred", "egress", "redirect",
+             "dev", name)
+    return name
+
+
+def test_ifb_of_an_earlier_version_is_removed_by_its_owner_only(lab):
+    """Upgrade: eth0 was shaped by an earlier version. The DEL of eth1 (same container)
+    leaves it; the DEL of eth0, whose veth redirects there, removes it."""
+    node, eth0 = lab
+    eth1 = add_second_interface(node, eth0)
+    old = legacy_shaping(node, eth0)
+    c1 = conf("bandwidth", NET, prev=eth1.prev_result(), runtime={"bandwidth": BW})
+    assert call(node, "bandwidth", "ADD", c1, netns=eth1.ns.path, ifname="eth1")[1] == 0
+    assert call(node, "bandwidth", "DEL", c1, netns=eth1.ns.path, ifname="eth1")[1] == 0
+    assert links(node, "ifb") == [old]
+    c0 = conf("bandwidth", NET, prev=eth0.prev_result(), runtime={"bandwidth": BW})
+    assert call(node, "bandwidth", "DEL", c0, netns=eth0.ns.path)[1] == 0
+    assert links(node, "ifb") == []
+    assert not any(x["kind"] == "ingress" for x in qdiscs(node, eth0.host_veth))
+
+
+def test_ifb_of_an_earlier_version_is_removed_by_gc_and_by_del_without_netns(lab):
+    node, pod = lab
+    legacy_shaping(node, pod, "c1")
+    other = tc.legacy_ifb_name(NET, "c7")
+    node.run("ip", "link", "add", other, "type", "ifb")
+    node.run("ip", "link", "set", other, "alias", f"cnilab-bandwidth n:{NET} c:c7")
+    gc = conf("bandwidth", NET, version="1.1.0",
+              **{"cni.dev/valid-attachments": [{"containerID": "c1", "ifname": "eth0"}]})
+    assert call(node, "bandwidth", "GC", gc)[1] == 0
+    assert links(node, "ifb") == [tc.legacy_ifb_name(NET, "c1")]       # c7 had no valid one
+    bare = conf("bandwidth", NET, runtime={"bandwidth": BW})
+    pod.ns.run("ip", "link", "del", "eth0")                   # pod gone: nothing redirects
+    assert call(node, "bandwidth", "DEL", bare, netns="/var/run/netns/no-such-ns")[1] == 0
+    assert links(node, "ifb") == []

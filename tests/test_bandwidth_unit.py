@@ -57,10 +57,13 @@ def test_buffer_is_computed_like_tc():
 
 
 def test_ifb_names_are_deterministic_short_and_distinct():
-    a = tc.ifb_name("net1", "c1")
-    assert a == tc.ifb_name("net1", "c1") and len(a) == 15 and a.startswith("bwp")
-    assert a != tc.ifb_name("net1", "c2") and a != tc.ifb_name("net2", "c1")
-    assert tc.parse_alias(tc.ifb_alias("net1", "c1")) == ("net1", "c1")
+    a = tc.ifb_name("net1", "c1", "eth0")
+    assert a == tc.ifb_name("net1", "c1", "eth0") and len(a) == 15 and a.startswith("bwp")
+    assert len({a, tc.ifb_name("net1", "c2", "eth0"), tc.ifb_name("net2", "c1", "eth0"),
+                tc.ifb_name("net1", "c1", "eth1"), tc.legacy_ifb_name("net1", "c1")}) == 5
+    assert tc.parse_alias(tc.ifb_alias("net1", "c1", "eth1")) == ("net1", "c1", "eth1")
+    # an alias written by an earlier version: no interface recorded
+    assert tc.parse_alias("cnilab-bandwidth n:net1 c:c1") == ("net1", "c1", None)
     assert tc.parse_alias("someone else's") is None
 
 

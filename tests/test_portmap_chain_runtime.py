@@ -201,4 +201,4 @@ def test_30_parallel_adds_and_dels_leave_nothing(tmp_path, make_netns, ours):
     leftover = [f for f in os.listdir(tmp_path / "ipam" / "par")
                 if f[0].isdigit() or ":" in f]
     assert leftover == []
-    assert tc.ifb_name("par", "par0") not in ifbs(node)
+    assert tc.ifb_name("par", "par0", "eth0") not in ifbs(node)

@@ -90,23 +90,37 @@ def tbf_params(rate_bits: int, burst_bits: int, ticks: float,
     return TbfParams(rate=rate, burst=burst, limit=limit, buffer=buffer)
 
 
-def ifb_name(network: str, container_id: str) -> str:
-    """The IFB device for one attachment: 'bwp' + 12 hex chars of a hash (15 chars)."""
+def ifb_name(network: str, container_id: str, ifname: str) -> str:
+    """The IFB device of one attachment: 'bwp' + 12 hex chars of a hash of network,
+    container ID and interface (15 chars): a pod's eth0 and eth1 get their own."""
+    h = hashlib.sha256(f"{network}\0{container_id}\0{ifname}".encode()).hexdigest()
+    return IFB_PREFIX + h[:12]
+
+
+def legacy_ifb_name(network: str, container_id: str) -> str:
+    """The name earlier versions gave the IFB (no interface in the hash): DEL and GC
+    still remove such an IFB for its owner after an upgrade."""
     h = hashlib.sha256(f"{network}\0{container_id}".encode()).hexdigest()
     return IFB_PREFIX + h[:12]
 
 
-def ifb_alias(network: str, container_id: str) -> str:
-    """The alias the IFB carries so GC can tell which network/container it serves."""
-    return f"cnilab-bandwidth n:{network} c:{container_id}"[:255]
+def ifb_alias(network: str, container_id: str, ifname: str) -> str:
+    """The alias the IFB carries so GC can tell which attachment it serves."""
+    return f"cnilab-bandwidth n:{network} c:{container_id} i:{ifname}"[:255]
 
 
-def parse_alias(alias: str) -> tuple[str, str] | None:
+def parse_alias(alias: str) -> tuple[str, str, str | None] | None:
+    """(network, container ID, ifname) of an IFB alias of ours; ifname is None for an
+    alias written by an earlier version (which did not record it). Names and IDs
+    hold no spaces, so the separators are unambiguous."""
     if not alias.startswith("cnilab-bandwidth n:"):
         return None
     rest = alias[len("cnilab-bandwidth n:"):]
     net, sep, cid = rest.partition(" c:")
-    return (net, cid) if sep else None
+    if not sep:
+        return None
+    cid, sep, ifname = cid.partition(" i:")
+    return net, cid, (ifname if sep else None)
 
 
 # ---- backend ------------------------------------------------------------------
@@ -146,6 +160,12 @@ class Tc:
 
     def ifb_links(self) -> list:
         return [link for link in self.ipr.get_links() if _kind(link) == "ifb"]
+
+    def redirected_to(self, target: int) -> bool:
+        """Whether an ingress filter of any link of the namespace redirects to ``target``."""
+        return any(self.ingress_qdisc(link["index"]) is not None
+                   and target in self.redirect_targets(link["index"])
+                   for link in self.ipr.get_links())
 
     # qdiscs
     def qdiscs(self, index: int) -> list:
