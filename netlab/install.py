@@ -12,8 +12,11 @@ itself. ``install`` proves each file works (a VERSION call with an empty
 environment from ``/``) and falls back to ``-I`` (with site) if ``-IS`` does
 not; benchmarks/bench_version.py measures both.
 
-Writing is atomic (temp file + rename in DIR) and idempotent; a file that is
-not one of our launchers is not replaced unless ``force``.
+Writing is atomic and verified: each executable is written aside (a temp
+file in DIR), the temp file answers VERSION, and only then is it renamed over
+the old one; a file that fails verification leaves the old one untouched.
+Idempotent; a file that is not one of our launchers is not replaced unless
+``force``.
 """
 from __future__ import annotations
 
@@ -73,8 +76,9 @@ def script_text(plugin: str, *, python: str | None = None, mode: str = "-IS",
     return "\n".join(lines)
 
 
-def _write_script(path: str, text: str) -> None:
-    write_atomic(path, text.encode(), mode=0o755)
+def _write_script(path: str, text: str, verify: bool) -> bool:
+    """Write aside, verify the temp file (``works``), rename; False: ``path`` untouched."""
+    return write_atomic(path, text.encode(), mode=0o755, verify=works if verify else None)
 
 
 def is_ours(path: str) -> bool:
@@ -122,11 +126,12 @@ def install(directory: str, *, force: bool = False, plugins: tuple[str, ...] = P
                     same = f.read() == text
             except (OSError, UnicodeDecodeError):
                 same = False
-            if not same:
-                _write_script(target, text)
-            if not verify or works(target):
+            if same and (not verify or works(target)):
+                break
+            if not same and _write_script(target, text, verify):
                 break
         else:
-            raise RuntimeError(f"{target} does not answer VERSION with either -IS or -I")
+            raise RuntimeError(f"{target} does not answer VERSION with either -IS or -I "
+                               "(the file there, if any, was left as it was)")
         written.append(target)
     return written

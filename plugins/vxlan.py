@@ -19,13 +19,14 @@ TYPE_CHECKING = False       # not from typing: importing typing costs ~4 ms per 
 
 from .core.config import Fields
 from .core.errors import (CHECK_FAILED, CNIError, INVALID_ENV, INVALID_NETWORK_CONFIG,
-                          IO_FAILURE, LINK_EXISTS, NOT_AVAILABLE)
+                          IO_FAILURE, LINK_EXISTS, NOT_AVAILABLE, TRY_AGAIN_LATER)
 from .core.types import DNS, IPConfig, Result
 
 if TYPE_CHECKING:                        # netlink types, imported lazily at run time
     from .net.vxlan_dev import DeviceSpec, Underlay
 
 DEFAULT_PORT = 4789
+DEFAULT_LOCK_TIMEOUT = 30     # s: the lock is held for well under a second per call
 MAX_VNI = (1 << 24) - 1
 
 
@@ -48,6 +49,7 @@ class VxlanConf:
     ipam: dict = field(default_factory=dict)
     dns: DNS = field(default_factory=DNS)
     run_dir: str = "/run/cnilab"  # node lock files; the call's CNILAB_RUN_DIR overrides
+    lock_timeout: int = DEFAULT_LOCK_TIMEOUT    # seconds to wait for the node lock
 
     @property
     def device(self) -> str:
@@ -130,7 +132,8 @@ def parse(raw: dict, network: str, dns: DNS | None = None) -> VxlanConf:
                      mtu=mtu, is_gateway=f.bool("isGateway") or f.bool("isDefaultGateway"),
                      is_default_gateway=f.bool("isDefaultGateway"),
                      anycast_gateway=f.bool("anycastGateway", True), ip_masq=f.bool("ipMasq"),
-                     ipam=dict(ipam), dns=dns or DNS())
+                     ipam=dict(ipam), dns=dns or DNS(),
+                     lock_timeout=f.int("lockTimeout", DEFAULT_LOCK_TIMEOUT, lo=1, hi=3600))
 
 
 # ---- the config against the node (reads netlink, changes nothing) -------------------
@@ -224,15 +227,30 @@ def node_lock(conf: VxlanConf):
     Keyed by the bridge name only: lab nodes on one machine then share a lock,
     which costs a little parallelism but keeps the number of lock files bounded
     (a lock file cannot be removed safely). flock is released if the process dies.
+    Waits at most ``lockTimeout`` seconds (a holder that hangs must not hang every
+    later call): then code 11, "try again later", naming the lock file.
     """
     import fcntl
     import os
+    import time
     d = conf.run_dir
     os.makedirs(d, mode=0o700, exist_ok=True)
-    fd = os.open(os.path.join(d, f"vxlan-{conf.bridge}.lock"),
-                 os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    path = os.path.join(d, f"vxlan-{conf.bridge}.lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        deadline = time.monotonic() + conf.lock_timeout
+        pause = 0.005
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise CNIError(TRY_AGAIN_LATER, f"node lock {path} is busy",
+                                   f"another call has held it for more than "
+                                   f"{conf.lock_timeout}s (lockTimeout); retry later") from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.1)
         yield
     finally:
         os.close(fd)

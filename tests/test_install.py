@@ -129,6 +129,25 @@ def test_install_is_idempotent_and_atomic(tmp_path):
     assert open(stale).read() == inst.script_text("bridge", mode=open(stale).readline().split()[1])
 
 
+def test_install_verifies_before_replacing(tmp_path, monkeypatch):
+    """A new executable that fails its VERSION call never replaces the old one: it is
+    written aside, verified, and only then renamed."""
+    d = tmp_path / "bin"
+    good = inst.install(str(d), plugins=("bridge",))[0]
+    before = (open(good).read(), os.stat(good).st_ino)
+    broken = f"#!{sys.executable} -I\n{inst.MARKER}: bridge\nraise SystemExit(3)\n"
+    monkeypatch.setattr(inst, "script_text", lambda *a, **kw: broken)
+    with pytest.raises(RuntimeError, match="left as it was"):
+        inst.install(str(d), plugins=("bridge",))
+    assert (open(good).read(), os.stat(good).st_ino) == before
+    assert inst.works(good)
+    assert sorted(os.listdir(d)) == ["bridge"]                    # no temp file left
+    # a first install that fails verification leaves no file at all
+    with pytest.raises(RuntimeError):
+        inst.install(str(tmp_path / "bin2"), plugins=("vxlan",))
+    assert os.listdir(tmp_path / "bin2") == []
+
+
 def test_install_refuses_foreign_files(tmp_path):
     d = tmp_path / "bin"
     d.mkdir()

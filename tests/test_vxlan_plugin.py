@@ -533,3 +533,26 @@ def test_failing_undo_step_keeps_the_original_error(nodes, make_netns, monkeypat
     assert set(a.links()) == {"lo", "ul0"}
     assert [l for l in json.loads(p.run("ip", "-j", "link", "show").stdout)
             if l["ifname"] != "lo"] == []
+
+
+def test_node_lock_held_elsewhere_is_try_again_later(nodes, make_netns):
+    """A holder that hangs must not hang every later call: after lockTimeout seconds
+    ADD fails with code 11 naming the lock file, and rolls back (address released)."""
+    import fcntl
+    a, _ = nodes
+    p = make_netns("plock")
+    path = os.path.join(os.environ["CNILAB_RUN_DIR"], f"vxlan-vxbr{VNI}.lock")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        rc, err = a.cni("ADD", a.conf(lockTimeout=1), "ctr-lock", p.path)
+    finally:
+        os.close(fd)
+    assert rc == 1 and err["code"] == 11 and path in err["msg"], err
+    assert "lockTimeout" in err["details"], err
+    assert _reserved(a) == [] and set(a.links()) == {"lo", "ul0"}
+    a.add(p, "ctr-lock", lockTimeout=1)                # free again: works
+    rc, err = a.cni("DEL", a.conf(), "ctr-lock", p.path)
+    assert rc == 0, err
+

@@ -297,3 +297,30 @@ def test_anycast_gateway_default_and_off():
     assert parse().anycast_gateway is True
     assert parse(anycastGateway=False).anycast_gateway is False
     bad("anycastGateway must be true or false", anycastGateway="no")
+
+
+def test_lock_timeout_default_and_validation():
+    assert vxlan.parse({"vni": 1}, "n").lock_timeout == vxlan.DEFAULT_LOCK_TIMEOUT
+    assert vxlan.parse({"vni": 1, "lockTimeout": 5}, "n").lock_timeout == 5
+    with pytest.raises(CNIError) as info:
+        vxlan.parse({"vni": 1, "lockTimeout": 0}, "n")
+    assert info.value.code == INVALID_NETWORK_CONFIG and "lockTimeout" in info.value.msg
+
+
+def test_node_lock_gives_up_with_code_11_naming_the_file(tmp_path):
+    import dataclasses
+    import fcntl
+    conf = dataclasses.replace(vxlan.parse({"vni": 7, "lockTimeout": 1}, "n"),
+                               run_dir=str(tmp_path))
+    path = str(tmp_path / "vxlan-vxbr7.lock")
+    with vxlan.node_lock(conf):                  # free: taken at once
+        pass
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)           # held elsewhere (another open file)
+        with pytest.raises(CNIError) as info:
+            with vxlan.node_lock(conf):
+                pytest.fail("the lock was taken while held")
+    finally:
+        os.close(fd)
+    assert info.value.code == 11 and path in info.value.msg
