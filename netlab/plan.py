@@ -131,9 +131,14 @@ def generated_conflist(w: Network) -> dict:
                 "ipam": {"type": "host-local", "dataDir": "${ipamDir}",
                          "ranges": [[{"subnet": "${podCIDR}", "gateway": "${gateway}"}]]}}
     else:
+        # Each node owns its own gateway (first address of its slice), so no anycast
+        # gateway MAC: with one MAC on every node's bridge, a node's ARP request for a
+        # remote pod is answered to a MAC that the pod's own node takes for itself,
+        # and a node (or a routed bridge pod) cannot reach pods on other nodes.
         main = {"type": "vxlan", "vni": "${vni}", "port": "${port}", "peers": "${peers}",
                 "localIP": "${nodeIP}", "underlayInterface": "${underlayInterface}",
-                "isGateway": True, "isDefaultGateway": True, "ipMasq": False,
+                "isGateway": True, "isDefaultGateway": True, "anycastGateway": False,
+                "ipMasq": False,
                 "ipam": {"type": "host-local", "dataDir": "${ipamDir}",
                          "ranges": [[{"subnet": "${subnet}", "rangeStart": "${rangeStart}",
                                       "rangeEnd": "${rangeEnd}", "gateway": "${gateway}"}]]}}

@@ -67,6 +67,10 @@ def test_overlay_conflist_slices_one_subnet():
     r = vx["ipam"]["ranges"][0][0]
     assert r == {"subnet": "10.250.0.0/24", "rangeStart": "10.250.0.66", "rangeEnd": "10.250.0.126",
                  "gateway": "10.250.0.65"}
+    # a gateway per node, so no anycast gateway MAC (nodes must reach remote pods)
+    assert vx["isGateway"] is True and vx["anycastGateway"] is False
+    c1 = P.render_conflist(topo, w, "node1", "/tmp/lab")
+    assert c1["plugins"][0]["ipam"]["ranges"][0][0]["gateway"] != r["gateway"]
 
 
 def test_template_rendering_keeps_types():
