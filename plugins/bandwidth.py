@@ -226,14 +226,22 @@ def delete(call) -> None:
             except OSError as e:
                 errors.append(f"qdiscs of {veth[0]}: {e}")
         for link in ifbs:
-            name = link.get_attr("IFLA_IFNAME")
-            try:
-                t.delete_link(name)
-            except OSError as e:
-                errors.append(f"IFB {name}: {e}")
-    if errors:
-        raise CNIError(IO_FAILURE, "bandwidth DEL failed in part", "; ".join(errors))
+            _delete_ifb(t, link.get_attr("IFLA_IFNAME"), errors)
+    _raise_collected(errors, "DEL")
     return None
+
+
+def _delete_ifb(t, name: str, errors: list[str]) -> None:
+    """Delete one IFB; a failure is recorded and the caller keeps going."""
+    try:
+        t.delete_link(name)
+    except OSError as e:
+        errors.append(f"IFB {name}: {e}")
+
+
+def _raise_collected(errors: list[str], what: str) -> None:
+    if errors:
+        raise CNIError(IO_FAILURE, f"bandwidth {what} failed in part", "; ".join(errors))
 
 
 def _link_exists(name: str) -> bool:
@@ -323,12 +331,8 @@ def gc(call) -> None:
             else:                     # exactly the one we would make for that attachment
                 stale = (cid, ifname) not in valid and name == tc.ifb_name(net, cid, ifname)
             if stale:
-                try:
-                    t.delete_link(name)
-                except OSError as e:
-                    errors.append(f"IFB {name}: {e}")
-    if errors:
-        raise CNIError(IO_FAILURE, "bandwidth GC failed in part", "; ".join(errors))
+                _delete_ifb(t, name, errors)
+    _raise_collected(errors, "GC")
 
 
 def status(call) -> None:

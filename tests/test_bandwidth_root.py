@@ -277,3 +277,38 @@ def test_ifb_of_an_earlier_version_is_removed_by_gc_and_by_del_without_netns(lab
     pod.ns.run("ip", "link", "del", "eth0")                   # pod gone: nothing redirects
     assert call(node, "bandwidth", "DEL", bare, netns="/var/run/netns/no-such-ns")[1] == 0
     assert links(node, "ifb") == []
+
+
+def test_gc_keeps_going_past_a_netlink_error(lab, make_netns, monkeypatch):
+    """Deleting one stale IFB fails in the kernel (pyroute2's NetlinkError): GC still
+    deletes the other one and reports the failure (code 5)."""
+    import errno
+    import pyroute2
+    from pyroute2.netlink.exceptions import NetlinkError
+    node, pod = lab
+    pod2 = add_pod(node, make_netns("bwpod"), 2, v6=False)
+    for p, cid in ((pod, "c1"), (pod2, "c2")):
+        c = conf("bandwidth", NET, prev=p.prev_result(), runtime={"bandwidth": BW})
+        assert call(node, "bandwidth", "ADD", c, cid=cid, netns=p.ns.path)[1] == 0
+    stuck = tc.ifb_name(NET, "c1", "eth0")
+    real = pyroute2.IPRoute
+
+    class OneDeleteFails:
+        def __init__(self, *args, **kw):
+            self.ipr = real(*args, **kw)
+
+        def link(self, cmd, **kw):
+            if cmd == "del" and kw.get("ifname") == stuck:
+                raise NetlinkError(errno.EBUSY, "injected")
+            return self.ipr.link(cmd, **kw)
+
+        def __getattr__(self, name):
+            return getattr(self.ipr, name)
+    monkeypatch.setattr(pyroute2, "IPRoute", OneDeleteFails)
+    gc = conf("bandwidth", NET, version="1.1.0", **{"cni.dev/valid-attachments": []})
+    out, rc = call(node, "bandwidth", "GC", gc)
+    monkeypatch.undo()
+    assert rc == 1 and out["code"] == 5 and stuck in out["details"], out
+    assert links(node, "ifb") == [stuck]                  # the other one is gone
+    assert call(node, "bandwidth", "GC", gc)[1] == 0
+    assert links(node, "ifb") == []
