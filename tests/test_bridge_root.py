@@ -372,6 +372,30 @@ def test_rollback_after_injected_failure_past_ipam(node, pod, data_dir, monkeypa
     _assert_nothing_left(node, pod, data_dir)
 
 
+def test_rollback_with_failing_undo_steps_reports_the_original_error(node, pod, data_dir,
+                                                                    monkeypatch):
+    """Two undo steps fail after doing their work (the masquerade and macspoofchk
+    teardowns): both are logged, every other step still runs, and the runtime sees
+    the error that started the rollback, code and message unchanged."""
+    from plugins.net import macspoof
+    from plugins.core.errors import CNIError, IO_FAILURE
+
+    def boom():
+        raise CNIError(IO_FAILURE, "injected failure after IPAM", "the original")
+    for mod in (masq, macspoof):
+        real = mod.teardown
+
+        def teardown_then_fail(*args, _real=real, **kw):
+            _real(*args, **kw)
+            raise OSError(16, "undo step broke")
+        monkeypatch.setattr(mod, "teardown", teardown_then_fail)
+    monkeypatch.setattr(bridge, "after_ipam_hook", boom)
+    rc, err = call(node, "ADD", conf(data_dir, "1.0.0", **ROLLBACK_EXTRA), netns=pod.path)
+    assert rc == 1 and (err["code"], err["msg"], err.get("details")) == \
+        (IO_FAILURE, "injected failure after IPAM", "the original"), err
+    _assert_nothing_left(node, pod, data_dir)
+
+
 def test_rollback_keeps_a_new_bridge_that_another_pod_joined(node, pod, data_dir, monkeypatch):
     """A parallel ADD may attach to the bridge this ADD created: rollback must keep it."""
     def join_then_fail():
