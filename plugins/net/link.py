@@ -162,18 +162,20 @@ class NetlinkSocket:
     """
 
     def __init__(self, ipr) -> None:
+        from pyroute2.netlink.exceptions import NetlinkError
         self._ipr = ipr
+        self._error = NetlinkError
 
     def __getattr__(self, name: str):
         attr = getattr(self._ipr, name)
         if not callable(attr):
             return attr
+        error = self._error
 
         def call(*args, **kw):
-            from pyroute2.netlink.exceptions import NetlinkError
             try:
                 return attr(*args, **kw)
-            except NetlinkError as e:
+            except error as e:
                 raise netlink_failure(e) from e
         return call
 
