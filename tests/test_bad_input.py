@@ -155,7 +155,13 @@ def env_cases() -> list[Case]:
            Case("bogus command", 4, "CNI_COMMAND", env={"CNI_COMMAND": "EXPLODE"}),
            Case("relative netns", 4, "CNI_NETNS", env={"CNI_NETNS": "var/run/netns/x"}),
            Case("malformed CNI_ARGS", 4, "CNI_ARGS", env={"CNI_ARGS": "novalue"}),
-           Case("CNI_ARGS empty key", 4, "CNI_ARGS", env={"CNI_ARGS": "=v"})]
+           Case("CNI_ARGS value with '='", 4, "CNI_ARGS", env={"CNI_ARGS": "A=x=y"}),
+           Case("CNI_ARGS empty pair", 4, "CNI_ARGS", env={"CNI_ARGS": "IgnoreUnknown=1;"}),
+           Case("CNI_ARGS bad IgnoreUnknown", 4, "IgnoreUnknown",
+                env={"CNI_ARGS": "IgnoreUnknown=yes;NOPE=1"}, plugins=("bridge", "host-local", "vxlan")),
+           # Go's LoadArgs: "=v" is a pair with an empty key, i.e. an unknown key
+           Case("CNI_ARGS empty key", 4, "CNI_ARGS", env={"CNI_ARGS": "=v"},
+                plugins=("bridge", "host-local", "vxlan"))]
     for var in ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"):
         out.append(Case(f"ADD without {var}", 4, var, env={var: DROP}))
     out.append(Case("DEL without CNI_IFNAME", 4, "CNI_IFNAME",
