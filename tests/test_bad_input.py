@@ -200,7 +200,9 @@ def stdin_cases() -> list[Case]:
             Case("truncated JSON", 6, "JSON", stdin=b'{"cniVersion": "1.0.0", "name": '),
             Case("binary garbage", 6, "JSON", stdin=_garbage(4096, 1)),
             Case("binary garbage 2", 6, "JSON", stdin=b"\xff\xfe\x00{" + _garbage(300, 2)),
-            Case("invalid UTF-8 in a string", 6, "JSON", stdin=b'{"name": "\xe9\xff"}'),
+            # Go coerces invalid UTF-8 inside strings to U+FFFD and decodes on (gojson rule 6)
+            Case("invalid UTF-8 in a string", 7, "cniVersion", stdin=b'{"name": "\xe9\xff"}'),
+            Case("invalid UTF-8 outside a string", 6, "JSON", stdin=b'{"name": 1\xff}'),
             Case("JSON array", 6, "object", stdin=b"[1, 2, 3]"),
             Case("JSON string", 6, "object", stdin=b'"bridge"'),
             Case("JSON null", 6, "object", stdin=b"null"),
