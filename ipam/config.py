@@ -17,11 +17,13 @@ from dataclasses import dataclass, field
 
 from plugins.core.gc import valid_attachments  # noqa: F401  (GC input, re-exported)
 from plugins.core import cniargs, version as ver
-from plugins.core.config import NetConf
+from plugins.core.config import Fields, NetConf
+from plugins.core.gojson import element, slice_layers
 from plugins.core.errors import CNIError, INVALID_ENV, INVALID_NETWORK_CONFIG
 from plugins.core.types import DNS, Route
 
-from .ranges import IPAddress, RangeSet, check_sets_disjoint, parse_ip, parse_range_set
+from .ranges import (IPAddress, RangeSet, check_sets_disjoint, parse_ip, parse_range,
+                     parse_range_set)
 
 DEFAULT_DATA_DIR = "/var/lib/cni/networks"
 
@@ -41,32 +43,25 @@ def _bad(msg: str, details: str = "") -> CNIError:
     return CNIError(INVALID_NETWORK_CONFIG, msg, details)
 
 
-def parse_routes(value: object) -> list[Route]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise _bad("ipam.routes must be a list of {dst, gw} objects")
+def parse_routes(f: Fields) -> list[Route]:
+    """``ipam.routes`` ([]*types.Route: dst, gw, mtu, advmss, priority, table, scope)."""
     out = []
-    for i, r in enumerate(value):
-        where = f"ipam.routes[{i}]"
-        if not isinstance(r, dict) or not isinstance(r.get("dst"), str):
-            raise _bad(f"{where}.dst is required (a CIDR)", repr(r)[:100])
+    for i, r in enumerate(f.objects("routes")):
+        where = r.where
+        dst = r.raw("dst")
+        if not isinstance(dst, str):
+            raise _bad(f"{where}.dst is required (a CIDR)", repr(r.data)[:100])
         try:
-            ipaddress.ip_network(r["dst"], strict=False)
-            if "/" not in r["dst"]:
+            ipaddress.ip_network(dst, strict=False)
+            if "/" not in dst:
                 raise ValueError
         except ValueError:
-            raise _bad(f"{where}.dst must be a CIDR", repr(r["dst"])) from None
+            raise _bad(f"{where}.dst must be a CIDR", repr(dst)) from None
         gw = ""
-        if r.get("gw") not in (None, ""):
-            gw = str(parse_ip(r["gw"], f"{where}.gw"))
-        ints = {}
-        for key in ("mtu", "advmss", "priority", "table", "scope"):
-            v = r.get(key)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
-                raise _bad(f"{where}.{key} must be a non-negative integer", repr(v))
-            ints[key] = v
-        out.append(Route(dst=r["dst"], gw=gw, mtu=ints["mtu"] or 0,
+        if r.raw("gw") not in (None, ""):
+            gw = str(parse_ip(r.raw("gw"), f"{where}.gw"))
+        ints = {key: r.int(key, None, lo=0) for key in ("mtu", "advmss", "priority", "table", "scope")}
+        out.append(Route(dst=dst, gw=gw, mtu=ints["mtu"] or 0,
                          advmss=ints["advmss"] or 0, priority=ints["priority"] or 0,
                          table=ints["table"], scope=ints["scope"]))
     return out
@@ -99,12 +94,8 @@ def parse_resolv_conf(path: str) -> DNS:
     return dns
 
 
-def _ip_list(value: object, where: str) -> list[IPAddress]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise _bad(f"{where} must be a list of IP addresses", repr(value)[:100])
-    return [parse_ip(v, f"{where}[{i}]") for i, v in enumerate(value)]
+def _ip_list(f: Fields, key: str) -> list[IPAddress]:
+    return [parse_ip(v, f"{f.path(key)}[{i}]") for i, v in enumerate(f.list(key))]
 
 
 def requested_ips(conf: NetConf, cni_args: dict[str, str]) -> list[IPAddress]:
@@ -116,12 +107,8 @@ def requested_ips(conf: NetConf, cni_args: dict[str, str]) -> list[IPAddress]:
                 out.append(parse_ip(part.strip(), "CNI_ARGS IP"))
             except CNIError as e:
                 raise CNIError(INVALID_ENV, e.msg, e.details) from None
-    cni = conf.args.get("cni") if isinstance(conf.args, dict) else None
-    if cni is not None:
-        if not isinstance(cni, dict):
-            raise _bad("args.cni must be an object")
-        out += _ip_list(cni.get("ips"), "args.cni.ips")
-    out += _ip_list(conf.runtime_config.get("ips"), "runtimeConfig.ips")
+    out += _ip_list(Fields(conf.args, "args").obj("cni"), "ips")
+    out += _ip_list(Fields(conf.runtime_config, "runtimeConfig"), "ips")
     seen: set = set()
     uniq = []
     for ip in out:
@@ -131,31 +118,34 @@ def requested_ips(conf: NetConf, cni_args: dict[str, str]) -> list[IPAddress]:
     return uniq
 
 
+def _ranges(set_layers: list, where: str) -> object:
+    """One range set of a []RangeSet as Go decodes it (duplicate keys included):
+    a list of ``Fields``, or the offending value for parse_range_set's error."""
+    if any(v is not None and not isinstance(v, list) for v in set_layers):
+        return next(v for v in set_layers if v is not None and not isinstance(v, list))
+    return [element(el, f"{where}[{i}]") for i, el in enumerate(slice_layers(set_layers))]
+
+
 def load(conf: NetConf, cni_args: dict[str, str], *, need_ranges: bool = True) -> IPAMConfig:
-    ipam = conf.ipam
-    if not ipam:
+    """Read Go-exactly (plugins/core/gojson.py): ``{"Subnet": ..., "RangeStart": ...}``
+    from go-cni fills the same fields as ``subnet``/``rangeStart``."""
+    if not conf.ipam:
         raise _bad("ipam is required", "IPAM config missing 'ipam' key")
+    ipam = Fields(conf.ipam, "ipam")
+    rc = Fields(conf.runtime_config, "runtimeConfig")
     sets: list[RangeSet] = []
     names: list[str] = []
-    rt_ranges = conf.runtime_config.get("ipRanges")
-    if rt_ranges:
-        if not isinstance(rt_ranges, list):
-            raise _bad("runtimeConfig.ipRanges must be a list of range sets")
-        for i, s in enumerate(rt_ranges):
-            names.append(f"runtimeConfig.ipRanges[{i}]")
-            sets.append(parse_range_set(s, names[-1]))
+    if rc.layers("ipRanges"):
+        src = [(rc, "ipRanges")]
     else:
-        if ipam.get("subnet") is not None:
+        if ipam.has("subnet"):      # the legacy single range (IPAMConfig embeds *Range)
             names.append("ipam")
-            sets.append(parse_range_set([{k: ipam.get(k) for k in
-                                          ("subnet", "rangeStart", "rangeEnd", "gateway")}],
-                                        "ipam")[:1])
-        ranges = ipam.get("ranges")
-        if ranges is not None and not isinstance(ranges, list):
-            raise _bad("ipam.ranges must be a list of range sets (lists of ranges)")
-        for i, s in enumerate(ranges or []):
-            names.append(f"ipam.ranges[{i}]")
-            sets.append(parse_range_set(s, names[-1]))
+            sets.append((parse_range(ipam),))
+        src = [(ipam, "ranges")]
+    for f, key in src:
+        for i, set_layers in enumerate(f.layers(key)):
+            names.append(f"{f.path(key)}[{i}]")
+            sets.append(parse_range_set(_ranges(set_layers, names[-1]), names[-1]))
     if need_ranges and not sets:
         raise _bad("ipam: no IP ranges specified", "set ipam.ranges or ipam.subnet")
     check_sets_disjoint(sets, names)
@@ -164,14 +154,12 @@ def load(conf: NetConf, cni_args: dict[str, str], *, need_ranges: bool = True) -
             if sum(1 for s in sets if s[0].version == fam) > 1:
                 raise _bad(f"cniVersion {conf.cni_version} allows one address per family",
                            "use cniVersion 0.3.0 or later for several range sets per family")
-    data_dir = ipam.get("dataDir") or DEFAULT_DATA_DIR
+    data_dir = ipam.raw("dataDir") or DEFAULT_DATA_DIR
     if not isinstance(data_dir, str) or not data_dir.startswith("/"):
         raise _bad("ipam.dataDir must be an absolute path", repr(data_dir)[:100])
-    resolv = ipam.get("resolvConf") or ""
+    resolv = ipam.raw("resolvConf") or ""
     if not isinstance(resolv, str):
         raise _bad("ipam.resolvConf must be a file path", repr(resolv)[:100])
     return IPAMConfig(name=conf.name, cni_version=conf.cni_version, range_sets=sets,
-                      routes=parse_routes(ipam.get("routes")), data_dir=data_dir,
+                      routes=parse_routes(ipam), data_dir=data_dir,
                       resolv_conf=resolv, requested=requested_ips(conf, cni_args))
-
-

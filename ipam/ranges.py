@@ -17,6 +17,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from plugins.core.errors import CNIError, INVALID_NETWORK_CONFIG
+from plugins.core.gojson import Fields
 
 # Type aliases as strings: annotations are not evaluated, and `typing` stays unimported
 # (it costs ~3 ms at every exec of the plugin).
@@ -101,11 +102,17 @@ def set_capacity(rs: RangeSet) -> int:
     return sum(r.capacity() for r in rs)
 
 
-def parse_range(obj: object, where: str) -> Range:
-    """One range object ``{subnet, rangeStart, rangeEnd, gateway}`` -> Range."""
-    if not isinstance(obj, dict):
+def parse_range(obj: object, where: str = "range") -> Range:
+    """One range ``{subnet, rangeStart, rangeEnd, gateway}`` (a dict, or a
+    ``Fields`` view) -> Range. Read Go-exactly: go-cni sends ``Subnet``,
+    ``RangeStart``, ``RangeEnd``, ``Gateway``."""
+    if isinstance(obj, Fields):
+        f, where = obj, obj.where
+    elif isinstance(obj, dict):
+        f = Fields(obj, where)
+    else:
         raise _bad(where, "must be an object with a subnet", repr(obj)[:100])
-    raw = obj.get("subnet")
+    raw = f.raw("subnet")
     if not isinstance(raw, str) or not raw:
         raise _bad(f"{where}.subnet", "is required (a CIDR such as 10.1.0.0/24)")
     try:
@@ -125,9 +132,9 @@ def parse_range(obj: object, where: str) -> Range:
     last = int(net.broadcast_address) - (1 if net.version == 4 else 0)
 
     def inside(key: str, default: int) -> int:
-        if obj.get(key) is None:
+        if not f.has(key):
             return default
-        ip = parse_ip(obj[key], f"{where}.{key}")
+        ip = parse_ip(f.raw(key), f"{where}.{key}")
         if ip.version != net.version or ip not in net:
             raise _bad(f"{where}.{key}", f"{ip} is not in subnet {net}")
         return int(ip)
@@ -143,6 +150,7 @@ def parse_range(obj: object, where: str) -> Range:
 
 
 def parse_range_set(obj: object, where: str) -> RangeSet:
+    """A list of ranges (dicts or ``Fields`` views) -> RangeSet."""
     if not isinstance(obj, list) or not obj:
         raise _bad(where, "must be a non-empty list of ranges", repr(obj)[:100])
     rs = tuple(parse_range(o, f"{where}[{i}]") for i, o in enumerate(obj))

@@ -144,7 +144,7 @@ def generated_conflist(w: Network) -> dict:
                                       "rangeEnd": "${rangeEnd}", "gateway": "${gateway}"}]]}}
         if w.mtu:
             main["mtu"] = "${mtu}"
-    return {"cniVersion": "1.0.0", "name": "${network}", "plugins": [
+    return {"cniVersion": "1.1.0", "name": "${network}", "plugins": [
         main,
         {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True},
         {"type": "bandwidth", "capabilities": {"bandwidth": True}},
@@ -154,7 +154,7 @@ def generated_conflist(w: Network) -> dict:
 def render_conflist(topo: Topology, w: Network, node: str, lab_dir: str) -> dict:
     tmpl = w.conflist if w.conflist is not None else generated_conflist(w)
     conf = render_template(tmpl, network_vars(topo, w, node, lab_dir))
-    conf.setdefault("cniVersion", "1.0.0")
+    conf.setdefault("cniVersion", "1.1.0")
     conf.setdefault("name", w.name)
     # IPAM state always lives in the lab directory, never in /var/lib/cni.
     for pl in conf.get("plugins", []):

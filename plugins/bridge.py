@@ -54,10 +54,9 @@ class BridgeConf:
         return bool(self.vlan or self.vlan_trunk)
 
 
-def _trunk(items: list, where: str) -> list[int]:
+def _trunk(items: list[Fields]) -> list[int]:
     vids: set[int] = set()
-    for n, item in enumerate(items):
-        f = Fields(item, f"{where}[{n}]")
+    for f in items:
         lo, hi = f.has("minID"), f.has("maxID")
         if lo != hi:
             raise CNIError(INVALID_NETWORK_CONFIG, f"{f.where}: minID and maxID must be set together")
@@ -95,7 +94,7 @@ def parse_conf(call: Call, *, strict: bool = True) -> BridgeConf:
         hairpin=f.bool("hairpinMode"),
         promisc=f.bool("promiscMode"),
         vlan=f.int("vlan", 0, lo=0, hi=4094),
-        vlan_trunk=_trunk(f.list("vlanTrunk"), "vlanTrunk"),
+        vlan_trunk=_trunk(f.objects("vlanTrunk")),
         preserve_default_vlan=f.bool("preserveDefaultVlan"),
         enable_dad=f.bool("enabledad"),
         macspoofchk=f.bool("macspoofchk"),

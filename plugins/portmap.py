@@ -93,8 +93,9 @@ def parse_config(conf) -> PortMapConfig:
     cfg.conditions = {4: _conditions(f, "conditionsV4"), 6: _conditions(f, "conditionsV6")}
     rc = Fields(conf.runtime_config, "runtimeConfig")
     seen: set[tuple] = set()
-    for n, item in enumerate(rc.list("portMappings")):
-        m = _mapping(Fields(item, f"runtimeConfig.portMappings[{n}]"))
+    # Go-exact keys: containerd's go-cni sends HostPort/ContainerPort/Protocol/HostIP.
+    for n, item in enumerate(rc.objects("portMappings")):
+        m = _mapping(item)
         key = (m.protocol, m.host_port, m.host_ip)
         if key in seen:
             raise CNIError(INVALID_NETWORK_CONFIG,

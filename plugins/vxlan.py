@@ -126,7 +126,7 @@ def parse(raw: dict, network: str, dns: DNS | None = None) -> VxlanConf:
     if bridge == device_name(vni):
         raise _bad("bridge", f"must not be named like the VXLAN device {device_name(vni)}")
     mtu = f.int("mtu", 0, lo=68, hi=65535)
-    ipam = raw.get("ipam") or {}
+    ipam = f.obj("ipam").data
     return VxlanConf(network=network, vni=vni, port=port, underlay=underlay, local_ip=local_ip,
                      peers=tuple(peers), group=group, learning=learning, bridge=bridge,
                      mtu=mtu, is_gateway=f.bool("isGateway") or f.bool("isDefaultGateway"),
@@ -260,8 +260,8 @@ def _ipam(conf: VxlanConf, call, command: str):
     from .core import invoke
     a = call.args
     if command == "ADD":
-        return invoke.delegate_add(conf.ipam["type"], a.stdin, call.plugin_env, a.path)
-    invoke.delegate(conf.ipam["type"], command, a.stdin, call.plugin_env, a.path)
+        return invoke.delegate_add(call.conf.ipam_type, a.stdin, call.plugin_env, a.path)
+    invoke.delegate(call.conf.ipam_type, command, a.stdin, call.plugin_env, a.path)
     return None
 
 
@@ -353,7 +353,7 @@ def add(call) -> Result:
             ipam_res = _ipam(conf, call, "ADD")
             if not ipam_res.ips:
                 raise CNIError(INVALID_NETWORK_CONFIG, "IPAM returned no IP addresses",
-                               f"ipam type {conf.ipam.get('type')}")
+                               f"ipam type {call.conf.ipam_type}")
         spec = attach.VethSpec(network=conf.network, container_id=a.container_id,
                                ifname=a.ifname, netns=a.netns, bridge=conf.bridge,
                                mtu=res.mtu, mac=mac, owner=owner_alias(conf.network))
@@ -424,8 +424,7 @@ def delete(call) -> None:
         if e.code != INVALID_NETWORK_CONFIG:
             raise
         conf = None
-    raw = call.conf.raw
-    ip_masq = conf.ip_masq if conf is not None else raw.get("ipMasq") is True
+    ip_masq = conf.ip_masq if conf is not None else call.conf.fields.raw("ipMasq") is True
     errors: list[str] = []
 
     def step(what: str, fn, *args) -> None:

@@ -155,7 +155,13 @@ def env_cases() -> list[Case]:
            Case("bogus command", 4, "CNI_COMMAND", env={"CNI_COMMAND": "EXPLODE"}),
            Case("relative netns", 4, "CNI_NETNS", env={"CNI_NETNS": "var/run/netns/x"}),
            Case("malformed CNI_ARGS", 4, "CNI_ARGS", env={"CNI_ARGS": "novalue"}),
-           Case("CNI_ARGS empty key", 4, "CNI_ARGS", env={"CNI_ARGS": "=v"})]
+           Case("CNI_ARGS value with '='", 4, "CNI_ARGS", env={"CNI_ARGS": "A=x=y"}),
+           Case("CNI_ARGS empty pair", 4, "CNI_ARGS", env={"CNI_ARGS": "IgnoreUnknown=1;"}),
+           Case("CNI_ARGS bad IgnoreUnknown", 4, "IgnoreUnknown",
+                env={"CNI_ARGS": "IgnoreUnknown=yes;NOPE=1"}, plugins=("bridge", "host-local", "vxlan")),
+           # Go's LoadArgs: "=v" is a pair with an empty key, i.e. an unknown key
+           Case("CNI_ARGS empty key", 4, "CNI_ARGS", env={"CNI_ARGS": "=v"},
+                plugins=("bridge", "host-local", "vxlan"))]
     for var in ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"):
         out.append(Case(f"ADD without {var}", 4, var, env={var: DROP}))
     out.append(Case("DEL without CNI_IFNAME", 4, "CNI_IFNAME",
@@ -194,7 +200,9 @@ def stdin_cases() -> list[Case]:
             Case("truncated JSON", 6, "JSON", stdin=b'{"cniVersion": "1.0.0", "name": '),
             Case("binary garbage", 6, "JSON", stdin=_garbage(4096, 1)),
             Case("binary garbage 2", 6, "JSON", stdin=b"\xff\xfe\x00{" + _garbage(300, 2)),
-            Case("invalid UTF-8 in a string", 6, "JSON", stdin=b'{"name": "\xe9\xff"}'),
+            # Go coerces invalid UTF-8 inside strings to U+FFFD and decodes on (gojson rule 6)
+            Case("invalid UTF-8 in a string", 7, "cniVersion", stdin=b'{"name": "\xe9\xff"}'),
+            Case("invalid UTF-8 outside a string", 6, "JSON", stdin=b'{"name": 1\xff}'),
             Case("JSON array", 6, "object", stdin=b"[1, 2, 3]"),
             Case("JSON string", 6, "object", stdin=b'"bridge"'),
             Case("JSON null", 6, "object", stdin=b"null"),

@@ -17,12 +17,13 @@ K8S = ("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;"
 def test_parse_basic():
     assert cniargs.parse("") == {}
     assert cniargs.parse("IP=10.0.0.5") == {"IP": "10.0.0.5"}
-    assert cniargs.parse("A=1;B=2;") == {"A": "1", "B": "2"}
-    assert cniargs.parse("A=;B=x=y") == {"A": "", "B": "x=y"}   # value may hold '='
-    assert cniargs.parse(";;A=1") == {"A": "1"}
+    assert cniargs.parse("A=1;B=2") == {"A": "1", "B": "2"}
+    assert cniargs.parse("A=;B=2;A=3") == {"A": "3", "B": "2"}   # empty value; last wins
+    assert cniargs.parse("=1") == {"": "1"}        # Go: an empty key is an unknown key
 
 
-@pytest.mark.parametrize("raw", ["A", "A=1;B", "=1", "A=1;=2"])
+# Go's LoadArgs: every ';'-separated pair splits on '=' into exactly two parts.
+@pytest.mark.parametrize("raw", ["A", "A=1;B", "A=1;", ";;A=1", "B=x=y", "A==1"])
 def test_parse_malformed(raw):
     with pytest.raises(CNIError) as e:
         cniargs.parse(raw)
@@ -53,10 +54,33 @@ def test_ignore_unknown_drops_unknown(flag):
     assert got == {"IgnoreUnknown": flag, "IP": "10.0.0.5"}
 
 
-@pytest.mark.parametrize("flag", ["0", "false", "yes", ""])
-def test_ignore_unknown_other_values_do_not_ignore(flag):
-    with pytest.raises(CNIError):
+@pytest.mark.parametrize("flag", ["0", "false", "False"])
+def test_ignore_unknown_false_does_not_ignore(flag):
+    with pytest.raises(CNIError) as e:
         cniargs.select(cniargs.parse(f"IgnoreUnknown={flag};FOO=1"), {"IP"})
+    assert "FOO" in e.value.details
+
+
+@pytest.mark.parametrize("flag", ["yes", "", "2", "on"])
+def test_ignore_unknown_invalid_value_is_an_error(flag):
+    """types.UnmarshallableBool accepts only 1/true/0/false (any case)."""
+    with pytest.raises(CNIError) as e:
+        cniargs.select(cniargs.parse(f"IgnoreUnknown={flag}"), {"IP"})
+    assert e.value.code == INVALID_ENV and "IgnoreUnknown" in e.value.details
+
+
+def test_cni_args_keys_are_case_sensitive():
+    """FieldByName is exact: 'ip' is not IP (unlike JSON keys), and is unknown."""
+    with pytest.raises(CNIError) as e:
+        cniargs.select(cniargs.parse("ip=10.0.0.5"), {"IP"})
+    assert "ip" in e.value.details
+    assert cniargs.select(cniargs.parse("IgnoreUnknown=1;ip=10.0.0.5"), {"IP"}).get("IP") is None
+
+
+def test_empty_key_is_unknown():
+    with pytest.raises(CNIError):
+        cniargs.select(cniargs.parse("=v"), {"IP"})
+    assert cniargs.select(cniargs.parse("IgnoreUnknown=1;=v"), {"IP"}) == {"IgnoreUnknown": "1"}
 
 
 # ---- typed config ------------------------------------------------------------
@@ -81,7 +105,9 @@ def test_fields_reader_names_the_field():
     with pytest.raises(CNIError) as e:
         Fields({"n": -1}).int("n", lo=0)
     assert e.value.msg == "n must be at least 0"
-    assert Fields({"n": 2.0}).int("n") == 2
+    for not_int in (2.0, 1e3):        # Go: an int field takes only an integer literal
+        with pytest.raises(CNIError):
+            Fields({"n": not_int}).int("n")
     with pytest.raises(CNIError):
         Fields({"n": True}).int("n")
     with pytest.raises(CNIError):

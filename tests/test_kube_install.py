@@ -1156,3 +1156,18 @@ def test_side_job_failures_are_logged_and_retried(tmp_path):
     assert not r2.written and r2.errors == [] and len(attempts) == 2
     syncer.step(ki.nodes_from_list(THREE))
     assert len(attempts) == 2  # done: no more netlink work until peers change
+
+
+@pytest.mark.parametrize("mode", ["vxlan", "bridge"])
+def test_shipped_conflists_reach_gc_and_status(mode):
+    """libcni >= 1.2 (containerd >= 2.0, CRI-O) negotiates the highest of
+    cniVersions it knows: 1.1.0, so GC and STATUS are sent. libcni 1.1.x
+    (containerd 1.6/1.7, podman 4) ignores cniVersions and cannot parse a 1.1.0
+    result ("unsupported CNI result version"), so cniVersion stays 1.0.0."""
+    from netlab.runtime import conflist_from_dict
+    tpl = ki.load_template_text(configmap()["data"][f"{mode}.conflist.json"])
+    assert tpl["cniVersion"] == "1.0.0" and "1.1.0" in tpl["cniVersions"]
+    plugins = [{"type": p["type"]} for p in tpl["plugins"]]
+    net = conflist_from_dict({"name": "cnilab", "cniVersion": tpl["cniVersion"],
+                              "cniVersions": tpl["cniVersions"], "plugins": plugins})
+    assert net.cni_version == "1.1.0"

@@ -1,4 +1,17 @@
-"""CNI_ARGS parsing: ``K=V;K=V`` with IgnoreUnknown."""
+"""CNI_ARGS parsing, as libcni's Go plugins do it (containernetworking/cni
+pkg/types/args.go ``LoadArgs``):
+
+- ``K=V;K=V``: split on ``;``, each pair split on ``=`` must give exactly two
+  parts, so a value holding ``=`` and an empty pair (``A=1;``) are errors;
+  ``=V`` is a pair with an empty key, i.e. an unknown key.
+- Keys match a field name exactly (``reflect`` ``FieldByName``: case matters,
+  unlike JSON keys): ``ip=...`` is not ``IP``. A repeated key: the last wins.
+- ``IgnoreUnknown`` is a ``types.UnmarshallableBool``: ``1``/``true`` and
+  ``0``/``false`` in any case; any other value is an error.
+- Unknown keys are an error unless IgnoreUnknown is true. Deliberately more
+  tolerant than the reference (docs/adr/0014): the keys kubelet/CRI always
+  send (``K8S_POD_*``) are known to every plugin.
+"""
 from __future__ import annotations
 
 from .errors import CNIError, INVALID_ENV
@@ -13,24 +26,33 @@ def parse(raw: str) -> dict[str, str]:
     if not raw:
         return out
     for pair in raw.split(";"):
-        if pair == "":
-            continue
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise CNIError(INVALID_ENV, "invalid CNI_ARGS", f"pair {pair!r} is not KEY=VALUE")
-        out[key] = value
+        kv = pair.split("=")
+        if len(kv) != 2:
+            raise CNIError(INVALID_ENV, "invalid CNI_ARGS",
+                           f"pair {pair!r} is not KEY=VALUE with exactly one '='")
+        out[kv[0]] = kv[1]
     return out
 
 
 def ignore_unknown(args: dict[str, str]) -> bool:
-    return args.get("IgnoreUnknown", "").lower() in ("1", "true")
+    v = args.get("IgnoreUnknown")
+    if v is None:
+        return False
+    low = v.lower()
+    if low in ("1", "true"):
+        return True
+    if low in ("0", "false"):
+        return False
+    raise CNIError(INVALID_ENV, "invalid CNI_ARGS",
+                   f"IgnoreUnknown={v!r}: must be 1, true, 0 or false")
 
 
 def select(args: dict[str, str], known: set[str] | frozenset[str]) -> dict[str, str]:
     """The keys this plugin understands; unknown keys are an error unless IgnoreUnknown."""
     allowed = ALWAYS_KNOWN | set(known)
     unknown = sorted(k for k in args if k not in allowed)
-    if unknown and not ignore_unknown(args):
+    if not ignore_unknown(args) and unknown:
         raise CNIError(INVALID_ENV, "unknown CNI_ARGS keys",
-                       f"{', '.join(unknown)} (set IgnoreUnknown=1 to ignore them)")
+                       f"{', '.join(repr(k) if not k else k for k in unknown)} "
+                       "(set IgnoreUnknown=1 to ignore them)")
     return {k: v for k, v in args.items() if k in allowed}

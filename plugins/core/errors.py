@@ -50,10 +50,6 @@ class CNIError(Exception):
     def __repr__(self) -> str:
         return f"CNIError({self.code}, {self.msg!r}, {self.details!r})"
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "CNIError":
-        return cls(int(d.get("code", INTERNAL)), str(d.get("msg", "")), str(d.get("details", "")))
-
 
 def as_cni_error(exc: BaseException) -> CNIError:
     """Wrap anything into a CNIError exactly once."""

@@ -2,35 +2,32 @@
 from __future__ import annotations
 
 from .errors import CNIError, INVALID_NETWORK_CONFIG
+from .gojson import Fields
 
-# Spec 1.1.0 key, and the key older libcni releases sent.
+# Spec 1.1.0 key, and the key older libcni releases sent (libcni sends both).
 KEYS = ("cni.dev/valid-attachments", "cni.dev/attachments")
 
 
 def valid_attachments(raw: dict) -> set[tuple[str, str]]:
-    """(containerID, ifname) pairs of a GC call.
+    """(containerID, ifname) pairs of a GC call, read Go-exactly (types.NetConf
+    ValidAttachments / types.GCAttachment{containerID, ifname}).
 
     A GC without the list is refused (code 7): reading "no list" as "nothing is
     valid" would let a runtime bug wipe every attachment on the node. An empty
     list is honoured: the runtime says nothing is valid.
     """
+    f = Fields(raw)
     for key in KEYS:
-        if key in raw:
-            value = raw[key]
+        if f.values(key):
             break
     else:
         raise CNIError(INVALID_NETWORK_CONFIG, "GC needs cni.dev/valid-attachments",
                        "refusing to treat a missing list as 'nothing is valid'")
-    if value is None:
-        value = []
-    if not isinstance(value, list):
-        raise CNIError(INVALID_NETWORK_CONFIG, f"{key} must be a list of {{containerID, ifname}}",
-                       repr(value)[:100])
     out = set()
-    for i, a in enumerate(value):
-        if not isinstance(a, dict) or not isinstance(a.get("containerID"), str) \
-                or not isinstance(a.get("ifname"), str):
+    for i, a in enumerate(f.objects(key)):
+        cid, ifname = a.raw("containerID"), a.raw("ifname")
+        if not isinstance(cid, str) or not isinstance(ifname, str):
             raise CNIError(INVALID_NETWORK_CONFIG,
-                           f"{key}[{i}] must have string containerID and ifname", repr(a)[:100])
-        out.add((a["containerID"], a["ifname"]))
+                           f"{key}[{i}] must have string containerID and ifname", repr(a.data)[:100])
+        out.add((cid, ifname))
     return out

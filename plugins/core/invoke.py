@@ -5,7 +5,6 @@ no second interpreter start); any other plugin is found on CNI_PATH and exec'd.
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from typing import Mapping
@@ -52,17 +51,21 @@ def exec_plugin(name: str, command: str, stdin: bytes, env: Mapping[str, str],
             raise CNIError(INTERNAL, f"plugin {name} failed with status {code}",
                            p.stderr.decode(errors="replace")[-500:])
     if code != 0:
-        try:
-            raise CNIError.from_dict(json.loads(out))
-        except (ValueError, AttributeError):
+        from .gojson import Fields, loads
+        try:      # types.Error {code, msg, details}, keys read Go-exactly
+            e = Fields(loads(out), "error")
+            err = CNIError(e.int("code", INTERNAL), str(e.raw("msg", "")), str(e.raw("details", "")))
+        except (ValueError, RecursionError, CNIError):
             raise CNIError(INTERNAL, f"plugin {name} failed with status {code}", out[-500:]) from None
+        raise err
     return out
 
 
 def delegate_add(name: str, stdin: bytes, env: Mapping[str, str], path: list[str]) -> Result:
     out = exec_plugin(name, "ADD", stdin, env, path)
     try:
-        return Result.from_dict(json.loads(out))
+        from .gojson import loads
+        return Result.from_dict(loads(out))
     except ValueError:
         raise CNIError(DECODING_FAILURE, f"plugin {name} printed an invalid result", out[:300]) from None
 

@@ -189,9 +189,9 @@ def version_json() -> str:
 
 def error_version(stdin: bytes) -> str:
     """The version to print an error in: the config's when readable."""
-    import json
     try:
-        v = json.loads(stdin).get("cniVersion")
+        from .gojson import Fields, loads       # the same key rules as the config itself
+        v = Fields(loads(stdin)).raw("cniVersion")
         if v in ver.SUPPORTED:
             return v
     except Exception:

@@ -10,6 +10,7 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from .errors import CNIError, DECODING_FAILURE
+from .gojson import Fields
 from . import version as ver
 
 
@@ -77,15 +78,20 @@ class DNS:
             return cls()
         if not isinstance(d, dict):
             raise CNIError(DECODING_FAILURE, "dns must be an object", repr(d))
-        return cls(nameservers=_str_list(d, "nameservers"), domain=str(d.get("domain") or ""),
-                   search=_str_list(d, "search"), options=_str_list(d, "options"))
+        return cls.from_fields(Fields(d, "dns", code=DECODING_FAILURE))
+
+    @classmethod
+    def from_fields(cls, f: Fields) -> "DNS":
+        """Read Go-exactly (types.DNS has tags nameservers/domain/search/options)."""
+        return cls(nameservers=_str_list(f, "nameservers"), domain=str(f.raw("domain") or ""),
+                   search=_str_list(f, "search"), options=_str_list(f, "options"))
 
 
-def _str_list(d: dict, key: str) -> list[str]:
-    v = d.get(key) or []
-    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+def _str_list(f: Fields, key: str) -> list[str]:
+    v = f.list(key)
+    if not all(isinstance(x, str) for x in v):
         raise CNIError(DECODING_FAILURE, f"dns.{key} must be a list of strings", repr(v))
-    return list(v)
+    return v
 
 
 @dataclass
@@ -114,20 +120,16 @@ class Result:
     # ---- input --------------------------------------------------------------
     @classmethod
     def from_dict(cls, d: object) -> "Result":
-        """Parse a result (e.g. prevResult) in whatever version it declares."""
+        """Parse a result (e.g. prevResult) in whatever version it declares,
+        reading keys as Go's encoding/json does (plugins/core/gojson.py)."""
         if not isinstance(d, dict):
             raise CNIError(DECODING_FAILURE, "result must be a JSON object", repr(d)[:200])
-        v = d.get("cniVersion")
+        f = Fields(d, code=DECODING_FAILURE)
+        v = f.raw("cniVersion")
         if not isinstance(v, str):
             raise CNIError(DECODING_FAILURE, "result has no cniVersion")
         ver.check_supported(v)
-        if ver.at_least(v, "1.0.0"):
-            v1 = d
-        elif ver.at_least(v, "0.3.0"):
-            v1 = _v04_to_v1(d)
-        else:
-            v1 = _v04_to_v1(_v02_to_v04(d))
-        res = _from_v1(v1)
+        res = _from_fields(f, v)
         res.cni_version = v
         return res
 
@@ -203,65 +205,75 @@ def _v1_for(d: dict, v: str) -> dict:
     return d
 
 
-def _int_field(obj: dict, key: str, where: str) -> int | None:
-    val = obj.get(key)
+def _int_field(f: Fields, key: str) -> int | None:
+    val = f.raw(key)
     if val is None:
         return None
     if isinstance(val, bool) or not isinstance(val, int):
-        raise CNIError(DECODING_FAILURE, f"{where}.{key} must be an integer", repr(val))
+        raise CNIError(DECODING_FAILURE, f"{f.path(key)} must be an integer", repr(val))
     return val
 
 
-def _from_v1(d: dict) -> Result:
+def _ip_config(e: Fields, n: int, addr_key: str) -> IPConfig:
+    addr, gw = e.raw(addr_key), e.raw("gateway")
+    if not isinstance(addr, str):
+        raise CNIError(DECODING_FAILURE, f"ips[{n}] needs an address")
+    try:
+        ipaddress.ip_interface(addr)
+        if gw:
+            ipaddress.ip_address(gw)
+    except (ValueError, TypeError) as err:
+        raise CNIError(DECODING_FAILURE, f"ips[{n}] is not a valid address", str(err)) from None
+    if "/" not in addr:
+        raise CNIError(DECODING_FAILURE, f"ips[{n}].address must be a CIDR", addr)
+    return IPConfig(address=addr, gateway=str(gw or ""), interface=_int_field(e, "interface"))
+
+
+def _route(rt: Fields, n: int) -> Route:
+    dst, gw = rt.raw("dst"), rt.raw("gw")
+    if not isinstance(dst, str):
+        raise CNIError(DECODING_FAILURE, f"routes[{n}] needs a dst")
+    try:
+        ipaddress.ip_network(dst, strict=False)
+        if gw:
+            ipaddress.ip_address(gw)
+    except (ValueError, TypeError) as e:
+        raise CNIError(DECODING_FAILURE, f"routes[{n}] is not valid", str(e)) from None
+    return Route(dst=dst, gw=str(gw or ""), mtu=_int_field(rt, "mtu") or 0,
+                 advmss=_int_field(rt, "advmss") or 0, priority=_int_field(rt, "priority") or 0,
+                 table=_int_field(rt, "table"), scope=_int_field(rt, "scope"))
+
+
+def _from_fields(f: Fields, v: str) -> Result:
+    """The model from a result of version ``v`` (1.x, 0.3.x/0.4.0 or 0.1.0/0.2.0)."""
     res = Result()
-    for n, i in enumerate(_list(d, "interfaces")):
-        if not isinstance(i, dict) or not isinstance(i.get("name"), str):
+    if not ver.at_least(v, "0.3.0"):          # ip4/ip6 objects, each with its routes
+        for key in ("ip4", "ip6"):
+            e = f.obj(key)
+            if not e.data:
+                continue
+            if not isinstance(e.raw("ip"), str):
+                raise CNIError(DECODING_FAILURE, f"{key}.ip is required")
+            res.ips.append(_ip_config(e, len(res.ips), "ip"))
+            res.ips[-1].interface = None
+            res.routes += [_route(rt, n) for n, rt in enumerate(e.objects("routes"))]
+        res.dns = DNS.from_fields(f.obj("dns"))
+        return res
+    for n, i in enumerate(f.objects("interfaces")):
+        if not isinstance(i.raw("name"), str):
             raise CNIError(DECODING_FAILURE, f"interfaces[{n}] needs a name")
         res.interfaces.append(Interface(
-            name=i["name"], mac=str(i.get("mac") or ""),
-            mtu=_int_field(i, "mtu", f"interfaces[{n}]") or 0,
-            sandbox=str(i.get("sandbox") or ""), socket_path=str(i.get("socketPath") or ""),
-            pci_id=str(i.get("pciID") or "")))
-    for n, ip in enumerate(_list(d, "ips")):
-        if not isinstance(ip, dict) or not isinstance(ip.get("address"), str):
-            raise CNIError(DECODING_FAILURE, f"ips[{n}] needs an address")
-        try:
-            ipaddress.ip_interface(ip["address"])
-            if ip.get("gateway"):
-                ipaddress.ip_address(ip["gateway"])
-        except ValueError as e:
-            raise CNIError(DECODING_FAILURE, f"ips[{n}] is not a valid address", str(e)) from None
-        if "/" not in ip["address"]:
-            raise CNIError(DECODING_FAILURE, f"ips[{n}].address must be a CIDR", ip["address"])
-        res.ips.append(IPConfig(address=ip["address"], gateway=str(ip.get("gateway") or ""),
-                                interface=_int_field(ip, "interface", f"ips[{n}]")))
-    for n, rt in enumerate(_list(d, "routes")):
-        if not isinstance(rt, dict) or not isinstance(rt.get("dst"), str):
-            raise CNIError(DECODING_FAILURE, f"routes[{n}] needs a dst")
-        try:
-            ipaddress.ip_network(rt["dst"], strict=False)
-            if rt.get("gw"):
-                ipaddress.ip_address(rt["gw"])
-        except ValueError as e:
-            raise CNIError(DECODING_FAILURE, f"routes[{n}] is not valid", str(e)) from None
-        w = f"routes[{n}]"
-        res.routes.append(Route(dst=rt["dst"], gw=str(rt.get("gw") or ""),
-                                mtu=_int_field(rt, "mtu", w) or 0,
-                                advmss=_int_field(rt, "advmss", w) or 0,
-                                priority=_int_field(rt, "priority", w) or 0,
-                                table=_int_field(rt, "table", w),
-                                scope=_int_field(rt, "scope", w)))
-    res.dns = DNS.from_dict(d.get("dns"))
+            name=i.raw("name"), mac=str(i.raw("mac") or ""), mtu=_int_field(i, "mtu") or 0,
+            sandbox=str(i.raw("sandbox") or ""), socket_path=str(i.raw("socketPath") or ""),
+            pci_id=str(i.raw("pciID") or "")))
+    for n, ip in enumerate(f.objects("ips")):
+        if not ver.at_least(v, "1.0.0") and ip.raw("version") not in (None, "4", "6"):
+            raise CNIError(DECODING_FAILURE, f"ips[{n}].version must be '4' or '6'",
+                           repr(ip.raw("version")))
+        res.ips.append(_ip_config(ip, n, "address"))
+    res.routes = [_route(rt, n) for n, rt in enumerate(f.objects("routes"))]
+    res.dns = DNS.from_fields(f.obj("dns"))
     return res
-
-
-def _list(d: dict, key: str) -> list:
-    v = d.get(key)
-    if v is None:
-        return []
-    if not isinstance(v, list):
-        raise CNIError(DECODING_FAILURE, f"{key} must be a list", repr(v)[:200])
-    return v
 
 
 # ---- 1.x <-> 0.4.0 (also 0.3.0 / 0.3.1) -------------------------------------
@@ -277,21 +289,6 @@ def _v1_to_v04(d: dict) -> dict:
         out["ips"] = ips
     # 0.4.0 knows only dst/gw for routes and no socketPath/pciID.
     return _v1_for(out, "1.0.0")
-
-
-def _v04_to_v1(d: dict) -> dict:
-    out = dict(d)
-    ips = []
-    for n, ip in enumerate(d.get("ips") or []):
-        if not isinstance(ip, dict):
-            raise CNIError(DECODING_FAILURE, f"ips[{n}] must be an object")
-        e = dict(ip)
-        v = e.pop("version", None)
-        if v not in (None, "4", "6"):
-            raise CNIError(DECODING_FAILURE, f"ips[{n}].version must be '4' or '6'", repr(v))
-        ips.append(e)
-    out["ips"] = ips
-    return out
 
 
 # ---- 0.4.0 <-> 0.2.0 / 0.1.0 (ip4/ip6) --------------------------------------
@@ -311,24 +308,6 @@ def _v04_to_v02(d: dict) -> dict:
         if fam_routes:
             e["routes"] = fam_routes
         out[key] = e
-    if d.get("dns"):
-        out["dns"] = d["dns"]
-    return out
-
-
-def _v02_to_v04(d: dict) -> dict:
-    out: dict = {"ips": [], "routes": []}
-    for key, v in (("ip4", "4"), ("ip6", "6")):
-        e = d.get(key)
-        if not e:
-            continue
-        if not isinstance(e, dict) or not isinstance(e.get("ip"), str):
-            raise CNIError(DECODING_FAILURE, f"{key}.ip is required")
-        ip = {"version": v, "address": e["ip"]}
-        if e.get("gateway"):
-            ip["gateway"] = e["gateway"]
-        out["ips"].append(ip)
-        out["routes"].extend(e.get("routes") or [])
     if d.get("dns"):
         out["dns"] = d["dns"]
     return out
