@@ -24,6 +24,7 @@ from ..core.errors import (CNIError, IO_FAILURE, LINK_EXISTS, NOT_SUPPORTED_BY_K
 
 IFF_UP = 0x1
 IFF_PROMISC = 0x100
+IFF_ALLMULTI = 0x200
 IFA_F_NODAD = 0x02
 IFA_F_DADFAILED = 0x08
 IFA_F_TENTATIVE = 0x40
@@ -168,6 +169,7 @@ class LinkInfo:
     data: dict = field(default_factory=dict)        # IFLA_INFO_DATA attrs (bridge options...)
     alias: str = ""                                 # IFLA_IFALIAS (marks links as ours)
     brport: dict = field(default_factory=dict)      # bridge-port attrs when enslaved
+    txqlen: int = 0                                 # IFLA_TXQLEN
 
     @property
     def up(self) -> bool:
@@ -176,6 +178,10 @@ class LinkInfo:
     @property
     def promisc(self) -> bool:
         return bool(self.flags & IFF_PROMISC)
+
+    @property
+    def allmulti(self) -> bool:
+        return bool(self.flags & IFF_ALLMULTI)
 
 
 def _attrs(msg: Any) -> dict:
@@ -196,7 +202,8 @@ def _to_info(msg: Any) -> LinkInfo:
                     master=msg.get_attr("IFLA_MASTER") or 0,
                     peer=msg.get_attr("IFLA_LINK") or 0,
                     operstate=msg.get_attr("IFLA_OPERSTATE") or "",
-                    data=data, alias=msg.get_attr("IFLA_IFALIAS") or "")
+                    data=data, alias=msg.get_attr("IFLA_IFALIAS") or "",
+                    txqlen=msg.get_attr("IFLA_TXQLEN") or 0)
 
 
 def get_link(ipr, name: str | None = None, index: int | None = None) -> LinkInfo | None:
