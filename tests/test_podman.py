@@ -297,17 +297,8 @@ def default_store(request):
     made = [d for d in ("/var/lib/cni", HOST_LOCAL_DEFAULT) if not os.path.exists(d)]
     names: list[str] = []
     yield names
-    for n in names:
-        d = os.path.join(HOST_LOCAL_DEFAULT, n)
-        for leftover in ("lock", "last_reserved_ip.0"):
-            try:
-                os.unlink(os.path.join(d, leftover))
-            except FileNotFoundError:
-                pass
-        try:
-            os.rmdir(d)                  # fails (and keeps it) if anything else is left
-        except OSError:
-            pass
+    for n in names:                      # unique to this test: the whole store goes
+        shutil.rmtree(os.path.join(HOST_LOCAL_DEFAULT, n), ignore_errors=True)
     for d in reversed(made):
         try:
             os.rmdir(d)
