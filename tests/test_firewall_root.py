@@ -93,8 +93,7 @@ def test_add_check_del_gc(two_bridges):
     bare = {k: v for k, v in ca.items() if k != "prevResult"}
     assert cl.call(node, "firewall", "DEL", bare, cid="ca") == (None, 0)
     assert cl.call(node, "firewall", "DEL", bare, cid="ca") == (None, 0)
-    assert node_state.our_rules(node.name) == [] or all(
-        fr.ADMIN_COMMENT in r for r in node_state.our_rules(node.name))
+    assert node_state.our_rules(node.name) == []
     out, rc = cl.call(node, "firewall", "CHECK", ca, cid="ca", netns=a.ns.path)
     assert rc == 1 and out["code"] == 102
 

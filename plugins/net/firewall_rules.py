@@ -40,7 +40,6 @@ CH_STAGE2 = "isolation-stage-2"
 CH_PODS = "pods"
 FIXED_CHAINS = (CH_FORWARD, CH_STAGE1, CH_STAGE2, CH_PODS)
 DEFAULT_ADMIN_CHAIN = "CNI-ADMIN"
-ADMIN_COMMENT = "cnilab-firewall: admin overrides"
 POLICIES = ("open", "same-bridge", "isolated")
 
 
@@ -105,7 +104,8 @@ def forward_entry_rules() -> list[dict]:
 
 
 def admin_jump(admin_chain: str) -> dict:
-    return _rule(CH_PODS, [{"jump": {"target": admin_chain}}], ADMIN_COMMENT)
+    # shared structure: no comment (comments name attachments, for DEL and GC)
+    return _rule(CH_PODS, [{"jump": {"target": admin_chain}}])
 
 
 def base_commands(admin_chain: str, have_admin_jump: bool) -> list[dict]:
