@@ -274,19 +274,14 @@ def _remove_state(path: str) -> None:
         pass
 
 
+# state-file key -> the LinkInfo attribute holding its current value
+_LINK_ATTR = {"mac": "mac", "mtu": "mtu", "promisc": "promisc", "allmulti": "allmulti",
+              "txQLen": "txqlen"}
+
+
 def originals(c: TuningConf, link, sysctls: dict[str, str]) -> dict:
     """What ADD is about to change, as it is now (the values DEL puts back)."""
-    saved: dict = {}
-    if c.mac:
-        saved["mac"] = link.mac
-    if c.mtu:
-        saved["mtu"] = link.mtu
-    if c.promisc:
-        saved["promisc"] = link.promisc
-    if c.allmulti is not None:
-        saved["allmulti"] = link.allmulti
-    if c.txqlen is not None:
-        saved["txQLen"] = link.txqlen
+    saved: dict = {k: getattr(link, _LINK_ATTR[k]) for k in wanted_link_values(c)}
     if sysctls:
         saved["sysctl"] = {rel: _read_sysctl(rel) for rel in sysctls}
     return saved

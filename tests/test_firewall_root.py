@@ -136,6 +136,7 @@ def test_open_policy_leaves_bridges_connected(two_bridges):
     assert _reach(a)
 
 
+@pytest.mark.slow
 def test_admin_chain_rules_come_first(two_bridges):
     node, a, b = two_bridges
     ca, cb = confs(a, b, iptablesAdminChainName="MY-ADMIN")
@@ -206,6 +207,7 @@ def test_isolated_policy_separates_pods_of_one_bridge(make_netns, node):
         srv.stop()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.access(REF, os.X_OK) or shutil.which("iptables") is None,
                     reason=f"reference plugin {REF} or iptables not installed")
 def test_same_bridge_side_by_side_with_the_reference(two_bridges):
