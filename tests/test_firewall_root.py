@@ -239,3 +239,31 @@ def test_same_bridge_side_by_side_with_the_reference(two_bridges):
     for c, cid in ((ca, "ca"), (cb, "cb")):
         assert cl.exec_plugin(node, "firewall", "DEL", c, cid=cid)[1] == 0
     assert _reach(a) and not ref_after_del
+
+
+@pytest.mark.slow
+def test_parallel_adds_and_dels_neither_race_nor_duplicate(two_bridges):
+    """Sixteen ADDs at once through the installed launcher, then sixteen DELs: every
+    attachment gets exactly its rules, the shared chain keeps exactly its two jumps."""
+    from concurrent.futures import ThreadPoolExecutor
+    node, a, _b = two_bridges
+    ca, _ = confs(a, _b)
+    cids = [f"par{i}" for i in range(16)]
+
+    def run(command, cid):
+        return cl.exec_plugin(node, "firewall", command, ca, cid=cid, netns=a.ns.path)
+
+    with ThreadPoolExecutor(8) as pool:
+        adds = list(pool.map(lambda cid: run("ADD", cid), cids))
+    assert all(rc == 0 for _, rc, _ in adds), [e for _, rc, e in adds if rc][:2]
+    rules = fw_rules(node)
+    assert all(len(attachment(rules, cid)) == 2 for cid in cids)
+    assert [r["expr"] for r in rules if r["chain"] == fr.CH_FORWARD] == \
+        [r["expr"] for r in fr.forward_entry_rules()]
+    # first ADDs racing may each insert the admin jump; the next ADD leaves one
+    assert run("ADD", cids[0])[1] == 0
+    assert len(fr.admin_jumps(cl.nft_json(node, "inet", fr.TABLE), fr.DEFAULT_ADMIN_CHAIN)) == 1
+    with ThreadPoolExecutor(8) as pool:
+        dels = list(pool.map(lambda cid: run("DEL", cid), cids))
+    assert all(rc == 0 for _, rc, _ in dels), [e for _, rc, e in dels if rc][:2]
+    assert node_state.our_rules(node.name) == []

@@ -127,9 +127,13 @@ def test_plan_add_is_one_idempotent_transaction():
                                             "chain": "pods", "handle": 7}}}]
     # deletes of the old rules come before the new ones
     assert kinds.index("delete") < len(kinds) - 4
-    # once the table shows the jump, it is not inserted again
+    # once the table shows the jump, it is not inserted again; extras are deleted
     listed = [{"rule": dict(fr.admin_jump("MY-ADMIN"), handle=3)}]
     assert not [c for c in fr.plan_add(p, listed, []) if "insert" in c]
+    listed.append({"rule": dict(fr.admin_jump("MY-ADMIN"), handle=4)})
+    cmds = fr.plan_add(p, listed, [])
+    assert not [c for c in cmds if "insert" in c]
+    assert [c["delete"]["rule"]["handle"] for c in cmds if "delete" in c] == [4]
 
 
 def test_structure_problems():

@@ -108,14 +108,15 @@ def admin_jump(admin_chain: str) -> dict:
     return _rule(CH_PODS, [{"jump": {"target": admin_chain}}])
 
 
-def base_commands(admin_chain: str, have_admin_jump: bool) -> list[dict]:
+def base_commands(admin_chain: str, admin_jumps: list[dict]) -> list[dict]:
     """Idempotent creation of the table, its chains and the fixed jumps.
 
     ``add`` of an existing table or chain changes nothing; the forward chain is
     flushed and refilled in the same transaction, so however many ADDs run at
     once it always holds exactly its two jumps. The admin jump is inserted at
-    the head of ``pods`` when the listing showed none (two first ADDs racing
-    may both insert one: a repeated jump to an empty or user chain is harmless).
+    the head of ``pods`` when the listing (``admin_jumps``: the live jumps to
+    the admin chain) showed none; two first ADDs racing may both insert one,
+    and the next ADD deletes the extra (a repeated jump is harmless meanwhile).
     """
     t = {"family": FAMILY, "table": TABLE}
     cmds: list[dict] = [{"add": {"table": {"family": FAMILY, "name": TABLE}}}]
@@ -125,18 +126,22 @@ def base_commands(admin_chain: str, have_admin_jump: bool) -> list[dict]:
                                        prio=0, policy="accept")}})
     cmds.append({"flush": {"chain": dict(t, name=CH_FORWARD)}})
     cmds += [{"add": {"rule": r}} for r in forward_entry_rules()]
-    if not have_admin_jump:
+    if not admin_jumps:
         cmds.append({"insert": {"rule": admin_jump(admin_chain)}})
+    cmds += delete_handles(admin_jumps[1:])
     return cmds
 
 
-def has_admin_jump(objects: list[dict] | None, admin_chain: str) -> bool:
+def admin_jumps(objects: list[dict] | None, admin_chain: str) -> list[dict]:
+    """The live rules of ``pods`` that jump to the admin chain, in chain order."""
     want = _canon(admin_jump(admin_chain)["expr"])
-    for o in objects or []:
-        r = o.get("rule")
-        if r and r.get("chain") == CH_PODS and _canon(_strip(r)) == want:
-            return True
-    return False
+    return [o["rule"] for o in objects or []
+            if "rule" in o and o["rule"].get("chain") == CH_PODS
+            and _canon(_strip(o["rule"])) == want]
+
+
+def has_admin_jump(objects: list[dict] | None, admin_chain: str) -> bool:
+    return bool(admin_jumps(objects, admin_chain))
 
 
 def _strip(rule: dict) -> list:
@@ -146,7 +151,7 @@ def _strip(rule: dict) -> list:
 def plan_add(p: FirewallPlan, objects: list[dict] | None, stale: list[dict]) -> list[dict]:
     """One transaction: the shared structure, removal of this attachment's rules
     from an earlier ADD (``stale``, listed), then its rules."""
-    cmds = base_commands(p.admin_chain, has_admin_jump(objects, p.admin_chain))
+    cmds = base_commands(p.admin_chain, admin_jumps(objects, p.admin_chain))
     cmds += delete_handles(stale)
     cmds += [{"add": {"rule": r}} for r in attachment_rules(p)]
     return cmds
