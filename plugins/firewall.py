@@ -123,12 +123,11 @@ def add(call) -> Result:
 
 
 def _remove(nft, select) -> None:
-    from .net.nft import apply_rebuilding
+    """Delete the rules whose comment ``select`` picks, in one transaction."""
+    from .net.nft import apply_rebuilding, rules_with_comment
 
     def build() -> list[dict]:
-        objects = nft.list_table(fr.FAMILY, fr.TABLE)
-        from .net.nft import rules_with_comment
-        return fr.delete_handles(rules_with_comment(objects, select))
+        return fr.delete_handles(rules_with_comment(nft.list_table(fr.FAMILY, fr.TABLE), select))
 
     apply_rebuilding(nft, build, "removing firewall rules")
 
