@@ -287,28 +287,27 @@ def originals(c: TuningConf, link, sysctls: dict[str, str]) -> dict:
     return saved
 
 
-# ---- link changes (inside the pod namespace) -------------------------------------
+# ---- link changes (inside the pod namespace; netlink without pyroute2) ------------
 
-def _set(ipr, index: int, what: str, **kw) -> None:
+def _set(index: int, what: str, **kw) -> None:
     from .net import link as ln
-    ln.set_link(ipr, index, what, **kw)
+    ln.set_link_basics(index, what, **kw)
 
 
-def _flag(ipr, index: int, flag: int, on: bool, what: str) -> None:
-    _set(ipr, index, what, flags=flag if on else 0, change=flag)
+def _flag(index: int, flag: int, on: bool, what: str) -> None:
+    _set(index, what, flags=flag if on else 0, change=flag)
 
 
-def apply_link(ipr, index: int, ifname: str, values: dict, undo=None, now=None) -> None:
+def apply_link(index: int, ifname: str, values: dict, undo=None, now=None) -> None:
     """Set ``values`` (the keys of the state file: mac, mtu, promisc, allmulti,
     txQLen); with ``undo``, register putting back ``now``'s values for each."""
     from .net import link as ln
     steps = [
-        ("mac", lambda v: _set(ipr, index, f"setting the MAC of {ifname}", address=v)),
-        ("promisc", lambda v: _flag(ipr, index, ln.IFF_PROMISC, v, f"promisc on {ifname}")),
-        ("mtu", lambda v: _set(ipr, index, f"setting the MTU of {ifname}", mtu=v)),
-        ("allmulti", lambda v: _flag(ipr, index, ln.IFF_ALLMULTI, v,
-                                     f"allmulti on {ifname}")),
-        ("txQLen", lambda v: _set(ipr, index, f"setting txqueuelen of {ifname}", txqlen=v)),
+        ("mac", lambda v: _set(index, f"setting the MAC of {ifname}", mac=v)),
+        ("promisc", lambda v: _flag(index, ln.IFF_PROMISC, v, f"promisc on {ifname}")),
+        ("mtu", lambda v: _set(index, f"setting the MTU of {ifname}", mtu=v)),
+        ("allmulti", lambda v: _flag(index, ln.IFF_ALLMULTI, v, f"allmulti on {ifname}")),
+        ("txQLen", lambda v: _set(index, f"setting txqueuelen of {ifname}", txqlen=v)),
     ]
     for key, fn in steps:
         if key not in values:
@@ -318,9 +317,9 @@ def apply_link(ipr, index: int, ifname: str, values: dict, undo=None, now=None) 
             undo.callback(fn, now[key])
 
 
-def _pod_link(ipr, ifname: str):
+def _pod_link(ifname: str):
     from .net import link as ln
-    lk = ln.get_link(ipr, ifname)
+    lk = ln.link_basics(ifname)
     if lk is None:
         raise CNIError(IO_FAILURE, f"interface {ifname} not found in the pod's namespace")
     return lk
@@ -356,8 +355,8 @@ def add(call) -> Result:
     from .net import link as ln
     with netns.entered(a.netns):
         _check_sysctls_exist(sysctls)
-        with ln.open_iproute() as ipr, contextlib.ExitStack() as undo:
-            lk = _pod_link(ipr, a.ifname)
+        with contextlib.ExitStack() as undo:
+            lk = _pod_link(a.ifname)
             now = originals(c, lk, sysctls)
             # an ADD repeated without DEL keeps the first ADD's originals
             saved = dict(now)
@@ -378,7 +377,7 @@ def add(call) -> Result:
                     raise CNIError(IO_FAILURE, f"writing sysctl {rel.replace('/', '.')}="
                                    f"{value[:50]!r} failed", str(e)) from None
                 undo.callback(_write_sysctl, rel, now["sysctl"][rel])
-            apply_link(ipr, lk.index, a.ifname, wanted_link_values(c), undo, now)
+            apply_link(lk.index, a.ifname, wanted_link_values(c), undo, now)
             undo.pop_all()
     result = prev.copy()
     if c.mac:
@@ -420,19 +419,16 @@ def _restore(netns_path: str, ifname: str, saved: dict) -> list[str]:
                     _write_sysctl(rel, value)
             except OSError as e:
                 problems.append(f"sysctl {rel.replace('/', '.')}: {e}")
-        with ln.open_iproute() as ipr:
-            lk = ln.get_link(ipr, ifname)
-            if lk is None:
-                return problems           # the interface is gone: nothing to put back
-            values = {k: v for k, v in saved.items() if k != "sysctl"}
-            # MTU first, as the reference restores: a smaller original MTU never
-            # meets a MAC change half-way
-            for key in ("mtu", "mac", "promisc", "allmulti", "txQLen"):
-                if key in values:
-                    try:
-                        apply_link(ipr, lk.index, ifname, {key: values[key]})
-                    except CNIError as e:
-                        problems.append(f"{key}: {e.msg} ({e.details})")
+        lk = ln.link_basics(ifname)
+        if lk is None:
+            return problems           # the interface is gone: nothing to put back
+        # MTU first, as the reference restores
+        for key in ("mtu", "mac", "promisc", "allmulti", "txQLen"):
+            if key in saved:
+                try:
+                    apply_link(lk.index, ifname, {key: saved[key]})
+                except CNIError as e:
+                    problems.append(f"{key}: {e.msg} ({e.details})")
     return problems
 
 
@@ -454,8 +450,7 @@ def check(call) -> None:
             if have != want:
                 problems.append(f"sysctl {rel.replace('/', '.')} is {have!r}, configured "
                                 f"{want!r}")
-        with ln.open_iproute() as ipr:
-            lk = ln.get_link(ipr, a.ifname)
+        lk = ln.link_basics(a.ifname)
     if lk is None:
         raise CNIError(CHECK_FAILED, f"interface {a.ifname} not found in the pod's namespace")
     if c.mac and lk.mac != c.mac:

@@ -121,10 +121,10 @@ def test_a_failure_half_way_rolls_everything_back(lab, run_dir, monkeypatch):
     before = link_state(p.ns)
     real = tuning._set
 
-    def failing(ipr, index, what, **kw):
+    def failing(index, what, **kw):
         if "txqlen" in kw:
             raise CNIError(5, "injected failure", what)
-        return real(ipr, index, what, **kw)
+        return real(index, what, **kw)
 
     monkeypatch.setattr(tuning, "_set", failing)
     c = cl.conf("tuning", NET, "1.0.0", prev=p.prev_result(), txQLen=10, **FULL)
