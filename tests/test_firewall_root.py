@@ -88,6 +88,7 @@ def test_add_check_del_gc(two_bridges):
     gc = dict(ca, **{"cni.dev/valid-attachments": [{"containerID": "ca", "ifname": "eth0"}]})
     gc.pop("prevResult")
     assert cl.call(node, "firewall", "GC", gc) == (None, 0)
+    assert cl.call(node, "firewall", "STATUS", gc) == (None, 0)
     assert attachment(fw_rules(node), "cb") == [] and len(attachment(fw_rules(node), "ca")) == 2
     # DEL needs neither prevResult nor the netns, and repeats
     bare = {k: v for k, v in ca.items() if k != "prevResult"}
