@@ -352,7 +352,6 @@ def add(call) -> Result:
     path = state_path(c, a.container_id, a.ifname)
     earlier = (_load_state(path) or {}).get("saved") or {}
     from .core import netns
-    from .net import link as ln
     with netns.entered(a.netns):
         _check_sysctls_exist(sysctls)
         with contextlib.ExitStack() as undo:
