@@ -236,22 +236,59 @@ class Engine:
             stop.write_text("")
             out, err = proc.communicate(timeout=60)
         finally:
-            if proc.poll() is None:
-                stop.write_text("")
-                try:
-                    proc.communicate(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.communicate()
-            cid = cidfile.read_text().strip() if cidfile.exists() else ""
+            cid = self.finish(proc, cidfile)
             cache_left = False
             if cid:
-                self.pm.run("rm", "-f", "-t", "0", cid)
                 leftover = os.path.join(LIBCNI_CACHE, "results", f"{network}-{cid}-eth0")
                 cache_left = os.path.exists(leftover)
                 if cache_left:
                     os.unlink(leftover)        # ours, by exact name
         return Run(proc.returncode, out, err, cid, answer, running, cache, cache_left)
+
+    def finish(self, proc: subprocess.Popen, cidfile: pathlib.Path) -> str:
+        """Stop a container of ours (the stop file), wait for podman, remove it;
+        returns its ID ('' when podman wrote none)."""
+        if proc.poll() is None:
+            (self.rootfs / "tmp" / "stop").write_text("")
+            try:
+                proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+        cid = cidfile.read_text().strip() if cidfile.exists() else ""
+        if cid:
+            self.pm.run("rm", "-f", "-t", "0", cid)
+        return cid
+
+    def reach_across(self, client_net: str, server_net: str) -> bool:
+        """Does a container on ``client_net`` get the page of an httpd container on
+        ``server_net``? Both run on the shared busybox root filesystem."""
+        tmp = self.rootfs / "tmp"
+        for marker in ("stop", "ready"):
+            if (tmp / marker).exists():
+                (tmp / marker).unlink()
+        cidfile = self.tmp_path / f"srv-{server_net}"
+        srv = self.pm.popen("run", "--rm", "--cidfile", str(cidfile), "--network", server_net,
+                            *RUN_FLAGS, "--rootfs", str(self.rootfs), "/bin/sh", "-c",
+                            "httpd -p 80 -h /www && echo > /tmp/ready; i=0; "
+                            "while [ ! -e /tmp/stop ] && [ $i -lt 300 ]; do sleep 0.1; "
+                            "i=$((i+1)); done")
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and srv.poll() is None \
+                    and not (tmp / "ready").exists():
+                time.sleep(0.1)
+            ips = node_state.reservations(HOST_LOCAL_DEFAULT, server_net)
+            assert (tmp / "ready").exists() and len(ips) == 1, (ips, srv.poll())
+            cli = self.pm.run("run", "--rm", "--network", client_net, *RUN_FLAGS, "--rootfs",
+                              str(self.rootfs), "/bin/sh", "-c",
+                              # busybox's wget segfaults in Debian 12's static build: nc
+                              f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {next(iter(ips))} 80"
+                              " || echo UNREACHABLE")
+            assert cli.returncode == 0, cli.stderr[-1000:]
+            return "hello from the pod" in cli.stdout
+        finally:
+            self.finish(srv, cidfile)
 
     def assert_served(self, run: Run, network: str, subnet: str, ipam_dir: str) -> str:
         """The container got our address and answered on the published port; returns it."""
@@ -383,46 +420,3 @@ def test_podman_isolated_networks_keep_apart(tmp_path, make_netns, request, defa
         assert policy == ("same-bridge" if isolate else None)
         reached[isolate] = eng.reach_across(names[0], names[1])
     assert reached == {False: True, True: False}
-
-
-def _reach_across(self: Engine, client_net: str, server_net: str) -> bool:
-    """Does a container on ``client_net`` get the page of an httpd container on
-    ``server_net``? Both run on the shared busybox root filesystem."""
-    stop = self.rootfs / "tmp" / "stop"
-    if stop.exists():
-        stop.unlink()
-    cidfile = self.tmp_path / f"srv-{server_net}"
-    srv = self.pm.popen("run", "--rm", "--cidfile", str(cidfile), "--network", server_net,
-                        *RUN_FLAGS, "--rootfs", str(self.rootfs), "/bin/sh", "-c",
-                        "httpd -p 80 -h /www; i=0; "
-                        "while [ ! -e /tmp/stop ] && [ $i -lt 300 ]; do sleep 0.1; "
-                        "i=$((i+1)); done")
-    try:
-        deadline = time.monotonic() + 30
-        ips: dict = {}
-        while time.monotonic() < deadline and srv.poll() is None and not ips:
-            ips = node_state.reservations(HOST_LOCAL_DEFAULT, server_net)
-            time.sleep(0.2)
-        assert len(ips) == 1, (ips, srv.poll())
-        ip = next(iter(ips))
-        time.sleep(0.5)                   # httpd starts right after the address is there
-        cli = self.pm.run("run", "--rm", "--network", client_net, *RUN_FLAGS, "--rootfs",
-                          str(self.rootfs), "/bin/sh", "-c",
-                          # busybox's wget segfaults in Debian 12's static build: nc
-                          f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {ip} 80 "
-                          "|| echo UNREACHABLE")
-        assert cli.returncode == 0, cli.stderr[-1000:]
-        return "hello from the pod" in cli.stdout
-    finally:
-        stop.write_text("")
-        try:
-            srv.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            srv.kill()
-            srv.communicate()
-        cid = cidfile.read_text().strip() if cidfile.exists() else ""
-        if cid:
-            self.pm.run("rm", "-f", "-t", "0", cid)
-
-
-Engine.reach_across = _reach_across
