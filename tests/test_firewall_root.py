@@ -268,3 +268,21 @@ def test_parallel_adds_and_dels_neither_race_nor_duplicate(two_bridges):
         dels = list(pool.map(lambda cid: run("DEL", cid), cids))
     assert all(rc == 0 for _, rc, _ in dels), [e for _, rc, e in dels if rc][:2]
     assert node_state.our_rules(node.name) == []
+
+
+def test_a_failing_transaction_changes_nothing(two_bridges, monkeypatch):
+    """ADD is one nftables transaction: when the kernel refuses any part (here an
+    injected jump to a chain that does not exist), not even the table appears."""
+    node, a, b = two_bridges
+    ca, _ = confs(a, b)
+    before = node_state.ruleset(node.name)
+    real = fr.attachment_rules
+
+    def broken(p):
+        return real(p) + [fr._rule(fr.CH_PODS, [{"jump": {"target": "no-such-chain"}}],
+                                   p.comment)]
+
+    monkeypatch.setattr(fr, "attachment_rules", broken)
+    out, rc = cl.call(node, "firewall", "ADD", ca, cid="ca", netns=a.ns.path)
+    assert rc == 1 and out["code"] == 5, out
+    assert node_state.ruleset(node.name) == before
