@@ -112,7 +112,7 @@ class Scratch:
 
 
 def install_ours(directory: str) -> str:
-    """Our five executables, exactly as `netlab cni install` writes them."""
+    """Our executables, exactly as `netlab cni install` writes them."""
     from netlab.install import install
     install(directory)
     return directory

@@ -8,11 +8,10 @@ artefact is found from (network, container ID, ifname). See docs/plugins/bridge.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .core import cniargs, netns as nsmod
+from .core import cniargs, names, netns as nsmod
 from .core.config import Fields
 from .core.errors import (CNIError, CHECK_FAILED, INVALID_NETWORK_CONFIG, IO_FAILURE)
 from .core.invoke import delegate, delegate_add
@@ -22,7 +21,6 @@ from .core.undo import Undo
 from .net import attach
 
 DEFAULT_BRIDGE = "cni0"
-_MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
 # Tests set this to a callable run right after IPAM and pod configuration
 # (the failure-injection point); never set in production.
@@ -73,11 +71,7 @@ def _trunk(items: list[Fields]) -> list[int]:
 
 
 def _check_mac(mac: str, where: str) -> str:
-    if not _MAC_RE.match(mac):
-        raise CNIError(INVALID_NETWORK_CONFIG, f"{where} is not a MAC address", repr(mac))
-    if int(mac[:2], 16) & 1:
-        raise CNIError(INVALID_NETWORK_CONFIG, f"{where} is a multicast MAC address", mac)
-    return mac.lower()
+    return names.check_mac(mac, where)
 
 
 def parse_conf(call: Call, *, strict: bool = True) -> BridgeConf:

@@ -207,18 +207,8 @@ def _our_rules(nft, family: int, comment: str) -> list[dict] | None:
 
 
 def _apply_retrying(nft, build) -> None:
-    """Run ``build()``'s transaction; rebuild and retry when a concurrent change
-    removed a rule we meant to delete (the whole transaction is then void)."""
-    last = ""
-    for _ in range(_RETRIES):
-        cmds = build()
-        err = nft.try_apply(cmds)
-        if err is None:
-            return
-        last = err
-        if "No such file or directory" not in err and "does not exist" not in err:
-            break
-    raise CNIError(IO_FAILURE, "nftables transaction for port mappings failed", last[:1000])
+    from plugins.net.nft import apply_rebuilding
+    apply_rebuilding(nft, build, "nftables transaction for port mappings", _RETRIES)
 
 
 def route_oif(address: str) -> int:

@@ -29,7 +29,7 @@ from plugins.core.skel import dispatch
 from tests import node_state
 from tests.conftest import unique_name
 
-PLUGINS = ("bridge", "host-local", "portmap", "bandwidth", "vxlan")
+PLUGINS = ("bridge", "host-local", "portmap", "bandwidth", "vxlan", "firewall", "tuning")
 NET = "badin"
 BR = "cnilab-bad0"
 SUBNET = "10.93.0.0/24"
@@ -118,6 +118,11 @@ def base_conf(plugin: str, lab: Lab) -> dict:
                                                  "ingressBurst": 100000}})
     if plugin == "vxlan":
         return dict(common, vni=4093, underlayInterface="ul0", peers=["10.94.0.2"], ipam=ipam)
+    if plugin == "firewall":
+        return dict(common, prevResult=prev, backend="", ingressPolicy="same-bridge")
+    if plugin == "tuning":
+        return dict(common, prevResult=prev, capabilities={"mac": True}, mtu=1400,
+                    sysctl={"net.ipv4.conf.IFNAME.arp_notify": "1"})
     raise ValueError(plugin)
 
 
@@ -178,7 +183,7 @@ def env_cases() -> list[Case]:
                 "eth\x000", "eth0\n"):
         out.append(Case(f"ifname {ifn!r}", 4, "CNI_IFNAME", env={"CNI_IFNAME": ifn}))
     out.append(Case("unknown CNI_ARGS key", 4, "NOPE", env={"CNI_ARGS": "NOPE=1"},
-                    plugins=("bridge", "host-local", "vxlan")))
+                    plugins=("bridge", "host-local", "vxlan", "tuning")))
     out.append(Case("CNI_NETNS is the plugin's own", 8, "own", env={"CNI_NETNS": "<node>"}))
     out.append(Case("CNI_NETNS missing namespace", 3, "/var/run/netns/cnilab-no-such",
                     env={"CNI_NETNS": "/var/run/netns/cnilab-no-such-ns"},
@@ -340,6 +345,33 @@ def plugin_cases() -> list[Case]:
                    ("group", "10.0.0.1"), ("mtu", 10), ("localIP", "127.0.0.1"),
                    ("underlayInterface", "../x"), ("bridge", "vxlan4093"), ("learning", "no")):
         out.append(Case(f"vxlan {key}={v!r}", 7, key, conf={key: v}, plugins=V))
+    F, T = ("firewall",), ("tuning",)
+    for key, v in (("backend", "firewalld"), ("backend", "pf"), ("ingressPolicy", "closed"),
+                   ("ingressPolicy", 1), ("iptablesAdminChainName", "a b"),
+                   ("iptablesAdminChainName", "x" * 29), ("firewalldZone", [])):
+        out.append(Case(f"firewall {key}={v!r}", 7, key, conf={key: v}, plugins=F))
+    out.append(Case("isolation without a bridge", 7, "bridge", conf={"prevResult": {
+        "cniVersion": "1.0.0", "ips": [{"address": "10.93.0.2/24"}]}}, plugins=F))
+    for key, v in (("mtu", 50), ("mtu", 70000), ("mtu", "1400"), ("txQLen", -1),
+                   ("promisc", "yes"), ("allmulti", 1), ("mac", "zz"),
+                   ("mac", "01:00:5e:00:00:01"), ("dataDir", "run/x"), ("sysctl", ["x"])):
+        out.append(Case(f"tuning {key}={v!r}", 7, key, conf={key: v}, plugins=T))
+    for key in ("kernel.hostname", "net..x", "net/ipv4/ip_forward", "net.ipv4.conf.IFNAME.x/..",
+                "net.core.netdev_max_backlog", "net.ipv4.conf.nosuch0.forwarding"):
+        out.append(Case(f"tuning sysctl {key!r}", 7, "sysctl", conf={"sysctl": {key: "1"}},
+                        plugins=T))
+    out += [Case("tuning sysctl value a number", 7, "sysctl",
+                 conf={"sysctl": {"net.core.somaxconn": 5}}, plugins=T),
+            Case("tuning duplicated sysctl", 7, "sysctl", stdin=(
+                b'{"cniVersion":"1.0.0","name":"badin","type":"tuning","prevResult":'
+                b'{"cniVersion":"1.0.0","ips":[{"address":"10.93.0.2/24"}]},"sysctl":'
+                b'{"net.core.somaxconn":"1","net.core.somaxconn":"2"}}'), plugins=T),
+            Case("tuning runtimeConfig.mac garbage", 7, "mac",
+                 conf={"runtimeConfig": {"mac": "1:2"}}, plugins=T),
+            Case("tuning CNI_ARGS MAC garbage", 7, "MAC", env={"CNI_ARGS": "MAC=nope"},
+                 plugins=T),
+            Case("chained without prevResult", 7, "prevResult", conf={"prevResult": DROP},
+                 plugins=F + T)]
     return out
 
 
@@ -493,6 +525,10 @@ KEYS = {
                   "prevResult"],
     "vxlan": ["vni", "port", "peers", "group", "localIP", "underlayInterface", "bridge", "mtu",
               "learning", "isGateway", "ipMasq", "ipam"],
+    "firewall": ["backend", "ingressPolicy", "iptablesAdminChainName", "firewalldZone",
+                 "prevResult"],
+    "tuning": ["sysctl", "mac", "mtu", "promisc", "allmulti", "txQLen", "dataDir",
+               "runtimeConfig", "args", "prevResult"],
 }
 SHARED = ["cniVersion", "name", "type", "dns", "capabilities", "prevResult"]
 IPAM_KEYS = ["type", "ranges", "subnet", "rangeStart", "gateway", "routes", "dataDir",

@@ -776,7 +776,7 @@ def test_install_plugins_binds_launchers_to_the_wrapper(tmp_path):
     bin_dir = tmp_path / "cni-bin"
     paths = ki.install_plugins(bin_dir, python=wrapper)  # netlab.install verifies each one
     assert sorted(os.path.basename(p) for p in paths) == sorted(
-        ["bridge", "host-local", "portmap", "bandwidth", "vxlan"])
+        ["bridge", "host-local", "portmap", "bandwidth", "vxlan", "firewall", "tuning"])
     for p in paths:
         assert Path(p).read_text().splitlines()[0].startswith(f"#!{wrapper} ")
     r = subprocess.run([str(bin_dir / "vxlan")], env={"CNI_COMMAND": "VERSION", "CNILAB_AGENT": "off"},
@@ -960,7 +960,8 @@ def test_foreign_plugins_backed_up_replaced_and_restored(tmp_path):
     conf_dir.mkdir()
     (conf_dir / ki.CONFLIST_NAME).write_text(json.dumps(template("bridge")))
     done = ki.uninstall(bin_dir, conf_dir / ki.CONFLIST_NAME, backup)
-    assert f"restored {bin_dir / 'bridge'}" in done and len(done) == 6
+    from netlab.install import PLUGINS
+    assert f"restored {bin_dir / 'bridge'}" in done and len(done) == 1 + len(PLUGINS)
     assert (bin_dir / "bridge").read_bytes() == b"\x7fELF reference bridge"
     assert sorted(os.listdir(bin_dir)) == ["bridge", "loopback"]
     assert not (conf_dir / ki.CONFLIST_NAME).exists() and not os.listdir(backup)

@@ -51,3 +51,16 @@ def check_ifname(value: str, what: str = "CNI_IFNAME", code: int = INVALID_ENV) 
     problem = ifname_problem(value)
     if problem:
         raise CNIError(code, f"invalid {what}", f"{_show(value)} {problem}")
+
+
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def check_mac(value: object, where: str) -> str:
+    """A unicast Ethernet MAC ``aa:bb:cc:dd:ee:ff`` (lower-cased), else a code-7 error."""
+    parts = value.split(":") if isinstance(value, str) else []
+    if len(parts) != 6 or not all(len(p) == 2 and set(p) <= _HEX for p in parts):
+        raise CNIError(INVALID_NETWORK_CONFIG, f"{where} is not a MAC address", _show(value))
+    if int(parts[0], 16) & 1:
+        raise CNIError(INVALID_NETWORK_CONFIG, f"{where} is a multicast MAC address", value)
+    return value.lower()

@@ -44,6 +44,8 @@ PLUGINS: dict[str, str] = {
     "portmap": "plugins.portmap",
     "bandwidth": "plugins.bandwidth",
     "vxlan": "plugins.vxlan",
+    "firewall": "plugins.firewall",
+    "tuning": "plugins.tuning",
 }
 
 

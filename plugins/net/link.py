@@ -24,6 +24,7 @@ from ..core.errors import (CNIError, IO_FAILURE, LINK_EXISTS, NOT_SUPPORTED_BY_K
 
 IFF_UP = 0x1
 IFF_PROMISC = 0x100
+IFF_ALLMULTI = 0x200
 IFA_F_NODAD = 0x02
 IFA_F_DADFAILED = 0x08
 IFA_F_TENTATIVE = 0x40
@@ -49,9 +50,10 @@ def exists(name: str) -> bool:
 # A few rtnetlink requests with the standard library only, so DEL (deleting a
 # link by name) does not pay pyroute2's ~100 ms import. Same thread-netns rule.
 _NLMSG_ERROR, _NLMSG_DONE = 2, 3
-_RTM_DELLINK, _RTM_GETLINK = 17, 18
+_RTM_NEWLINK, _RTM_DELLINK, _RTM_GETLINK = 16, 17, 18
 _NLM_F_REQUEST, _NLM_F_ACK = 0x1, 0x4
-_IFLA_IFNAME, _IFLA_LINKINFO, _IFLA_INFO_KIND = 3, 18, 1
+_IFLA_ADDRESS, _IFLA_IFNAME, _IFLA_MTU, _IFLA_TXQLEN = 1, 3, 4, 13
+_IFLA_LINKINFO, _IFLA_INFO_KIND = 18, 1
 
 
 def _nl_attrs(data: bytes, off: int) -> dict[int, bytes]:
@@ -90,23 +92,73 @@ def _nl_call(msg_type: int, payload: bytes, flags: int = 0) -> list[bytes]:
                 off += (mlen + 3) & ~3
 
 
-def link_kind(name: str) -> str | None:
-    """IFLA_INFO_KIND of link ``name`` ('' for none), None when it does not exist."""
-    raw = name.encode() + b"\0"
-    attr = struct.pack("=HH", 4 + len(raw), _IFLA_IFNAME) + raw
-    attr += b"\0" * (-len(attr) % 4)
+def _nl_attr(atype: int, value: bytes) -> bytes:
+    attr = struct.pack("=HH", 4 + len(value), atype) + value
+    return attr + b"\0" * (-len(attr) % 4)
+
+
+def _getlink_by_name(name: str) -> bytes | None:
+    """The RTM_NEWLINK reply body for link ``name``, None when it does not exist."""
     try:
-        replies = _nl_call(_RTM_GETLINK, struct.pack("=BxHiII", 0, 0, 0, 0, 0) + attr)
+        replies = _nl_call(_RTM_GETLINK, struct.pack("=BxHiII", 0, 0, 0, 0, 0)
+                           + _nl_attr(_IFLA_IFNAME, name.encode() + b"\0"))
     except OSError as e:
         if e.errno in (errno.ENODEV, errno.ENOENT):
             return None
         raise
-    for body in replies:
-        info = _nl_attrs(body, 16).get(_IFLA_LINKINFO)
-        if info is not None:
-            return _nl_attrs(info, 0).get(_IFLA_INFO_KIND, b"").rstrip(b"\0").decode()
-        return ""
-    return None
+    return replies[0] if replies else None
+
+
+def link_kind(name: str) -> str | None:
+    """IFLA_INFO_KIND of link ``name`` ('' for none), None when it does not exist."""
+    body = _getlink_by_name(name)
+    if body is None:
+        return None
+    info = _nl_attrs(body, 16).get(_IFLA_LINKINFO)
+    if info is not None:
+        return _nl_attrs(info, 0).get(_IFLA_INFO_KIND, b"").rstrip(b"\0").decode()
+    return ""
+
+
+def link_basics(name: str) -> "LinkInfo | None":
+    """Link ``name`` with index, name, MAC, MTU, flags and txqlen filled (stdlib only;
+    kind, master, peer and operstate are left empty). None when it does not exist."""
+    try:
+        body = _getlink_by_name(name)
+    except OSError as e:
+        raise CNIError(IO_FAILURE, f"looking up link {name}", str(e)) from None
+    if body is None:
+        return None
+    _fam, _type, index, flags, _change = struct.unpack_from("=BxHiII", body, 0)
+    attrs = _nl_attrs(body, 16)
+
+    def u32(key: int) -> int:
+        return struct.unpack("=I", attrs[key][:4])[0] if key in attrs else 0
+
+    return LinkInfo(index=index, name=name, kind="",
+                    mac=":".join(f"{b:02x}" for b in attrs.get(_IFLA_ADDRESS, b"")),
+                    mtu=u32(_IFLA_MTU), flags=flags, master=0, peer=0, operstate="",
+                    txqlen=u32(_IFLA_TXQLEN))
+
+
+def set_link_basics(index: int, what: str, *, mac: str | None = None, mtu: int | None = None,
+                    txqlen: int | None = None, flags: int = 0, change: int = 0) -> None:
+    """Change a link's MAC, MTU, txqlen or flags (``change`` is the mask of flags to
+    set to ``flags``), stdlib only; a refusal is a CNIError naming ``what``."""
+    attrs = b""
+    if mac is not None:
+        attrs += _nl_attr(_IFLA_ADDRESS, bytes(int(x, 16) for x in mac.split(":")))
+    if mtu is not None:
+        attrs += _nl_attr(_IFLA_MTU, struct.pack("=I", mtu))
+    if txqlen is not None:
+        attrs += _nl_attr(_IFLA_TXQLEN, struct.pack("=I", txqlen))
+    try:
+        _nl_call(_RTM_NEWLINK, struct.pack("=BxHiII", 0, 0, index, flags, change) + attrs)
+    except OSError as e:
+        if e.errno == errno.EOPNOTSUPP:
+            raise CNIError(NOT_SUPPORTED_BY_KERNEL, f"{what}: not supported by this kernel",
+                           str(e)) from None
+        raise CNIError(IO_FAILURE, f"{what} failed", str(e)) from None
 
 
 def delete_index(index: int) -> bool:
@@ -229,6 +281,7 @@ class LinkInfo:
     data: dict = field(default_factory=dict)        # IFLA_INFO_DATA attrs (bridge options...)
     alias: str = ""                                 # IFLA_IFALIAS (marks links as ours)
     brport: dict = field(default_factory=dict)      # bridge-port attrs when enslaved
+    txqlen: int = 0                                 # IFLA_TXQLEN
 
     @property
     def up(self) -> bool:
@@ -237,6 +290,10 @@ class LinkInfo:
     @property
     def promisc(self) -> bool:
         return bool(self.flags & IFF_PROMISC)
+
+    @property
+    def allmulti(self) -> bool:
+        return bool(self.flags & IFF_ALLMULTI)
 
 
 def _attrs(msg: Any) -> dict:
@@ -257,7 +314,8 @@ def _to_info(msg: Any) -> LinkInfo:
                     master=msg.get_attr("IFLA_MASTER") or 0,
                     peer=msg.get_attr("IFLA_LINK") or 0,
                     operstate=msg.get_attr("IFLA_OPERSTATE") or "",
-                    data=data, alias=msg.get_attr("IFLA_IFALIAS") or "")
+                    data=data, alias=msg.get_attr("IFLA_IFALIAS") or "",
+                    txqlen=msg.get_attr("IFLA_TXQLEN") or 0)
 
 
 def get_link(ipr, name: str | None = None, index: int | None = None) -> LinkInfo | None:

@@ -73,6 +73,34 @@ class Nft:
         raise CNIError(IO_FAILURE, f"removing {what} failed", last or "")
 
 
+def match(left: Any, right: Any, op: str = "==") -> dict:
+    """A JSON match expression, in the form nftables lists it back."""
+    return {"match": {"op": op, "left": left, "right": right}}
+
+
+def canon(obj: Any) -> Any:
+    """A hashable, order-independent form of a JSON expression (for comparisons)."""
+    if isinstance(obj, dict):
+        return tuple(sorted((k, canon(v)) for k, v in obj.items()))
+    if isinstance(obj, list):
+        return tuple(canon(v) for v in obj)
+    return obj
+
+
+def apply_rebuilding(nft: "Nft", build, what: str, retries: int = 8) -> None:
+    """Run ``build()``'s transaction; rebuild and retry when a concurrent change
+    removed a rule it meant to delete (the whole transaction is then void)."""
+    last = ""
+    for _ in range(retries):
+        err = nft.try_apply(build())
+        if err is None:
+            return
+        last = err
+        if "No such file or directory" not in err and "does not exist" not in err:
+            break
+    raise CNIError(IO_FAILURE, f"{what} failed", last[:1000])
+
+
 def rules_with_comment(objects: list[dict] | None, pred) -> list[dict]:
     """Rules whose comment satisfies ``pred`` (comments carry our attachment keys)."""
     out = []

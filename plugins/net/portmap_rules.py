@@ -24,6 +24,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from .nft import canon as _canon, match as _match
+
 TABLE = "cnilab-portmap"
 FAMILIES = {4: "ip", 6: "ip6"}
 CH_PREROUTING = "prerouting"
@@ -118,10 +120,6 @@ def parse_comment(comment: str) -> tuple[str, str, str] | None:
 
 
 # ---- expressions ------------------------------------------------------------
-
-def _match(left: Any, right: Any, op: str = "==") -> dict:
-    return {"match": {"op": op, "left": left, "right": right}}
-
 
 def _payload(proto: str, fld: str) -> dict:
     return {"payload": {"protocol": proto, "field": fld}}
@@ -247,14 +245,6 @@ def strip_rule(rule: dict) -> tuple[str, tuple]:
     """(chain, expr) of a listed or planned rule, for comparison (counters ignored)."""
     expr = tuple(_canon(e) for e in rule.get("expr", []) if "counter" not in e)
     return rule["chain"], expr
-
-
-def _canon(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return tuple(sorted((k, _canon(v)) for k, v in obj.items()))
-    if isinstance(obj, list):
-        return tuple(_canon(v) for v in obj)
-    return obj
 
 
 def compare(expected: list[dict], live: list[dict]) -> list[str]:
