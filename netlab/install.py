@@ -26,7 +26,7 @@ from plugins.core.fsutil import make_dirs
 
 from .fsutil import write_atomic
 
-PLUGINS = ("bridge", "host-local", "portmap", "bandwidth", "vxlan")
+PLUGINS = ("bridge", "host-local", "portmap", "bandwidth", "vxlan", "loopback")
 MARKER = "# cnilab CNI plugin launcher"
 MODES = ("-IS", "-I")
 
