@@ -127,8 +127,7 @@ class Node:
         qdiscs = sorted(f"{q['dev']} {q['kind']}"
                         for q in json.loads(self.ns.run("tc", "-j", "qdisc", "show").stdout))
         store = os.path.join(self.data_dir, NET)
-        ipam = sorted(f for f in _listdir(store)
-                      if f != "lock" and not f.startswith("last_reserved_ip"))
+        ipam = sorted(f for f in _listdir(store) if _is_ip(f))    # one file per reserved IP
         netns = _listdir(os.path.join(self.ctd.paths["state"], "io.containerd.grpc.v1.cri",
                                       "netns"))
         return {"links": links, "addrs": addrs, "nft": rules, "qdiscs": qdiscs, "ipam": ipam,
@@ -141,6 +140,15 @@ class Node:
         return subprocess.Popen(["nsenter", f"--net={status.netns_path}", *argv],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 **kw)
+
+
+def _is_ip(name: str) -> bool:
+    import ipaddress
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _listdir(d: str) -> list[str]:
@@ -329,7 +337,9 @@ def _iperf(node, st, *, reverse: bool) -> float:
         _wait_line(server, "listening")
         argv = ["iperf3", "-c", st.ip, "-p", "5201", "-t", "3", "-O", "1", "-J"]
         out = node.ns.run(*argv, *(["-R"] if reverse else []), timeout=60).stdout
-        return json.loads(out)["end"]["sum_received"]["bits_per_second"]
+        rate = json.loads(out)["end"]["sum_received"]["bits_per_second"]
+        print(f"iperf3 {st.name} reverse={reverse}: {rate / 1e6:.2f} Mbit/s")
+        return rate
     finally:
         _reaps([server])
 
