@@ -45,19 +45,6 @@ def conflist(data_dir: str) -> dict:
     ]}
 
 
-def go_keys_supported() -> bool:
-    from plugins import portmap
-    from plugins.core.config import parse_netconf
-    try:
-        pm = portmap.parse_config(parse_netconf({
-            "cniVersion": CONF_VERSION, "name": "n", "type": "portmap",
-            "runtimeConfig": {"portMappings": [{"HostPort": 8080, "ContainerPort": 80,
-                                                "Protocol": "tcp"}]}}))
-    except Exception:       # noqa: BLE001
-        return False
-    return len(pm.mappings) == 1
-
-
 def percentile(xs: list[float], q: float) -> float:
     if not xs:
         return float("nan")
@@ -77,7 +64,8 @@ def run(n: int, json_path: str | None) -> int:
               file=sys.stderr)
         return 2
     from netlab.cri import Containerd, ContainerdOptions, PodSpec, PortMapping
-    rich = go_keys_supported()
+    from netlab.cri.gocni import ours_read_go_keys
+    rich = ours_read_go_keys()
     samples = {s: {"run": [], "down": []} for s in SIDES}
     problems: list[str] = []
     with H.Scratch("cri") as scratch:

@@ -15,7 +15,7 @@ containerd hands capability args to the plugins through go-cni, whose
 structs carry no JSON tags (``HostPort``, ``IngressRate``, ...). Host-port
 and bandwidth cases need a suite that reads those keys as Go does; for
 ``ours`` they are skipped, with that reason, until our plugins do
-(``go_keys_supported`` asks the plugins' own config parsers).
+(``netlab.cri.gocni.ours_read_go_keys`` asks our own config parsers).
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ import sys
 
 import pytest
 
+from netlab.cri.gocni import ours_read_go_keys
 from tests.conftest import IS_ROOT, NS, unique_name
 
 NEEDED = ("containerd", "ctr", "runc", "containerd-shim-runc-v2", "nsenter", "iperf3")
@@ -61,26 +62,8 @@ def conflist(data_dir: str, name: str = NET, version: str = CONF_VERSION,
     ]}
 
 
-def go_keys_supported() -> bool:
-    """Do our plugins read go-cni's untagged capability keys (as Go's encoding/json does)?"""
-    from plugins import bandwidth, portmap
-    from plugins.core.config import parse_netconf
-    try:
-        bw = bandwidth.parse_config(parse_netconf({
-            "cniVersion": CONF_VERSION, "name": "n", "type": "bandwidth",
-            "runtimeConfig": {"bandwidth": {"IngressRate": 8000, "IngressBurst": 8000}}}),
-            15.625)
-        pm = portmap.parse_config(parse_netconf({
-            "cniVersion": CONF_VERSION, "name": "n", "type": "portmap",
-            "runtimeConfig": {"portMappings": [{"HostPort": 8080, "ContainerPort": 80,
-                                                "Protocol": "tcp", "HostIP": ""}]}}))
-    except Exception:       # noqa: BLE001 - any refusal means "not supported"
-        return False
-    return bw.ingress_rate == 8000 and len(pm.mappings) == 1
-
-
 def needs_go_keys(node) -> None:
-    if node.suite == "ours" and not go_keys_supported():
+    if node.suite == "ours" and not ours_read_go_keys():
         pytest.skip("our plugins do not read go-cni's untagged capability keys yet "
                     "(HostPort, IngressRate, ...): containerd's port maps and bandwidth need them")
 
@@ -210,7 +193,7 @@ def node(request, tmp_path_factory, installed_plugins):
         # warm-up: the first pod creates what stays for the node's life (the bridge; the
         # reference's shared CNI-HOSTPORT-* chains): the baseline is taken after it
         warm = PodSpec("warm-up")
-        if suite == "reference" or go_keys_supported():
+        if suite == "reference" or ours_read_go_keys():
             from netlab.cri import PortMapping
             warm.port_mappings = [PortMapping(80, 8079)]
         with node.pod(warm):

@@ -13,7 +13,7 @@ import pytest
 
 grpc = pytest.importorskip("grpc", reason="grpcio is not installed (make setup installs it)")
 
-from netlab.cri import api, containerd, image  # noqa: E402
+from netlab.cri import api, containerd, gocni, image  # noqa: E402
 
 
 def test_proto_compiles_with_cri_names_and_numbers():
@@ -163,3 +163,11 @@ def test_containerd_config_keeps_everything_under_the_workdir(tmp_path):
     assert cri["containerd"]["runtimes"]["runc"]["options"]["Root"].startswith(w + "/")
     assert c.cgroup_parent == "/cnilab-w"
     assert not os.path.exists(w)                          # nothing written before start()
+
+
+def test_go_cni_probe_can_say_yes():
+    """The probe answers True for the spec's spelling, so a False for go-cni's is real."""
+    assert gocni.ours_read({"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
+                           {"ingressRate": 8000, "ingressBurst": 8000})
+    assert not gocni.ours_read({"hostPort": 8080}, {"ingressRate": 8000, "ingressBurst": 8000})
+    assert set(gocni.port_mapping(1, 2)) == {"HostPort", "ContainerPort", "Protocol", "HostIP"}

@@ -53,26 +53,6 @@ def ours(installed_plugins) -> str:
     return os.path.join(installed_plugins, "loopback")
 
 
-@pytest.fixture
-def make_netns():
-    """Like conftest's, but ``lo`` stays down (as in a namespace a runtime just made)."""
-    from netlab import netns as nsutil
-    from tests.conftest import NS, unique_name
-    made: list[str] = []
-
-    def make(prefix: str = "lo") -> NS:
-        name = unique_name(prefix)
-        nsutil.create(name, loopback_up=False)
-        made.append(name)
-        return NS(name)
-
-    try:
-        yield make
-    finally:
-        for name in reversed(made):
-            nsutil.delete(name)
-
-
 # ---- no root -------------------------------------------------------------------------------
 
 def test_registered_everywhere():
@@ -116,7 +96,7 @@ def test_add_matches_the_reference(ours, make_netns, version):
         pytest.skip(f"{REFERENCE} is not installed (containernetworking-plugins)")
     results = {}
     for name, exe in (("ours", ours), ("reference", REFERENCE)):
-        ns = make_netns("lo")
+        ns = make_netns("lo", loopback_up=False)
         assert lo_state(ns) == (False, [])
         rc, out = call(exe, "ADD", ns.path, conf(version))
         assert rc == 0, (name, out)
@@ -139,7 +119,7 @@ def test_add_matches_the_reference(ours, make_netns, version):
 
 @pytest.mark.root
 def test_add_at_1_1_0_ignores_ifname_and_passes_prev_result_on(ours, make_netns):
-    ns = make_netns("lo")
+    ns = make_netns("lo", loopback_up=False)
     rc, out = call(ours, "ADD", ns.path, conf("1.1.0"), ifname="net1")
     assert rc == 0 and out["interfaces"] == [{"name": "lo", "mac": "00:00:00:00:00:00",
                                               "sandbox": ns.path}]
@@ -153,14 +133,14 @@ def test_add_at_1_1_0_ignores_ifname_and_passes_prev_result_on(ours, make_netns)
 
 @pytest.mark.root
 def test_check_fails_when_lo_is_down(ours, make_netns):
-    ns = make_netns("lo")
+    ns = make_netns("lo", loopback_up=False)
     rc, err = call(ours, "CHECK", ns.path, conf())
     assert rc == 1 and err["code"] == 102 and err["msg"] == "loopback interface is down"
 
 
 @pytest.mark.root
 def test_non_loopback_address_is_an_error_that_changes_nothing(ours, make_netns):
-    ns = make_netns("lo")
+    ns = make_netns("lo", loopback_up=False)
     ns.run("ip", "addr", "add", "192.0.2.7/32", "dev", "lo")
     rc, err = call(ours, "ADD", ns.path, conf())
     assert rc == 1 and err["code"] == 5 and "192.0.2.7/32" in err["msg"]
@@ -169,7 +149,7 @@ def test_non_loopback_address_is_an_error_that_changes_nothing(ours, make_netns)
 
 @pytest.mark.root
 def test_del_is_repeatable_and_add_needs_the_netns(ours, make_netns, tmp_path):
-    ns = make_netns("lo")
+    ns = make_netns("lo", loopback_up=False)
     assert call(ours, "ADD", ns.path, conf())[0] == 0
     for _ in range(2):
         assert call(ours, "DEL", ns.path, conf()) == (0, None)

@@ -7,12 +7,15 @@ Owns three things, each usable alone:
   own subset of the CRI proto (``runtime_v1.proto``), compiled at first use;
 - ``image``: the offline pause image (an OCI layout tarball around the static
   busybox) and its import with ``ctr``;
+- ``gocni``: the capability args as containerd's go-cni spells them, and a
+  probe of whether our plugins read them;
 - ``containerd``: ``Containerd(ContainerdOptions(...))``, a private containerd
   started inside a node's network namespace with its own root, state, socket
   and CRI config, stopped by its PID and cleaned up completely.
 
 Imports: the standard library, grpcio, protobuf and grpcio-tools (test
-extras); nothing from netlab's lab or the plugins. Heavy imports happen in
+extras); nothing from netlab's lab; the plugins only inside
+``gocni.ours_read_go_keys()``. Heavy imports happen in
 ``api.messages()`` and ``RuntimeClient()``, not at package import.
 """
 from .api import CRIError, DNSConfig, PodSpec, PortMapping, RuntimeClient, SandboxStatus
