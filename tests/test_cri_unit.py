@@ -171,3 +171,30 @@ def test_go_cni_probe_can_say_yes():
                            {"ingressRate": 8000, "ingressBurst": 8000})
     assert not gocni.ours_read({"hostPort": 8080}, {"ingressRate": 8000, "ingressBurst": 8000})
     assert set(gocni.port_mapping(1, 2)) == {"HostPort", "ContainerPort", "Protocol", "HostIP"}
+
+
+def test_teardown_removes_only_our_cni_cache_entries_and_dirs_it_created(tmp_path, monkeypatch):
+    cache = tmp_path / "cni"
+    monkeypatch.setattr(containerd, "CNI_CACHE", str(cache))
+    c = containerd.Containerd(containerd.ContainerdOptions(
+        netns="n", workdir=str(tmp_path / "w"), cni_bin_dir="/b"))
+    client = api.RuntimeClient(str(tmp_path / "none.sock"))
+    c._clients.append(client)
+    client.created.add("abc123")
+    results = cache / "results"
+    results.mkdir(parents=True)                       # made during "our" run
+    (results / "ctdnet-abc123-eth0").write_text("{}")
+    (results / "cni-loopback-abc123-lo").write_text("{}")
+    c._remove_cni_cache_entries()
+    assert not cache.exists()                         # ours, and left empty: removed
+    results.mkdir(parents=True)
+    (results / "podman-other99-eth0").write_text("{}")  # someone else's
+    (results / "ctdnet-abc123-eth0").write_text("{}")
+    c._remove_cni_cache_entries()
+    assert os.listdir(results) == ["podman-other99-eth0"]
+    c2 = containerd.Containerd(containerd.ContainerdOptions(
+        netns="n", workdir=str(tmp_path / "w2"), cni_bin_dir="/b"))
+    (results / "podman-other99-eth0").unlink()
+    c2._remove_cni_cache_entries()
+    assert results.is_dir()                           # existed before c2: kept, even empty
+    client.close()
