@@ -46,7 +46,7 @@ NET = "ctdnet"
 SUBNET = "10.88.0.0/24"
 NODE_IP, NODE_IP2 = "192.168.77.1", "192.168.78.1"
 CLIENT_IP, CLIENT_IP2 = "192.168.77.2", "192.168.78.2"
-LIMIT = 2_000_000                   # bit/s for the shaping cases
+LIMIT = 8_000_000                   # bit/s for the shaping cases
 GOOD_CONF = "10-ctdnet.conflist"
 BAD_CONF = "05-bad.conflist"        # sorts first: CRI (max_conf_num = 1) loads it instead
 
