@@ -29,7 +29,8 @@ from plugins.core.fsutil import make_dirs
 
 from .fsutil import write_atomic
 
-PLUGINS = ("bridge", "host-local", "portmap", "bandwidth", "vxlan", "firewall", "tuning")
+PLUGINS = ("bridge", "host-local", "portmap", "bandwidth", "vxlan", "loopback", "firewall",
+           "tuning")
 MARKER = "# cnilab CNI plugin launcher"
 MODES = ("-IS", "-I")
 

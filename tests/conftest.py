@@ -85,9 +85,9 @@ def make_netns():
     """Factory: make_netns('node') -> NS; every namespace made is deleted afterwards."""
     made: list[str] = []
 
-    def make(prefix: str = "t") -> NS:
+    def make(prefix: str = "t", *, loopback_up: bool = True) -> NS:
         name = unique_name(prefix)
-        nsutil.create(name)
+        nsutil.create(name, loopback_up=loopback_up)
         made.append(name)
         return NS(name)
 

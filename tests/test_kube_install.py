@@ -776,7 +776,7 @@ def test_install_plugins_binds_launchers_to_the_wrapper(tmp_path):
     bin_dir = tmp_path / "cni-bin"
     paths = ki.install_plugins(bin_dir, python=wrapper)  # netlab.install verifies each one
     assert sorted(os.path.basename(p) for p in paths) == sorted(
-        ["bridge", "host-local", "portmap", "bandwidth", "vxlan", "firewall", "tuning"])
+        ["bridge", "host-local", "portmap", "bandwidth", "vxlan", "loopback", "firewall", "tuning"])
     for p in paths:
         assert Path(p).read_text().splitlines()[0].startswith(f"#!{wrapper} ")
     r = subprocess.run([str(bin_dir / "vxlan")], env={"CNI_COMMAND": "VERSION", "CNILAB_AGENT": "off"},
@@ -943,13 +943,14 @@ def test_foreign_plugins_backed_up_replaced_and_restored(tmp_path):
     bin_dir, backup = tmp_path / "bin", tmp_path / "replaced"
     bin_dir.mkdir()
     (bin_dir / "bridge").write_bytes(b"\x7fELF reference bridge")
-    (bin_dir / "loopback").write_bytes(b"\x7fELF reference loopback")  # not one of ours
+    (bin_dir / "loopback").write_bytes(b"\x7fELF reference loopback")  # ours replaces it too
+    (bin_dir / "host-device").write_bytes(b"\x7fELF reference host-device")  # not one of ours
     with pytest.raises(FileExistsError):
         ki.install_plugins(bin_dir, python=wrapper)  # refuses without a backup dir
     assert (bin_dir / "bridge").read_bytes() == b"\x7fELF reference bridge"
     ki.install_plugins(bin_dir, python=wrapper, backup_dir=backup)
     assert (backup / "bridge").read_bytes() == b"\x7fELF reference bridge"
-    assert sorted(os.listdir(backup)) == ["bridge"]
+    assert sorted(os.listdir(backup)) == ["bridge", "loopback"]
     r = subprocess.run([str(bin_dir / "bridge")], env={"CNI_COMMAND": "VERSION", "CNILAB_AGENT": "off"},
                        cwd="/", capture_output=True, timeout=30)
     assert r.returncode == 0
@@ -961,9 +962,11 @@ def test_foreign_plugins_backed_up_replaced_and_restored(tmp_path):
     (conf_dir / ki.CONFLIST_NAME).write_text(json.dumps(template("bridge")))
     done = ki.uninstall(bin_dir, conf_dir / ki.CONFLIST_NAME, backup)
     from netlab.install import PLUGINS
-    assert f"restored {bin_dir / 'bridge'}" in done and len(done) == 1 + len(PLUGINS)
+    assert f"restored {bin_dir / 'bridge'}" in done and len(done) == 1 + len(PLUGINS), done
+    assert f"restored {bin_dir / 'loopback'}" in done
     assert (bin_dir / "bridge").read_bytes() == b"\x7fELF reference bridge"
-    assert sorted(os.listdir(bin_dir)) == ["bridge", "loopback"]
+    assert (bin_dir / "loopback").read_bytes() == b"\x7fELF reference loopback"
+    assert sorted(os.listdir(bin_dir)) == ["bridge", "host-device", "loopback"]
     assert not (conf_dir / ki.CONFLIST_NAME).exists() and not os.listdir(backup)
     # a conflist that is not ours stays
     (conf_dir / ki.CONFLIST_NAME).write_text(json.dumps(

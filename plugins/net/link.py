@@ -172,6 +172,54 @@ def delete_index(index: int) -> bool:
     return True
 
 
+_RTM_NEWLINK, _RTM_GETADDR = 16, 22
+_NLM_F_DUMP = 0x300
+_IFA_ADDRESS, _IFA_LOCAL = 1, 2
+
+
+def link_flags(index: int) -> int | None:
+    """The IFF_* flags of link ``index`` (stdlib), None when it does not exist."""
+    try:
+        replies = _nl_call(_RTM_GETLINK, struct.pack("=BxHiII", 0, 0, index, 0, 0))
+    except OSError as e:
+        if e.errno in (errno.ENODEV, errno.ENOENT):
+            return None
+        raise CNIError(IO_FAILURE, f"reading link {index} failed", str(e)) from None
+    for body in replies:
+        return struct.unpack_from("=I", body, 8)[0]
+    return None
+
+
+def set_up_index(index: int, up: bool, what: str = "") -> None:
+    """Set link ``index`` up or down (stdlib: one RTM_NEWLINK with IFF_UP in the change mask)."""
+    try:
+        _nl_call(_RTM_NEWLINK, struct.pack("=BxHiII", 0, 0, index, IFF_UP if up else 0, IFF_UP))
+    except OSError as e:
+        raise CNIError(IO_FAILURE, f"setting {what or f'link {index}'} "
+                       f"{'up' if up else 'down'} failed", str(e)) from None
+
+
+def all_addrs(index: int) -> list[str]:
+    """Every address of link ``index`` in CIDR form, any scope, IPv4 first (stdlib)."""
+    out: dict[int, list[str]] = {socket.AF_INET: [], socket.AF_INET6: []}
+    for family in out:
+        try:
+            replies = _nl_call(_RTM_GETADDR, struct.pack("=BBBBI", family, 0, 0, 0, 0),
+                               _NLM_F_DUMP)
+        except OSError as e:
+            raise CNIError(IO_FAILURE, f"listing addresses of link {index} failed",
+                           str(e)) from None
+        for body in replies:
+            fam, plen, _fl, _scope, idx = struct.unpack_from("=BBBBI", body, 0)
+            if idx != index or fam != family:
+                continue
+            attrs = _nl_attrs(body, 8)
+            raw = attrs.get(_IFA_LOCAL) or attrs.get(_IFA_ADDRESS)
+            if raw:
+                out[family].append(f"{socket.inet_ntop(family, raw)}/{plen}")
+    return out[socket.AF_INET] + out[socket.AF_INET6]
+
+
 def delete_by_name(name: str, *, kind: str | None = None) -> bool:
     """Delete link ``name`` if it exists (and is of ``kind`` when given); stdlib only."""
     idx = ifindex(name)
