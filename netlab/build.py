@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -28,6 +29,7 @@ from .plan import Plan, Step
 
 REFERENCE_CNI = "/usr/lib/cni"
 PLUGIN_TYPES = ("bridge", "host-local", "portmap", "bandwidth", "vxlan")
+PAUSE_ENV = "NETLAB_TEST_PAUSE"     # tests only: see Builder._hold_for_a_signal
 ATTACH_WORKERS = int(os.environ.get("NETLAB_ATTACH_WORKERS", "0")) or max(2, os.cpu_count() or 2)
 
 
@@ -272,9 +274,22 @@ class Builder:
             self.st.set(cniPath=self.cni_path, plugins=self.which, agentSocket=self.agent_socket)
             self.progress("      plugins: " + ", ".join(f"{k}={v}" for k, v in sorted(self.which.items()))
                           + (f" (agent {self.agent_socket})" if self.agent_socket else ""))
+            if os.environ.get(PAUSE_ENV) == "attach":
+                self._parallel([attach[:1]], self.do_attach, counter)
+                self._hold_for_a_signal()
+                attach = attach[1:]
             self._parallel([[s] for s in attach], self.do_attach, counter)
             self.timings["attach"] = time.monotonic() - t0
         self.publish_late_records()
+
+    def _hold_for_a_signal(self) -> None:
+        """``NETLAB_TEST_PAUSE=attach``: hold the build half-way (namespaces,
+        processes, the first pod attached, the others not) until a signal ends
+        it, so a test interrupts or kills it at a known point instead of racing
+        the build. Never set in normal use."""
+        self.progress(f"      paused half-way ({PAUSE_ENV}=attach): waiting for a signal")
+        while True:
+            signal.pause()          # SIGINT/SIGTERM raise KeyboardInterrupt out of here
 
     def publish_late_records(self) -> None:
         """DNS records for pods whose address came from IPAM (and host/container pods)."""
