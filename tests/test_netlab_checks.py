@@ -55,3 +55,72 @@ def test_pcap_writer_roundtrip(tmp_path):
     back = rdpcap(str(tmp_path / "t.pcap"))
     assert [bytes(p) for p in back] == [f for _, f in frames]
     assert abs(float(back[0].time) - 1700000000.25) < 1e-5
+
+
+# ---- where a probe went (checks/path.py) ------------------------------------------
+
+def _ctx(yaml_text: str):
+    from netlab import topology as T
+    from netlab.checks.common import Context
+    from netlab.plan import make_plan
+    topo = T.loads(yaml_text)
+    plan = make_plan(topo, "/nonexistent-lab-dir")
+    ctx = Context.__new__(Context)           # no lab dir, no state: only targets are needed
+    ctx.topo, ctx.plan, ctx.st, ctx.addresses = topo, plan, None, {}
+    return ctx
+
+
+TWO_NODES = """name: pt
+nodes: {n1: {}, n2: {}}
+networks:
+  podnet: {type: bridge, subnet: 10.244.0.0/16}
+  ov: {type: overlay, subnet: 10.250.0.0/24, vni: 7, port: 8472}
+pods:
+  a: {node: n1, network: podnet, ip: 10.244.0.10}
+  b: {node: n2, network: podnet, ip: 10.244.1.10}
+  c: {node: n1, network: podnet, ip: 10.244.0.11}
+  h: {node: n2, mode: host}
+"""
+
+
+def test_path_points_in_order_one_per_namespace():
+    from netlab.checks.path import points
+    ctx = _ctx(TWO_NODES)
+    t = ctx.target
+    assert [p.label for p in points(ctx, t("a"), t("b"))] == ["a", "n1", "underlay", "n2", "b"]
+    assert [p.label for p in points(ctx, t("a"), t("c"))] == ["a", "n1", "c"]            # same node
+    assert [p.label for p in points(ctx, t("ext"), t("b"))] == ["ext", "underlay", "n2", "b"]
+    assert [p.label for p in points(ctx, t("a"), t("h"))] == ["a", "n1", "underlay", "h"]  # h is n2's namespace
+    assert [p.label for p in points(ctx, t("a"), t("a"))] == ["a", "n1", "a (back)"]      # hairpin
+    pts = points(ctx, t("a"), t("b"))
+    assert pts[0].iface == "eth0" and pts[1].iface == "" and pts[2].incoming_only
+
+
+def test_innermost_ip_looks_through_vxlan():
+    from netlab.checks.path import innermost_ip
+    from netlab.checks.reach import probe_matcher
+    inner = Ether() / IP(src="10.250.0.10", dst="10.250.0.70") / ICMP(type=8)
+    outer = rebuilt(Ether() / IP(src="192.168.100.11", dst="192.168.100.12") / UDP(sport=5555, dport=8472)
+                    / VXLAN(vni=7) / inner)
+    assert innermost_ip(outer, (4789,)).dst == "192.168.100.12"     # 8472 not a tunnel port here
+    ip = innermost_ip(outer, (4789, 8472))
+    assert ip.dst == "10.250.0.70"
+    assert probe_matcher("icmp", "10.250.0.70", None)(ip)
+    assert not probe_matcher("icmp", "10.250.0.71", None)(ip)
+    reply = innermost_ip(rebuilt(Ether() / IP(src="10.250.0.70", dst="10.250.0.10") / ICMP(type=0)), (4789,))
+    assert not probe_matcher("icmp", "10.250.0.10", None)(reply)    # a reply is not the probe
+
+
+def test_an_expected_fail_needs_a_probe_that_left():
+    from netlab.checks.path import PathEvidence, Point
+    from netlab.checks.reach import judge_fail
+    pts = [Point("a", "ns-a", "eth0"), Point("n1", "ns-n1", ""), Point("underlay", "sw", ""), Point("b", "ns-b", "eth0")]
+    stopped = PathEvidence(pts, {"a": 1, "n1": 2, "underlay": 0, "b": 0}, left_source=True)
+    assert judge_fail(stopped, False) == (True, "last seen at n1; not seen at underlay, b")
+    assert judge_fail(stopped, True) == (False, "it got through")
+    never = PathEvidence(pts, {"a": 0}, left_source=False)
+    good, why = judge_fail(never, False)
+    assert not good and why == "never seen leaving a: a probe that never left proves nothing"
+    refused = PathEvidence(pts, {}, left_source=False, refused_at_source="ip route get 10.0.0.1: Network is unreachable")
+    assert judge_fail(refused, False) == (True, "refused at the source a: ip route get 10.0.0.1: Network is unreachable")
+    assert stopped.describe() == "a (1, left) -> n1 (2) -> underlay (0) -> b (0)"
