@@ -124,3 +124,44 @@ def test_an_expected_fail_needs_a_probe_that_left():
     refused = PathEvidence(pts, {}, left_source=False, refused_at_source="ip route get 10.0.0.1: Network is unreachable")
     assert judge_fail(refused, False) == (True, "refused at the source a: ip route get 10.0.0.1: Network is unreachable")
     assert stopped.describe() == "a (1, left) -> n1 (2) -> underlay (0) -> b (0)"
+
+
+# ---- mtu: the verdict rests on what the sender's capture shows --------------------
+
+def _echo(size, seq, *, reply=False, df=True, frag=False):
+    if reply:
+        ip = IP(src="10.0.1.2", dst="10.0.0.2", flags="MF" if frag else 0)
+    else:
+        ip = IP(src="10.0.0.2", dst="10.0.1.2", flags="DF" if df else 0)
+    pkt = Ether() / ip / ICMP(type=0 if reply else 8, id=7, seq=seq) / (b"x" * (size - 28))
+    return rebuilt(pkt)
+
+
+def test_mtu_black_hole_needs_big_probes_seen_leaving():
+    from netlab.checks.mtu import mtu_evidence
+    seen = [(_echo(1400, 1), "out"), (_echo(1400, 1, reply=True), "in"),
+            (_echo(1450, 2), "out"), (_echo(1401, 3), "out")]          # never answered
+    ev = mtu_evidence(seen, "10.0.1.2", 1400)
+    assert ev.answered and sorted(ev.big_left) == [1401, 1450] and not ev.big_answered and not ev.frag_needed
+    # the same sweep without the big probes on the wire: nothing shows a black hole
+    ev = mtu_evidence(seen[:2], "10.0.1.2", 1400)
+    assert ev.answered and ev.big_left == []
+
+
+def test_mtu_a_fragmented_reply_still_answers_its_probe():
+    from netlab.checks.mtu import mtu_evidence
+    first_fragment = _echo(1400, 4, reply=True, frag=True)
+    ev = mtu_evidence([(_echo(1404, 4), "out"), (first_fragment, "in")], "10.0.1.2", 1404)
+    assert ev.answered
+    ev = mtu_evidence([(_echo(1404, 4), "out")], "10.0.1.2", 1404)       # no reply in the capture
+    assert not ev.answered
+
+
+def test_mtu_frag_needed_and_contradictions():
+    from netlab.checks.mtu import mtu_evidence
+    fn = rebuilt(Ether() / IP(src="192.168.1.1", dst="10.0.0.2") / ICMP(type=3, code=4, nexthopmtu=1400)
+                 / IP(src="10.0.0.2", dst="10.0.1.2", flags="DF") / ICMP(type=8))
+    ev = mtu_evidence([(_echo(1400, 1), "out"), (_echo(1400, 1, reply=True), "in"), (_echo(1450, 2), "out"),
+                       (fn, "in"), (_echo(1420, 3), "out"), (_echo(1420, 3, reply=True), "in")],
+                      "10.0.1.2", 1400)
+    assert ev.frag_needed == [1400] and ev.big_answered == [1420] and ev.big_left == [1450]
