@@ -165,3 +165,27 @@ def test_mtu_frag_needed_and_contradictions():
                        (fn, "in"), (_echo(1420, 3), "out"), (_echo(1420, 3, reply=True), "in")],
                       "10.0.1.2", 1400)
     assert ev.frag_needed == [1400] and ev.big_answered == [1420] and ev.big_left == [1450]
+
+
+# ---- bandwidth: the wire counter corroborates iperf3 ------------------------------
+
+def test_wire_rate_uses_only_the_transfer():
+    from netlab.checks.bandwidth import wire_rate
+    idle = [(t * 0.05, 1000) for t in range(10)]
+    # 10 intervals of 125000 bytes per 0.05 s = 20 Mbit/s, with partial intervals at both ends
+    moving, b = [], 1000
+    for i, step in enumerate([40000] + [125000] * 10 + [30000]):
+        b += step
+        moving.append(((10 + i) * 0.05, b))
+    after = [((22 + i) * 0.05, b) for i in range(10)]
+    bps, nbytes, secs = wire_rate(idle + moving + after)
+    assert nbytes == 125000 * 10 and abs(secs - 0.5) < 1e-9 and abs(bps - 20e6) < 1
+    short = moving[:3]
+    assert wire_rate(idle + short + [(t + 1.5, short[-1][1]) for t, _ in idle]) is None   # too short to measure
+
+
+def test_rx_bytes_reads_a_namespace_counter_through_a_pid():
+    import os
+    from netlab.checks.bandwidth import rx_bytes
+    assert isinstance(rx_bytes(os.getpid(), "lo"), int)
+    assert rx_bytes(os.getpid(), "no-such-if0") is None
