@@ -424,9 +424,9 @@ def test_kill_9_during_vxlan_add_then_del_leaves_nothing(tmp_path, make_netns,
                                                          installed_plugins):
     """vxlan: a kill at any moment of ADD, then DEL: no per-attachment artefact (veth,
     masquerade rule, reservation, pod interface) remains, and the next ADD works.
-    The shared VXLAN device and bridge go with the last pod, except in one window
-    (see the xfail below): those torn leftovers are counted and removed here, by
-    exact name, so the run goes on."""
+    The shared VXLAN device and bridge go with the last pod, except when a kill
+    lands right after the bridge's creation: those torn leftovers are counted and
+    removed here, by exact name, so the run goes on."""
     node, pod = vx_node(make_netns)
     data_dir = str(tmp_path / "ipam")
     net = vx_net(data_dir)
