@@ -242,13 +242,21 @@ def test_exec_runs_in_the_pod_with_its_resolv_conf(tmp_path):
 
 
 @pytest.mark.slow
-def test_same_lab_on_the_reference_plugins(tmp_path):
-    """netlab is a plain CNI runtime: the Go reference plugins pass the same checks."""
+@pytest.mark.parametrize("topo", SHIPPED)
+def test_every_lab_on_the_reference_plugins_passes_or_is_refused(topo, tmp_path):
+    """netlab is a plain CNI runtime: the Go reference plugins pass the same checks,
+    or the lab is refused before anything is built, saying which plugin is missing."""
     name = lab_name()
     lab_dir = str(tmp_path / "lab")
     try:
-        p = netlab("up", "topologies/bridge.yaml", "--name", name, "--lab-dir", lab_dir, "-q",
+        p = netlab("up", f"topologies/{topo}", "--name", name, "--lab-dir", lab_dir, "-q",
                    "--plugins", "reference", "--json")
+        text = open(os.path.join(REPO, "topologies", topo)).read()
+        if "type: overlay" in text:
+            assert p.returncode == 2, p.stdout[-2000:] + p.stderr[-2000:]
+            assert "which needs our vxlan plugin; the reference plugins (/usr/lib/cni) have none" in p.stderr
+            assert not os.path.exists(lab_dir)
+            return
         assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
         assert json.loads(p.stdout)["ok"]
         st = json.load(open(os.path.join(lab_dir, "state.json")))
@@ -256,7 +264,7 @@ def test_same_lab_on_the_reference_plugins(tmp_path):
         assert os.path.realpath(os.path.join(lab_dir, "bin", "bridge")) == "/usr/lib/cni/bridge"
     finally:
         netlab("down", "--lab-dir", lab_dir)
-    assert leftovers(name, lab_dir) == []
+        assert leftovers(name, lab_dir) == []
 
 
 @pytest.mark.slow
