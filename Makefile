@@ -14,7 +14,7 @@ APT_PACKAGES := iproute2 nftables libnftables1 iptables tcpdump iperf3 \
 	containernetworking-plugins podman runc kmod procps python3-venv \
 	strace util-linux conmon mininet containerd
 
-.PHONY: setup apt venv lab down test test-fast bench clean-venv
+.PHONY: setup apt venv lab down test test-fast bench docs clean-venv
 setup: apt venv
 
 apt:
@@ -46,6 +46,10 @@ test-fast: setup
 
 bench: setup
 	$(PY) benchmarks/run_all.py
+
+# rewrite the transcripts in the docs from real runs (throwaway labs; needs root)
+docs: setup
+	$(PY) docs/gen_transcripts.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -32,17 +32,6 @@ PLUGINS = ("bridge", "host-local", "portmap", "bandwidth", "vxlan")
 REFERENCE_HAS = ("bridge", "host-local", "portmap", "bandwidth")
 
 
-def ours_available(plugin: str) -> bool:
-    """Is our plugin module written yet (the executable exists either way)?"""
-    import importlib.util
-    from plugins.core import skel
-    mod = skel.PLUGINS.get(plugin)
-    try:
-        return mod is not None and importlib.util.find_spec(mod) is not None
-    except ModuleNotFoundError:
-        return False
-
-
 def reference_available() -> bool:
     return all(os.access(os.path.join(REF_DIR, p), os.X_OK) for p in REFERENCE_HAS)
 

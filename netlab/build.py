@@ -4,17 +4,19 @@ file *before* it touches the system, so ``down`` can always undo it.
 Pods are attached by running the CNI plugins through netlab's libcni-style
 runtime (``netlab.runtime.Runtime``) with the pod's node namespace as the
 plugins' host. Our plugin executables are installed into ``<lab dir>/bin``
-with ``netlab.install``; a plugin type we have not implemented yet falls back
-to Debian's reference binary in /usr/lib/cni (the choice is recorded and
-printed). Nothing here configures the root namespace: every command runs
+with ``netlab.install``, or, with ``--plugins reference``, every type is
+linked to Debian's reference binary in /usr/lib/cni; a lab the reference
+cannot attach (it has no vxlan plugin) is refused before anything is built.
+There is no mixing and no fallback: the choice is recorded and printed, and a
+green lab on ``ours`` means our plugins ran. Nothing here configures the root namespace: every command runs
 with ``ip -n NS`` or inside a namespace.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -27,6 +29,7 @@ from .plan import Plan, Step
 
 REFERENCE_CNI = "/usr/lib/cni"
 PLUGIN_TYPES = ("bridge", "host-local", "portmap", "bandwidth", "vxlan")
+PAUSE_ENV = "NETLAB_TEST_PAUSE"     # tests only: see Builder._hold_for_a_signal
 ATTACH_WORKERS = int(os.environ.get("NETLAB_ATTACH_WORKERS", "0")) or max(2, os.cpu_count() or 2)
 
 
@@ -79,64 +82,76 @@ def tx_offload_off(ns: str, dev: str) -> None:
 
 # --------------------------------------------------------------------------- plugins
 
-def plugin_ready(ptype: str) -> bool:
-    """Is our implementation of this plugin type present in the tree?"""
-    mod = {"bridge": "plugins.bridge", "host-local": "ipam.host_local", "portmap": "plugins.portmap",
-           "bandwidth": "plugins.bandwidth", "vxlan": "plugins.vxlan"}.get(ptype)
-    if mod is None:
-        return False
-    try:
-        return importlib.util.find_spec(mod) is not None
-    except (ImportError, ValueError):
-        return False
+PLUGIN_CHOICES = ("ours", "reference")
 
 
-def prepare_plugins(lab_dir: str, needed: set[str], choice: str = "auto") -> tuple[str, dict[str, str]]:
+def refuse_plugins(plan: Plan, choice: str) -> str | None:
+    """Why the lab cannot be attached with ``choice``, said before anything is
+    built; None when it can. Only the reference set lacks types (vxlan)."""
+    if choice not in PLUGIN_CHOICES:
+        return f"--plugins must be one of {', '.join(PLUGIN_CHOICES)}, not {choice!r}"
+    if choice != "reference":
+        return None
+    problems = []
+    for t in sorted(needed_types(plan)):
+        if os.access(os.path.join(REFERENCE_CNI, t), os.X_OK):
+            continue
+        nets = sorted({s.params["network"] for s in plan.steps if s.kind == "attach"
+                       and t in _conflist_types(s.params["conflist"])})
+        kinds = sorted({plan.topology.networks[n].type for n in nets if n in plan.topology.networks})
+        problems.append(f"topology {plan.topology.name} uses network type {'/'.join(kinds) or '?'} "
+                        f"(network {', '.join(nets)}), which needs our {t} plugin; the reference "
+                        f"plugins ({REFERENCE_CNI}) have none")
+    return "; ".join(problems) or None
+
+
+def prepare_plugins(lab_dir: str, needed: set[str], choice: str = "ours") -> tuple[str, dict[str, str]]:
     """Fill ``<lab dir>/bin`` and return (CNI_PATH, {type: 'ours'|'reference'}).
 
-    choice: ``ours`` (our executables, installed with netlab.install),
-    ``reference`` (Debian's Go plugins), ``auto`` (ours where implemented).
+    choice: ``ours`` (our executables, installed with netlab.install) or
+    ``reference`` (Debian's Go plugins, every type; see ``refuse_plugins``).
     """
+    if choice not in PLUGIN_CHOICES:
+        raise BuildError(f"--plugins must be one of {', '.join(PLUGIN_CHOICES)}, not {choice!r}")
     bindir = os.path.join(lab_dir, "bin")
     os.makedirs(bindir, exist_ok=True)
     which: dict[str, str] = {}
-    installed = False
-    if choice in ("ours", "auto"):
-        try:
-            from .install import install   # written by the plugin-suite engineers
-            install(bindir)
-            installed = True
-        except ImportError:
-            if choice == "ours":
-                raise BuildError("netlab.install is not available: cannot install our plugins")
+    if choice == "ours":
+        from .install import install
+        install(bindir)
     for t in sorted(needed | {"host-local"}):
-        ours = installed and plugin_ready(t) and os.access(os.path.join(bindir, t), os.X_OK)
-        if choice == "ours" and not ours:
-            raise BuildError(f"our {t} plugin is not implemented yet (use --plugins auto or reference)")
-        if choice == "reference" or not ours:
-            ref = os.path.join(REFERENCE_CNI, t)
-            if not os.access(ref, os.X_OK):
-                raise BuildError(f"no {t} plugin: ours is not implemented yet and {ref} does not exist")
-            dst = os.path.join(bindir, t)
-            if os.path.lexists(dst):
-                os.unlink(dst)
-            os.symlink(ref, dst)
-            which[t] = "reference"
-        else:
+        if choice == "ours":
+            if not os.access(os.path.join(bindir, t), os.X_OK):
+                raise BuildError(f"netlab.install put no {t} executable in {bindir}: {t} is not one of our plugins")
             which[t] = "ours"
+            continue
+        ref = os.path.join(REFERENCE_CNI, t)
+        if not os.access(ref, os.X_OK):
+            raise BuildError(f"the reference plugins have no {t} ({ref} does not exist)")
+        dst = os.path.join(bindir, t)
+        if os.path.lexists(dst):
+            os.unlink(dst)
+        os.symlink(ref, dst)
+        which[t] = "reference"
     return bindir, which
+
+
+def _conflist_types(conflist: dict) -> set[str]:
+    types: set[str] = set()
+    for pl in conflist.get("plugins", []):
+        types.add(pl.get("type", ""))
+        ipam = pl.get("ipam")
+        if isinstance(ipam, dict) and ipam.get("type"):
+            types.add(ipam["type"])
+    return {t for t in types if t}
 
 
 def needed_types(plan: Plan) -> set[str]:
     types: set[str] = set()
     for s in plan.steps:
         if s.kind == "attach":
-            for pl in s.params["conflist"].get("plugins", []):
-                types.add(pl.get("type", ""))
-                ipam = pl.get("ipam")
-                if isinstance(ipam, dict) and ipam.get("type"):
-                    types.add(ipam["type"])
-    return {t for t in types if t}
+            types |= _conflist_types(s.params["conflist"])
+    return types
 
 
 def plugin_env(lab_dir: str, agent_socket: str | None) -> dict[str, str]:
@@ -158,13 +173,10 @@ def runtime_for(lab_dir: str, node_ns: str, cni_path: str, agent_socket: str | N
                    env=plugin_env(lab_dir, agent_socket))
 
 
-def start_lab_agent(lab_dir: str, record: Callable[..., dict], update: Callable[..., None]) -> str | None:
+def start_lab_agent(lab_dir: str, record: Callable[..., dict], update: Callable[..., None]) -> str:
     """One resident plugin agent per lab (our plugins' fast path, ADR 0010),
     on a socket in the lab dir; recorded so that down stops exactly it."""
-    try:
-        from .cmd_agent import start_agent
-    except ImportError:
-        return None
+    from .cmd_agent import start_agent
     sock = os.path.join(lab_dir, "agent.sock")
     res = record("process", name="plugin agent", pid=0, starttime=None, socket=sock)
     pid = start_agent(sock, log_path=os.path.join(lab_dir, "agent.log"), workers=8)
@@ -175,7 +187,7 @@ def start_lab_agent(lab_dir: str, record: Callable[..., dict], update: Callable[
 # --------------------------------------------------------------------------- builder
 
 class Builder:
-    def __init__(self, plan: Plan, st: statemod.State, *, plugins: str = "auto",
+    def __init__(self, plan: Plan, st: statemod.State, *, plugins: str = "ours",
                  progress: Callable[[str], None] = print, agent: bool = True) -> None:
         self.agent = agent
         self.agent_socket: str | None = None
@@ -262,9 +274,22 @@ class Builder:
             self.st.set(cniPath=self.cni_path, plugins=self.which, agentSocket=self.agent_socket)
             self.progress("      plugins: " + ", ".join(f"{k}={v}" for k, v in sorted(self.which.items()))
                           + (f" (agent {self.agent_socket})" if self.agent_socket else ""))
+            if os.environ.get(PAUSE_ENV) == "attach":
+                self._parallel([attach[:1]], self.do_attach, counter)
+                self._hold_for_a_signal()
+                attach = attach[1:]
             self._parallel([[s] for s in attach], self.do_attach, counter)
             self.timings["attach"] = time.monotonic() - t0
         self.publish_late_records()
+
+    def _hold_for_a_signal(self) -> None:
+        """``NETLAB_TEST_PAUSE=attach``: hold the build half-way (namespaces,
+        processes, the first pod attached, the others not) until a signal ends
+        it, so a test interrupts or kills it at a known point instead of racing
+        the build. Never set in normal use."""
+        self.progress(f"      paused half-way ({PAUSE_ENV}=attach): waiting for a signal")
+        while True:
+            signal.pause()          # SIGINT/SIGTERM raise KeyboardInterrupt out of here
 
     def publish_late_records(self) -> None:
         """DNS records for pods whose address came from IPAM (and host/container pods)."""

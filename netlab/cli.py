@@ -1,9 +1,9 @@
 """`netlab` entry point: verbs only.
 
 Each command module exposes ``register(subparsers)`` and sets ``func`` (a
-callable taking the parsed args and returning an exit status) on its parsers.
-Modules written by other issues are optional until they exist; an import
-error *inside* an existing module is never hidden.
+callable taking the parsed args and returning an exit status from
+``netlab.exitcodes``) on its parsers. Every module is imported for real: an
+import error is a bug and is never turned into a missing verb.
 """
 from __future__ import annotations
 
@@ -12,31 +12,47 @@ import importlib
 import sys
 from typing import Sequence
 
+from . import exitcodes
+
 # Order matters: cmd_cni first, so later modules can add `netlab cni ...` verbs
 # through netlab.cmd_cni.add_cni_command (e.g. `cni log` from cmd_debug).
 COMMAND_MODULES = ("netlab.cmd_cni", "netlab.cmd_lab", "netlab.cmd_debug", "netlab.cmd_agent")
 
 
-def _load(modname: str):
+def version_text() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from plugins.core.version import SUPPORTED
     try:
-        return importlib.import_module(modname)
-    except ModuleNotFoundError as e:
-        if e.name == modname:
-            return None          # not written yet
-        raise
+        v = version("cnilab")
+    except PackageNotFoundError:      # run from a checkout that was never installed
+        v = "unknown (not installed; run make setup)"
+    return f"netlab (cnilab) {v}; CNI spec {SUPPORTED[0]} to {SUPPORTED[-1]}"
 
 
 def build_parser(modules: Sequence[str] = COMMAND_MODULES) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="netlab", description="Namespace network labs built on our CNI plugins, "
-        "and a libcni-compatible CNI runtime.")
+        "and a libcni-compatible CNI runtime.",
+        epilog="Exit status: " + ", ".join(f"{n} {name.lower().replace('_', ' ')}" for n, name in exitcodes.TABLE)
+        + " (docs/netlab/commands.md).")
+    parser.add_argument("--version", action="version", version=version_text())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for modname in modules:
-        mod = _load(modname)
-        if mod is not None:
-            mod.register(sub)
+        importlib.import_module(modname).register(sub)
+    p = sub.add_parser("completion", help="print a shell completion script (bash or zsh)",
+                       description="Print a completion script generated from this parser. "
+                       "Load it with: source <(netlab completion bash)")
+    p.add_argument("shell", choices=("bash", "zsh"))
+    p.set_defaults(func=lambda a: _completion(parser, a.shell))
     return parser
+
+
+def _completion(parser: argparse.ArgumentParser, shell: str) -> int:
+    from .completion import script
+    sys.stdout.write(script(parser, shell))
+    return exitcodes.OK
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -46,12 +62,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     if func is None:
         # a command group without a verb, e.g. `netlab cni`
         parser.parse_args([*(argv if argv is not None else sys.argv[1:]), "--help"])
-        sys.exit(2)
+        sys.exit(exitcodes.USAGE)
     try:
         rc = func(args)
     except KeyboardInterrupt:
-        rc = 130
-    sys.exit(rc or 0)
+        rc = exitcodes.INTERRUPTED
+    sys.exit(rc or exitcodes.OK)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ import time
 
 from plugins.core import launcher
 
+from .exitcodes import FAILED, NOT_RUNNING, OK
+
 UNIT_NAME = "cnilab-agent.service"
 DEFAULT_UNIT_DIR = "/etc/systemd/system"
 
@@ -222,9 +224,9 @@ def cmd_start(args: argparse.Namespace) -> int:
                           processes=args.processes)
     except (RuntimeError, OSError) as e:
         print(f"netlab agent start: {e}", file=sys.stderr)
-        return 1
+        return FAILED
     print(f"agent pid {pid} serving {sock}")
-    return 0
+    return OK
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
@@ -233,7 +235,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
         print(f"agent serving {sock} stopped")
     else:
         print(f"no agent was serving {sock}")
-    return 0
+    return OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -250,8 +252,8 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"served {st['served']} calls ({st['failed']} failed, {st['refused']} refused), "
               f"{st.get('in_flight_total', 0)} in flight; code {st['code_root']}")
     if st is None:
-        return 3
-    return 0 if st.get("healthy") else 1
+        return NOT_RUNNING
+    return OK if st.get("healthy") else FAILED
 
 
 def cmd_unit(args: argparse.Namespace) -> int:
@@ -260,12 +262,12 @@ def cmd_unit(args: argparse.Namespace) -> int:
         print(install_systemd_unit(args.unit_dir, sock=sock, python=args.python))
     else:
         sys.stdout.write(unit_text(sock, args.python))
-    return 0
+    return OK
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("agent", help="the resident node agent (fast plugin calls)",
-                              description=__doc__,
+                              description=__doc__.split(" Plugin executables")[0].strip(),
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="agent_command", metavar="VERB")
 
@@ -287,8 +289,8 @@ def register(subparsers) -> None:
     q.add_argument("--timeout", type=float, default=30.0,
                    help="seconds to wait for calls in flight (default 30)")
     q = verb("status", cmd_status, "health check (exit 0 healthy, 1 unhealthy, 3 not running)")
-    q.add_argument("--json", action="store_true")
-    q.add_argument("--timeout", type=float, default=2.0)
+    q.add_argument("--json", action="store_true", help="print the agent's answer as JSON")
+    q.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for an answer (default 2)")
     q = verb("unit", cmd_unit, "print (or write into --unit-dir) the systemd unit")
     q.add_argument("--python", default=None, help="interpreter (default: this one)")
     q.add_argument("--unit-dir", default=None, help="write the unit there instead of printing it")

@@ -11,8 +11,9 @@ defaults follow cnitool's environment variables (NETCONFPATH, CNI_PATH,
 CNI_IFNAME, CNI_ARGS, CAP_ARGS); the container ID defaults to a hash of the
 netns path, like cnitool's.
 
-Other modules add verbs under `netlab cni` with ``add_cni_command`` (issue 8
-adds `netlab cni log`, which reads the files written by ``--log``).
+Other modules add verbs under `netlab cni` with ``add_cni_command``
+(netlab.cmd_debug adds `netlab cni log`, which reads the files written by
+``--log``). Exit statuses are netlab.exitcodes.
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ import sys
 from typing import Any
 
 from plugins.core.errors import CNIError, INVALID_NETWORK_CONFIG
+
+from .exitcodes import FAILED, OK
 
 NETNS_DIR = "/var/run/netns"
 _cni_subparsers: Any = None
@@ -110,7 +113,7 @@ def _attachment(p: argparse.ArgumentParser) -> None:
 def register(subparsers) -> None:
     global _cni_subparsers
     cni = subparsers.add_parser("cni", help="run CNI plugins like cnitool (libcni semantics)",
-                                description=__doc__.split("\n\n")[0])
+                                description="Run CNI plugins like cnitool, on netlab's libcni-compatible runtime.")
     sub = cni.add_subparsers(dest="cni_command", metavar="VERB")
     sub.required = True
     _cni_subparsers = sub
@@ -128,9 +131,11 @@ def register(subparsers) -> None:
     _common(p)
     p.add_argument("--valid", action="append", metavar="ID:IF",
                    help="an attachment to keep (repeatable)")
+    p.add_argument("--json", action="store_true", help="print what was deleted (or the error) as JSON")
     p.set_defaults(func=run, verb="gc")
     p = sub.add_parser("status", help="ask every plugin whether it could ADD now")
     _common(p)
+    p.add_argument("--json", action="store_true", help="print the answer (or the error) as JSON")
     p.set_defaults(func=run, verb="status")
     p = sub.add_parser("install", help="write our plugin executables into DIR")
     p.add_argument("dir", metavar="DIR")
@@ -140,21 +145,29 @@ def register(subparsers) -> None:
                    help="also write the node agent's systemd unit (default dir "
                         "/etc/systemd/system); enable it with systemctl")
     p.set_defaults(func=run_install)
-    # `netlab cni log` is added by netlab.cmd_debug (issue 8) via add_cni_command.
+    # `netlab cni log` is added by netlab.cmd_debug via add_cni_command.
 
 
-def _fail(e: BaseException) -> int:
+def _error_obj(e: BaseException) -> dict:
     if isinstance(e, CNIError):
         obj = e.to_dict("1.1.0")
         obj.pop("cniVersion", None)
-        sys.stderr.write(f"netlab cni: error: {e}\n")
-        sys.stderr.write(json.dumps(obj) + "\n")
-    else:
-        sys.stderr.write(f"netlab cni: error: {e}\n")
-    return 1
+        return obj
+    return {"msg": str(e)}
+
+
+def _fail(e: BaseException, as_json: bool = False, **report: Any) -> int:
+    if as_json:
+        sys.stdout.write(json.dumps(dict(report, ok=False, error=_error_obj(e)), indent=2) + "\n")
+        return FAILED
+    sys.stderr.write(f"netlab cni: error: {e}\n")
+    if isinstance(e, CNIError):
+        sys.stderr.write(json.dumps(_error_obj(e)) + "\n")
+    return FAILED
 
 
 def run(args: argparse.Namespace) -> int:
+    as_json = getattr(args, "json", False)
     try:
         rt = make_runtime(args)
         if args.verb in ("add", "del", "check"):
@@ -173,13 +186,24 @@ def run(args: argparse.Namespace) -> int:
                          cni_args=args.cni_args)
         elif args.verb == "gc":
             removed = rt.gc(args.network, parse_valid(args.valid))
-            for a in removed:
+            if as_json:
+                sys.stdout.write(json.dumps({"network": args.network, "ok": True, "deleted": [
+                    {"containerID": a.container_id, "ifname": a.ifname} for a in removed]}, indent=2) + "\n")
+            for a in [] if as_json else removed:
                 sys.stdout.write(f"deleted stale attachment {a.container_id} {a.ifname}\n")
         elif args.verb == "status":
-            rt.status(args.network)
-        return 0
+            net = rt.network(args.network)
+            rt.status(net)
+            if as_json:
+                from plugins.core import version as ver
+                sys.stdout.write(json.dumps({
+                    "network": net.name, "cniVersion": net.cni_version, "ok": True,
+                    "plugins": [p["type"] for p in net.plugins],
+                    # before 1.1.0 there is no STATUS to send: ready by definition
+                    "asked": ver.at_least(net.cni_version, "1.1.0")}, indent=2) + "\n")
+        return OK
     except (CNIError, OSError) as e:
-        return _fail(e)
+        return _fail(e, as_json, network=args.network)
 
 
 def run_install(args: argparse.Namespace) -> int:
@@ -196,4 +220,4 @@ def run_install(args: argparse.Namespace) -> int:
         sys.stdout.write(unit + "\n")
         sys.stderr.write("enable the agent with: systemctl daemon-reload && "
                          "systemctl enable --now cnilab-agent\n")
-    return 0
+    return OK

@@ -2,8 +2,8 @@
 
 ``register(subparsers)`` is called by netlab/cli.py (after netlab.cmd_cni, so
 ``cni log`` can be added under the existing ``netlab cni`` group).
-Exit codes: 0 success, 1 a failure (or, for trace, a probe that got no
-answer), 2 usage errors (unknown lab, target, option).
+Exit statuses are netlab.exitcodes (for trace, FAILED is a probe that got no
+answer; USAGE an unknown lab, target or option).
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import os
 import sys
 import time
 
-EXIT_USAGE = 2
+from .exitcodes import FAILED, OK, USAGE as EXIT_USAGE
 
 
 def _lab_opts(p: argparse.ArgumentParser) -> None:
@@ -48,7 +48,7 @@ def register(sub) -> None:
     p.add_argument("--wait", type=float, default=1.0, help="seconds to wait for the probe and its answer (default 1)")
     p.add_argument("--no-nftrace", action="store_true", help="do not trace nftables rules (nft monitor trace)")
     p.add_argument("--pcap-dir", help="save every namespace's capture here (default: <lab dir>/traces/<time>)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the trace as JSON")
     _lab_opts(p)
     p.set_defaults(func=cmd_trace)
 
@@ -176,7 +176,7 @@ def cmd_capture(args) -> int:
         return EXIT_USAGE
     if not nsutil.exists(ns):
         _err(f"namespace {ns} does not exist (is the lab up?)")
-        return 1
+        return FAILED
     pcap = os.path.abspath(args.write) if args.write else None
     cap = Capture(ns, iface, args.filter, pcap=pcap, count=args.count,
                   max_seconds=args.timeout if args.timeout else 10 ** 9, incoming_only=incoming_only)
@@ -184,7 +184,7 @@ def cmd_capture(args) -> int:
         cap.start()
     except CaptureError as e:
         _err(str(e))
-        return EXIT_USAGE if "filter" in str(e) else 1
+        return EXIT_USAGE if "filter" in str(e) else FAILED
     where = f"{args.target.split(':')[0]} ({ns}" + (f", {iface})" if iface else ", every interface)")
     print(f"capturing on {where}" + (f" filter {args.filter!r}" if args.filter else "")
           + (f" -> {pcap}" if pcap else "") + "; Ctrl-C to stop", file=sys.stderr, flush=True)
@@ -199,7 +199,7 @@ def cmd_capture(args) -> int:
         cap.stop(settle=0)
     shown = _print_new(cap, shown, args, pcap)
     print(f"{len(cap.frames)} packet(s) captured" + (f", written to {pcap}" if pcap else ""), file=sys.stderr)
-    return 0
+    return OK
 
 
 def _print_new(cap, shown: int, args, pcap) -> int:
@@ -230,7 +230,7 @@ def cmd_trace(args) -> int:
         print(json.dumps(r.to_dict(), indent=2, default=str))
     else:
         print(format_result(r))
-    return 0 if r.arrived and r.replied else 1
+    return OK if r.arrived and r.replied else FAILED
 
 
 # --------------------------------------------------------------------------- graph
@@ -247,7 +247,7 @@ def cmd_graph(args) -> int:
         data = render(inv, args.format)
     except (RuntimeError, OSError) as e:
         _err(str(e))
-        return 1
+        return FAILED
     if args.output:
         with open(args.output, "wb") as f:
             f.write(data)
@@ -258,7 +258,7 @@ def cmd_graph(args) -> int:
     else:
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
-    return 0
+    return OK
 
 
 # --------------------------------------------------------------------------- cni log
@@ -280,6 +280,6 @@ def cmd_cni_log(args) -> int:
     if args.json:
         for c in calls:
             print(json.dumps(c.raw))
-        return 0
+        return OK
     print(cnilog.format_calls(calls, brief=args.brief))
-    return 0
+    return OK

@@ -1,7 +1,8 @@
 """`netlab up | down | status | exec | verify`: the lab verbs.
 
-``register(subparsers)`` is called by netlab/cli.py. Exit codes: 0 success,
-1 a failure (build, check, teardown), 2 an invalid topology or usage.
+``register(subparsers)`` is called by netlab/cli.py. Exit statuses are
+netlab.exitcodes: FAILED for a build, check or teardown failure, USAGE for an
+invalid topology or a refused choice, INTERRUPTED for Ctrl-C during a build.
 """
 from __future__ import annotations
 
@@ -13,8 +14,7 @@ import sys
 import time
 
 from . import state as statemod
-
-EXIT_INVALID = 2
+from .exitcodes import FAILED, INTERRUPTED, OK, USAGE
 
 
 def register(sub) -> None:
@@ -27,9 +27,9 @@ def register(sub) -> None:
     p = sub.add_parser("up", help="validate, build and check a lab from a topology file")
     p.add_argument("file", help="topology YAML (see docs/netlab/topology-reference.md)")
     common(p)
-    p.add_argument("--plugins", choices=("auto", "ours", "reference"), default="auto",
-                   help="which CNI plugin executables attach the pods (default: ours where implemented, "
-                   "else Debian's reference plugins)")
+    p.add_argument("--plugins", choices=("ours", "reference"), default="ours",
+                   help="which CNI plugin executables attach the pods: ours (default) or Debian's "
+                   "reference plugins in /usr/lib/cni (refused for a lab they cannot attach)")
     p.add_argument("--no-checks", action="store_true", help="build only; run the checks later with verify")
     p.add_argument("--dry-run", action="store_true", help="validate and print the plan; build nothing")
     p.add_argument("--json", action="store_true", help="print the check report as JSON")
@@ -39,12 +39,13 @@ def register(sub) -> None:
     p = sub.add_parser("down", help="remove everything a lab recorded in its state file")
     p.add_argument("lab", nargs="?", help="lab name or its topology file")
     common(p, lab_arg=False)
+    p.add_argument("--json", action="store_true", help="print what was removed (or not) as JSON")
     p.set_defaults(func=cmd_down)
 
     p = sub.add_parser("status", help="show the labs that are up, or one lab")
     p.add_argument("lab", nargs="?", help="lab name or its topology file")
     common(p, lab_arg=False)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the labs' status as JSON")
     p.add_argument("--cni-check", action="store_true",
                    help="also run CNI CHECK for every pod attachment (through the lab's plugins)")
     p.set_defaults(func=cmd_status)
@@ -60,13 +61,15 @@ def register(sub) -> None:
     p.add_argument("file", nargs="?", help="topology file with the checks (default: the one the lab was built from)")
     p.add_argument("--lab", help="lab name (default: the file's name, or the only lab that is up)")
     common(p, lab_arg=False)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the check report as JSON")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("validate", help="check a topology file and print its plan (builds nothing)")
-    p.add_argument("file")
-    p.set_defaults(func=lambda a: cmd_up(argparse.Namespace(file=a.file, lab_dir=None, name=None, plugins="auto",
-                                                            no_checks=True, dry_run=True, json=False, quiet=True)))
+    p.add_argument("file", help="topology YAML (see docs/netlab/topology-reference.md)")
+    p.add_argument("--plugins", choices=("ours", "reference"), default="ours",
+                   help="also check that these plugins can attach the lab (default: ours)")
+    p.add_argument("--json", action="store_true", help="print the errors, or the plan, as JSON")
+    p.set_defaults(func=cmd_validate)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -75,11 +78,15 @@ def _err(msg: str) -> None:
     print(f"netlab: {msg}", file=sys.stderr)
 
 
-def _load_topology(path: str, name: str | None = None):
+def _load_topology(path: str, name: str | None = None, errors: list[str] | None = None):
+    """The topology, or None after printing its errors (or adding them to ``errors``)."""
     from .topology import TopologyError, load
     try:
         return load(path, name=name)
     except TopologyError as e:
+        if errors is not None:
+            errors += e.errors
+            return None
         print(f"{path}: {len(e.errors)} error(s); nothing was built:", file=sys.stderr)
         for line in e.errors:
             print(f"  {line}", file=sys.stderr)
@@ -175,31 +182,66 @@ def _run_checks(topo, plan, st, as_json: bool, quiet: bool = False):
 
 # --------------------------------------------------------------------------- up
 
+def _plan_or_refusal(path: str, name: str | None, lab_dir: str | None, plugins: str, errors: list[str] | None = None):
+    """(topology, plan) ready to build, or (None, None) after the reasons were
+    printed (or added to ``errors``): an invalid file, or plugins that cannot attach it."""
+    from .build import refuse_plugins
+    from .plan import make_plan
+    topo = _load_topology(path, name, errors)
+    if topo is None:
+        return None, None
+    plan = make_plan(topo, os.path.abspath(lab_dir or statemod.lab_dir_for(topo.name)))
+    why = refuse_plugins(plan, plugins)
+    if why:
+        if errors is None:
+            _err(f"{why}; nothing was built")
+        else:
+            errors.append(why)
+        return None, None
+    return topo, plan
+
+
+def _print_plan(topo, plan) -> None:
+    print(f"lab {topo.name}: {len(topo.nodes)} nodes, {len(topo.pods)} pods, {len(topo.networks)} networks, "
+          f"{len(topo.checks)} checks; lab dir {plan.lab_dir}")
+    for i, s in enumerate(plan.steps, 1):
+        print(f"  {i:>3}. {s.desc}")
+
+
+def cmd_validate(args) -> int:
+    errors: list[str] | None = [] if args.json else None
+    topo, plan = _plan_or_refusal(args.file, None, None, args.plugins, errors)
+    if args.json:
+        out = {"file": args.file, "ok": plan is not None, "errors": errors}
+        if plan is not None:
+            out.update(lab=topo.name, nodes=len(topo.nodes), pods=len(topo.pods), networks=len(topo.networks),
+                       checks=[c.name for c in topo.checks], plan=[s.desc for s in plan.steps])
+        print(json.dumps(out, indent=2))
+    elif plan is not None:
+        _print_plan(topo, plan)
+    return OK if plan is not None else USAGE
+
+
 def cmd_up(args) -> int:
     from .build import Builder, detach
-    from .plan import make_plan
-    topo = _load_topology(args.file, args.name)
-    if topo is None:
-        return EXIT_INVALID
-    lab_dir = os.path.abspath(args.lab_dir or statemod.lab_dir_for(topo.name))
-    plan = make_plan(topo, lab_dir)
+    topo, plan = _plan_or_refusal(args.file, args.name, args.lab_dir, args.plugins)
+    if plan is None:
+        return USAGE
+    lab_dir = plan.lab_dir
     if args.dry_run:
-        print(f"lab {topo.name}: {len(topo.nodes)} nodes, {len(topo.pods)} pods, {len(topo.networks)} networks, "
-              f"{len(topo.checks)} checks; lab dir {lab_dir}")
-        for i, s in enumerate(plan.steps, 1):
-            print(f"  {i:>3}. {s.desc}")
-        return 0
+        _print_plan(topo, plan)
+        return OK
     if os.geteuid() != 0:
         _err("netlab up needs root (it creates network namespaces); try: sudo netlab up ...")
-        return 1
+        return FAILED
     old = statemod.load(lab_dir)
     if old is not None:
         _err(f"lab {topo.name} is already up (state in {lab_dir}); remove it first: netlab down {topo.name}"
              + (f" --lab-dir {lab_dir}" if args.lab_dir else ""))
-        return 1
+        return FAILED
     if os.path.isdir(lab_dir) and os.listdir(lab_dir):
         _err(f"{lab_dir} exists and is not empty (and holds no lab state): refusing to use it")
-        return 1
+        return FAILED
     quiet = args.quiet
     # with --json, stdout carries only the report: progress goes to stderr
     out = sys.stderr if args.json else sys.stdout
@@ -232,17 +274,17 @@ def cmd_up(args) -> int:
             _err("could not remove everything: " + "; ".join(errors) + f"\n  state kept in {st.path}; retry: netlab down {topo.name}")
         else:
             _err("removed")
-        return 130 if interrupted else 1
+        return INTERRUPTED if interrupted else FAILED
     finally:
         signal.signal(signal.SIGTERM, prev_term)
     build_s = time.monotonic() - t0
     st.set(status="up", buildSeconds=round(build_s, 2), timings={k: round(v, 3) for k, v in builder.timings.items()})
     say(f"netlab: lab {topo.name} is up ({build_s:.1f}s)")
-    rc = 0
+    rc = OK
     if not args.no_checks and topo.checks:
         results = _run_checks(topo, plan, st, args.json, quiet or args.json)
         print_report(topo.name, results, as_json=args.json)
-        rc = 0 if all(r.ok for r in results) else 1
+        rc = OK if all(r.ok for r in results) else FAILED
         if scenario is not None:
             rc = _judge_scenario(scenario, results, quiet=args.json)
     if not args.json:
@@ -267,7 +309,7 @@ def _judge_scenario(scenario, results, *, quiet: bool) -> int:
             print("\nscenario: the symptom is NOT as declared:\n  " + "\n  ".join(problems))
         else:
             print(f"\nscenario: symptom reproduced as declared: {scenario.symptom}")
-    return 1 if problems else 0
+    return FAILED if problems else OK
 
 
 def _prog() -> str:
@@ -290,6 +332,18 @@ def _raise_interrupt(signum, frame):
 
 def cmd_down(args) -> int:
     from .build import detach
+    as_json = getattr(args, "json", False)
+
+    def report(rc: int, lab: str | None, lab_dir: str | None, removed: int, errors: list[str], text: str) -> int:
+        if as_json:
+            print(json.dumps({"lab": lab, "labDir": lab_dir, "ok": rc == OK, "removed": removed,
+                              "errors": errors, "message": text}, indent=2))
+        elif rc == OK:
+            print(f"netlab: {text}")
+        else:
+            _err(text)
+        return rc
+
     if args.lab_dir:
         lab_dir = os.path.abspath(args.lab_dir)
     elif args.lab:
@@ -297,16 +351,15 @@ def cmd_down(args) -> int:
     else:
         up = labs_up()
         if len(up) != 1:
-            _err("name the lab to remove" + (": " + ", ".join(s.lab for s in up) if up else " (no lab is up)"))
-            return 0 if not up else EXIT_INVALID
+            if not up:
+                return report(OK, None, None, 0, [], "nothing to remove (no lab is up)")
+            return report(USAGE, None, None, 0, [], "name the lab to remove: " + ", ".join(s.lab for s in up))
         lab_dir = up[0].lab_dir
     st = statemod.load(lab_dir)
     if st is None:
-        print(f"netlab: nothing to remove (no lab state in {lab_dir})")
-        return 0
+        return report(OK, None, lab_dir, 0, [], f"nothing to remove (no lab state in {lab_dir})")
     if os.geteuid() != 0:
-        _err("netlab down needs root")
-        return 1
+        return report(FAILED, st.lab, lab_dir, 0, [], "netlab down needs root")
     t0 = time.monotonic()
     n = sum(1 for r in st.resources if not r.get("removed"))
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # finish the teardown once started
@@ -315,13 +368,14 @@ def cmd_down(args) -> int:
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     if errors:
-        _err(f"lab {st.lab}: {len(errors)} thing(s) could not be removed:")
-        for e in errors:
-            print(f"  {e}", file=sys.stderr)
-        _err(f"state kept in {st.path}; run netlab down again")
-        return 1
-    print(f"netlab: lab {st.lab} removed ({n} recorded resources, {time.monotonic() - t0:.1f}s)")
-    return 0
+        left = sum(1 for r in st.resources if not r.get("removed"))
+        if not as_json:
+            _err(f"lab {st.lab}: {len(errors)} thing(s) could not be removed:")
+            for e in errors:
+                print(f"  {e}", file=sys.stderr)
+        return report(FAILED, st.lab, lab_dir, n - left, errors, f"state kept in {st.path}; run netlab down again")
+    return report(OK, st.lab, lab_dir, n, [],
+                  f"lab {st.lab} removed ({n} recorded resources, {time.monotonic() - t0:.1f}s)")
 
 
 # --------------------------------------------------------------------------- status
@@ -381,7 +435,7 @@ def cmd_status(args) -> int:
                 print(json.dumps({"labs": []}))
             else:
                 print("netlab: that lab is not up")
-            return 1
+            return FAILED
     else:
         sts = labs_up()
     infos = [lab_status(s) for s in sts]
@@ -391,13 +445,13 @@ def cmd_status(args) -> int:
             for pod in info["pods"]:
                 pod["cniCheck"] = results.get(pod["pod"], "not checked")
             info["healthy"] = info["healthy"] and all(v == "ok" for v in results.values())
-    rc = 0 if all(i["healthy"] for i in infos) else 1
+    rc = OK if all(i["healthy"] for i in infos) else FAILED
     if args.json:
         print(json.dumps({"labs": infos}, indent=2))
         return rc
     if not infos:
         print("no lab is up")
-        return 0
+        return OK
     for i in infos:
         chk = i["lastCheck"]
         print(f"lab {i['lab']}: {i['status']}{'' if i['healthy'] else ' (DEGRADED)'}  dir {i['labDir']}"
@@ -423,13 +477,13 @@ def cmd_exec(args) -> int:
         cmd = cmd[1:]
     if not cmd:
         _err("give a command after --, e.g. netlab exec POD -- ip addr")
-        return EXIT_INVALID
+        return USAGE
     st = _find_lab(args.lab, args.lab_dir)
     if st is None:
-        return 1
+        return FAILED
     topo, plan = _plan_for_state(st)
     if plan is None:
-        return EXIT_INVALID
+        return USAGE
     if args.target == "underlay":
         from .plan import switch_ns
         ns = switch_ns(st.lab)
@@ -437,13 +491,13 @@ def cmd_exec(args) -> int:
         ns = plan.endpoints[args.target].netns
     else:
         _err(f"no pod or node {args.target!r} in lab {st.lab} (have: {', '.join(plan.endpoints)})")
-        return EXIT_INVALID
+        return USAGE
     if not nsutil.exists(ns):
         _err(f"namespace {ns} does not exist (is the lab up?)")
-        return 1
+        return FAILED
     sys.stdout.flush()
     os.execvp("ip", nsutil.exec_argv(ns, cmd))
-    return 1  # not reached
+    return FAILED  # not reached
 
 
 def cmd_verify(args) -> int:
@@ -452,13 +506,13 @@ def cmd_verify(args) -> int:
     if st is None:
         if name:
             _err(f"lab {name} is not up")
-        return 1
+        return FAILED
     topo, plan = _plan_for_state(st, args.file)
     if plan is None:
-        return EXIT_INVALID
+        return USAGE
     results = _run_checks(topo, plan, st, args.json)
     print_report(st.lab, results, as_json=args.json)
-    return 0 if all(r.ok for r in results) else 1
+    return OK if all(r.ok for r in results) else FAILED
 
 
 def main(argv=None) -> int:

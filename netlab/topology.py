@@ -672,15 +672,20 @@ def _check(ctx: _Ctx, c: Any, p: tuple, j: int, nodes: dict, pods: dict, dns: DN
     if ctype not in CHECK_TYPES:
         ctx.err(p + ("type",), f"must be one of {', '.join(CHECK_TYPES)}, got {ctype!r}")
         return None
-    common = ("type", "name", "expect")
+    # only keys a check reads are accepted: anything else is an error, never ignored
+    common = ("type", "name") + (() if ctype == "bandwidth" else ("expect",))
     per = {
         "reach": ("from", "to", "proto", "port", "count", "timeout", "listen"),
         "mtu": ("from", "to", "min", "max", "timeout"),
         "dns": ("pod", "query", "timeout"),
-        "port": ("from", "pod", "node", "hostPort", "proto", "timeout"),
-        "bandwidth": ("from", "to", "direction", "rate", "tolerance", "seconds"),
+        "port": ("from", "pod", "hostPort", "proto", "timeout"),
+        "bandwidth": ("from", "to", "rate", "tolerance", "seconds"),
         "capture": ("at", "filter", "run", "in", "timeout", "count"),
     }[ctype]
+    if ctype == "bandwidth" and "expect" in c:
+        ctx.err(p + ("expect",), "a bandwidth check takes no expect: it passes when the measured rate is "
+                "within tolerance of rate (give rate and tolerance)")
+        c = {k: v for k, v in c.items() if k != "expect"}
     o = _Obj(ctx, c, p, common + per)
     targets = set(nodes) | set(pods) | ({"ext"} if external else set()) | ({"dns"} if dns.enabled else set())
 
@@ -732,7 +737,7 @@ def _check(ctx: _Ctx, c: Any, p: tuple, j: int, nodes: dict, pods: dict, dns: DN
         params["pod"] = podref("pod")
         params["query"] = o.get("query", str, None, required=True, check=_dns_name)
         params["timeout"] = o.int("timeout", 5, 1, 30)
-        eo = _Obj(ctx, exp, p + ("expect",), ("queries", "count", "answer", "rcode"))
+        eo = _Obj(ctx, exp, p + ("expect",), ("queries", "count", "answer"))
         qs = eo.get("queries", list, None)
         params["expect"] = {"queries": [str(q).rstrip(".") for q in qs] if qs is not None else None,
                             "count": eo.int("count", None, 0, 50),
@@ -775,7 +780,6 @@ def _check(ctx: _Ctx, c: Any, p: tuple, j: int, nodes: dict, pods: dict, dns: DN
             if not lim and rcv and snd:
                 ctx.err(p + ("rate",), f"neither {snd.name} (egress) nor {rcv.name} (ingress) is shaped: give rate")
             params["rate"] = lim
-        params["expect"] = exp if exp is not None else "within"
         name = name or f"bandwidth {params['from']} -> {params['to']}"
     elif ctype == "capture":
         on = o.get("at", str, None, required=True)
@@ -797,5 +801,8 @@ def _check(ctx: _Ctx, c: Any, p: tuple, j: int, nodes: dict, pods: dict, dns: DN
                             "fields": eo.get("fields", dict, {}),
                             "min": eo.int("min", 1, 0),
                             "max": eo.int("max", None, 0)}
+        if params["expect"]["min"] == 0 and params["expect"]["max"] is None:
+            ctx.err(p + ("expect", "min"), "min: 0 without max accepts any capture, so the check could never "
+                    "fail: give min >= 1, or max (e.g. max: 0 for 'no such packet')")
         name = name or f"capture at {on}"
     return Check(ctype, j, name, params)

@@ -1,7 +1,7 @@
 """bandwidth: shape a pod's traffic with TBF, on the host side of its veth.
 
-A chained plugin. Rates are bits per second, bursts bits (CONVENTIONS.md),
-from ``runtimeConfig.bandwidth`` (capability ``bandwidth``) or the same four
+A chained plugin. Rates are bits per second, bursts bits (CONVENTIONS.md of
+the CNI spec repository, containernetworking/cni), from ``runtimeConfig.bandwidth`` (capability ``bandwidth``) or the same four
 fields at the top level of the config, which win when any of them is set.
 
 - ingress (toward the pod): TBF as the root qdisc of the host veth;

@@ -473,15 +473,53 @@ def _kernel_has_vlan_filtering(node) -> bool:
     return False
 
 
+@pytest.fixture
+def kernel_without_vlan_filtering(monkeypatch):
+    """Fake the kernel's answer, on every kernel: a link request that asks for
+    bridge vlan filtering fails with EOPNOTSUPP, as on a kernel built without
+    CONFIG_BRIDGE_VLAN_FILTERING. Every other request reaches the real kernel."""
+    import errno
+
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    from plugins.net import link as netlink
+    real_open = netlink.open_iproute
+    refused = []
+
+    class NoVlanFiltering:
+        def __init__(self, ipr):
+            self._ipr = ipr
+
+        def __getattr__(self, name):
+            return getattr(self._ipr, name)
+
+        def link(self, command, **kw):
+            if kw.get("br_vlan_filtering"):
+                refused.append(command)
+                raise NetlinkError(errno.EOPNOTSUPP, "Operation not supported")
+            return self._ipr.link(command, **kw)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self._ipr.__exit__(*exc)
+    monkeypatch.setattr(netlink, "open_iproute", lambda: NoVlanFiltering(real_open()))
+    yield
+    assert refused, "the plugin never asked for vlan filtering: the faked path was not exercised"
+
+
+@pytest.mark.parametrize("existing_bridge", [False, True])
 @pytest.mark.parametrize("extra", [{"vlan": 100}, {"vlanTrunk": [{"minID": 10, "maxID": 12}]}])
-def test_vlan_without_kernel_support_is_a_clear_error(node, pod, data_dir, extra):
-    if _kernel_has_vlan_filtering(node):
-        pytest.skip("this kernel has bridge vlan filtering; the error path is not reachable")
+def test_vlan_without_kernel_support_is_a_clear_error(node, pod, data_dir, extra, existing_bridge,
+                                                      kernel_without_vlan_filtering):
+    if existing_bridge:      # the other path: enabling filtering on a bridge that exists
+        node.run("ip", "link", "add", "cni0", "type", "bridge")
     rc, err = call(node, "ADD", conf(data_dir, "1.0.0", **extra), netns=pod.path)
     assert rc == 1 and err["code"] == NOT_SUPPORTED_BY_KERNEL
     assert "vlan filtering" in err["msg"]
-    assert set(links(node)) == {"lo"}
-    _assert_nothing_left(node, pod, data_dir)
+    assert set(links(node)) == ({"lo", "cni0"} if existing_bridge else {"lo"})
+    _assert_nothing_left(node, pod, data_dir, bridge_existed=existing_bridge)
 
 
 def test_vlan_access_port(node, pod, data_dir):

@@ -304,12 +304,19 @@ def test_add_returning_nothing_is_internal(fake):
     assert rc == 1 and out["code"] == errors.INTERNAL
 
 
-def test_unknown_and_unimplemented_plugins(monkeypatch):
+def test_unknown_plugin_and_a_missing_module(monkeypatch):
     out, rc = run(dict(BASE_ENV), conf(), plugin="nope")
     assert rc == 1 and out["code"] == errors.NOT_IMPLEMENTED
+    # a listed plugin whose module is missing is a broken install, not "not implemented"
     monkeypatch.setitem(skel.PLUGINS, "ghost", "no_such_module_cnilab_xyz")
     out, rc = run(dict(BASE_ENV), conf(), plugin="ghost")
-    assert rc == 1 and out["code"] == errors.NOT_IMPLEMENTED and "not implemented" in out["msg"]
+    assert rc == 1 and out["code"] == errors.INTERNAL and "no_such_module_cnilab_xyz" in out["msg"]
+
+
+def test_every_listed_plugin_module_imports():
+    import importlib
+    for plugin, modname in skel.PLUGINS.items():
+        assert callable(getattr(importlib.import_module(modname), "add")), plugin
 
 
 def test_missing_handler(fake):

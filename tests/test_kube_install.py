@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ipam import config as ipam_config
 from netlab import kube_install as ki
+from plugins import bridge as br, portmap as pm, vxlan as vx
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -239,7 +241,6 @@ def test_configmap_templates_render(mode):
 
 def test_vxlan_template_fields_accepted_by_our_plugin():
     """Field names in the shipped template are the ones plugins/vxlan.py parses."""
-    vx = pytest.importorskip("plugins.vxlan")
     tpl = template("vxlan")
     r = ki.render(tpl, "n1", ki.nodes_from_list(THREE), ["10.244.0.0/16"], underlay="eth0")
     conf = vx.parse(r.conflist["plugins"][0], "cnilab")
@@ -261,7 +262,6 @@ def test_rendered_conflists_pass_our_plugins_parsers(mode, stack):
     """Every field the templates use is one our plugins (and host-local) accept."""
     from plugins.core.config import parse_netconf
     from plugins.core.skel import Call, CmdArgs
-    ipam_config = pytest.importorskip("ipam.config")
     if stack == "v4":
         nodes, clusters = ki.nodes_from_list(THREE), ["10.244.0.0/16"]
     else:
@@ -276,17 +276,14 @@ def test_rendered_conflists_pass_our_plugins_parsers(mode, stack):
                    args="", path=["/opt/cni/bin"])
     main = parse_netconf(libcni_view(r.conflist, 0))
     if mode == "bridge":
-        br = pytest.importorskip("plugins.bridge")
         c = br.parse_conf(Call(args=args, conf=main), strict=False)
         assert c.bridge == "cni0" and c.is_gateway and c.is_default_gateway
         assert c.ip_masq is False and c.hairpin
     else:
-        vx = pytest.importorskip("plugins.vxlan")
         c = vx.parse(main.raw, main.name)
         assert c.is_gateway and c.is_default_gateway and c.ip_masq and c.bridge == "vxbr1"
     ipc = ipam_config.load(main, {}, need_ranges=True)
     assert len(ipc.ranges if hasattr(ipc, "ranges") else ipc.range_sets) == (1 if stack == "v4" else 2)
-    pm = pytest.importorskip("plugins.portmap")
     pm.parse_config(parse_netconf(libcni_view(r.conflist, 1)))
 
 

@@ -102,8 +102,8 @@ def test_down_leaves_the_machine_as_before(tmp_path):
     lab_dir = str(tmp_path / "lab")
     before_root = root_snapshot()
     before_tmp = sorted(os.listdir(tmp_path))
-    up = netlab("up", "topologies/default.yaml", "--name", name, "--lab-dir", lab_dir, "-q", "--no-checks")
     try:
+        up = netlab("up", "topologies/default.yaml", "--name", name, "--lab-dir", lab_dir, "-q", "--no-checks")
         assert up.returncode == 0, up.stderr[-2000:]
         during = leftovers(name, lab_dir)
         assert any(x.startswith("netns") for x in during) and any(x.startswith("process") for x in during)
@@ -143,43 +143,55 @@ def test_failed_build_rolls_back_everything(tmp_path):
     lab_dir = str(tmp_path / "lab")
     f = tmp_path / "t.yaml"
     f.write_text(EXHAUST.format(name=name))   # a /30 has one pod address: p2 cannot attach
-    p = netlab("up", str(f), "--lab-dir", lab_dir, "-q")
-    assert p.returncode == 1
-    assert "build failed" in p.stderr and "removed" in p.stderr
+    try:
+        p = netlab("up", str(f), "--lab-dir", lab_dir, "-q")
+        assert p.returncode == 1
+        assert "build failed" in p.stderr and "removed" in p.stderr
+    finally:
+        netlab("down", "--lab-dir", lab_dir)      # only does something when the test failed
     assert leftovers(name, lab_dir) == []
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("how", ["interrupt", "crash"])
+@pytest.mark.parametrize("how", ["interrupt", "terminate", "crash"])
 def test_interrupted_or_crashed_build_is_removed(how, tmp_path):
+    """The build is held half-way by NETLAB_TEST_PAUSE (one pod attached, the
+    others not, processes running) and the signal is sent only once it says so:
+    no race with a build that may already have finished on a loaded machine."""
     name = lab_name()
     lab_dir = str(tmp_path / "lab")
+    env = dict(os.environ, NETLAB_TEST_PAUSE="attach")
     proc = subprocess.Popen([sys.executable, "-m", "netlab", "up", "topologies/default.yaml", "--name", name,
                              "--lab-dir", lab_dir, "--no-checks"], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, env=env)
     try:
-        seen = []
         for line in proc.stdout:
-            seen.append(line)
-            if "ip_forward" in line:      # part-way: namespaces and links exist
+            if "paused half-way" in line:
                 break
-        proc.send_signal(signal.SIGINT if how == "interrupt" else signal.SIGKILL)
-        rc = proc.wait(60)
+        else:
+            pytest.fail(f"the build never reached the pause (exit {proc.wait()}): {proc.stderr.read()[-2000:]}")
+        st = json.load(open(os.path.join(lab_dir, "state.json")))
+        assert st["status"] == "building"
+        assert len([r for r in st["resources"] if r["kind"] == "attach"]) == 1   # mid-way: one pod of several
+        assert any(x.startswith("process") for x in leftovers(name, lab_dir))
+        proc.send_signal({"interrupt": signal.SIGINT, "terminate": signal.SIGTERM, "crash": signal.SIGKILL}[how])
+        rc = proc.wait(120)
+        if how == "crash":
+            assert rc == -signal.SIGKILL
+            assert leftovers(name, lab_dir)                        # the crash left things behind...
+            st = json.load(open(os.path.join(lab_dir, "state.json")))
+            assert st["status"] == "building" and st["resources"]
+            d = netlab("down", "--lab-dir", lab_dir)               # ...which down removes from the record
+            assert d.returncode == 0, d.stderr
+        else:
+            assert rc == 130, proc.stderr.read()
+            assert "interrupted" in proc.stderr.read()
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    if how == "interrupt":
-        assert rc == 130, proc.stderr.read()
-        assert leftovers(name, lab_dir) == []
-    else:
-        assert rc == -signal.SIGKILL
-        assert leftovers(name, lab_dir)                        # the crash left things behind...
-        st = json.load(open(os.path.join(lab_dir, "state.json")))
-        assert st["status"] == "building" and st["resources"]
-        d = netlab("down", "--lab-dir", lab_dir)               # ...which down removes from the record
-        assert d.returncode == 0, d.stderr
-        assert leftovers(name, lab_dir) == []
+        netlab("down", "--lab-dir", lab_dir)     # whatever a failed assertion above left behind
+    assert leftovers(name, lab_dir) == []
 
 
 @pytest.mark.slow
@@ -230,13 +242,21 @@ def test_exec_runs_in_the_pod_with_its_resolv_conf(tmp_path):
 
 
 @pytest.mark.slow
-def test_same_lab_on_the_reference_plugins(tmp_path):
-    """netlab is a plain CNI runtime: the Go reference plugins pass the same checks."""
+@pytest.mark.parametrize("topo", SHIPPED)
+def test_every_lab_on_the_reference_plugins_passes_or_is_refused(topo, tmp_path):
+    """netlab is a plain CNI runtime: the Go reference plugins pass the same checks,
+    or the lab is refused before anything is built, saying which plugin is missing."""
     name = lab_name()
     lab_dir = str(tmp_path / "lab")
     try:
-        p = netlab("up", "topologies/bridge.yaml", "--name", name, "--lab-dir", lab_dir, "-q",
+        p = netlab("up", f"topologies/{topo}", "--name", name, "--lab-dir", lab_dir, "-q",
                    "--plugins", "reference", "--json")
+        text = open(os.path.join(REPO, "topologies", topo)).read()
+        if "type: overlay" in text:
+            assert p.returncode == 2, p.stdout[-2000:] + p.stderr[-2000:]
+            assert "which needs our vxlan plugin; the reference plugins (/usr/lib/cni) have none" in p.stderr
+            assert not os.path.exists(lab_dir)
+            return
         assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
         assert json.loads(p.stdout)["ok"]
         st = json.load(open(os.path.join(lab_dir, "state.json")))
@@ -244,7 +264,7 @@ def test_same_lab_on_the_reference_plugins(tmp_path):
         assert os.path.realpath(os.path.join(lab_dir, "bin", "bridge")) == "/usr/lib/cni/bridge"
     finally:
         netlab("down", "--lab-dir", lab_dir)
-    assert leftovers(name, lab_dir) == []
+        assert leftovers(name, lab_dir) == []
 
 
 @pytest.mark.slow

@@ -115,6 +115,38 @@ def test_semantic_errors(snippet, needle):
     assert any(needle in e for e in ei.value.errors), ei.value.errors
 
 
+def test_keys_no_check_reads_are_errors_with_their_location():
+    """A key that nothing reads would make a check look stricter than it is."""
+    text = """name: t
+nodes: {n1: {}}
+networks: {podnet: {type: bridge, subnet: 10.244.0.0/16}}
+pods:
+  a: {node: n1, network: podnet, ports: [{hostPort: 80}]}
+  b: {node: n1, network: podnet, bandwidth: {rate: 10mbit}}
+checks:
+  - {type: bandwidth, from: a, to: b, direction: ingress}
+  - {type: bandwidth, from: a, to: b, name: bw2, expect: pass}
+  - {type: dns, pod: a, query: x.example, expect: {answer: none, rcode: NXDOMAIN}}
+  - {type: port, pod: a, node: n1, hostPort: 80}
+  - {type: capture, at: underlay, in: a, run: [true], expect: {min: 0}}
+"""
+    with pytest.raises(T.TopologyError) as ei:
+        T.loads(text, "k.yaml")
+    expected = [
+        ("k.yaml:8: checks[0].direction", "unknown key"),
+        ("k.yaml:9: checks[1].expect", "takes no expect"),
+        ("k.yaml:10: checks[2].expect.rcode", "unknown key"),
+        ("k.yaml:11: checks[3].node", "unknown key"),
+        ("k.yaml:12: checks[4].expect.min", "could never fail"),
+    ]
+    for where, what in expected:
+        assert any(e.startswith(where) and what in e for e in ei.value.errors), (where, what, ei.value.errors)
+    assert len(ei.value.errors) == len(expected), ei.value.errors
+    # min: 0 with a max is a real expectation ("no such packet")
+    ok = text.split("checks:")[0] + "checks:\n  - {type: capture, at: underlay, in: a, run: [true], expect: {min: 0, max: 0}}\n"
+    assert T.loads(ok).checks[0].params["expect"]["max"] == 0
+
+
 def test_overlapping_and_public_subnets():
     text = """name: t
 nodes: {n1: {}}

@@ -510,11 +510,12 @@ def test_cli_help_and_hook():
     assert args.func(args) == 7
 
 
-def test_cli_optional_modules(tmp_path, monkeypatch):
+def test_cli_command_modules_are_never_optional(tmp_path, monkeypatch):
     from netlab import cli as cli_mod
-    # a missing module is skipped; an import error inside an existing one is not hidden
-    parser = cli_mod.build_parser(("netlab.cmd_cni", "netlab.cmd_cnilab_absent"))
-    assert parser.parse_args(["cni", "status", "n"]).verb == "status"
+    # a missing command module and an import error inside one are both errors, never a missing verb
+    with pytest.raises(ModuleNotFoundError) as e:
+        cli_mod.build_parser(("netlab.cmd_cni", "netlab.cmd_cnilab_absent"))
+    assert e.value.name == "netlab.cmd_cnilab_absent"
     (tmp_path / "cnilab_cmd_broken.py").write_text("import cnilab_missing_dependency\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(ModuleNotFoundError) as e:

@@ -232,6 +232,15 @@ def ping(ns: str, addr: str, *, count: int = 1, timeout: float = 2, size: int | 
 def captured(ns: str, iface: str, bpf: str, pcap: str, fn: Callable[[], Any], *, count: int = 0,
              settle: float = 0.1, incoming_only: bool = False) -> tuple[Any, list]:
     """Run ``fn`` while capturing; returns (fn's value, decoded packets); pcap saved."""
+    value, seen = captured_with_direction(ns, iface, bpf, pcap, fn, count=count, settle=settle,
+                                          incoming_only=incoming_only)
+    return value, [x for x, _ in seen]
+
+
+def captured_with_direction(ns: str, iface: str, bpf: str, pcap: str, fn: Callable[[], Any], *,
+                            count: int = 0, settle: float = 0.1,
+                            incoming_only: bool = False) -> tuple[Any, list[tuple[Any, str]]]:
+    """Like ``captured``, each packet with the direction it was seen in ("in"/"out")."""
     cap = Capture(ns, "" if iface == "any" else iface, bpf, pcap=pcap, count=count,
                   incoming_only=incoming_only)
     cap.start()
@@ -240,4 +249,4 @@ def captured(ns: str, iface: str, bpf: str, pcap: str, fn: Callable[[], Any], *,
     finally:
         time.sleep(settle)
         cap.stop()
-    return value, cap.packets()
+    return value, list(zip(cap.packets(), cap.directions))

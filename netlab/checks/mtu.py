@@ -1,15 +1,19 @@
 """mtu: the path MTU between a pod and a target by a DF probe sweep.
 
 Binary search for the largest IP packet (DF set) that gets an echo reply.
-When it is below the sender's own interface MTU, the capture on the sender
-tells the two cases apart: an ICMP "fragmentation needed" came back (a
-correct PMTU signal) or the oversized probes simply vanished (a black hole).
+The capture on the sender is the evidence, and each verdict needs it
+positively: the largest size must be seen answered; below the sender's own
+interface MTU, either an ICMP "fragmentation needed" came back (a correct
+PMTU signal) or it is a black hole, which needs DF probes above the found
+size seen *leaving* the sender, none of them answered and no
+fragmentation-needed seen coming back. Probes that never left (refused by
+the sender's own stack) prove no black hole.
 """
 from __future__ import annotations
 
 import re
 
-from .common import CheckResult, Context, captured, ping, run_in
+from .common import CheckResult, Context, captured_with_direction, ping, run_in
 
 
 def iface_mtu(ns: str, iface: str) -> int | None:
@@ -48,16 +52,68 @@ def run(ctx: Context, check) -> CheckResult:
                 hi = mid - 1
         return lo
 
-    found, pkts = captured(src.ns, src.iface, f"icmp and host {dst.address} or icmp[0] = 3", pcap, sweep)
-    frag_needed = [x for x in pkts if x.haslayer("ICMP") and x["ICMP"].type == 3 and x["ICMP"].code == 4]
+    found, seen = captured_with_direction(src.ns, src.iface, f"icmp and host {dst.address} or icmp[0] = 3", pcap, sweep)
     e = p["expect"]
-    if found is None:
-        return CheckResult(check.name, "mtu", False, f"path MTU {e['mtu']}", f"even {p['min']}-byte probes get no reply",
-                           pcap, probes)
-    blackhole = found < hi_limit and not frag_needed
-    how = (f"ICMP fragmentation-needed seen (next-hop mtu {frag_needed[0]['ICMP'].nexthopmtu})" if frag_needed
-           else ("probes above it vanished: black hole" if blackhole else "limited by the sender's own interface"))
-    good = found == e["mtu"] and blackhole == e["blackhole"]
     exp = f"path MTU {e['mtu']}" + (" (black hole)" if e["blackhole"] else "")
-    return CheckResult(check.name, "mtu", good, exp, f"path MTU {found}: {how}", pcap,
-                       [f"{src.name} ({src.iface} mtu {local}) -> {dst.name} {dst.address}", "probes: " + ", ".join(probes)])
+    details = [f"{src.name} ({src.iface} mtu {local}) -> {dst.name} {dst.address}", "probes: " + ", ".join(probes)]
+    if found is None:
+        return CheckResult(check.name, "mtu", False, exp, f"even {p['min']}-byte probes get no reply",
+                           pcap, details)
+    ev = mtu_evidence(seen, dst.address, found)
+    details.append(ev.summary(src.iface))
+    if not ev.answered:
+        return CheckResult(check.name, "mtu", False, exp,
+                           f"path MTU {found} by ping, but the capture shows no answered {found}-byte probe", pcap, details)
+    if ev.big_answered:
+        return CheckResult(check.name, "mtu", False, exp,
+                           f"path MTU {found} by the sweep, but larger probes ({max(ev.big_answered)} bytes) were "
+                           "answered too: the path is lossy, not size-limited", pcap, details)
+    if found >= hi_limit:
+        blackhole, how = False, "limited by the sender's own interface"
+    elif ev.frag_needed:
+        blackhole, how = False, f"ICMP fragmentation-needed seen (next-hop mtu {ev.frag_needed[0]})"
+    elif ev.big_left:
+        blackhole = True
+        how = (f"black hole: {len(ev.big_left)} DF probe(s) of {'/'.join(map(str, sorted(set(ev.big_left))))} bytes "
+               f"left the sender, none answered, no fragmentation-needed came back")
+    else:
+        blackhole, how = False, "the larger probes never left the sender (refused by its own stack): no black hole shown"
+    good = found == e["mtu"] and blackhole == e["blackhole"]
+    return CheckResult(check.name, "mtu", good, exp, f"path MTU {found}: {how}", pcap, details)
+
+
+class MtuEvidence:
+    """What the sender's capture shows about a sweep that found ``found``."""
+
+    def __init__(self, answered: bool, big_left: list[int], big_answered: list[int], frag_needed: list[int]) -> None:
+        self.answered = answered            # a probe of exactly ``found`` bytes left and was answered
+        self.big_left = big_left            # sizes of unanswered DF requests above ``found`` seen leaving
+        self.big_answered = big_answered    # sizes above ``found`` that were answered (contradiction)
+        self.frag_needed = frag_needed      # next-hop MTUs of ICMP frag-needed seen coming in
+
+    def summary(self, iface: str) -> str:
+        return (f"capture on {iface}: a probe of the found size {'answered' if self.answered else 'NOT seen answered'}; "
+                f"{len(self.big_left)} larger DF probe(s) left, {len(self.big_answered)} answered; "
+                f"{len(self.frag_needed)} fragmentation-needed received")
+
+
+def mtu_evidence(seen: list[tuple[object, str]], dst: str, found: int) -> MtuEvidence:
+    """Requests and replies are paired by ICMP id and sequence: a reply may come
+    back fragmented (the return path may be narrower), so its size says nothing."""
+    sent: dict[tuple[int, int], tuple[int, bool]] = {}      # (id, seq) -> (IP length, DF)
+    replied: set[tuple[int, int]] = set()
+    frag = []
+    for x, direction in seen:
+        if not x.haslayer("ICMP") or not x.haslayer("IP"):
+            continue
+        ip, icmp = x["IP"], x["ICMP"]
+        if icmp.type == 3 and icmp.code == 4 and direction == "in":
+            frag.append(int(icmp.nexthopmtu))
+        elif icmp.type == 0 and ip.src == dst and direction == "in":
+            replied.add((icmp.id, icmp.seq))
+        elif icmp.type == 8 and ip.dst == dst and direction == "out":
+            sent[(icmp.id, icmp.seq)] = (ip.len, bool(ip.flags.DF))
+    answered = any(n == found and k in replied for k, (n, _) in sent.items())
+    big_left = [n for k, (n, df) in sent.items() if n > found and df and k not in replied]
+    big_answered = [n for k, (n, _) in sent.items() if n > found and k in replied]
+    return MtuEvidence(answered, big_left, big_answered, frag)

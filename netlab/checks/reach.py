@@ -1,18 +1,46 @@
 """reach: FROM reaches TO (icmp, tcp or udp), expected to pass or fail.
 
-Evidence: a capture at the destination; a pass must show the probe arriving
-there, a fail is explained by what the capture saw (nothing, or requests
-without answers)."""
+Evidence: captures at every point of the path (source, its node, the
+underlay, the destination's node, the destination; see checks/path.py). A
+pass must show the probe arriving at the destination. A fail must show the
+probe leaving the source (or the source's own kernel refusing it: no
+route), and says where it stopped: the last point that saw it. A probe that
+never left proves nothing, so such a "fail" is a failed check.
+"""
 from __future__ import annotations
 
-from .common import CheckResult, Context, Server, captured, client, ping
+import contextlib
+
+from .common import CheckResult, Context, Server, client, ping
+from .path import PathCapture
 
 
-def _bpf(proto: str, src: str | None, dst: str, port: int | None) -> str:
+def _bpf(proto: str, dst: str, port: int | None) -> str:
     f = f"host {dst}"
     if proto == "icmp":
         return f"icmp and {f}"
     return f"{proto} port {port} and {f}"
+
+
+def probe_matcher(proto: str, dst: str, port: int | None):
+    """Is this (innermost) IP header the probe's request? Replies do not count."""
+    def match(ip) -> bool:
+        if ip.dst != dst:
+            return False
+        if proto == "icmp":
+            return ip.haslayer("ICMP") and ip["ICMP"].type == 8
+        layer = proto.upper()
+        return ip.haslayer(layer) and ip[layer].dport == port
+    return match
+
+
+def judge_fail(ev, observed_ok: bool) -> tuple[bool, str]:
+    """(good, why) for a check that expects the probe not to get through."""
+    if observed_ok:
+        return False, "it got through"
+    if ev.left_source or ev.refused_at_source:
+        return True, ev.stopped()
+    return False, f"{ev.stopped()}: a probe that never left proves nothing"
 
 
 def run(ctx: Context, check) -> CheckResult:
@@ -20,29 +48,33 @@ def run(ctx: Context, check) -> CheckResult:
     src, dst = ctx.target(p["from"]), ctx.target(p["to"])
     if not dst.address:
         return CheckResult(check.name, "reach", p["expect"] == "fail", p["expect"], f"{dst.name} has no address")
-    pcap = ctx.pcap(check)
-    cap_iface = "any" if dst.kind in ("node", "host", "ext", "dns") else dst.iface
+    port = None if p["proto"] == "icmp" else p["port"]
+    path = PathCapture(ctx, check, src, dst, _bpf(p["proto"], dst.address, port),
+                       probe_matcher(p["proto"], dst.address, port))
     if p["proto"] == "icmp":
         def probe():
             r = ping(src.ns, dst.address, count=p["count"], timeout=p["timeout"])
             return r.returncode == 0, (r.stdout.strip().splitlines() or [r.stderr.strip()])[-1]
-        (ok, text), pkts = captured(dst.ns, cap_iface, _bpf("icmp", None, dst.address, None), pcap, probe)
-        reqs = [x for x in pkts if x.haslayer("ICMP") and x["ICMP"].type == 8 and x["IP"].dst == dst.address]
+        with path:
+            ok, text = probe()
     else:
-        import contextlib
         # listen: false probes whatever is (not) there instead of our responder
         with (Server(dst.ns, p["proto"], p["port"]) if p.get("listen", True) else contextlib.nullcontext()):
-            (ok, text), pkts = captured(dst.ns, cap_iface, _bpf(p["proto"], None, dst.address, p["port"]), pcap,
-                                        lambda: client(src.ns, p["proto"], dst.address, p["port"], p["timeout"]))
-        layer = p["proto"].upper()
-        reqs = [x for x in pkts if x.haslayer(layer) and x["IP"].dst == dst.address and x[layer].dport == p["port"]]
-    seen = f"{len(reqs)} request(s) seen at {dst.name}"
-    observed = ("pass" if ok else "fail")
-    good = observed == p["expect"]
-    if ok and not reqs:
-        good = False
-        seen += " (a pass the capture cannot confirm)"
+            with path:
+                ok, text = client(src.ns, p["proto"], dst.address, p["port"], p["timeout"])
+    ev = path.evidence()
+    reqs = ev.count(path.dst_label)
+    seen = f"{reqs} request(s) seen at {dst.name}"
+    observed = "pass" if ok else "fail"
+    if p["expect"] == "pass":
+        good = ok and reqs > 0
+        if ok and not reqs:
+            seen += " (a pass the capture cannot confirm)"
+    else:
+        good, why = judge_fail(ev, ok)
+        seen += f"; {why}"
     return CheckResult(check.name, "reach", good, p["expect"],
-                       f"{observed}: {text}; {seen}", pcap,
+                       f"{observed}: {text}; {seen}", path.pcaps[path.dst_label],
                        [f"{src.name} ({src.address}) -> {dst.name} ({dst.address}) {p['proto']}"
-                        + (f"/{p['port']}" if p['proto'] != 'icmp' else "")])
+                        + (f"/{p['port']}" if p['proto'] != 'icmp' else ""),
+                        f"path: {ev.describe()}"])
