@@ -81,14 +81,21 @@ def _recv(sock: socket.socket) -> tuple[float, bytes, tuple]:
     return time.time(), data, addr
 
 
+def pcap_header(snaplen: int = 262144) -> bytes:
+    return struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, snaplen, LINKTYPE_ETHERNET)
+
+
+def pcap_record(ts: float, data: bytes) -> bytes:
+    sec = int(ts)
+    usec = min(999_999, int(round((ts - sec) * 1_000_000)))
+    return struct.pack("<IIII", sec, usec, len(data), len(data)) + data
+
+
 def write_pcap(path: str, frames: list[tuple[float, bytes]], snaplen: int = 262144) -> None:
     with open(path, "wb") as f:
-        f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, snaplen, LINKTYPE_ETHERNET))
+        f.write(pcap_header(snaplen))
         for ts, data in frames:
-            sec = int(ts)
-            usec = int((ts - sec) * 1_000_000)
-            f.write(struct.pack("<IIII", sec, usec, len(data), len(data)))
-            f.write(data)
+            f.write(pcap_record(ts, data))
 
 
 class Capture:

@@ -189,6 +189,10 @@ class DropMonitor:
     """``start()`` before the probe, ``stop()`` after; ``drops`` then holds the
     drops of ``protocol`` seen meanwhile, with wall-clock times."""
 
+    # how instances are made and removed (tracefs fills/empties them itself; tests stand in)
+    _mkdir = staticmethod(os.mkdir)
+    _rmdir = staticmethod(os.rmdir)
+
     def __init__(self, tag: str, protocol: int = ETH_P_IP, *, root: str | None = None) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_-]{1,40}", tag):
             raise DropMonError(f"bad instance tag {tag!r}")
@@ -212,7 +216,7 @@ class DropMonitor:
             if not os.path.isdir(os.path.join(root, EVENT)):
                 raise DropMonError("the kernel has no skb:kfree_skb tracepoint with drop reasons (Linux 5.17+)")
             inst = os.path.join(root, "instances", f"netlab-{self.tag}")
-            os.mkdir(inst)
+            self._mkdir(inst)
             self.instance = inst
             ev = os.path.join(inst, EVENT)
             _write(os.path.join(inst, "trace_clock"), "mono")
@@ -273,7 +277,7 @@ class DropMonitor:
         if self.instance:
             for _ in range(50):
                 try:
-                    os.rmdir(self.instance)
+                    self._rmdir(self.instance)
                     break
                 except FileNotFoundError:
                     break
