@@ -65,6 +65,9 @@ def register(sub) -> None:
     _lab_opts(p)
     p.set_defaults(func=cmd_graph)
 
+    from .cmd_impair import register as register_impair   # impair, watch
+    register_impair(sub)
+
     try:
         from .cmd_cni import add_cni_command
         p = add_cni_command("log", help="every plugin call netlab made for a lab (or one pod)",

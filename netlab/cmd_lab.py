@@ -192,6 +192,11 @@ def cmd_up(args) -> int:
     if os.geteuid() != 0:
         _err("netlab up needs root (it creates network namespaces); try: sudo netlab up ...")
         return 1
+    from .impair import preflight     # impairments this kernel cannot make: refused before building
+    why = preflight(topo)
+    if why:
+        _err(why)
+        return EXIT_INVALID
     old = statemod.load(lab_dir)
     if old is not None:
         _err(f"lab {topo.name} is already up (state in {lab_dir}); remove it first: netlab down {topo.name}"
@@ -219,6 +224,8 @@ def cmd_up(args) -> int:
     prev_term = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         builder.run()
+        from .impair import apply_topology   # the topology's link impairments, recorded like the rest
+        apply_topology(plan, st, record=builder.record, update=builder.update, progress=say)
         from .scenario import apply as apply_scenario   # a scenario's faults, if the file has any
         scenario = apply_scenario(plan, st, record=builder.record, update=builder.update,
                                   progress=say)

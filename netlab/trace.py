@@ -202,7 +202,8 @@ def link_stats(ns: str) -> dict[str, dict[str, int]]:
             rx, tx = st.get("rx", {}), st.get("tx", {})
             out[d["ifname"]] = {"rx_packets": rx.get("packets", 0), "rx_dropped": rx.get("dropped", 0),
                                 "rx_errors": rx.get("errors", 0), "tx_packets": tx.get("packets", 0),
-                                "tx_dropped": tx.get("dropped", 0), "tx_errors": tx.get("errors", 0)}
+                                "tx_dropped": tx.get("dropped", 0), "tx_errors": tx.get("errors", 0),
+                                "rx_bytes": rx.get("bytes", 0), "tx_bytes": tx.get("bytes", 0)}
     except ValueError:
         pass
     return out
