@@ -661,6 +661,30 @@ def _impair(ctx: _Ctx, o: _Obj, path: tuple, key: str | None = "impair") -> dict
     return None if errs else imp.to_dict()
 
 
+def _loss_expect(ctx: _Ctx, exp: dict, path: tuple, params: dict) -> dict:
+    """reach ``expect: {loss: 5%, tolerance: 3%}``: the share of probes that go unanswered."""
+    from .impair import parse_percent
+    eo = _Obj(ctx, exp, path, ("loss", "tolerance"))
+    out: dict[str, float] = {}
+    for k, default in (("loss", None), ("tolerance", None)):
+        if not eo.has(k):
+            if k == "loss":
+                ctx.err(path + (k,), "is required")
+            continue
+        try:
+            out[k] = parse_percent(eo.data[k])
+        except ValueError as e:
+            ctx.err(path + (k,), str(e))
+    if params.get("proto") != "icmp":
+        ctx.err(path, "a loss is measured with ICMP echo: proto must be icmp")
+    if "loss" in out and "tolerance" not in out:
+        # three standard deviations of the share lost in `count` tries, plus one probe
+        n = params.get("count") or 1
+        p_ = out["loss"] / 100
+        out["tolerance"] = round(100 * (3 * (p_ * (1 - p_) / n) ** 0.5 + 1 / n), 2)
+    return out
+
+
 def _check_conflist(ctx: _Ctx, conf: Any, path: tuple) -> None:
     if not isinstance(conf, dict):
         ctx.err(path, "must be a CNI conflist (a mapping)")
@@ -706,7 +730,7 @@ def _check(ctx: _Ctx, c: Any, p: tuple, j: int, nodes: dict, pods: dict, dns: DN
         return None
     common = ("type", "name", "expect")
     per = {
-        "reach": ("from", "to", "proto", "port", "count", "timeout", "listen"),
+        "reach": ("from", "to", "proto", "port", "count", "timeout", "listen", "size"),
         "mtu": ("from", "to", "min", "max", "timeout"),
         "dns": ("pod", "query", "timeout"),
         "port": ("from", "pod", "node", "hostPort", "proto", "timeout"),
@@ -739,13 +763,18 @@ def _check(ctx: _Ctx, c: Any, p: tuple, j: int, nodes: dict, pods: dict, dns: DN
         params["to"] = target("to")
         params["proto"] = o.get("proto", str, "icmp", check=lambda v: None if v in PROTOS else f"must be icmp, tcp or udp, got {v!r}")
         params["port"] = o.int("port", 8080 if params["proto"] != "icmp" else None, 1, 65535)
-        params["count"] = o.int("count", 1, 1, 20)
+        params["count"] = o.int("count", 1, 1, 1000)
         params["timeout"] = o.int("timeout", 2, 1, 30)
         params["listen"] = o.get("listen", bool, True)
+        params["size"] = o.int("size", None, 0, 65000)
         if exp is None:
             exp = "pass"
-        if exp not in ("pass", "fail"):
-            ctx.err(p + ("expect",), f"must be pass or fail, got {exp!r}")
+        if isinstance(exp, dict):
+            exp = _loss_expect(ctx, exp, p + ("expect",), params)
+        elif exp not in ("pass", "fail"):
+            ctx.err(p + ("expect",), f"must be pass, fail or {{loss: PERCENT, tolerance: PERCENT}}, got {exp!r}")
+        if params["size"] is not None and params["proto"] != "icmp":
+            ctx.err(p + ("size",), "size is the ICMP data size (like ping -s): only with proto icmp")
         params["expect"] = exp
         if params["to"] in pods and pods[params["to"]].mode == "none" and exp == "pass":
             ctx.err(p + ("to",), f"pod {params['to']} (mode none) has no address to reach")

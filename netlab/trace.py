@@ -290,6 +290,28 @@ class NfTrace:
         return out
 
 
+def netdev_drop_rules(ns: str) -> list[str]:
+    """Rules of netdev-family tables (ingress/egress hooks) that drop, with their counters;
+    netlab's own impairment tables are named as such."""
+    p = run_ns(ns, ["nft", "list", "ruleset", "netdev"])
+    out, table, chain = [], "", ""
+    for ln in p.stdout.splitlines():
+        t = ln.strip()
+        m = re.match(r"table netdev (\S+) \{", t)
+        if m:
+            table = m.group(1)
+            continue
+        m = re.match(r"chain (\S+) \{", t)
+        if m:
+            chain = m.group(1)
+            continue
+        if re.search(r"\bdrop\b", t) and not t.startswith("type "):
+            rule = re.sub(r' comment "[^"]*"', "", t)
+            who = " (a netlab impairment: netlab impair all show)" if table.startswith("cnilab-impair-") else ""
+            out.append(f"netdev {table} {chain}: {rule}{who}")
+    return out
+
+
 def chain_policies(ns: str) -> list[dict]:
     """Base chains with a drop policy in *any* table of the namespace (a common silent drop)."""
     p = run_ns(ns, ["nft", "-j", "list", "chains"])
@@ -621,6 +643,13 @@ class Tracer:
         last = max((o.ts for o in seq), default=0.0) or self.sent_at
         v = dropmon.correlate(self.drops, last)
         res.kernel = v.line()
+        if v.drop is not None and v.drop.reason == "NETFILTER_DROP" and seq:
+            ns = max(seq, key=lambda o: o.ts).ns
+            if not any(d["verdict"].split()[0] in ("drop", "reject") for d in self.rules.get(ns, []) if d["verdict"]):
+                rules = netdev_drop_rules(ns)
+                if rules:
+                    res.causes.insert(0, f"netdev rules in {self.label(ns)} that drop (the nft trace starts after the "
+                                      "netdev hooks, so it cannot show them): " + "; ".join(rules))
         for d, dd in zip(self.drops, res.kernel_drops):
             dd["probe"] = d is v.drop
 

@@ -17,6 +17,9 @@ def _bpf(proto: str, src: str | None, dst: str, port: int | None) -> str:
 
 def run(ctx: Context, check) -> CheckResult:
     p = check.params
+    if isinstance(p["expect"], dict):          # expect: {loss, tolerance}: measured on the wire
+        from .loss import run as run_loss
+        return run_loss(ctx, check)
     src, dst = ctx.target(p["from"]), ctx.target(p["to"])
     if not dst.address:
         return CheckResult(check.name, "reach", p["expect"] == "fail", p["expect"], f"{dst.name} has no address")
@@ -24,7 +27,7 @@ def run(ctx: Context, check) -> CheckResult:
     cap_iface = "any" if dst.kind in ("node", "host", "ext", "dns") else dst.iface
     if p["proto"] == "icmp":
         def probe():
-            r = ping(src.ns, dst.address, count=p["count"], timeout=p["timeout"])
+            r = ping(src.ns, dst.address, count=p["count"], timeout=p["timeout"], size=p.get("size"))
             return r.returncode == 0, (r.stdout.strip().splitlines() or [r.stderr.strip()])[-1]
         (ok, text), pkts = captured(dst.ns, cap_iface, _bpf("icmp", None, dst.address, None), pcap, probe)
         reqs = [x for x in pkts if x.haslayer("ICMP") and x["ICMP"].type == 8 and x["IP"].dst == dst.address]
