@@ -157,3 +157,142 @@ def test_sinks(tmp_path):
     s = sink_for(None, several=True, line=lambda ts, fr, ifn, d, v: lines.append(ifn) or ifn)
     s.add("web", "eth0", "in", 3.0, b"")
     assert lines == ["web/eth0"]
+
+
+# --------------------------------------------------------------------------- impairments
+
+from netlab import impair  # noqa: E402
+
+
+def test_impair_parse_values_and_errors():
+    imp, errs = impair.parse({"loss": "5%", "duplicate": 0.5, "rate": "10mbit", "burst": "32kb", "minSize": 1000,
+                              "direction": "ingress"})
+    assert errs == []
+    assert (imp.loss, imp.duplicate, imp.rate, imp.burst, imp.min_size, imp.direction) == \
+        (5.0, 0.5, 10_000_000, 32768, 1000, "ingress")
+    assert impair.Impairment.from_dict(imp.to_dict()) == imp
+    _, errs = impair.parse({"loss": "150%", "jitter": "5ms", "burst": "1k", "speed": 1, "direction": "up"})
+    keys = {k for k, _ in errs}
+    assert keys == {"loss", "jitter", "burst", "speed", "direction"}, errs
+    assert impair.parse({})[1] == [("", "give at least one of loss, duplicate, rate, delay")]
+    assert impair.parse({"minSize": 100, "rate": "1mbit"})[1][0][0] == "minSize"
+    assert impair.parse_ms("1.5s") == 1500 and impair.parse_ms("500us") == 0.5
+    with pytest.raises(ValueError):
+        impair.parse_percent("0.001%")
+
+
+def test_impair_words():
+    assert impair.parse_words(["loss", "5%", "rate=1mbit"]) == impair.Impairment(loss=5.0, rate=1_000_000)
+    for bad in (["loss"], ["loss", "5%", "loss", "6%"], ["colour", "red"]):
+        with pytest.raises(impair.ImpairError):
+            impair.parse_words(bad)
+
+
+def test_impair_plan_egress_puts_loss_at_the_receiving_end():
+    imp = impair.Impairment(loss=2.5, duplicate=1.0, rate=8_000_000, min_size=1000)
+    parts = impair.plan(imp, "A", "eth0", ("B", "veth1"), netem=False)
+    assert [(p.kind, p.ns, p.dev) for p in parts] == [("nft", "B", "veth1"), ("nft", "A", "eth0"), ("tbf", "A", "eth0")]
+    loss, dup, tbf = parts
+    assert "hook ingress device \"veth1\"" in loss.text and "meta length >= 1000 numgen random mod 10000 < 250 counter drop" in loss.text
+    assert loss.table == "cnilab-impair-veth1-in" and loss.text.startswith("create table netdev")
+    assert "hook egress device \"eth0\"" in dup.text and "meta mark 0x4e4c0001 accept" in dup.text
+    assert "< 100 meta mark set 0x4e4c0001 counter dup to \"eth0\"" in dup.text
+    assert tbf.params == {"rate": 8_000_000, "burst": impair.default_burst(8_000_000)}
+
+
+def test_impair_plan_ingress_uses_an_ifb_and_the_peer_for_duplicates():
+    imp = impair.Impairment(loss=1, duplicate=2, rate=1_000_000, burst=20000, direction="ingress")
+    parts = impair.plan(imp, "A", "eth0", ("B", "veth1"), netem=False)
+    assert [(p.kind, p.ns, p.dev) for p in parts] == [
+        ("nft", "A", "eth0"), ("nft", "B", "veth1"), ("ifb", "A", "eth0"), ("tbf", "A", parts[2].ifb)]
+    assert parts[2].ifb == impair.ifb_name("A", "eth0") and len(parts[2].ifb) <= 15
+    assert parts[3].params == {"rate": 1_000_000, "burst": 20000}
+
+
+def test_impair_delay_is_refused_without_netem_and_planned_with_it():
+    imp = impair.Impairment(delay=20, jitter=5, rate=1_000_000)
+    with pytest.raises(impair.ImpairError) as e:
+        impair.plan(imp, "A", "eth0", ("B", "v"), netem=False)
+    msg = str(e.value)
+    assert "\n" not in msg and "sch_netem" in msg and "delay and jitter need" in msg
+    parts = impair.plan(imp, "A", "eth0", ("B", "v"), netem=True)          # the probe, faked: netem exists
+    assert [(p.kind, p.dev) for p in parts] == [("netem", "eth0")]
+    assert parts[0].params == {"rate": 1_000_000, "burst": impair.default_burst(1_000_000), "delay": 20, "jitter": 5}
+    ing = impair.plan(impair.Impairment(delay=10, direction="ingress"), "A", "eth0", None, netem=True)
+    assert [p.kind for p in ing] == ["ifb", "netem"] and ing[1].dev == ing[0].ifb
+
+
+def test_impair_needs_a_wire_for_loss():
+    with pytest.raises(impair.ImpairError, match="not a veth"):
+        impair.plan(impair.Impairment(loss=1), "A", "eth0", None, netem=False)
+
+
+def test_preflight_refuses_delay_with_the_real_probe_faked(monkeypatch):
+    from netlab.topology import loads
+    t = loads("name: x\nnodes: {n1: {impair: {delay: 10ms}}}\n")
+    monkeypatch.setattr(impair, "kernel_has_netem", lambda: False)
+    assert "nodes.n1.impair: delay needs the kernel's netem qdisc (module sch_netem)" in impair.preflight(t)
+    monkeypatch.setattr(impair, "kernel_has_netem", lambda: True)
+    assert impair.preflight(t) is None
+
+
+def test_topology_impair_keys():
+    from netlab.topology import TopologyError, loads
+    t = loads("""
+name: x
+underlay: {impair: {n2: {loss: 1%}, ext: {rate: 1mbit}}}
+nodes: {n1: {impair: {duplicate: 1%}}, n2: {}}
+networks: {w: {type: bridge, subnet: 10.9.0.0/16, nodePrefix: 24}}
+pods: {a: {node: n1, network: w, impair: {rate: 2mbit, direction: ingress}}}
+""")
+    assert t.underlay.impair == {"n2": {"loss": 1.0, "direction": "egress"},
+                                 "ext": {"rate": 1_000_000, "direction": "egress"}}
+    assert t.nodes["n1"].impair == {"duplicate": 1.0, "direction": "egress"}
+    assert t.pods["a"].impair == {"rate": 2_000_000, "direction": "ingress"}
+    with pytest.raises(TopologyError) as e:
+        loads("name: x\nunderlay: {impair: {n9: {loss: 1%}}}\nnodes: {n1: {impair: {loss: x}}}\n"
+              "pods: {p: {node: n1, impair: {loss: 1%}}}\n")
+    text = "\n".join(e.value.errors)
+    assert "underlay.impair.n9: no switch port faces 'n9'" in text
+    assert "nodes.n1.impair.loss: must be a percentage" in text
+    assert "pods.p.impair: a pod in mode none has no interface of its own to impair" in text
+
+
+def test_reach_loss_expectation():
+    from netlab.topology import TopologyError, loads
+    base = "name: x\nnodes: {n1: {}, n2: {}}\nchecks:\n  - {type: reach, from: n1, to: n2, %s}\n"
+    t = loads(base % "count: 200, size: 1400, expect: {loss: 5%, tolerance: 2%}")
+    assert t.checks[0].params["expect"] == {"loss": 5.0, "tolerance": 2.0} and t.checks[0].params["size"] == 1400
+    t = loads(base % "count: 100, expect: {loss: 20%}")
+    assert t.checks[0].params["expect"]["tolerance"] == 13.0     # 3 sigma of 100 tries (12%) + one probe
+    with pytest.raises(TopologyError) as e:
+        loads(base % "proto: tcp, size: 10, expect: {loss: 5%, colour: red}")
+    text = "\n".join(e.value.errors)
+    assert "expect.colour: unknown key" in text and "proto must be icmp" in text and "size is the ICMP data size" in text
+
+
+def test_loss_judge_and_echo_seqs():
+    from netlab.checks.loss import echo_seqs, judge
+    assert judge(100, 72, 0.0, 1.0) == (False, 28.0)
+    assert judge(300, 210, 30.0, 10.0) == (True, 30.0)
+    assert judge(0, 0, 0.0, 100.0)[0] is False            # nothing sent proves nothing
+    from scapy.layers.inet import ICMP, IP
+    from scapy.layers.l2 import Ether
+    req = [bytes(Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / ICMP(type=8, seq=s)) for s in (1, 2, 2)]
+    rep = [bytes(Ether() / IP(src="10.0.0.2", dst="10.0.0.1") / ICMP(type=0, seq=1))]
+    frames = [(0.0, f) for f in req + rep]
+    dirs = ["out", "out", "out", "in"]
+    assert echo_seqs(frames, dirs, icmp_type=8, src=None, dst="10.0.0.2", direction="out") == {1, 2}
+    assert echo_seqs(frames, dirs, icmp_type=0, src="10.0.0.2", dst=None, direction="in") == {1}
+    assert echo_seqs(frames, dirs, icmp_type=0, src="10.0.0.9", dst=None, direction="in") == set()
+
+
+def test_watch_rate_lines():
+    from netlab.cmd_impair import rate_lines
+    z = {"rx_packets": 0, "rx_bytes": 0, "tx_packets": 0, "tx_bytes": 0, "rx_dropped": 0, "tx_dropped": 0,
+         "rx_errors": 0, "tx_errors": 0}
+    after = {"eth0": dict(z, rx_packets=20, rx_bytes=2000, rx_dropped=3), "cni0": dict(z), "lo": dict(z, rx_packets=5)}
+    lines = rate_lines("node1", {"eth0": z, "cni0": z}, after, 2.0)
+    assert len(lines) == 1 and lines[0].startswith("node1/eth0") and "10.0 pkt/s" in lines[0] and "1.0 KB/s" in lines[0]
+    assert lines[0].endswith("rx_dropped +3")
+    assert len(rate_lines("node1", {"eth0": z, "cni0": z}, after, 2.0, show_all=True)) == 2
