@@ -125,6 +125,24 @@ def test_trace_names_the_kernel_reason_of_an_nft_drop(lab):
 
 
 @pytest.mark.slow
+def test_trace_json_carries_the_kernel_drops(lab):
+    from netlab import dropmon
+    if dropmon.support():
+        pytest.skip(dropmon.support())
+    ns = f"nl-{lab['name']}-p-b"
+    subprocess.run(["ip", "netns", "exec", ns, "nft", "add table ip kdj; add chain ip kdj c { type filter hook "
+                    "input priority 0; }; add rule ip kdj c icmp type echo-request drop"], check=True)
+    try:
+        t = netlab("trace", "a", "b", "--json", *lab["opts"])
+    finally:
+        subprocess.run(["ip", "netns", "exec", ns, "nft", "delete", "table", "ip", "kdj"], check=True)
+    r = json.loads(t.stdout)
+    mine = [d for d in r["kernel_drops"] if d.get("probe")]
+    assert len(mine) == 1 and mine[0]["reason"] == "NETFILTER_DROP" and mine[0]["protocol"] == 0x0800
+    assert r["kernel"].startswith("drop reason NETFILTER_DROP in nft_do_chain")
+
+
+@pytest.mark.slow
 def test_trace_without_drop_reasons_says_so_in_one_line_and_still_works(lab, monkeypatch):
     from netlab import dropmon
     from netlab.trace import format_result, trace
@@ -353,5 +371,24 @@ def test_underlay_port_impairment_show_status_watch_and_down(lab):
     out, err = w.communicate(timeout=60)
     assert w.returncode == 0, err
     assert out.count("--- ") == 2 and "a/eth0" in out and "underlay/n1" in out, out
+    js = json.loads(netlab("status", "--json", *lab["opts"]).stdout)["labs"][0]
+    assert [m["target"] for m in js["impairments"]] == ["underlay:node2"]
+    sw = next(n for n in js["namespaces"] if n["name"].endswith("-sw"))
+    assert sw["interfaces"]["n1"]["tx_packets"] > 0
     # left in place: the lab's down (the fixture) removes it with the rest
     assert len(_recorded(lab)) == 1
+
+
+def test_up_refuses_delay_before_building_anything(tmp_path):
+    from netlab import impair
+    if impair.kernel_has_netem():
+        pytest.skip("this kernel has netem: nothing to refuse")
+    name = unique_name("kdr").replace("_", "-")[:20].lower().strip("-")
+    topo = tmp_path / "d.yaml"
+    topo.write_text("name: x\nnodes: {node1: {impair: {delay: 20ms, jitter: 2ms}}}\n")
+    lab_dir = tmp_path / "lab"
+    p = netlab("up", str(topo), "--name", name, "--lab-dir", str(lab_dir), "-q")
+    assert p.returncode == 2
+    assert "nodes.node1.impair: delay and jitter need the kernel's netem qdisc (module sch_netem)" in p.stderr
+    assert not lab_dir.exists()
+    assert not [x for x in os.listdir("/var/run/netns") if x.startswith(f"nl-{name}-")]
