@@ -81,10 +81,13 @@ def cmd_impair(args) -> int:
     except impair.ImpairError as e:
         _err(str(e))
         return EXIT_USAGE
+    had = bool(impair.recorded(st, where))
     try:
         res = impair.set_impairment(st, where, imp)
     except impair.ImpairError as e:
-        _err(f"{where.target}: {e}; nothing changed")
+        gone = impair.recorded(st, where) == [] and had
+        _err(f"{where.target}: {e}; " + ("its previous impairment was removed, the new one undone"
+                                         if gone else "nothing changed"))
         return 1
     print(f"{where.target} ({where.dev} in {where.ns}): {imp.describe()}")
     for ln in impair.kernel_view(res):

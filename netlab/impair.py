@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import re
 import subprocess
+import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
@@ -38,6 +39,7 @@ TABLE_PREFIX = "cnilab-impair-"
 DUP_MARK = 0x4E4C0001          # "NL" + 1: a copy we made, not copied again
 SCALE = 10000                  # loss/duplicate in 1/100 of a percent
 NETEM_MODULE = "sch_netem"
+FOREIGN_OK = ("noqueue", "pfifo_fast", "fq_codel", "mq", "pfifo", "bfifo")   # defaults we may replace
 
 
 class ImpairError(Exception):
@@ -371,6 +373,14 @@ def make(part: Part) -> None:
     def tc(t, ipr):
         from plugins.net.tc import tbf_params, tick_in_usec
         idx = _index(ipr, part.dev)
+        # never replace a qdisc someone else made (e.g. the bandwidth plugin's on a host veth)
+        if part.kind == "ifb" and t.ingress_qdisc(idx) is not None:
+            raise ImpairError(f"{part.dev} in {part.ns} already has an ingress qdisc (not netlab's impairment); "
+                              "not replacing it")
+        root = t.root_qdisc(idx) if part.kind != "ifb" else None
+        if root is not None and root.get_attr("TCA_KIND") not in FOREIGN_OK:
+            raise ImpairError(f"{part.dev} in {part.ns} already has a {root.get_attr('TCA_KIND')} root qdisc "
+                              "(not netlab's impairment); not replacing it")
         if part.kind == "ifb":
             mtu = ipr.get_links(idx)[0].get_attr("IFLA_MTU")
             ifb_idx = t.create_ifb(part.ifb, mtu, f"netlab impair ingress of {part.dev}")
@@ -494,18 +504,27 @@ def recorded(st, where: Where | None = None) -> list[dict]:
 
 def set_impairment(st, where: Where, imp: Impairment, *, record: Callable[..., dict] | None = None,
                    update: Callable[..., None] | None = None, netem: bool | None = None) -> dict:
-    """Replace the impairment of one interface: the old one (recorded) goes, the new one
-    is recorded part by part *before* each part is made; a failure removes the new parts."""
+    """Replace the impairment of one interface. The new one is planned first (a plan
+    error changes nothing); then the old one (recorded) goes, and the new one is
+    recorded part by part *before* each part is made; a failure removes the new parts
+    (and leaves the interface without impairment)."""
     record = record or st.record
     update = update or st.update
-    clear(st, where, update=update)
     parts = plan(imp, where.ns, where.dev, peer_of(where.ns, where.dev),
                  netem=kernel_has_netem() if netem is None and imp.needs_netem() else bool(netem))
+    clear(st, where, update=update)
     res = record("impair", target=where.target, ns=where.ns, dev=where.dev, spec=imp.to_dict(), parts=[])
     try:
         for p in parts:
             update(res, parts=res["parts"] + [p.to_dict()])
-            make(p)
+            try:
+                make(p)
+            except ImpairError:
+                if p.kind == "nft" or "not replacing" in str(sys.exc_info()[1]):
+                    # an nft transaction that failed made nothing, and a refused qdisc was
+                    # left alone: undoing them would remove what someone else made
+                    update(res, parts=res["parts"][:-1])
+                raise
     except BaseException:
         remove(res)
         update(res, removed=True)

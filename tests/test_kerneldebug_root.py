@@ -355,6 +355,39 @@ def test_bad_values_and_targets_change_nothing(lab):
 
 
 @pytest.mark.slow
+def test_two_impairments_never_share_a_hook(lab):
+    """node2's egress loss is made at the switch port's ingress; the switch port's own
+    ingress loss would need the same table: refused, rolled back, the first one intact."""
+    assert _imp(lab, "node2", "set", "loss", "1%").returncode == 0
+    try:
+        p = _imp(lab, "underlay:node2", "set", "loss", "2%", "direction", "ingress")
+        assert p.returncode == 1 and "already has an impairment in this direction" in p.stderr, p.stderr
+        assert "nothing changed" in p.stderr
+        recs = _recorded(lab)
+        assert [r["target"] for r in recs] == ["node2"]
+        show = _imp(lab, "all", "show").stdout
+        assert "< 100 counter" in show and "< 200" not in show
+    finally:
+        assert _imp(lab, "all", "clear").returncode == 0
+    assert not _ns_has_impair_tables(f"nl-{lab['name']}-sw")
+
+
+@pytest.mark.slow
+def test_a_qdisc_someone_else_made_is_never_replaced(lab):
+    ns = f"nl-{lab['name']}-p-a"
+    subprocess.run(["tc", "-n", ns, "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", "7mbit", "burst", "20k",
+                    "latency", "30ms"], check=True)
+    try:
+        p = _imp(lab, "a", "set", "rate", "1mbit")
+        assert p.returncode == 1 and "already has a tbf root qdisc" in p.stderr and "nothing changed" in p.stderr
+        q = subprocess.run(["tc", "-n", ns, "qdisc", "show", "dev", "eth0"], capture_output=True, text=True).stdout
+        assert "rate 7Mbit" in q
+        assert not _recorded(lab)
+    finally:
+        subprocess.run(["tc", "-n", ns, "qdisc", "del", "dev", "eth0", "root"], check=True)
+
+
+@pytest.mark.slow
 def test_underlay_port_impairment_show_status_watch_and_down(lab):
     p = _imp(lab, "underlay:node2", "set", "loss", "1%", "duplicate", "1%")
     assert p.returncode == 0, p.stderr
