@@ -7,7 +7,6 @@ impairment this kernel cannot make: nothing was changed).
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 

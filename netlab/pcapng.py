@@ -10,7 +10,7 @@ byte-order magic of the section says. Spec: IETF draft-ietf-opsawg-pcapng.
 from __future__ import annotations
 
 import struct
-from typing import BinaryIO, Iterable
+from typing import BinaryIO
 
 LINKTYPE_ETHERNET = 1
 SHB, IDB, EPB = 0x0A0D0D0A, 0x00000001, 0x00000006
@@ -68,12 +68,6 @@ class Writer:
 
     def flush(self) -> None:
         self.out.flush()
-
-
-def merge(streams: Iterable[tuple[str, float, bytes]]) -> list[tuple[str, float, bytes]]:
-    """(interface name, time, frame) from several captures -> one list in time order
-    (stable: frames with the same time keep their capture's order)."""
-    return sorted(streams, key=lambda x: x[1])
 
 
 def read(data: bytes) -> list[tuple[str, float, bytes]]:
