@@ -216,10 +216,12 @@ def cmd_capture(args) -> int:
           + (f" -> {'stdout' if to_stdout else path} ({sink.kind})" if args.write else "") + "; Ctrl-C to stop",
           file=sys.stderr, flush=True)
     shown = [0] * len(caps)
+    pending: list = []        # frames not yet written: held back a little to merge by time
     total = 0
     try:
         while any(c._thread is not None and c._thread.is_alive() for c in caps):
-            total = _drain(caps, targets, shown, sink, total, args.count)
+            total = _drain(caps, targets, shown, pending, sink, total, args.count,
+                           hold=REORDER_HOLD if len(caps) > 1 else 0)
             if args.count and total >= args.count:
                 break
             time.sleep(0.05)
@@ -231,7 +233,7 @@ def cmd_capture(args) -> int:
         for c in caps:
             c.stop(settle=0)
     try:
-        total = _drain(caps, targets, shown, sink, total, args.count)
+        total = _drain(caps, targets, shown, pending, sink, total, args.count, hold=0)
         sink.close()
     except BrokenPipeError:
         sink.broken = True
@@ -245,17 +247,26 @@ def cmd_capture(args) -> int:
     return 0
 
 
-def _drain(caps, targets, shown: list[int], sink, total: int, count: int) -> int:
-    """New frames of every capture, merged by time, to the sink; returns the total so far."""
-    batch = []
+REORDER_HOLD = 0.25   # seconds a frame waits for an earlier one from another capture's thread
+
+
+def _drain(caps, targets, shown: list[int], pending: list, sink, total: int, count: int, hold: float) -> int:
+    """New frames of every capture, merged by the kernel's timestamps, to the sink. Frames
+    younger than ``hold`` seconds wait (another capture's thread may still deliver an
+    earlier one); ``hold=0`` writes everything. Returns the total written so far."""
     for k, c in enumerate(caps):
         n = min(len(c.frames), len(c.directions), len(c.ifaces))
         for i in range(shown[k], n):
             ts, fr = c.frames[i]
-            batch.append((ts, k, c.ifaces[i], c.directions[i], fr))
+            pending.append((ts, k, c.ifaces[i], c.directions[i], fr))
         shown[k] = n
-    batch.sort(key=lambda x: (x[0], x[1]))
-    for ts, k, ifn, d, fr in batch:
+    pending.sort(key=lambda x: (x[0], x[1]))
+    cut = len(pending)
+    if hold:
+        limit = time.time() - hold
+        cut = next((i for i, x in enumerate(pending) if x[0] > limit), len(pending))
+    ready, pending[:] = pending[:cut], pending[cut:]
+    for ts, k, ifn, d, fr in ready:
         if count and total >= count:
             break
         sink.add(targets[k][0], ifn or targets[k][2], d, ts, fr)
