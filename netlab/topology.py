@@ -666,7 +666,7 @@ def _loss_expect(ctx: _Ctx, exp: dict, path: tuple, params: dict) -> dict:
     from .impair import parse_percent
     eo = _Obj(ctx, exp, path, ("loss", "tolerance"))
     out: dict[str, float] = {}
-    for k, default in (("loss", None), ("tolerance", None)):
+    for k in ("loss", "tolerance"):
         if not eo.has(k):
             if k == "loss":
                 ctx.err(path + (k,), "is required")
