@@ -634,8 +634,8 @@ class Tracer:
         """For a probe (or answer) that got lost: the kernel's drop right after it was last seen."""
         from . import dropmon
         res = self.res
-        if not self.drop_reasons or res.kernel_note.startswith("kernel drop reasons unavailable"):
-            return
+        if not self.drop_reasons or (res.kernel_note and not self.drops):
+            return      # unavailable, or reading them failed (the note says which)
         res.kernel_drops = [d.to_dict() for d in self.drops]
         if (res.arrived and res.replied) or not self.probe.sent:
             return
