@@ -293,9 +293,13 @@ class NfTrace:
 def netdev_drop_rules(ns: str) -> list[str]:
     """Rules of netdev-family tables (ingress/egress hooks) that drop, with their counters;
     netlab's own impairment tables are named as such."""
-    p = run_ns(ns, ["nft", "list", "ruleset", "netdev"])
+    return parse_netdev_drops(run_ns(ns, ["nft", "list", "ruleset", "netdev"]).stdout)
+
+
+def parse_netdev_drops(text: str) -> list[str]:
+    """`nft list ruleset netdev` -> 'netdev TABLE CHAIN: RULE' for each rule that drops."""
     out, table, chain = [], "", ""
-    for ln in p.stdout.splitlines():
+    for ln in text.splitlines():
         t = ln.strip()
         m = re.match(r"table netdev (\S+) \{", t)
         if m:

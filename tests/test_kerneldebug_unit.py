@@ -296,3 +296,31 @@ def test_watch_rate_lines():
     assert len(lines) == 1 and lines[0].startswith("node1/eth0") and "10.0 pkt/s" in lines[0] and "1.0 KB/s" in lines[0]
     assert lines[0].endswith("rx_dropped +3")
     assert len(rate_lines("node1", {"eth0": z, "cni0": z}, after, 2.0, show_all=True)) == 2
+
+
+def test_netdev_drop_rules_are_named_and_the_kernel_line_is_printed():
+    from netlab.trace import Probe, TraceResult, format_result, parse_netdev_drops
+    text = """table netdev cnilab-impair-eth0-in {
+	chain impair {
+		type filter hook ingress device "eth0" priority -500; policy accept;
+		meta length >= 1000 numgen random mod 10000 < 3000 counter packets 5 bytes 7000 drop comment "netlab loss 30%"
+	}
+}
+table netdev other {
+	chain c {
+		type filter hook ingress device "eth1" priority 0; policy drop;
+		ip saddr 10.0.0.1 drop
+		counter packets 1 bytes 2 accept
+	}
+}
+"""
+    assert parse_netdev_drops(text) == [
+        "netdev cnilab-impair-eth0-in impair: meta length >= 1000 numgen random mod 10000 < 3000 counter packets 5 "
+        "bytes 7000 drop (a netlab impairment: netlab impair all show)",
+        "netdev other c: ip saddr 10.0.0.1 drop"]
+    r = TraceResult(Probe("icmp", "10.0.0.2", None, 84, False, b"NLTRACE-x", src="10.0.0.1"), "a", "b", "ns")
+    r.verdict, r.kernel = "lost", "drop reason NETFILTER_DROP in nft_do_chain (skb:kfree_skb, 3 µs ...)"
+    r.kernel_note = "kernel drop reasons unavailable: the kernel has no tracefs"
+    out = format_result(r).splitlines()
+    assert out[2] == "kernel drop reasons unavailable: the kernel has no tracefs"
+    assert out[out.index("verdict: lost") + 1] == "  kernel: drop reason NETFILTER_DROP in nft_do_chain (skb:kfree_skb, 3 µs ...)"
