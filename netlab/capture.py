@@ -30,6 +30,8 @@ ETH_P_ALL = 0x0003
 SO_ATTACH_FILTER = 26
 PACKET_OUTGOING = 4
 LINKTYPE_ETHERNET = 1
+SO_TIMESTAMPNS = 35           # the kernel's receive time of each frame (struct timespec)
+_TS = struct.Struct("@qq")
 
 
 class CaptureError(Exception):
@@ -69,14 +71,31 @@ def _attach(sock: socket.socket, ins: list) -> None:
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, bytes(ctypes.string_at(ctypes.addressof(prog), ctypes.sizeof(prog))))
 
 
+def _recv(sock: socket.socket) -> tuple[float, bytes, tuple]:
+    """One frame with the kernel's timestamp (wall clock), its interface and direction."""
+    data, anc, _flags, addr = sock.recvmsg(262144, 64)
+    for level, kind, raw in anc:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(raw) >= _TS.size:
+            sec, nsec = _TS.unpack_from(raw)
+            return sec + nsec / 1e9, data, addr
+    return time.time(), data, addr
+
+
+def pcap_header(snaplen: int = 262144) -> bytes:
+    return struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, snaplen, LINKTYPE_ETHERNET)
+
+
+def pcap_record(ts: float, data: bytes) -> bytes:
+    sec = int(ts)
+    usec = min(999_999, int(round((ts - sec) * 1_000_000)))
+    return struct.pack("<IIII", sec, usec, len(data), len(data)) + data
+
+
 def write_pcap(path: str, frames: list[tuple[float, bytes]], snaplen: int = 262144) -> None:
     with open(path, "wb") as f:
-        f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, snaplen, LINKTYPE_ETHERNET))
+        f.write(pcap_header(snaplen))
         for ts, data in frames:
-            sec = int(ts)
-            usec = int((ts - sec) * 1_000_000)
-            f.write(struct.pack("<IIII", sec, usec, len(data), len(data)))
-            f.write(data)
+            f.write(pcap_record(ts, data))
 
 
 class Capture:
@@ -130,6 +149,7 @@ class Capture:
                 if ins:
                     _attach(sock, ins)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
                 sock.bind((self.iface, ETH_P_ALL))
             else:
                 # every interface of the namespace: an unbound ETH_P_ALL socket; drop
@@ -138,6 +158,7 @@ class Capture:
                 if ins:
                     _attach(sock, ins)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
                 sock.setblocking(False)
                 try:
                     while True:
@@ -158,10 +179,10 @@ class Capture:
                 r, _, _ = select.select([sock], [], [], 0.05)
                 if not r:
                     continue
-                data, addr = sock.recvfrom(262144)
+                ts, data, addr = _recv(sock)
                 if self.incoming_only and addr[2] == PACKET_OUTGOING:
                     continue
-                self.frames.append((time.time(), data))
+                self.frames.append((ts, data))
                 self.directions.append("out" if addr[2] == PACKET_OUTGOING else "in")
                 self.ifaces.append(addr[0])
                 if self.count and len(self.frames) >= self.count:
@@ -170,14 +191,14 @@ class Capture:
             sock.setblocking(False)
             while True:
                 try:
-                    data, addr = sock.recvfrom(262144)
+                    ts, data, addr = _recv(sock)
                 except BlockingIOError:
                     break
                 if self.count and len(self.frames) >= self.count:
                     break
                 if self.incoming_only and addr[2] == PACKET_OUTGOING:
                     continue
-                self.frames.append((time.time(), data))
+                self.frames.append((ts, data))
                 self.directions.append("out" if addr[2] == PACKET_OUTGOING else "in")
                 self.ifaces.append(addr[0])
         finally:

@@ -24,12 +24,17 @@ def _lab_opts(p: argparse.ArgumentParser) -> None:
 def register(sub) -> None:
     p = sub.add_parser("capture", help="live decoded packets (or a pcap) on a pod, node or the underlay switch",
                        description="Capture inside a lab namespace. TARGET is a pod, a node, 'ext', 'dns' or "
-                       "'underlay' (the switch: every port, each frame once), optionally :IFACE.")
-    p.add_argument("target", metavar="TARGET[:IFACE]")
+                       "'underlay' (the switch: every port, each frame once), optionally :IFACE. Several "
+                       "targets are captured at once and merged by time (-w writes pcapng, one interface "
+                       "per target and interface, named like node1/eth0).")
+    p.add_argument("target", metavar="TARGET[:IFACE]", nargs="+")
     p.add_argument("--filter", "-f", default="", metavar="BPF", help="tcpdump filter expression")
-    p.add_argument("-w", dest="write", metavar="FILE.pcap", help="write a pcap file (Wireshark) instead of printing")
-    p.add_argument("--count", "-c", type=int, default=0, metavar="N", help="stop after N packets")
-    p.add_argument("--timeout", "-t", type=float, default=0, metavar="S", help="stop after S seconds (default: Ctrl-C)")
+    p.add_argument("-w", dest="write", metavar="FILE",
+                   help="write a pcap (one target) or pcapng (several targets, or FILE.pcapng) instead of "
+                   "printing; '-' streams it to stdout (e.g. | tcpdump -r - or | wireshark -k -i -)")
+    p.add_argument("--count", "-c", type=int, default=0, metavar="N", help="stop after N packets (in all)")
+    p.add_argument("--timeout", "--duration", "-t", dest="timeout", type=float, default=0, metavar="S",
+                   help="stop after S seconds (default: Ctrl-C)")
     p.add_argument("-v", "--verbose", action="store_true", help="also print scapy's layer summary")
     _lab_opts(p)
     p.set_defaults(func=cmd_capture)
@@ -47,6 +52,8 @@ def register(sub) -> None:
                    "to follow that flow's conntrack entry)")
     p.add_argument("--wait", type=float, default=1.0, help="seconds to wait for the probe and its answer (default 1)")
     p.add_argument("--no-nftrace", action="store_true", help="do not trace nftables rules (nft monitor trace)")
+    p.add_argument("--no-drop-reasons", action="store_true",
+                   help="do not read the kernel's drop reasons (skb:kfree_skb tracepoint)")
     p.add_argument("--pcap-dir", help="save every namespace's capture here (default: <lab dir>/traces/<time>)")
     p.add_argument("--json", action="store_true", help="print the trace as JSON")
     _lab_opts(p)
@@ -57,6 +64,9 @@ def register(sub) -> None:
     p.add_argument("-o", "--output", help="file to write (default: stdout; svg/png need -o or a pipe)")
     _lab_opts(p)
     p.set_defaults(func=cmd_graph)
+
+    from .cmd_impair import register as register_impair   # impair, watch
+    register_impair(sub)
 
     try:
         from .cmd_cni import add_cni_command
@@ -166,50 +176,102 @@ def _dns_text(frame: bytes) -> str:
 def cmd_capture(args) -> int:
     from .capture import Capture, CaptureError
     from . import netns as nsutil
+    from .pcapsink import sink_for
     st = _lab(args)
     if st is None:
         return EXIT_USAGE
-    try:
-        ns, iface, incoming_only = resolve_capture_target(st, args.target)
-    except (ValueError, Exception) as e:   # TraceError, ValueError
-        _err(str(e))
+    targets = []
+    for t in args.target:
+        try:
+            ns, iface, incoming_only = resolve_capture_target(st, t)
+        except (ValueError, Exception) as e:   # TraceError, ValueError
+            _err(str(e))
+            return EXIT_USAGE
+        if not nsutil.exists(ns):
+            _err(f"namespace {ns} does not exist (is the lab up?)")
+            return FAILED
+        targets.append((t.split(":")[0], ns, iface, incoming_only))
+    if len({(n, i) for _, n, i, _ in targets}) != len(targets):
+        _err("the same namespace and interface is given twice")
         return EXIT_USAGE
-    if not nsutil.exists(ns):
-        _err(f"namespace {ns} does not exist (is the lab up?)")
-        return FAILED
-    pcap = os.path.abspath(args.write) if args.write else None
-    cap = Capture(ns, iface, args.filter, pcap=pcap, count=args.count,
-                  max_seconds=args.timeout if args.timeout else 10 ** 9, incoming_only=incoming_only)
+    to_stdout = args.write == "-"
+    path = None if (args.write is None or to_stdout) else os.path.abspath(args.write)
+    caps = [Capture(ns, iface, args.filter, count=args.count,
+                    max_seconds=args.timeout if args.timeout else 10 ** 9, incoming_only=inc)
+            for _, ns, iface, inc in targets]
+    started = []
     try:
-        cap.start()
+        for c in caps:
+            c.start()
+            started.append(c)
     except CaptureError as e:
+        for c in started:
+            c.stop(settle=0)
         _err(str(e))
         return EXIT_USAGE if "filter" in str(e) else FAILED
-    where = f"{args.target.split(':')[0]} ({ns}" + (f", {iface})" if iface else ", every interface)")
+    sink = sink_for(args.write, several=len(caps) > 1, verbose=args.verbose, line=frame_line)
+    where = ", ".join(f"{name} ({ns}" + (f", {iface})" if iface else ", every interface)")
+                      for name, ns, iface, _ in targets)
     print(f"capturing on {where}" + (f" filter {args.filter!r}" if args.filter else "")
-          + (f" -> {pcap}" if pcap else "") + "; Ctrl-C to stop", file=sys.stderr, flush=True)
-    shown = 0
+          + (f" -> {'stdout' if to_stdout else path} ({sink.kind})" if args.write else "") + "; Ctrl-C to stop",
+          file=sys.stderr, flush=True)
+    shown = [0] * len(caps)
+    pending: list = []        # frames not yet written: held back a little to merge by time
+    total = 0
     try:
-        while cap._thread is not None and cap._thread.is_alive():
-            shown = _print_new(cap, shown, args, pcap)
+        while any(c._thread is not None and c._thread.is_alive() for c in caps):
+            total = _drain(caps, targets, shown, pending, sink, total, args.count,
+                           hold=REORDER_HOLD if len(caps) > 1 else 0)
+            if args.count and total >= args.count:
+                break
             time.sleep(0.05)
     except KeyboardInterrupt:
         pass
+    except BrokenPipeError:
+        sink.broken = True
     finally:
-        cap.stop(settle=0)
-    shown = _print_new(cap, shown, args, pcap)
-    print(f"{len(cap.frames)} packet(s) captured" + (f", written to {pcap}" if pcap else ""), file=sys.stderr)
+        for c in caps:
+            c.stop(settle=0)
+    try:
+        total = _drain(caps, targets, shown, pending, sink, total, args.count, hold=0)
+        sink.close()
+    except BrokenPipeError:
+        sink.broken = True
+    if sink.broken:
+        # the reader went away (e.g. `| head`): not an error, stop quietly
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+    print(f"{total} packet(s) captured" + (f", written to {path}" if path else ""), file=sys.stderr)
     return OK
 
 
-def _print_new(cap, shown: int, args, pcap) -> int:
-    n = min(len(cap.frames), len(cap.directions), len(cap.ifaces))
-    if pcap:
-        return n
-    for i in range(shown, n):
-        ts, fr = cap.frames[i]
-        print(frame_line(ts, fr, cap.ifaces[i], cap.directions[i], args.verbose), flush=True)
-    return n
+REORDER_HOLD = 0.25   # seconds a frame waits for an earlier one from another capture's thread
+
+
+def _drain(caps, targets, shown: list[int], pending: list, sink, total: int, count: int, hold: float) -> int:
+    """New frames of every capture, merged by the kernel's timestamps, to the sink. Frames
+    younger than ``hold`` seconds wait (another capture's thread may still deliver an
+    earlier one); ``hold=0`` writes everything. Returns the total written so far."""
+    for k, c in enumerate(caps):
+        n = min(len(c.frames), len(c.directions), len(c.ifaces))
+        for i in range(shown[k], n):
+            ts, fr = c.frames[i]
+            pending.append((ts, k, c.ifaces[i], c.directions[i], fr))
+        shown[k] = n
+    pending.sort(key=lambda x: (x[0], x[1]))
+    cut = len(pending)
+    if hold:
+        limit = time.time() - hold
+        cut = next((i for i, x in enumerate(pending) if x[0] > limit), len(pending))
+    ready, pending[:] = pending[:cut], pending[cut:]
+    for ts, k, ifn, d, fr in ready:
+        if count and total >= count:
+            break
+        sink.add(targets[k][0], ifn or targets[k][2], d, ts, fr)
+        total += 1
+    return total
 
 
 # --------------------------------------------------------------------------- trace
@@ -222,7 +284,8 @@ def cmd_trace(args) -> int:
     pcap_dir = args.pcap_dir or os.path.join(st.lab_dir, "traces", time.strftime("%Y%m%d-%H%M%S"))
     try:
         r = trace(st, args.src, args.dst, proto=args.proto, size=args.size, df=args.df, wait=args.wait,
-                  pcap_dir=pcap_dir, nftrace=not args.no_nftrace, sport=args.sport)
+                  pcap_dir=pcap_dir, nftrace=not args.no_nftrace, sport=args.sport,
+                  drop_reasons=not args.no_drop_reasons)
     except TraceError as e:
         _err(str(e))
         return EXIT_USAGE

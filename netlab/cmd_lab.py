@@ -234,6 +234,11 @@ def cmd_up(args) -> int:
     if os.geteuid() != 0:
         _err("netlab up needs root (it creates network namespaces); try: sudo netlab up ...")
         return FAILED
+    from .impair import preflight     # impairments this kernel cannot make: refused before building
+    why = preflight(topo)
+    if why:
+        _err(why)
+        return USAGE
     old = statemod.load(lab_dir)
     if old is not None:
         _err(f"lab {topo.name} is already up (state in {lab_dir}); remove it first: netlab down {topo.name}"
@@ -261,6 +266,8 @@ def cmd_up(args) -> int:
     prev_term = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         builder.run()
+        from .impair import apply_topology   # the topology's link impairments, recorded like the rest
+        apply_topology(plan, st, record=builder.record, update=builder.update, progress=say)
         from .scenario import apply as apply_scenario   # a scenario's faults, if the file has any
         scenario = apply_scenario(plan, st, record=builder.record, update=builder.update,
                                   progress=say)
@@ -400,11 +407,17 @@ def lab_status(st: statemod.State) -> dict:
         report = {"ok": rep["ok"], "passed": sum(c["ok"] for c in rep["checks"]), "total": len(rep["checks"])}
     except (OSError, ValueError, KeyError):
         pass
+    from .trace import link_stats      # per-interface counters of every namespace that exists
+    for n in nss:
+        if n["exists"] and n["role"].split()[0] != "alias":
+            n["interfaces"] = {k: v for k, v in link_stats(n["name"]).items() if k != "lo"}
+    impairs = [{"target": r["target"], "ns": r["ns"], "dev": r["dev"], "spec": r["spec"]}
+               for r in st.find("impair") if not r.get("removed")]
     healthy = all(n["exists"] for n in nss) and all(p["running"] for p in procs)
     return {"lab": st.lab, "labDir": st.lab_dir, "status": st.data.get("status"), "healthy": healthy,
             "topology": st.data.get("topology"), "created": st.data.get("created"),
             "plugins": st.data.get("plugins", {}), "namespaces": nss, "processes": procs,
-            "pods": pods, "lastCheck": report}
+            "pods": pods, "lastCheck": report, "impairments": impairs}
 
 
 def cni_check(st: statemod.State) -> dict[str, str]:
@@ -460,6 +473,13 @@ def cmd_status(args) -> int:
             print("  plugins: " + ", ".join(f"{k}={v}" for k, v in sorted(i["plugins"].items())))
         for n in i["namespaces"]:
             print(f"  netns {n['name']:<32} {n['role']}{'' if n['exists'] else '  MISSING'}")
+            for ifn, c in sorted(n.get("interfaces", {}).items()):
+                bad = ", ".join(f"{k} {v}" for k, v in c.items() if v and ("drop" in k or "err" in k))
+                print(f"        {ifn:<16} rx {c['rx_packets']:>8} pkts {c['rx_bytes']:>11} B   "
+                      f"tx {c['tx_packets']:>8} pkts {c['tx_bytes']:>11} B" + (f"   {bad}" if bad else ""))
+        for m in i.get("impairments", []):
+            from .impair import Impairment
+            print(f"  impair {m['target']} ({m['dev']} in {m['ns']}): {Impairment.from_dict(m['spec']).describe()}")
         for p in i["processes"]:
             print(f"  proc  {p['name']} pid {p['pid']} {'running' if p['running'] else 'NOT RUNNING'}")
         for p in i["pods"]:

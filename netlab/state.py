@@ -248,6 +248,11 @@ def teardown(st: State, detach: Detacher, *, log: Callable[[str], None] = lambda
                 # /etc/netns itself goes with the last lab's entries if netlab made
                 # it, whichever lab that was (labs come and go in any order)
                 remove_etc_netns_if_ours(os.path.dirname(d))
+            elif kind == "impair":
+                from .impair import remove as remove_impairment
+                errs = remove_impairment(res)      # its namespaces are usually gone already: nothing to do
+                if errs:
+                    raise RuntimeError("; ".join(errs))
             elif kind == "file":
                 try:
                     os.unlink(res["path"])

@@ -43,6 +43,7 @@ class Underlay:
     subnet: ipaddress.IPv4Network
     mtu: int = 1500
     switch_address: str | None = None
+    impair: dict[str, dict] = field(default_factory=dict)   # node/ext/dns -> impairment of its switch port
 
 
 @dataclass
@@ -51,6 +52,7 @@ class Node:
     index: int
     address: str
     mtu: int
+    impair: dict | None = None   # impairment of the node's uplink (netlab/impair.py)
 
 
 @dataclass
@@ -104,6 +106,7 @@ class Pod:
     bandwidth: Bandwidth | None = None
     dns: PodDNS = field(default_factory=PodDNS)
     ifname: str = "eth0"
+    impair: dict | None = None   # impairment of the pod's interface (netlab/impair.py)
 
 
 @dataclass
@@ -352,7 +355,7 @@ def _build(ctx: _Ctx, data: Any, path: str, base_dir: str, name_override: str | 
     external = top.get("external", bool, True)
 
     # underlay
-    u = _Obj(ctx, data.get("underlay", {}), ("underlay",), ("subnet", "mtu", "switchAddress"))
+    u = _Obj(ctx, data.get("underlay", {}), ("underlay",), ("subnet", "mtu", "switchAddress", "impair"))
     subnet_s = u.get("subnet", str, "192.168.100.0/24", check=_net4)
     usub = ipaddress.IPv4Network(subnet_s)
     if usub.prefixlen > 28:
@@ -385,14 +388,14 @@ def _build(ctx: _Ctx, data: Any, path: str, base_dir: str, name_override: str | 
         if not isinstance(nname, str) or _name_check(nname):
             ctx.err(p, _name_check(str(nname)) or "node names must be strings")
             continue
-        o = _Obj(ctx, nspec if nspec is not None else {}, p, ("address", "mtu"))
+        o = _Obj(ctx, nspec if nspec is not None else {}, p, ("address", "mtu", "impair"))
         default_addr = str(hosts[10 + i]) if len(hosts) > 10 + i else None
         addr = o.get("address", str, default_addr, check=_ip4)
         if addr is None:
             ctx.err(p + ("address",), "no default address left in the underlay subnet: give one")
             continue
         claim(addr, p + ("address",))
-        nodes[nname] = Node(nname, i, addr, o.int("mtu", umtu, 576, 9000))
+        nodes[nname] = Node(nname, i, addr, o.int("mtu", umtu, 576, 9000), _impair(ctx, o, p))
 
     # networks
     networks: dict[str, Network] = {}
@@ -484,6 +487,19 @@ def _build(ctx: _Ctx, data: Any, path: str, base_dir: str, name_override: str | 
         if ext_default and ext_default not in used_addrs:
             used_addrs[ext_default] = ("external",)
 
+    # impaired switch ports: keyed by what the port faces
+    if u.has("impair"):
+        faces = set(nodes) | ({"ext"} if external else set()) | ({"dns"} if dns.enabled else set())
+        raw_imp = u.get("impair", dict, {})
+        for k, v in raw_imp.items():
+            if k not in faces:
+                ctx.err(("underlay", "impair", k), f"no switch port faces {k!r} (ports face: {', '.join(sorted(faces))})")
+                continue
+            spec = _impair(ctx, _Obj(ctx, {"impair": v}, ("underlay",), ("impair",)), ("underlay", "impair", k),
+                           key=None)
+            if spec:
+                underlay.impair[k] = spec
+
     # pods
     pods: dict[str, Pod] = {}
     raw_pods = data.get("pods") or {}
@@ -496,7 +512,8 @@ def _build(ctx: _Ctx, data: Any, path: str, base_dir: str, name_override: str | 
         if not isinstance(pname, str) or _name_check(pname):
             ctx.err(p, _name_check(str(pname)) or "pod names must be strings")
             continue
-        o = _Obj(ctx, pspec, p, ("node", "network", "mode", "ip", "namespace", "ports", "bandwidth", "dns", "ifname"))
+        o = _Obj(ctx, pspec, p, ("node", "network", "mode", "ip", "namespace", "ports", "bandwidth", "dns", "ifname",
+                                 "impair"))
         node = o.get("node", str, None, required=True)
         if node is not None and node not in nodes and nodes:
             ctx.err(p + ("node",), f"unknown node {node!r} (nodes: {', '.join(nodes)})")
@@ -585,7 +602,10 @@ def _build(ctx: _Ctx, data: Any, path: str, base_dir: str, name_override: str | 
                 pd.search = [s for s in srch if isinstance(s, str)]
             pd.ndots = do.int("ndots", 5, 0, 15)
             pd.options = [str(x) for x in do.get("options", list, [])]
-        pods[pname] = Pod(pname, i, node or "", mode, net, container_of, ip, ns, ports, bw, pd, ifname)
+        pods[pname] = Pod(pname, i, node or "", mode, net, container_of, ip, ns, ports, bw, pd, ifname,
+                          _impair(ctx, o, p))
+        if pods[pname].impair and mode not in ("bridge", "overlay"):
+            ctx.err(p + ("impair",), f"a pod in mode {mode} has no interface of its own to impair")
     # container chains: no cycles, same node
     for pod in pods.values():
         if pod.mode == "container" and pod.container_of in pods:
@@ -627,6 +647,42 @@ def _build(ctx: _Ctx, data: Any, path: str, base_dir: str, name_override: str | 
         for spath, msg in _validate_scenario(data["scenario"], nodes, pods, names):
             ctx.err(("scenario",) + spath, msg)
     return Topology(lab or "", path, underlay, nodes, networks, pods, dns, checks, description, external)
+
+
+def _impair(ctx: _Ctx, o: _Obj, path: tuple, key: str | None = "impair") -> dict | None:
+    """An ``impair`` mapping, validated by netlab/impair.py; stored as its plain dict."""
+    if not o.has("impair"):
+        return None
+    from .impair import parse
+    imp, errs = parse(o.data["impair"])
+    where = path + ((key,) if key else ())
+    for k, msg in errs:
+        ctx.err(where + ((k,) if k else ()), msg)
+    return None if errs else imp.to_dict()
+
+
+def _loss_expect(ctx: _Ctx, exp: dict, path: tuple, params: dict) -> dict:
+    """reach ``expect: {loss: 5%, tolerance: 3%}``: the share of probes that go unanswered."""
+    from .impair import parse_percent
+    eo = _Obj(ctx, exp, path, ("loss", "tolerance"))
+    out: dict[str, float] = {}
+    for k in ("loss", "tolerance"):
+        if not eo.has(k):
+            if k == "loss":
+                ctx.err(path + (k,), "is required")
+            continue
+        try:
+            out[k] = parse_percent(eo.data[k])
+        except ValueError as e:
+            ctx.err(path + (k,), str(e))
+    if params.get("proto") != "icmp":
+        ctx.err(path, "a loss is measured with ICMP echo: proto must be icmp")
+    if "loss" in out and "tolerance" not in out:
+        # three standard deviations of the share lost in `count` tries, plus one probe
+        n = params.get("count") or 1
+        p_ = out["loss"] / 100
+        out["tolerance"] = round(100 * (3 * (p_ * (1 - p_) / n) ** 0.5 + 1 / n), 2)
+    return out
 
 
 def _check_conflist(ctx: _Ctx, conf: Any, path: tuple) -> None:
@@ -675,7 +731,7 @@ def _check(ctx: _Ctx, c: Any, p: tuple, j: int, nodes: dict, pods: dict, dns: DN
     # only keys a check reads are accepted: anything else is an error, never ignored
     common = ("type", "name") + (() if ctype == "bandwidth" else ("expect",))
     per = {
-        "reach": ("from", "to", "proto", "port", "count", "timeout", "listen"),
+        "reach": ("from", "to", "proto", "port", "count", "timeout", "listen", "size"),
         "mtu": ("from", "to", "min", "max", "timeout"),
         "dns": ("pod", "query", "timeout"),
         "port": ("from", "pod", "hostPort", "proto", "timeout"),
@@ -712,13 +768,18 @@ def _check(ctx: _Ctx, c: Any, p: tuple, j: int, nodes: dict, pods: dict, dns: DN
         params["to"] = target("to")
         params["proto"] = o.get("proto", str, "icmp", check=lambda v: None if v in PROTOS else f"must be icmp, tcp or udp, got {v!r}")
         params["port"] = o.int("port", 8080 if params["proto"] != "icmp" else None, 1, 65535)
-        params["count"] = o.int("count", 1, 1, 20)
+        params["count"] = o.int("count", 1, 1, 1000)
         params["timeout"] = o.int("timeout", 2, 1, 30)
         params["listen"] = o.get("listen", bool, True)
+        params["size"] = o.int("size", None, 0, 65000)
         if exp is None:
             exp = "pass"
-        if exp not in ("pass", "fail"):
-            ctx.err(p + ("expect",), f"must be pass or fail, got {exp!r}")
+        if isinstance(exp, dict):
+            exp = _loss_expect(ctx, exp, p + ("expect",), params)
+        elif exp not in ("pass", "fail"):
+            ctx.err(p + ("expect",), f"must be pass, fail or {{loss: PERCENT, tolerance: PERCENT}}, got {exp!r}")
+        if params["size"] is not None and params["proto"] != "icmp":
+            ctx.err(p + ("size",), "size is the ICMP data size (like ping -s): only with proto icmp")
         params["expect"] = exp
         if params["to"] in pods and pods[params["to"]].mode == "none" and exp == "pass":
             ctx.err(p + ("to",), f"pod {params['to']} (mode none) has no address to reach")

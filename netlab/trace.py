@@ -202,7 +202,8 @@ def link_stats(ns: str) -> dict[str, dict[str, int]]:
             rx, tx = st.get("rx", {}), st.get("tx", {})
             out[d["ifname"]] = {"rx_packets": rx.get("packets", 0), "rx_dropped": rx.get("dropped", 0),
                                 "rx_errors": rx.get("errors", 0), "tx_packets": tx.get("packets", 0),
-                                "tx_dropped": tx.get("dropped", 0), "tx_errors": tx.get("errors", 0)}
+                                "tx_dropped": tx.get("dropped", 0), "tx_errors": tx.get("errors", 0),
+                                "rx_bytes": rx.get("bytes", 0), "tx_bytes": tx.get("bytes", 0)}
     except ValueError:
         pass
     return out
@@ -289,6 +290,32 @@ class NfTrace:
         return out
 
 
+def netdev_drop_rules(ns: str) -> list[str]:
+    """Rules of netdev-family tables (ingress/egress hooks) that drop, with their counters;
+    netlab's own impairment tables are named as such."""
+    return parse_netdev_drops(run_ns(ns, ["nft", "list", "ruleset", "netdev"]).stdout)
+
+
+def parse_netdev_drops(text: str) -> list[str]:
+    """`nft list ruleset netdev` -> 'netdev TABLE CHAIN: RULE' for each rule that drops."""
+    out, table, chain = [], "", ""
+    for ln in text.splitlines():
+        t = ln.strip()
+        m = re.match(r"table netdev (\S+) \{", t)
+        if m:
+            table = m.group(1)
+            continue
+        m = re.match(r"chain (\S+) \{", t)
+        if m:
+            chain = m.group(1)
+            continue
+        if re.search(r"\bdrop\b", t) and not t.startswith("type "):
+            rule = re.sub(r' comment "[^"]*"', "", t)
+            who = " (a netlab impairment: netlab impair all show)" if table.startswith("cnilab-impair-") else ""
+            out.append(f"netdev {table} {chain}: {rule}{who}")
+    return out
+
+
 def chain_policies(ns: str) -> list[dict]:
     """Base chains with a drop policy in *any* table of the namespace (a common silent drop)."""
     p = run_ns(ns, ["nft", "-j", "list", "chains"])
@@ -333,6 +360,7 @@ class Obs:
     frame: bytes
     kind: str = ""             # probe | reply | icmp-error | arp | related
     info: dict = field(default_factory=dict)
+    ts: float = 0.0            # the kernel's capture time (wall clock)
 
 
 def _decode(frame: bytes, vxlan_ports=VXLAN_DEFAULT_PORTS) -> dict:
@@ -443,6 +471,9 @@ class TraceResult:
     pcaps: list[str] = field(default_factory=list)
     captured_in: list[str] = field(default_factory=list)
     rules: dict[str, list[str]] = field(default_factory=dict)   # ns -> nft rules the probe hit
+    kernel: str = ""           # what the kernel's skb:kfree_skb said about the lost probe (one line)
+    kernel_drops: list[dict] = field(default_factory=list)      # every drop of the protocol meanwhile
+    kernel_note: str = ""      # why drop reasons are not available, when they are not
 
     def to_dict(self) -> dict:
         import dataclasses
@@ -508,8 +539,11 @@ def _owner_of(inv: Inventory, addr: str) -> str | None:
 class Tracer:
     def __init__(self, st, inv: Inventory, src_ns: str, dst_addr: str, probe: Probe, *,
                  src_name: str, dst_name: str, wait: float = 1.0, pcap_dir: str | None = None,
-                 nftrace: bool = True, dst_ns: str = "") -> None:
+                 nftrace: bool = True, dst_ns: str = "", drop_reasons: bool = True) -> None:
         self.nftrace = nftrace
+        self.drop_reasons = drop_reasons
+        self.drops: list = []
+        self.sent_at = 0.0
         self.dst_ns = dst_ns
         self.nat_points: list[tuple[str, tuple, tuple]] = []
         self.frag_counts: dict[tuple, int] = {}
@@ -539,10 +573,13 @@ class Tracer:
         res.captured_in = nss
         caps: dict[str, Capture] = {}
         nft = NfTrace(nss, pr) if self.nftrace else None
+        mon = self._drop_monitor()
         before = snapshot(nss)
         try:
             if nft:
                 nft.start()
+            if mon is not None:
+                mon = self._start_monitor(mon)
             for ns in nss:
                 pcap = os.path.join(self.pcap_dir, f"{ns}.pcap") if self.pcap_dir else None
                 caps[ns] = Capture(ns, "", "ip or arp", pcap=pcap, max_seconds=self.wait + 30)
@@ -550,6 +587,7 @@ class Tracer:
                 c.start(timeout=30)
             if nft:
                 time.sleep(0.3)     # nft monitor has no "ready" signal
+            self.sent_at = time.time()
             send_probe(self.src_ns, pr)
             if pr.sent:
                 self._wait_for_answer(caps.get(self.src_ns))
@@ -563,6 +601,10 @@ class Tracer:
                     pass
             if nft:
                 nft.stop()
+            if mon is not None:
+                self.drops = mon.stop()
+                if mon.error:
+                    res.kernel_note = f"kernel drop reasons: {mon.error}"
         self.rules = nft.verdicts() if nft else {}
         res.rules = {ns: [f"{r['table']} {r['chain']}: {r['rule']}" + (f"  -> {r['verdict']}" if r['verdict'] and not r['rule'].endswith(r['verdict']) else "")
                           for r in rs] for ns, rs in self.rules.items()}
@@ -571,6 +613,49 @@ class Tracer:
             res.pcaps = [c.pcap for c in caps.values() if c.pcap and c.frames]
         self.analyse(caps, before, after)
         return res
+
+    def _drop_monitor(self):
+        """A DropMonitor for this trace, or None (with a one-line note saying why not)."""
+        if not self.drop_reasons:
+            return None
+        from . import dropmon
+        why = dropmon.support()
+        if why:
+            self.res.kernel_note = f"kernel drop reasons unavailable: {why}"
+            return None
+        return dropmon.DropMonitor(self.probe.token.decode()[-8:])
+
+    def _start_monitor(self, mon):
+        from . import dropmon
+        try:
+            mon.start()
+            return mon
+        except dropmon.DropMonError as e:
+            self.res.kernel_note = f"kernel drop reasons unavailable: {e}"
+            return None
+
+    def _kernel_verdict(self, fwd: list[Obs], back: list[Obs]) -> None:
+        """For a probe (or answer) that got lost: the kernel's drop right after it was last seen."""
+        from . import dropmon
+        res = self.res
+        if not self.drop_reasons or (res.kernel_note and not self.drops):
+            return      # unavailable, or reading them failed (the note says which)
+        res.kernel_drops = [d.to_dict() for d in self.drops]
+        if (res.arrived and res.replied) or not self.probe.sent:
+            return
+        seq = back if back else fwd
+        last = max((o.ts for o in seq), default=0.0) or self.sent_at
+        v = dropmon.correlate(self.drops, last)
+        res.kernel = v.line()
+        if v.drop is not None and v.drop.reason == "NETFILTER_DROP" and seq:
+            ns = max(seq, key=lambda o: o.ts).ns
+            if not any(d["verdict"].split()[0] in ("drop", "reject") for d in self.rules.get(ns, []) if d["verdict"]):
+                rules = netdev_drop_rules(ns)
+                if rules:
+                    res.causes.insert(0, f"netdev rules in {self.label(ns)} that drop (the nft trace starts after the "
+                                      "netdev hooks, so it cannot show them): " + "; ".join(rules))
+        for d, dd in zip(self.drops, res.kernel_drops):
+            dd["probe"] = d is v.drop
 
     def _wait_for_answer(self, cap: Capture | None) -> None:
         """Up to ``wait`` seconds; stop early once an answer (or an ICMP error quoting the
@@ -603,7 +688,7 @@ class Tracer:
             for i, ((ts, fr), d, ifn) in enumerate(zip(c.frames, c.directions, c.ifaces)):
                 if ifn == "lo":
                     continue
-                o = Obs(ns, ifn, d, i, fr)
+                o = Obs(ns, ifn, d, i, fr, ts=ts)
                 if pr.token in fr:
                     o.info = _decode(fr)
                     top = o.info.get("inner") or o.info.get("ip") or {}
@@ -665,6 +750,7 @@ class Tracer:
                     res.arrived = False
                     self.dnat_lost = (ns, m.group(1), m.group(2), r)
         self._diagnose(fwd, back, arps, before, after)
+        self._kernel_verdict(fwd, back)
 
     def _walk(self, items: list[Obs], start: str | None, key) -> list[Obs]:
         """Order copies along the path: in a namespace, kernel order; leave it where a copy
@@ -1062,7 +1148,7 @@ def resolve(st, name: str) -> tuple[str, str | None, str]:
 
 def trace(st, src: str, dst: str, *, proto: str = "icmp", size: int | None = None, df: bool = False,
           wait: float = 1.0, pcap_dir: str | None = None, nftrace: bool = True,
-          sport: int | None = None) -> TraceResult:
+          sport: int | None = None, drop_reasons: bool = True) -> TraceResult:
     p, port = parse_proto(proto)
     src_ns, src_addr, src_label = resolve(st, src)
     if not src_ns:
@@ -1081,7 +1167,7 @@ def trace(st, src: str, dst: str, *, proto: str = "icmp", size: int | None = Non
                seq=random.randint(1, 2**32 - 1))
     t = Tracer(st, inv, src_ns, dst_addr, pr, src_name=src_label, dst_name=dst_label, wait=wait, pcap_dir=pcap_dir,
                dst_ns=dst_ns,
-               nftrace=nftrace)
+               nftrace=nftrace, drop_reasons=drop_reasons)
     res = t.run()
     return res
 
@@ -1090,7 +1176,10 @@ def format_result(r: TraceResult) -> str:
     pr = r.probe
     out = [f"trace {r.src_name} ({pr.src}) -> {r.dst_name} ({pr.dst}): {pr.describe()}"
            + (f", source port {pr.sport}" if pr.proto != "icmp" else f", id {pr.icmp_id}"),
-           f"captured in {len(r.captured_in)} namespaces at once; probe marked with token {pr.token.decode()}", ""]
+           f"captured in {len(r.captured_in)} namespaces at once; probe marked with token {pr.token.decode()}"]
+    if r.kernel_note:
+        out.append(r.kernel_note)
+    out.append("")
     if r.hops:
         out.append("forward path:")
         for i, h in enumerate(r.hops, 1):
@@ -1115,6 +1204,8 @@ def format_result(r: TraceResult) -> str:
         out += [f"  {e}" for e in r.errors]
     out.append("")
     out.append(f"verdict: {r.verdict}")
+    if r.kernel:
+        out.append("  kernel: " + r.kernel)
     for c in r.causes:
         if c.startswith("note: "):
             out.append("  note:  " + c[6:])

@@ -220,8 +220,8 @@ def client(ns: str, proto: str, host: str, port: int, timeout: float = 2) -> tup
 
 
 def ping(ns: str, addr: str, *, count: int = 1, timeout: float = 2, size: int | None = None,
-         df: bool = False) -> subprocess.CompletedProcess:
-    argv = ["ping", "-n", "-c", str(count), "-W", str(timeout), "-i", "0.2"]
+         df: bool = False, interval: float = 0.2) -> subprocess.CompletedProcess:
+    argv = ["ping", "-n", "-c", str(count), "-W", str(timeout), "-i", str(interval)]
     if size is not None:
         argv += ["-s", str(size)]
     if df:

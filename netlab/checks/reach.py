@@ -45,6 +45,9 @@ def judge_fail(ev, observed_ok: bool) -> tuple[bool, str]:
 
 def run(ctx: Context, check) -> CheckResult:
     p = check.params
+    if isinstance(p["expect"], dict):          # expect: {loss, tolerance}: measured on the wire
+        from .loss import run as run_loss
+        return run_loss(ctx, check)
     src, dst = ctx.target(p["from"]), ctx.target(p["to"])
     if not dst.address:
         return CheckResult(check.name, "reach", p["expect"] == "fail", p["expect"], f"{dst.name} has no address")
@@ -53,7 +56,7 @@ def run(ctx: Context, check) -> CheckResult:
                        probe_matcher(p["proto"], dst.address, port))
     if p["proto"] == "icmp":
         def probe():
-            r = ping(src.ns, dst.address, count=p["count"], timeout=p["timeout"])
+            r = ping(src.ns, dst.address, count=p["count"], timeout=p["timeout"], size=p.get("size"))
             return r.returncode == 0, (r.stdout.strip().splitlines() or [r.stderr.strip()])[-1]
         with path:
             ok, text = probe()
