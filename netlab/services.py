@@ -18,7 +18,8 @@ namespace, one table of ours, ``ip cnilab-services``:
     chain masquerading    postrouting: mark 0x4000 -> masquerade
     chain endpoints-check ct state new: services without endpoints are
                           rejected (tcp reset / icmp port unreachable); a
-                          NodePort with policy Local and no local endpoint drops
+                          NodePort with policy Local and no local endpoint
+                          goes to no-local-endpoints (drop)
     chain cluster-ips-check  a VIP on a port it does not serve: reject; an
                           unallocated address in the serviceCIDR: drop
 
@@ -422,7 +423,8 @@ def plan_table(cfg: ServiceConfig, node: str, eps: dict[tuple[str, str], list[En
     chain("nat-postrouting", type="nat", hook="postrouting", prio=100, policy="accept")
     chain("filter-prerouting", type="filter", hook="prerouting", prio=-110, policy="accept")
     chain("filter-output", type="filter", hook="output", prio=-110, policy="accept")
-    for c in ("services", "masquerading", "mark-for-masquerade", "endpoints-check", "cluster-ips-check", "reject-chain"):
+    for c in ("services", "masquerading", "mark-for-masquerade", "endpoints-check", "cluster-ips-check", "reject-chain",
+              "no-local-endpoints"):
         chain(c)
     cmds.append(_rule("nat-prerouting", [{"jump": {"target": "services"}}]))
     cmds.append(_rule("nat-output", [{"jump": {"target": "services"}}]))
@@ -452,6 +454,8 @@ def plan_table(cfg: ServiceConfig, node: str, eps: dict[tuple[str, str], list[En
                                        {"reject": {"type": "tcp reset"}}], "no endpoints: tcp reset"))
     cmds.append(_rule("reject-chain", [{"counter": None}, {"reject": {"type": "icmp", "expr": "port-unreachable"}}],
                       "no endpoints: icmp port unreachable"))
+    cmds.append(_rule("no-local-endpoints", [{"counter": None}, {"drop": None}],
+                      "NodePort with externalTrafficPolicy Local: no endpoint on this node"))
 
     def element(name: str, key, verdict: dict) -> None:
         cmds.append({"add": {"element": _t(name=name, elem=[[key, verdict]])}})
@@ -498,7 +502,7 @@ def plan_table(cfg: ServiceConfig, node: str, eps: dict[tuple[str, str], list[En
                 if svc.external_policy == "Local":
                     local = [ec for ep, ec in zip(all_eps, epcs) if ep.node == node]
                     if not local:
-                        element("no-endpoint-nodeports", np_key, {"drop": None})
+                        element("no-endpoint-nodeports", np_key, _goto("no-local-endpoints"))
                         continue
                     chain(xc)
                     cmds.append(_rule(xc, [_pick(local)], f"{svc.key} NodePort {sp.node_port} (Local): {len(local)} local endpoint(s)"))

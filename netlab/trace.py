@@ -1159,7 +1159,7 @@ def k8s_notes(lines: dict[str, list[str]], label) -> list[str]:
                     note = f"masquerade in {where}: {comment or rule} (the source becomes {where}'s address)"
                 elif "mark-for-masquerade" in rule and comment:
                     note = f"{comment} (marked for masquerade in {where})"
-                elif chain in ("reject-chain", "cluster-ips-check") and verdict == "drop":
+                elif chain in ("reject-chain", "cluster-ips-check", "no-local-endpoints") and verdict == "drop":
                     note = f"Service rule in {where}: {comment or rule} -> {'rejected' if 'reject' in rule else 'dropped'}"
                     if note not in out:
                         out.append(note)

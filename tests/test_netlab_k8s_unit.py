@@ -146,7 +146,8 @@ services:
     n1 = S.plan_table(t.k8s.services, "n1", eps)
     none_ip = t.k8s.services.find("none").cluster_ip
     assert [none_ip, "tcp", 80] in [e[0]["concat"] for e in _elements(n1, "no-endpoint-services")]
-    assert _elements(n1, "no-endpoint-nodeports") == [[{"concat": ["tcp", 30080]}, {"drop": None}]]
+    assert _elements(n1, "no-endpoint-nodeports") == [[{"concat": ["tcp", 30080]}, {"goto": {"target": "no-local-endpoints"}}]]
+    assert _chain_rules(n1, "no-local-endpoints")[0]["expr"] == [{"counter": None}, {"drop": None}]
     n2 = S.plan_table(t.k8s.services, "n2", eps)
     assert _elements(n2, "service-nodeports") == [[{"concat": ["tcp", 30080]}, {"goto": {"target": "external-default/loc/tcp/80"}}]]
     # Local: no masquerade mark in the external chain

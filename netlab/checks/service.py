@@ -110,6 +110,12 @@ def run(ctx: Context, check) -> CheckResult:
         good = answered == 0 and not reached
     if answered == count:
         summary = f"{answered}/{count} answered; spread {spread}"
+    elif answered == 0 and reached:
+        ports = sorted({e.port for e in eps})
+        summary = (f"0/{count} answered: the connections reached {', '.join(sorted(reached))} on port "
+                   f"{', '.join(map(str, ports))}, " + ("refused there (nothing listens on the targetPort: the pods "
+                   f"listen on {', '.join(str(x) for n in sorted(reached) for x in listen.get(n, []))})"
+                   if resets or icmp_err else "and got no answer"))
     elif answered == 0 and (resets or icmp_err):
         summary = f"0/{count} answered: rejected ({len(resets)} reset(s), {len(icmp_err)} ICMP unreachable)"
     else:
