@@ -88,6 +88,10 @@ def test_services_spread_nodeport_affinity_and_expiry(tmp_path):
         while with_client() and time.monotonic() < deadline:
             time.sleep(0.5)
         assert with_client() == [], "the affinity entry never expired"
+        g = netlab("graph", "--lab-dir", lab_dir, "--format", "mermaid")
+        assert "Service default/web<br/>10.96.0.20:80/tcp" in g.stdout, g.stdout[-2000:]
+        assert "NodePort 30080" in g.stdout
+        assert len([ln for ln in g.stdout.splitlines() if ln.startswith("  svc_") and ".->" in ln]) == 6
         tables = [r for r in st["resources"] if r["kind"] == "nft_table"]
         assert {(r["ns"], r["table"]) for r in tables} == {(f"nl-{name}-n-{n}", S.TABLE) for n in ("node1", "node2")}
     finally:
