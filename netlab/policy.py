@@ -293,10 +293,14 @@ def chain_name(direction: str, pod) -> str:
     return f"{direction}-{pod.namespace}/{pod.name}"
 
 
-def pod_rules(cfg: PolicyConfig, pods: dict, addresses: dict[str, str], pod, direction: str) -> list[list]:
+def pod_rules(cfg: PolicyConfig, pods: dict, addresses: dict[str, str], pod, direction: str,
+              sel: dict[str, set[str]] | None = None) -> list[list]:
     """[expr, comment] of one pod's chain for one direction, or [] when no policy
-    of that type selects it (then the chain does not exist: everything allowed)."""
-    pols = [pl for pl in cfg.policies if direction.capitalize() in pl.types and pod.name in selected(pl, pods)]
+    of that type selects it (then the chain does not exist: everything allowed).
+    ``sel``: policy key -> the pods it selects, when the caller has it already."""
+    if sel is None:
+        sel = {pl.key: set(selected(pl, pods)) for pl in cfg.policies}
+    pols = [pl for pl in cfg.policies if direction.capitalize() in pl.types and pod.name in sel[pl.key]]
     if not pols:
         return []
     out: list[list] = []
@@ -376,11 +380,12 @@ def plan_table(cfg: PolicyConfig, pods: dict, addresses: dict[str, str], node: s
     cmds.append({"add": {"rule": _t(chain="input", expr=[{"vmap": {"key": _payload("ip", "saddr"), "data": "@egress-pods"}}])}})
     cmds.append({"add": {"rule": _t(chain="policy", expr=[{"vmap": {"key": _payload("ip", "saddr"), "data": "@egress-pods"}}])}})
     cmds.append({"add": {"rule": _t(chain="policy", expr=[{"vmap": {"key": _payload("ip", "daddr"), "data": "@ingress-pods"}}])}})
+    sel = {pl.key: set(selected(pl, pods)) for pl in cfg.policies}
     for pod in pods.values():
         if pod.node != node or not _pod_ok(pod) or not addresses.get(pod.name):
             continue
         for direction in ("egress", "ingress"):
-            rules = pod_rules(cfg, pods, addresses, pod, direction)
+            rules = pod_rules(cfg, pods, addresses, pod, direction, sel)
             if not rules:
                 continue
             cn = chain_name(direction, pod)
