@@ -122,24 +122,19 @@ def sync(topo, lab: str, addresses: dict[str, str], st=None, record=None, progre
     Tables not yet in the lab state are recorded (``record``) before they are made."""
     if not (topo.k8s and topo.k8s.active):
         return
-    from plugins.core import netns as cns
     from plugins.net import sysctl
-    from . import netns as nsutil
+    from .checks.common import in_thread
     from .plan import node_ns
     for n in topo.nodes:
         ns = node_ns(lab, n)
-        path = nsutil.path(ns)
         for fam, tab in tables(topo):
             if record is not None and not (st and st.find("nft_table", ns=ns, family=fam, table=tab)):
                 record("nft_table", ns=ns, family=fam, table=tab)
 
-        def bridged():
-            with cns.entered(path):
-                # bridged IPv4 through the IP hooks: Service replies between pods of one
-                # bridge are un-NATed and policies see pod-to-pod traffic (ADR 0022)
-                sysctl.write(BRIDGE_NF, "1")
-        svcmod._in_fresh_thread(bridged)
-        svcmod.apply_in(path, plan_node(topo, n, addresses), f"services/policy tables in {ns}")
+        # bridged IPv4 through the IP hooks: Service replies between pods of one
+        # bridge are un-NATed and policies see pod-to-pod traffic (ADR 0022)
+        in_thread(ns, lambda: sysctl.write(BRIDGE_NF, "1"))
+        svcmod.apply_in(ns, plan_node(topo, n, addresses), f"services/policy tables in {ns}")
     k = topo.k8s
     if k.services.services:
         eps = svcmod.endpoints(k.services, topo.pods, addresses)
@@ -161,6 +156,6 @@ def drop_table(res: dict) -> None:
     from . import netns as nsutil
     if not nsutil.exists(res["ns"]):
         return
-    svcmod.apply_in(nsutil.path(res["ns"]), [{"add": {"table": {"family": res["family"], "name": res["table"]}}},
+    svcmod.apply_in(res["ns"], [{"add": {"table": {"family": res["family"], "name": res["table"]}}},
                                               {"delete": {"table": {"family": res["family"], "name": res["table"]}}}],
                     f"removing table {res['family']} {res['table']}")

@@ -399,16 +399,14 @@ def plan_table(cfg: PolicyConfig, pods: dict, addresses: dict[str, str], node: s
 
 # --------------------------------------------------------------------------- reading counters
 
-def counters(netns_path: str, family: str, table: str) -> dict[str, int]:
+def counters(ns: str, family: str, table: str) -> dict[str, int]:
     """comment -> packets of every counted rule of one of our tables (empty if absent)."""
-    from plugins.core import netns as cns
     from plugins.net.nft import Nft
-    from .services import _in_fresh_thread
+    from .checks.common import in_thread
     out: dict[str, int] = {}
 
     def go():
-        with cns.entered(netns_path):
-            objs = Nft().list_table(family, table) or []
+        objs = Nft().list_table(family, table) or []
         for o in objs:
             r = o.get("rule")
             if not r:
@@ -417,5 +415,5 @@ def counters(netns_path: str, family: str, table: str) -> dict[str, int]:
                        and isinstance(e.get("counter"), dict)), None)
             if pk is not None:
                 out[r.get("comment") or f"{r['chain']}#{r.get('handle')}"] = pk
-    _in_fresh_thread(go)
+    in_thread(ns, go)
     return out

@@ -516,28 +516,8 @@ def plan_table(cfg: ServiceConfig, node: str, eps: dict[tuple[str, str], list[En
 
 # --------------------------------------------------------------------------- applying
 
-def apply_in(netns_path: str, cmds: list[dict], what: str) -> None:
-    """One libnftables transaction inside a namespace (only this thread enters it)."""
-    from plugins.core import netns as cns
+def apply_in(ns: str, cmds: list[dict], what: str) -> None:
+    """One libnftables transaction inside the named namespace (a thread of its own enters it)."""
     from plugins.net.nft import Nft
-
-    def go():
-        with cns.entered(netns_path):
-            Nft().apply(cmds, what=what)
-    _in_fresh_thread(go)
-
-
-def _in_fresh_thread(fn) -> None:
-    import threading
-    err: list[BaseException] = []
-
-    def body():
-        try:
-            fn()
-        except BaseException as e:  # noqa: BLE001
-            err.append(e)
-    t = threading.Thread(target=body)
-    t.start()
-    t.join()
-    if err:
-        raise err[0]
+    from .checks.common import in_thread
+    in_thread(ns, lambda: Nft().apply(cmds, what=what), timeout=60)

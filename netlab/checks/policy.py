@@ -8,7 +8,6 @@ the pod; a ``deny`` must show it reaching a node, never the pod, and a
 ``default deny`` rule counting it."""
 from __future__ import annotations
 
-from .. import netns as nsutil
 from .. import policy as polmod
 from ..capture import Capture
 from .common import CheckResult, Context, Server, client
@@ -28,7 +27,7 @@ def _nodes(ctx: Context, src_name: str, dst_pod) -> list[str]:
 
 def counters(ctx: Context, node: str) -> dict[str, int]:
     from ..plan import node_ns
-    return polmod.counters(nsutil.path(node_ns(ctx.topo.name, node)), polmod.FAMILY, polmod.TABLE)
+    return polmod.counters(node_ns(ctx.topo.name, node), polmod.FAMILY, polmod.TABLE)
 
 
 def run(ctx: Context, check) -> CheckResult:
@@ -77,4 +76,6 @@ def run(ctx: Context, check) -> CheckResult:
                     else (f"allow: {text}" if ok else f"no answer: {text}; {at_pod} packet(s) at the pod, no drop rule counted it"))
     if ok and allows:
         observed += f"; accepted by {allows[-1][1]!r}"
-    return CheckResult(check.name, "policy", good, p["expect"], observed, pcap, details)
+    # the evidence of a deny is the probe in the node that dropped it (the pod's capture is empty)
+    evidence = caps[drops[0][0]].pcap if (drops and not ok and at_node.get(drops[0][0])) else pcap
+    return CheckResult(check.name, "policy", good, p["expect"], observed, evidence, details)
