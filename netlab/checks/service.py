@@ -95,7 +95,7 @@ def run(ctx: Context, check) -> CheckResult:
         details.append(f"seen at {src.name}: {len(resets)} TCP reset(s) from {host}, {len(icmp_err)} ICMP unreachable")
         for x in (resets + icmp_err)[:2]:
             details.append(f"  {x.summary()}")
-    errs = sorted({t for ok, t in results if not ok})
+    errs = sorted({t or "no reply" for ok, t in results if not ok})
     if errs:
         details.append("client errors: " + "; ".join(errs[:3]))
     details.append("pcaps: " + ", ".join(c.pcap for c in caps.values() if c.pcap))
