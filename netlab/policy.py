@@ -31,7 +31,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .services import _match, _payload, label_errors
+from .services import label_errors, nft_match, nft_payload
 
 TABLE = "cnilab-policy"
 FAMILY = "inet"
@@ -281,7 +281,7 @@ def _resolve_port(pod, spec: PortSpec) -> list:
 def _addr_match(direction: str, addrs: list) -> dict:
     fld = "saddr" if direction == "ingress" else "daddr"
     right = addrs[0] if len(addrs) == 1 else {"set": addrs}
-    return _match(_payload("ip", fld), right)
+    return nft_match(nft_payload("ip", fld), right)
 
 
 def _prefix(cidr: str):
@@ -315,9 +315,9 @@ def pod_rules(cfg: PolicyConfig, pods: dict, addresses: dict[str, str], pod, dir
             else:
                 for pi, peer in enumerate(r.peers):
                     if peer.cidr:
-                        m = [_match(_payload("ip", "saddr" if direction == "ingress" else "daddr"), _prefix(peer.cidr))]
+                        m = [nft_match(nft_payload("ip", "saddr" if direction == "ingress" else "daddr"), _prefix(peer.cidr))]
                         if peer.excepts:
-                            m.append(_match(_payload("ip", "saddr" if direction == "ingress" else "daddr"),
+                            m.append(nft_match(nft_payload("ip", "saddr" if direction == "ingress" else "daddr"),
                                             {"set": [_prefix(e) for e in peer.excepts]}, "!="))
                         groups.append((f"ipBlock {peer.cidr}" + (f" except {','.join(peer.excepts)}" if peer.excepts else ""), m, []))
                     else:
@@ -341,18 +341,18 @@ def pod_rules(cfg: PolicyConfig, pods: dict, addresses: dict[str, str], pod, dir
                         for n in names:
                             vals = [v for s in specs for v in _resolve_port(pods[n], s)]
                             any_port = any(s.port is None for s in specs)
-                            pm = [] if any_port else ([_match(_payload("th", "dport"), vals[0] if len(vals) == 1 else {"set": vals})] if vals else None)
+                            pm = [] if any_port else ([nft_match(nft_payload("th", "dport"), vals[0] if len(vals) == 1 else {"set": vals})] if vals else None)
                             if pm is None:
                                 continue
-                            out.append([[_addr_match(direction, [addresses[n]]), _match({"meta": {"key": "l4proto"}}, proto)]
+                            out.append([[_addr_match(direction, [addresses[n]]), nft_match({"meta": {"key": "l4proto"}}, proto)]
                                         + pm + [{"counter": None}, {"return": None}], f"allow {where} to {n} {proto}"])
                         continue
                     any_port = any(s.port is None for s in specs)
                     vals = [] if any_port else [v for s in specs for v in _resolve_port(pod, s)]
                     if not any_port and not vals:
                         continue
-                    pm = [] if any_port else [_match(_payload("th", "dport"), vals[0] if len(vals) == 1 else {"set": vals})]
-                    out.append([m + [_match({"meta": {"key": "l4proto"}}, proto)] + pm + [{"counter": None}, {"return": None}],
+                    pm = [] if any_port else [nft_match(nft_payload("th", "dport"), vals[0] if len(vals) == 1 else {"set": vals})]
+                    out.append([m + [nft_match({"meta": {"key": "l4proto"}}, proto)] + pm + [{"counter": None}, {"return": None}],
                                 f"allow {where} {'from' if direction == 'ingress' else 'to'} {what} {proto}"])
     out.append([[{"counter": None}, {"drop": None}],
                 f"default deny {direction} of {pod.namespace}/{pod.name} (policies {', '.join(p.key for p in pols)})"])
@@ -373,13 +373,13 @@ def plan_table(cfg: PolicyConfig, pods: dict, addresses: dict[str, str], node: s
     cmds.append({"add": {"chain": _t(name="forward", type="filter", hook="forward", prio=0, policy="accept")}})
     cmds.append({"add": {"chain": _t(name="input", type="filter", hook="input", prio=0, policy="accept")}})
     cmds.append({"add": {"chain": _t(name="policy")}})
-    est = _match({"ct": {"key": "state"}}, ["established", "related"], "in")
+    est = nft_match({"ct": {"key": "state"}}, ["established", "related"], "in")
     for base in ("forward", "input"):
         cmds.append({"add": {"rule": _t(chain=base, expr=[est, {"accept": None}])}})
     cmds.append({"add": {"rule": _t(chain="forward", expr=[{"jump": {"target": "policy"}}])}})
-    cmds.append({"add": {"rule": _t(chain="input", expr=[{"vmap": {"key": _payload("ip", "saddr"), "data": "@egress-pods"}}])}})
-    cmds.append({"add": {"rule": _t(chain="policy", expr=[{"vmap": {"key": _payload("ip", "saddr"), "data": "@egress-pods"}}])}})
-    cmds.append({"add": {"rule": _t(chain="policy", expr=[{"vmap": {"key": _payload("ip", "daddr"), "data": "@ingress-pods"}}])}})
+    cmds.append({"add": {"rule": _t(chain="input", expr=[{"vmap": {"key": nft_payload("ip", "saddr"), "data": "@egress-pods"}}])}})
+    cmds.append({"add": {"rule": _t(chain="policy", expr=[{"vmap": {"key": nft_payload("ip", "saddr"), "data": "@egress-pods"}}])}})
+    cmds.append({"add": {"rule": _t(chain="policy", expr=[{"vmap": {"key": nft_payload("ip", "daddr"), "data": "@ingress-pods"}}])}})
     sel = {pl.key: set(selected(pl, pods)) for pl in cfg.policies}
     for pod in pods.values():
         if pod.node != node or not _pod_ok(pod) or not addresses.get(pod.name):

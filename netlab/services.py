@@ -351,11 +351,11 @@ def _t(**kw) -> dict:
     return {"family": FAMILY, "table": TABLE, **kw}
 
 
-def _payload(proto: str, fld: str) -> dict:
+def nft_payload(proto: str, fld: str) -> dict:
     return {"payload": {"protocol": proto, "field": fld}}
 
 
-def _match(left, right, op: str = "==") -> dict:
+def nft_match(left, right, op: str = "==") -> dict:
     return {"match": {"op": op, "left": left, "right": right}}
 
 
@@ -370,11 +370,11 @@ def _goto(target: str) -> dict:
     return {"goto": {"target": target}}
 
 
-DADDR_PROTO_PORT = {"concat": [_payload("ip", "daddr"), {"meta": {"key": "l4proto"}}, _payload("th", "dport")]}
-PROTO_PORT = {"concat": [{"meta": {"key": "l4proto"}}, _payload("th", "dport")]}
+DADDR_PROTO_PORT = {"concat": [nft_payload("ip", "daddr"), {"meta": {"key": "l4proto"}}, nft_payload("th", "dport")]}
+PROTO_PORT = {"concat": [{"meta": {"key": "l4proto"}}, nft_payload("th", "dport")]}
 MARK = {"meta": {"key": "mark"}}
-CT_NEW = _match({"ct": {"key": "state"}}, "new", "in")
-FIB_LOCAL = _match({"fib": {"result": "type", "flags": ["daddr"]}}, "local")
+CT_NEW = nft_match({"ct": {"key": "state"}}, "new", "in")
+FIB_LOCAL = nft_match({"fib": {"result": "type", "flags": ["daddr"]}}, "local")
 
 
 def svc_chain(svc: Service, sp: ServicePort) -> str:
@@ -433,24 +433,24 @@ def plan_table(cfg: ServiceConfig, node: str, eps: dict[tuple[str, str], list[En
         cmds.append(_rule(base, [CT_NEW, {"jump": {"target": "endpoints-check"}}]))
         cmds.append(_rule(base, [CT_NEW, {"jump": {"target": "cluster-ips-check"}}]))
     cmds.append(_rule("services", [{"vmap": {"key": DADDR_PROTO_PORT, "data": "@service-ips"}}]))
-    cmds.append(_rule("services", [FIB_LOCAL, _match(_payload("ip", "daddr"), {"prefix": {"addr": "127.0.0.0", "len": 8}}, "!="),
+    cmds.append(_rule("services", [FIB_LOCAL, nft_match(nft_payload("ip", "daddr"), {"prefix": {"addr": "127.0.0.0", "len": 8}}, "!="),
                                    {"vmap": {"key": PROTO_PORT, "data": "@service-nodeports"}}]))
     cmds.append(_rule("mark-for-masquerade", [{"mangle": {"key": MARK, "value": {"|": [MARK, MASQ_MARK]}}}]))
-    cmds.append(_rule("masquerading", [_match({"&": [MARK, MASQ_MARK]}, 0), {"return": None}]))
+    cmds.append(_rule("masquerading", [nft_match({"&": [MARK, MASQ_MARK]}, 0), {"return": None}]))
     cmds.append(_rule("masquerading", [{"mangle": {"key": MARK, "value": {"^": [MARK, MASQ_MARK]}}},
                                        {"counter": None}, {"masquerade": {"flags": ["fully-random"]}}],
                       "masquerade (hairpin, NodePort)"))
     cmds.append(_rule("endpoints-check", [{"vmap": {"key": DADDR_PROTO_PORT, "data": "@no-endpoint-services"}}]))
     cmds.append(_rule("endpoints-check", [FIB_LOCAL, {"vmap": {"key": PROTO_PORT, "data": "@no-endpoint-nodeports"}}]))
-    cmds.append(_rule("cluster-ips-check", [_match(DADDR_PROTO_PORT, "@service-ports"), {"return": None}]))
-    cmds.append(_rule("cluster-ips-check", [_match(_payload("ip", "daddr"), "@cluster-ips"), {"counter": None},
+    cmds.append(_rule("cluster-ips-check", [nft_match(DADDR_PROTO_PORT, "@service-ports"), {"return": None}]))
+    cmds.append(_rule("cluster-ips-check", [nft_match(nft_payload("ip", "daddr"), "@cluster-ips"), {"counter": None},
                                             {"reject": {"type": "icmp", "expr": "port-unreachable"}}],
                       "a cluster IP on a port it does not serve"))
-    cmds.append(_rule("cluster-ips-check", [_match(_payload("ip", "daddr"), {"prefix": {"addr": str(cfg.cidr.network_address),
+    cmds.append(_rule("cluster-ips-check", [nft_match(nft_payload("ip", "daddr"), {"prefix": {"addr": str(cfg.cidr.network_address),
                                                                                     "len": cfg.cidr.prefixlen}}),
                                             {"counter": None}, {"drop": None}],
                       f"an unallocated address in the serviceCIDR {cfg.cidr}"))
-    cmds.append(_rule("reject-chain", [_match({"meta": {"key": "l4proto"}}, "tcp"), {"counter": None},
+    cmds.append(_rule("reject-chain", [nft_match({"meta": {"key": "l4proto"}}, "tcp"), {"counter": None},
                                        {"reject": {"type": "tcp reset"}}], "no endpoints: tcp reset"))
     cmds.append(_rule("reject-chain", [{"counter": None}, {"reject": {"type": "icmp", "expr": "port-unreachable"}}],
                       "no endpoints: icmp port unreachable"))
@@ -481,19 +481,19 @@ def plan_table(cfg: ServiceConfig, node: str, eps: dict[tuple[str, str], list[En
                 ec = ep_chain(svc, sp, ep)
                 epcs.append(ec)
                 chain(ec)
-                cmds.append(_rule(ec, [_match(_payload("ip", "saddr"), ep.address), {"jump": {"target": "mark-for-masquerade"}}],
+                cmds.append(_rule(ec, [nft_match(nft_payload("ip", "saddr"), ep.address), {"jump": {"target": "mark-for-masquerade"}}],
                                   f"hairpin: {ep.pod} reaching itself through {svc.key}"))
                 if svc.affinity:
                     cmds.append({"add": {"set": _t(name=aff_set(svc, sp, ep), type="ipv4_addr", flags=["timeout"],
                                                    timeout=svc.affinity_timeout)}})
-                    cmds.append(_rule(ec, [{"set": {"op": "update", "elem": _payload("ip", "saddr"),
+                    cmds.append(_rule(ec, [{"set": {"op": "update", "elem": nft_payload("ip", "saddr"),
                                                     "set": "@" + aff_set(svc, sp, ep)}}]))
-                cmds.append(_rule(ec, [_match({"meta": {"key": "l4proto"}}, sp.protocol), {"counter": None},
+                cmds.append(_rule(ec, [nft_match({"meta": {"key": "l4proto"}}, sp.protocol), {"counter": None},
                                        {"dnat": {"addr": ep.address, "port": ep.port}}],
                                   f"{svc.key}:{sp.name or sp.port} -> {ep.pod} {ep.address}:{ep.port}"))
             if svc.affinity:
                 for ep, ec in zip(all_eps, epcs):
-                    cmds.append(_rule(sc, [_match(_payload("ip", "saddr"), "@" + aff_set(svc, sp, ep)), _goto(ec)],
+                    cmds.append(_rule(sc, [nft_match(nft_payload("ip", "saddr"), "@" + aff_set(svc, sp, ep)), _goto(ec)],
                                       f"ClientIP affinity -> {ep.pod}"))
             cmds.append(_rule(sc, [_pick(epcs)], f"{svc.key}:{sp.name or sp.port}: {len(epcs)} endpoint(s)"))
             element("service-ips", vip_key, _goto(sc))
