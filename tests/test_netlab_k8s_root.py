@@ -88,6 +88,19 @@ def test_services_spread_nodeport_affinity_and_expiry(tmp_path):
         while with_client() and time.monotonic() < deadline:
             time.sleep(0.5)
         assert with_client() == [], "the affinity entry never expired"
+        # an unserved port of a ClusterIP is rejected; an unallocated address of the serviceCIDR dropped
+        probe = ("import socket,sys\ns=socket.socket(); s.settimeout(2)\n"
+                 "try:\n s.connect((sys.argv[1], int(sys.argv[2]))); print('connected')\n"
+                 "except OSError as e: print(type(e).__name__)")
+        got = {}
+        for addr, port in (("10.96.0.20", 81), ("10.96.0.99", 80)):
+            r = netlab("exec", "--lab-dir", lab_dir, "client", "--", "python3", "-c", probe, addr, str(port))
+            got[addr] = r.stdout.strip()
+        assert got == {"10.96.0.20": "ConnectionRefusedError", "10.96.0.99": "TimeoutError"}, got
+        listing = _nft(n1, "list", "chain", "ip", S.TABLE, "cluster-ips-check")
+        for what in ("a cluster IP on a port it does not serve", "an unallocated address in the serviceCIDR"):
+            line = next(ln for ln in listing.splitlines() if what in ln)
+            assert "counter packets 0 " not in line, line
         g = netlab("graph", "--lab-dir", lab_dir, "--format", "mermaid")
         assert "Service default/web<br/>10.96.0.20:80/tcp" in g.stdout, g.stdout[-2000:]
         assert "NodePort 30080" in g.stdout
