@@ -152,6 +152,8 @@ def parse(ctx, data: dict, pods: dict, nets: list, underlay, Obj) -> ServiceConf
             cfg.cidr = ipaddress.IPv4Network(str(raw_cidr))
         except ValueError:
             ctx.err(("serviceCIDR",), f"{raw_cidr!r} is not an IPv4 network (like 10.96.0.0/16)")
+    if raw_cidr is None and not data.get("services"):
+        return cfg           # no Services: the default serviceCIDR claims nothing
     if not cfg.cidr.is_private:
         ctx.err(("serviceCIDR",), f"{cfg.cidr} is not a private range: lab traffic must stay on this machine")
     if cfg.cidr.prefixlen > 28:

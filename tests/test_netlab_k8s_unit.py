@@ -78,6 +78,11 @@ def test_service_cidr_must_not_overlap_the_pod_network():
         "serviceCIDR: 10.244.0.0/20\nservices: []\n"))
 
 
+def test_default_service_cidr_claims_nothing_without_services():
+    t = T.loads(BASE.replace("10.244.0.0/16", "10.96.0.0/16"))
+    assert t.k8s.services.services == []
+
+
 def test_endpoints_follow_selector_namespace_and_named_ports():
     t = load("services: [{name: web, selector: {app: web}, ports: [{name: h, port: 80, targetPort: http}]}]\n")
     eps = S.endpoints(t.k8s.services, t.pods, ADDRS)[("default/web", "h")]
