@@ -280,6 +280,7 @@ class Builder:
                 attach = attach[1:]
             self._parallel([[s] for s in attach], self.do_attach, counter)
             self.timings["attach"] = time.monotonic() - t0
+        self.sync_k8s()
         self.publish_late_records()
 
     def _hold_for_a_signal(self) -> None:
@@ -291,12 +292,20 @@ class Builder:
         while True:
             signal.pause()          # SIGINT/SIGTERM raise KeyboardInterrupt out of here
 
+    def sync_k8s(self) -> None:
+        """Services and NetworkPolicies (netlab/k8s.py): our tables in every node."""
+        from . import k8s
+        k8s.sync(self.plan.topology, self.plan.lab, attach_addresses(self.st), st=self.st,
+                 record=self.record, progress=self.progress)
+
     def publish_late_records(self) -> None:
         """DNS records for pods whose address came from IPAM (and host/container pods)."""
         from . import dns
         from .plan import POD_HOSTS, late_records
         procs = [r for r in self.st.find("process") if r.get("name") == "dnsmasq"]
-        recs = late_records(self.plan.topology, attach_addresses(self.st))
+        from .k8s import dns_records as service_records
+        addrs = attach_addresses(self.st)
+        recs = late_records(self.plan.topology, addrs) + service_records(self.plan.topology, addrs)
         if not procs or not recs:
             return
         hosts = os.path.join(self.plan.lab_dir, POD_HOSTS)

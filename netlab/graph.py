@@ -60,6 +60,7 @@ class Inventory:
     namespaces: dict[str, NSInfo]
     host_ports: list[dict] = field(default_factory=list)  # {node_ns, pod, hostPort, containerPort, protocol}
     sharing: dict[str, list[str]] = field(default_factory=dict)  # netns -> pods without their own (host, container:)
+    services: list[dict] = field(default_factory=list)    # read from our Services table (read_services)
 
     def link(self, ns: str, name: str) -> Link | None:
         n = self.namespaces.get(ns)
@@ -168,7 +169,9 @@ def inventory(st, topo=None) -> Inventory:
                 owner = topo.pods[topo.pod_netns_owner(p.name)]
                 where = node_ns(st.lab, owner.node) if owner.mode == "host" else pod_ns(st.lab, owner.name)
                 sharing.setdefault(where, []).append(f"{p.name} (container:{p.container_of})")
-    return Inventory(st.lab, nss, ports, sharing)
+    inv = Inventory(st.lab, nss, ports, sharing)
+    inv.services = read_services(inv)
+    return inv
 
 
 # --------------------------------------------------------------------------- rendering
@@ -244,6 +247,7 @@ def render_dot(inv: Inventory) -> str:
     for kind, a, b, vni in _edges(inv):
         attrs = style.get(kind) or f'[style=dotted, color=blue, label="VNI {vni}", constraint=false]'
         out.append(f"  {_id(*a)} -> {_id(*b)} {attrs};")
+    out += _services_dot(inv)
     out.append("}")
     return "\n".join(out) + "\n"
 
@@ -265,7 +269,85 @@ def render_mermaid(inv: Inventory) -> str:
     for kind, a, b, vni in _edges(inv):
         link = {"master": "-.-", "veth": "==="}.get(kind) or f"-. VNI {vni} .-"
         out.append(f"  {_id(*a)} {link} {_id(*b)}")
+    out += _services_mermaid(inv)
     return "\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------------- Services
+
+def read_services(inv: Inventory) -> list[dict]:
+    """Services and their endpoints as the first node's ``ip cnilab-services``
+    table has them (netlab/services.py): [{name, vip, proto, port, nodePort,
+    endpoints: [(pod netns | None, ifname | None, address, port)]}]."""
+    from .services import FAMILY, TABLE
+    for n in sorted(inv.namespaces.values(), key=lambda x: x.name):
+        if n.role != "node":
+            continue
+        p = subprocess.run(["ip", "netns", "exec", n.name, "nft", "-j", "list", "table", FAMILY, TABLE],
+                           capture_output=True, text=True, timeout=10)
+        if p.returncode != 0:
+            continue
+        objs = json.loads(p.stdout or "{}").get("nftables", [])
+        by_addr = {a.split("/")[0]: (ns.name, l.name) for ns in inv.namespaces.values() if ns.role == "pod"
+                   for l in ns.links.values() for a in l.addrs}
+        dnat: dict[str, list] = {}
+        for o in objs:
+            r = o.get("rule")
+            if r and r["chain"].startswith("endpoint-"):
+                for e in r.get("expr", []):
+                    if isinstance(e, dict) and "dnat" in e:
+                        svc_chain = "service-" + r["chain"][len("endpoint-"):].split("__")[0]
+                        a = e["dnat"].get("addr")
+                        dnat.setdefault(svc_chain, []).append((*by_addr.get(a, (None, None)), a, e["dnat"].get("port")))
+        nodeports = {}
+        maps = {o["map"]["name"]: o["map"].get("elem", []) for o in objs if "map" in o}
+        for key, verdict in maps.get("service-nodeports", []):
+            tgt = (verdict.get("goto") or {}).get("target", "")
+            nodeports["service-" + tgt[len("external-"):]] = key["concat"][1]
+        out = []
+        for key, verdict in maps.get("service-ips", []):
+            vip, proto, port = key["concat"]
+            chain = (verdict.get("goto") or {}).get("target", "")
+            name = chain[len("service-"):].rsplit("/", 2)[0]
+            out.append({"name": name, "vip": vip, "proto": proto, "port": port, "nodePort": nodeports.get(chain),
+                        "endpoints": dnat.get(chain, [])})
+        for key, _v in maps.get("no-endpoint-services", []):
+            vip, proto, port = key["concat"]
+            out.append({"name": f"{vip} (no endpoints)", "vip": vip, "proto": proto, "port": port,
+                        "nodePort": None, "endpoints": []})
+        return out
+    return []
+
+
+def _svc_label(s: dict, sep: str) -> str:
+    return (f"Service {s['name']}{sep}{s['vip']}:{s['port']}/{s['proto']}"
+            + (f"{sep}NodePort {s['nodePort']}" if s.get("nodePort") else "")
+            + ("" if s["endpoints"] else f"{sep}no endpoints: rejected"))
+
+
+def _services_dot(inv: Inventory) -> list[str]:
+    if not inv.services:
+        return []
+    out = ['  subgraph cluster_services {', '    label="Services (ip cnilab-services)"; style=dashed;']
+    for i, s in enumerate(inv.services):
+        out.append(f'    svc_{i} [label="{_svc_label(s, chr(92) + "n")}", shape=component, fillcolor="#fff7cc"];')
+    out.append("  }")
+    for i, s in enumerate(inv.services):
+        for ns, ifn, addr, port in s["endpoints"]:
+            if ns:
+                out.append(f'  svc_{i} -> {_id(ns, ifn)} [dir=forward, style=dotted, color=darkgreen, '
+                           f'label="{addr}:{port}", constraint=false];')
+    return out
+
+
+def _services_mermaid(inv: Inventory) -> list[str]:
+    out = []
+    for i, s in enumerate(inv.services):
+        out.append(f'  svc_{i}[/"{_svc_label(s, "<br/>")}"/]')
+        for ns, ifn, addr, port in s["endpoints"]:
+            if ns:
+                out.append(f'  svc_{i} -. "{addr}:{port}" .-> {_id(ns, ifn)}')
+    return out
 
 
 def render(inv: Inventory, fmt: str) -> bytes:

@@ -357,6 +357,10 @@ class Applier:
                 tx_offload_off(res["node_ns"], itf["name"])
         new = (result.get("ips") or [{}])[0].get("address", "?")
         self.progress(f"      fault: pod {pod} replaced (DEL + ADD as {cid}): {old} -> {new}")
+        from . import k8s           # Services / NetworkPolicies of the topology follow the new address
+        from .build import attach_addresses
+        k8s.sync(self.plan.topology, self.plan.lab, attach_addresses(self.st), st=self.st, record=self.record,
+                 progress=self.progress)
         if any(s["pod"] == pod for s in self.services):
             self._sync_services()
             self.progress(f"      fault: services re-pointed to {new.split('/')[0]}; conntrack left as it is")

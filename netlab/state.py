@@ -203,6 +203,15 @@ def teardown(st: State, detach: Detacher, *, log: Callable[[str], None] = lambda
     if pending:
         with ThreadPoolExecutor(max_workers=workers) as ex:
             list(ex.map(det, pending))
+    # our nftables tables in node namespaces (Services, NetworkPolicy: netlab/k8s.py)
+    for res in reversed(st.resources):
+        if res["kind"] == "nft_table" and not res.get("removed"):
+            try:
+                from .k8s import drop_table
+                drop_table(res)
+                st.update(res, removed=True)
+            except Exception as e:  # noqa: BLE001
+                errors.append(f"nft_table {res.get('family')} {res.get('table')} in {res.get('ns')}: {e}")
     # then namespaces, in parallel (deleting one takes the links, routes, rules
     # and qdiscs the plugins made in it)
     def delns(res: dict) -> None:
@@ -253,6 +262,9 @@ def teardown(st: State, detach: Detacher, *, log: Callable[[str], None] = lambda
                 errs = remove_impairment(res)      # its namespaces are usually gone already: nothing to do
                 if errs:
                     raise RuntimeError("; ".join(errs))
+            elif kind == "nft_table":
+                from .k8s import drop_table
+                drop_table(res)
             elif kind == "file":
                 try:
                     os.unlink(res["path"])

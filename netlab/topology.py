@@ -20,7 +20,7 @@ import yaml
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 LAB_NAME_MAX = 20
 ITEM_NAME_MAX = 20
-CHECK_TYPES = ("reach", "mtu", "dns", "port", "bandwidth", "capture")
+CHECK_TYPES = ("reach", "mtu", "dns", "port", "bandwidth", "capture", "service", "policy")
 NETWORK_TYPES = ("bridge", "overlay")
 POD_MODES = ("bridge", "overlay", "host", "none")  # + container:<pod>
 PROTOS = ("icmp", "tcp", "udp")
@@ -107,6 +107,8 @@ class Pod:
     dns: PodDNS = field(default_factory=PodDNS)
     ifname: str = "eth0"
     impair: dict | None = None   # impairment of the pod's interface (netlab/impair.py)
+    labels: dict[str, str] = field(default_factory=dict)          # Kubernetes pod labels
+    container_ports: list = field(default_factory=list)           # services.ContainerPort
 
 
 @dataclass
@@ -144,6 +146,7 @@ class Topology:
     checks: list[Check]
     description: str = ""
     external: bool = True    # an "ext" namespace on the underlay (a client outside the nodes)
+    k8s: Any = None          # k8s.K8s: Services, namespaces, NetworkPolicies (netlab/k8s.py)
 
     def pod_netns_owner(self, pod: str) -> str:
         """The pod whose namespace ``pod`` lives in (itself, or its container: target)."""
@@ -312,7 +315,8 @@ def _dns_name(v: str) -> str | None:
 # --------------------------------------------------------------------------- load
 
 TOP_KEYS = ("name", "description", "underlay", "nodes", "networks", "pods", "dns", "checks", "external",
-            "scenario")   # scenario: broken-on-purpose labs, validated by netlab/scenario.py
+            "scenario",
+            "serviceCIDR", "services", "namespaces", "networkPolicies")   # netlab/k8s.py   # scenario: broken-on-purpose labs, validated by netlab/scenario.py
 
 
 def load(path: str, *, name: str | None = None) -> Topology:
@@ -513,7 +517,7 @@ def _build(ctx: _Ctx, data: Any, path: str, base_dir: str, name_override: str | 
             ctx.err(p, _name_check(str(pname)) or "pod names must be strings")
             continue
         o = _Obj(ctx, pspec, p, ("node", "network", "mode", "ip", "namespace", "ports", "bandwidth", "dns", "ifname",
-                                 "impair"))
+                                 "impair", "labels", "containerPorts"))
         node = o.get("node", str, None, required=True)
         if node is not None and node not in nodes and nodes:
             ctx.err(p + ("node",), f"unknown node {node!r} (nodes: {', '.join(nodes)})")
@@ -606,6 +610,9 @@ def _build(ctx: _Ctx, data: Any, path: str, base_dir: str, name_override: str | 
                           _impair(ctx, o, p))
         if pods[pname].impair and mode not in ("bridge", "overlay"):
             ctx.err(p + ("impair",), f"a pod in mode {mode} has no interface of its own to impair")
+        from .services import parse_container_ports, parse_labels
+        pods[pname].labels = parse_labels(o, "labels")
+        pods[pname].container_ports = parse_container_ports(o, _Obj)
     # container chains: no cycles, same node
     for pod in pods.values():
         if pod.mode == "container" and pod.container_of in pods:
@@ -627,6 +634,9 @@ def _build(ctx: _Ctx, data: Any, path: str, base_dir: str, name_override: str | 
                 ctx.err(("pods", pod.name, "ports", j, "hostPort"), f"{pm.protocol}/{pm.host_port} on node {pod.node} is already taken by pod {seen_ports[key]}")
             seen_ports[key] = pod.name
 
+    from .k8s import parse as _parse_k8s      # Services, namespaces, NetworkPolicies
+    k8s = _parse_k8s(ctx, data, pods, list(networks.values()), underlay, _Obj)
+
     # checks
     checks: list[Check] = []
     raw_checks = data.get("checks") or []
@@ -634,7 +644,7 @@ def _build(ctx: _Ctx, data: Any, path: str, base_dir: str, name_override: str | 
         ctx.err(("checks",), f"must be a list, got {_typename(raw_checks)}")
         raw_checks = []
     for j, c in enumerate(raw_checks):
-        chk = _check(ctx, c, ("checks", j), j, nodes, pods, dns, external)
+        chk = _check(ctx, c, ("checks", j), j, nodes, pods, dns, external, k8s)
         if chk:
             checks.append(chk)
     names = [c.name for c in checks]
@@ -646,7 +656,12 @@ def _build(ctx: _Ctx, data: Any, path: str, base_dir: str, name_override: str | 
         from .scenario import validate as _validate_scenario
         for spath, msg in _validate_scenario(data["scenario"], nodes, pods, names):
             ctx.err(("scenario",) + spath, msg)
-    return Topology(lab or "", path, underlay, nodes, networks, pods, dns, checks, description, external)
+    return Topology(lab or "", path, underlay, nodes, networks, pods, dns, checks, description, external, k8s)
+
+
+def _k8s_check_keys(ctype: str) -> tuple[str, ...]:
+    from .k8s import CHECK_KEYS
+    return CHECK_KEYS[ctype]
 
 
 def _impair(ctx: _Ctx, o: _Obj, path: tuple, key: str | None = "impair") -> dict | None:
@@ -720,7 +735,7 @@ _TARGET_HELP = "a pod name, node name, 'ext' (client outside the nodes) or 'dns'
 
 
 def _check(ctx: _Ctx, c: Any, p: tuple, j: int, nodes: dict, pods: dict, dns: DNSConfig,
-           external: bool = True) -> Check | None:
+           external: bool = True, k8s: Any = None) -> Check | None:
     if not isinstance(c, dict):
         ctx.err(p, f"a check must be a mapping, got {_typename(c)}")
         return None
@@ -730,6 +745,12 @@ def _check(ctx: _Ctx, c: Any, p: tuple, j: int, nodes: dict, pods: dict, dns: DN
         return None
     # only keys a check reads are accepted: anything else is an error, never ignored
     common = ("type", "name") + (() if ctype == "bandwidth" else ("expect",))
+    if ctype in ("service", "policy"):
+        from .k8s import check_params
+        targets = set(nodes) | set(pods) | ({"ext"} if external else set()) | ({"dns"} if dns.enabled else set())
+        params, name = check_params(ctx, c, p, ctype, _Obj(ctx, c, p, common + _k8s_check_keys(ctype)),
+                                    pods, nodes, targets, k8s)
+        return Check(ctype, j, name, params) if params is not None else None
     per = {
         "reach": ("from", "to", "proto", "port", "count", "timeout", "listen", "size"),
         "mtu": ("from", "to", "min", "max", "timeout"),

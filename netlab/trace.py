@@ -606,12 +606,16 @@ class Tracer:
                 if mon.error:
                     res.kernel_note = f"kernel drop reasons: {mon.error}"
         self.rules = nft.verdicts() if nft else {}
+        self.nft_lines = nft.lines if nft else {}
         res.rules = {ns: [f"{r['table']} {r['chain']}: {r['rule']}" + (f"  -> {r['verdict']}" if r['verdict'] and not r['rule'].endswith(r['verdict']) else "")
                           for r in rs] for ns, rs in self.rules.items()}
         after = snapshot(nss)
         if self.pcap_dir:
             res.pcaps = [c.pcap for c in caps.values() if c.pcap and c.frames]
         self.analyse(caps, before, after)
+        k8s = k8s_notes(self.nft_lines, self.label)     # Services / NetworkPolicy: drops first
+        res.causes[:0] = [c for c in k8s if not c.startswith("note: ")]
+        res.causes += [c for c in k8s if c.startswith("note: ")]
         return res
 
     def _drop_monitor(self):
@@ -1216,3 +1220,52 @@ def format_result(r: TraceResult) -> str:
     if r.pcaps:
         out.append(f"pcaps: {os.path.dirname(r.pcaps[0])}/ ({len(r.pcaps)} files)")
     return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- Services and NetworkPolicy
+
+_K8S_RULE = re.compile(r'trace id \S+ (\S+) (\S+) (\S+) rule (.*?)(?: comment "([^"]*)")? \(verdict ([^)]+)\)$')
+
+
+def k8s_notes(lines: dict[str, list[str]], label) -> list[str]:
+    """What our Services and NetworkPolicy tables (netlab/k8s.py) did to the probe,
+    from the nft trace: the Service DNAT (VIP -> endpoint), the masquerade, a
+    reject for a Service without endpoints, and the policy rule that allowed or
+    dropped it (rules carry their meaning in their comments). A drop or reject
+    is a cause; the rest are notes (``note: `` prefix)."""
+    from .policy import TABLE as POLICY_TABLE
+    from .services import TABLE as SERVICES_TABLE
+    out: list[str] = []
+    for ns, lns in lines.items():
+        for ln in lns:
+            m = _K8S_RULE.match(ln)
+            if not m:
+                continue
+            fam, table, chain, rule, comment, verdict = m.groups()
+            where = label(ns)
+            if table == SERVICES_TABLE:
+                if " dnat to " in rule:
+                    note = f"Service DNAT in {where}: {comment or rule} (chain {chain})"
+                elif chain == "masquerading" and " masquerade" in rule:
+                    note = f"masquerade in {where}: {comment or rule} (the source becomes {where}'s address)"
+                elif "mark-for-masquerade" in rule and comment:
+                    note = f"{comment} (marked for masquerade in {where})"
+                elif chain in ("reject-chain", "cluster-ips-check", "no-local-endpoints") and verdict == "drop":
+                    note = f"Service rule in {where}: {comment or rule} -> {'rejected' if 'reject' in rule else 'dropped'}"
+                    if note not in out:
+                        out.append(note)
+                    continue
+                else:
+                    continue
+            elif table == POLICY_TABLE and comment:
+                if verdict == "drop":
+                    note = f"NetworkPolicy in {where}: dropped by {chain}: {comment!r}"
+                    if note not in out:
+                        out.append(note)
+                    continue
+                note = f"NetworkPolicy in {where}: allowed by {chain}: {comment!r}"
+            else:
+                continue
+            if "note: " + note not in out:
+                out.append("note: " + note)
+    return out

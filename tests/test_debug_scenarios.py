@@ -42,6 +42,21 @@ TRACES = {
                                  "cnilab-portmap hostports: tcp dport 9100 dnat to 10.239.0.2:9100",
                                  "verdict: delivered to pod web and answered",
                                  "note:  addressed to exporter (192.168.127.11:9100) but delivered to pod web"]),
+    # Services and NetworkPolicy (netlab/k8s.py, ADR 0022)
+    "service-selector-mismatch.yaml": ("client", "10.96.0.20", ["--proto", "tcp/80"],
+                                       ["cause: Service rule in node node1: no endpoints: tcp reset -> rejected"]),
+    "service-wrong-targetport.yaml": ("client", "10.96.0.20", ["--proto", "tcp/80"],
+                                      ["note:  Service DNAT in node node1: default/web:80 -> web", ":8081 (chain endpoint-",
+                                       "TCP [RA]"]),
+    "service-hairpin.yaml": ("web", "10.96.0.20", ["--proto", "tcp/80"],
+                             ["verdict: lost in node node1 right after a DNAT to 10.236.0.2:8080", "cause: hairpin:",
+                              "note:  hairpin: web reaching itself through default/web (marked for masquerade"]),
+    "policy-blocks-dns.yaml": ("client", "dns", ["--proto", "udp/53"],
+                               ["cause: NetworkPolicy in node node1: dropped by egress-default/client: "
+                                "'default deny egress of default/client (policies default/client-egress)'"]),
+    "nodeport-local-no-endpoint.yaml": ("ext", "node2", ["--proto", "tcp/30080"],
+                                        ["cause: Service rule in node node2: NodePort with externalTrafficPolicy Local: "
+                                         "no endpoint on this node -> dropped"]),
     "lossy-underlay.yaml": ("client", "server", ["--size", "1400"],
                             ["verdict: lost after node node2 eth0 (received)",
                              "kernel: drop reason NETFILTER_DROP in nft_do_chain",
