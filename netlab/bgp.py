@@ -258,7 +258,7 @@ def parse_protocols(text: str) -> dict[str, Session]:
     for ln in text.splitlines():
         parts = ln.split(None, 5)
         if len(parts) >= 4 and parts[1] == "BGP":
-            info = parts[5].strip() if len(parts) > 5 else ""
+            info = " ".join(parts[5].split()) if len(parts) > 5 else ""
             out[parts[0]] = Session(parts[0], parts[3], info)
     return out
 
@@ -327,9 +327,11 @@ def missing_route_cause(st, ns: str, dst: str) -> list[str]:
     for s in bad:
         out.append(f"BGP session {s.name} on node {me['node']} is not established: {s.state} {s.info}")
     if not bad:
+        # the owner's session toward us, or toward the reflector it peers with
+        via = me["node"] if me["node"] in owner.get("peers", {}) else next(iter(owner.get("peers", {})), me["node"])
         out.append(f"every BGP session of node {me['node']} is Established, so node {owner['node']} "
                    f"(or a reflector) does not export {prefix}: check its export filter "
-                   f"(birdc -s {owner['socket']} show route export {proto_name(me['node'])})")
+                   f"(birdc -s {owner['socket']} show route export {proto_name(via)})")
     return out
 
 

@@ -41,6 +41,14 @@ TRACES = {
                                  "cnilab-portmap hostports: tcp dport 9100 dnat to 10.239.0.2:9100",
                                  "verdict: delivered to pod web and answered",
                                  "note:  addressed to exporter (192.168.127.11:9100) but delivered to pod web"]),
+    "bgp-wrong-as.yaml": ("a1", "c1", ["--proto", "tcp/80"],
+                          ["verdict: lost after node node1 cni0 (received)",
+                           "cause: no route to 10.248.2.0/24 on node node1 (not learned via BGP)",
+                           "BGP session peer_node3 on node node1 is not established", "Bad peer AS"]),
+    "bgp-export-filter.yaml": ("b1", "c1", [],
+                               ["cause: no route to 10.249.2.0/24 on node node2 (not learned via BGP)",
+                                "every BGP session of node node2 is Established, so node node3",
+                                "show route export peer_node1"]),
 }
 
 
