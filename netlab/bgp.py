@@ -293,15 +293,15 @@ def learned(ns: str) -> dict[str, str | None]:
 
 
 def bird_records(st) -> list[dict]:
-    return [r for r in st.find("process") if r.get("bgp")]
+    """The BIRD daemons recorded in a lab's state (none for a lab without BGP)."""
+    find = getattr(st, "find", None)
+    return [r for r in find("process") if r.get("bgp")] if find else []
 
 
 def missing_route_cause(st, ns: str, dst: str) -> list[str]:
     """For ``netlab trace``: when ``ns`` is a BGP node without a route to ``dst``,
     name the prefix that should have been learned, who announces it, and what
     the sessions say. Empty when BGP has nothing to do with it."""
-    if st is None:
-        return []
     recs = bird_records(st)
     me = next((r for r in recs if r.get("ns") == ns), None)
     if me is None:

@@ -164,3 +164,32 @@ def test_shipped_bgp_topology_validates():
     from netlab.topology import load
     t = load(os.path.join(os.path.dirname(__file__), "..", "topologies", "bgp.yaml"))
     assert t.bgp.mesh == "full" and {c.type for c in t.checks} == {"bgp", "reach"}
+
+
+def test_bridge_network_can_route_by_bgp_too():
+    t = topo(base=BASE.replace("type: routed,", "type: bridge, routing: bgp,"))
+    assert t.bgp is not None and t.pods["a1"].mode == "bridge"
+    plan = make_plan(t, "/lab")
+    assert [s.params["node"] for s in plan.steps if s.kind == "bgp"] == ["node1", "node2", "node3"]
+    assert not [s for s in plan.steps if s.kind == "routes" and "-n-" in s.params["ns"]]
+
+
+class _State:
+    def __init__(self, recs):
+        self.recs = recs
+
+    def find(self, kind):
+        return self.recs if kind == "process" else []
+
+
+def test_trace_explanation_is_silent_without_bgp():
+    assert bgp.missing_route_cause(None, "nl-x-n-node1", "10.0.0.1") == []
+    assert bgp.missing_route_cause(_State([{"name": "dnsmasq", "pid": 1}]), "nl-x-n-node1", "10.0.0.1") == []
+    recs = [{"bgp": True, "ns": "nl-x-n-node1", "node": "node1", "announce": ["10.247.0.0/24"], "socket": "/nonexistent"},
+            {"bgp": True, "ns": "nl-x-n-node2", "node": "node2", "announce": ["10.247.1.0/24"], "socket": "/x"}]
+    # an address nobody announces, or the node's own slice: not a BGP matter
+    assert bgp.missing_route_cause(_State(recs), "nl-x-n-node1", "10.9.0.1") == []
+    assert bgp.missing_route_cause(_State(recs), "nl-x-n-node1", "10.247.0.7") == []
+    out = bgp.missing_route_cause(_State(recs), "nl-x-n-node1", "10.247.1.7")
+    assert out[0].startswith("no route to 10.247.1.0/24 on node node1 (not learned via BGP): node node2")
+    assert "BIRD on node node1 does not answer" in out[1]
