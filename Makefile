@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 APT_PACKAGES := iproute2 nftables libnftables1 iptables tcpdump iperf3 \
 	dnsmasq-base busybox-static iputils-ping conntrack ethtool graphviz \
 	containernetworking-plugins podman runc kmod procps python3-venv \
-	strace util-linux conmon mininet containerd
+	strace util-linux conmon mininet containerd bird2
 
 .PHONY: setup apt venv lab down test test-fast bench docs clean-venv
 setup: apt venv

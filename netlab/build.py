@@ -387,6 +387,14 @@ class Builder:
                                record=lambda **kw: self.record("process", **kw))
         self.progress(f"      dnsmasq pid {pid} answering")
 
+    def do_bgp(self, s: Step) -> None:
+        from .bgp import BGPError, start
+        try:
+            pid = start(s.params["ns"], s.params, self.record, self.update)
+        except BGPError as e:
+            raise BuildError(str(e)) from None
+        self.progress(f"      bird pid {pid} (birdc -s {s.params['files']['socket']})")
+
     def do_attach(self, s: Step) -> None:
         p = s.params
         rt = runtime_for(self.plan.lab_dir, p["node_ns"], self.cni_path, self.agent_socket)

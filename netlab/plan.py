@@ -125,7 +125,7 @@ def network_vars(topo: Topology, w: Network, node: str, lab_dir: str) -> dict[st
 
 def generated_conflist(w: Network) -> dict:
     """The conflist a network gets when the topology gives none (a template)."""
-    if w.type == "bridge":
+    if w.type in ("bridge", "routed"):   # routed: the bridge plugin, routes come from BGP
         main = {"type": "bridge", "bridge": "${bridge}", "isGateway": True, "isDefaultGateway": True,
                 "ipMasq": False, "hairpinMode": True, "mtu": "${mtu}",
                 "ipam": {"type": "host-local", "dataDir": "${ipamDir}",
@@ -313,13 +313,17 @@ def make_plan(topo: Topology, lab_dir: str) -> Plan:
         uplink(nn, f"n{n.index}", n.address, n.mtu, "node")
         steps.append(Step("sysctl", f"{nn}: ip_forward on", {"ns": nn, "key": "net/ipv4/ip_forward", "value": "1"}))
         routes = [{"dst": c, "via": via} for c, via, owner in slices if owner != n.name
-                  and topo.networks[_net_of(topo, c)].type == "bridge"]
+                  and topo.networks[_net_of(topo, c)].type in ("bridge", "routed")
+                  and topo.networks[_net_of(topo, c)].routing == "static"]
         if routes:
             steps.append(Step("routes", f"{nn}: routes to the other nodes' pod ranges ({len(routes)})",
                               {"ns": nn, "routes": routes}))
         steps.append(Step("etcnetns", f"/etc/netns/{nn}", {"netns": nn, "files": {
             "resolv.conf": resolv_conf(topo, None), "hosts": hosts_file(n.name, n.address)}}))
         endpoints[n.name] = Endpoint(n.name, nn, n.address, UPLINK, "node")
+
+    from .bgp import plan_steps as bgp_steps   # routing: bgp networks: BIRD in every node
+    steps += bgp_steps(topo, lab_dir, node_ns)
 
     side_routes = [{"dst": c, "via": via} for c, via, _ in slices]
     if topo.dns.enabled:

@@ -20,8 +20,8 @@ import yaml
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 LAB_NAME_MAX = 20
 ITEM_NAME_MAX = 20
-CHECK_TYPES = ("reach", "mtu", "dns", "port", "bandwidth", "capture", "service", "policy")
-NETWORK_TYPES = ("bridge", "overlay")
+CHECK_TYPES = ("reach", "mtu", "dns", "port", "bandwidth", "capture", "service", "policy", "bgp")
+NETWORK_TYPES = ("bridge", "overlay", "routed")   # routed: see netlab/bgp.py
 POD_MODES = ("bridge", "overlay", "host", "none")  # + container:<pod>
 PROTOS = ("icmp", "tcp", "udp")
 RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?)(bit|bps)?\s*$", re.I)
@@ -67,6 +67,7 @@ class Network:
     port: int = 4789
     conflist: dict | None = None    # user template (inline or from file); None = generated
     source: str = ""                # where the conflist came from
+    routing: str = "static"         # static (netlab writes node routes) | bgp (BIRD learns them)
 
 
 @dataclass
@@ -147,6 +148,7 @@ class Topology:
     description: str = ""
     external: bool = True    # an "ext" namespace on the underlay (a client outside the nodes)
     k8s: Any = None          # k8s.K8s: Services, namespaces, NetworkPolicies (netlab/k8s.py)
+    bgp: Any = None          # netlab.bgp.BGPConfig when the lab has BGP-routed networks
 
     def pod_netns_owner(self, pod: str) -> str:
         """The pod whose namespace ``pod`` lives in (itself, or its container: target)."""
@@ -315,7 +317,7 @@ def _dns_name(v: str) -> str | None:
 # --------------------------------------------------------------------------- load
 
 TOP_KEYS = ("name", "description", "underlay", "nodes", "networks", "pods", "dns", "checks", "external",
-            "scenario",
+            "scenario", "bgp",
             "serviceCIDR", "services", "namespaces", "networkPolicies")   # netlab/k8s.py   # scenario: broken-on-purpose labs, validated by netlab/scenario.py
 
 
@@ -412,12 +414,12 @@ def _build(ctx: _Ctx, data: Any, path: str, base_dir: str, name_override: str | 
         if not isinstance(wname, str) or _name_check(wname):
             ctx.err(p, _name_check(str(wname)) or "network names must be strings")
             continue
-        o = _Obj(ctx, wspec, p, ("type", "subnet", "nodePrefix", "mtu", "vni", "port", "conflist", "file"))
+        o = _Obj(ctx, wspec, p, ("type", "subnet", "nodePrefix", "mtu", "vni", "port", "conflist", "file", "routing"))
         wtype = o.get("type", str, "bridge", check=lambda v: None if v in NETWORK_TYPES else f"must be one of {', '.join(NETWORK_TYPES)}, got {v!r}")
         wsub_s = o.get("subnet", str, None, required=True, check=_net4)
         wsub = ipaddress.IPv4Network(wsub_s) if wsub_s else None
-        default_prefix = (24 if wtype == "bridge" else (wsub.prefixlen + 2 if wsub else 26)) if wsub else 24
-        if wsub and wtype == "bridge" and wsub.prefixlen >= 24:
+        default_prefix = (24 if wtype in ("bridge", "routed") else (wsub.prefixlen + 2 if wsub else 26)) if wsub else 24
+        if wsub and wtype in ("bridge", "routed") and wsub.prefixlen >= 24:
             default_prefix = min(wsub.prefixlen + 4, 28)
         nprefix = o.int("nodePrefix", default_prefix, 8, 29)
         if wsub and nprefix is not None:
@@ -456,9 +458,11 @@ def _build(ctx: _Ctx, data: Any, path: str, base_dir: str, name_override: str | 
                 ctx.err(p + ("subnet",), f"{wsub} overlaps network {other.name} ({other.subnet})")
         if wsub and wsub.overlaps(usub):
             ctx.err(p + ("subnet",), f"{wsub} overlaps the underlay {usub}")
+        routing = _routing(ctx, o, wtype)
         if wsub is not None and nprefix is not None:
             networks[wname] = Network(wname, i, wtype, wsub, nprefix, mtu, vni or 0, port or 4789,
-                                      copy.deepcopy(conflist) if conflist is not None else None, source)
+                                      copy.deepcopy(conflist) if conflist is not None else None, source,
+                                      routing or "static")
     vnis: dict[int, str] = {}
     for w in networks.values():
         if w.type == "overlay":
@@ -525,7 +529,7 @@ def _build(ctx: _Ctx, data: Any, path: str, base_dir: str, name_override: str | 
         mode = o.get("mode", str, None)
         container_of = None
         if mode is None:
-            mode = networks[net].type if net in networks else ("bridge" if net else "none")
+            mode = pod_mode_of(networks[net]) if net in networks else ("bridge" if net else "none")
         if mode.startswith("container:"):
             container_of = mode.split(":", 1)[1]
             mode = "container"
@@ -541,7 +545,7 @@ def _build(ctx: _Ctx, data: Any, path: str, base_dir: str, name_override: str | 
             elif net not in networks:
                 if net not in raw_nets:
                     ctx.err(p + ("network",), f"unknown network {net!r} (networks: {', '.join(networks) or 'none'})")
-            elif networks[net].type != mode:
+            elif pod_mode_of(networks[net]) != mode:
                 ctx.err(p + ("mode",), f"mode {mode} does not match network {net} of type {networks[net].type}")
         elif net is not None:
             ctx.err(p + ("network",), f"a pod in mode {mode} has no network of its own")
@@ -656,7 +660,9 @@ def _build(ctx: _Ctx, data: Any, path: str, base_dir: str, name_override: str | 
         from .scenario import validate as _validate_scenario
         for spath, msg in _validate_scenario(data["scenario"], nodes, pods, names):
             ctx.err(("scenario",) + spath, msg)
-    return Topology(lab or "", path, underlay, nodes, networks, pods, dns, checks, description, external, k8s)
+    bgp_cfg = _bgp(ctx, data, nodes, networks)
+    return Topology(lab or "", path, underlay, nodes, networks, pods, dns, checks, description, external, k8s,
+                    bgp_cfg)
 
 
 def _k8s_check_keys(ctype: str) -> tuple[str, ...]:
@@ -698,6 +704,32 @@ def _loss_expect(ctx: _Ctx, exp: dict, path: tuple, params: dict) -> dict:
         p_ = out["loss"] / 100
         out["tolerance"] = round(100 * (3 * (p_ * (1 - p_) / n) ** 0.5 + 1 / n), 2)
     return out
+
+
+def pod_mode_of(w: Network) -> str:
+    """The attachment mode of a network's pods: a routed network attaches with the
+    bridge plugin on each node (per-node slice, no overlay)."""
+    return "bridge" if w.type == "routed" else w.type
+
+
+def _routing(ctx: _Ctx, o: _Obj, wtype: str) -> str | None:
+    from .bgp import ROUTING_KINDS
+    routing = o.get("routing", str, "bgp" if wtype == "routed" else "static",
+                    check=lambda v: None if v in ROUTING_KINDS else f"must be one of {', '.join(ROUTING_KINDS)}, got {v!r}")
+    if routing == "bgp" and wtype == "overlay":
+        ctx.err(o.path + ("routing",), "an overlay network is not routed between nodes (routing bgp needs type routed or bridge)")
+    return routing
+
+
+def _bgp(ctx: _Ctx, data: dict, nodes: dict, networks: dict):
+    """The top-level ``bgp`` key (netlab/bgp.py); a default when a network routes by BGP."""
+    from . import bgp
+    uses = any(w.routing == "bgp" for w in networks.values())
+    if data.get("bgp") is None:
+        return bgp.BGPConfig() if uses else None
+    if not uses:
+        ctx.err(("bgp",), "no network has routing: bgp (type: routed, or routing: bgp on a bridge network)")
+    return bgp.parse(_Obj(ctx, data["bgp"], ("bgp",), bgp.BGP_KEYS), ctx.err, nodes)
 
 
 def _check_conflist(ctx: _Ctx, conf: Any, path: tuple) -> None:
@@ -758,6 +790,7 @@ def _check(ctx: _Ctx, c: Any, p: tuple, j: int, nodes: dict, pods: dict, dns: DN
         "port": ("from", "pod", "hostPort", "proto", "timeout"),
         "bandwidth": ("from", "to", "rate", "tolerance", "seconds"),
         "capture": ("at", "filter", "run", "in", "timeout", "count"),
+        "bgp": ("node", "peers", "learned", "timeout"),
     }[ctype]
     if ctype == "bandwidth" and "expect" in c:
         ctx.err(p + ("expect",), "a bandwidth check takes no expect: it passes when the measured rate is "
@@ -887,4 +920,8 @@ def _check(ctx: _Ctx, c: Any, p: tuple, j: int, nodes: dict, pods: dict, dns: DN
             ctx.err(p + ("expect", "min"), "min: 0 without max accepts any capture, so the check could never "
                     "fail: give min >= 1, or max (e.g. max: 0 for 'no such packet')")
         name = name or f"capture at {on}"
+    elif ctype == "bgp":
+        from .bgp import check_params
+        params = check_params(o, ctx.err, nodes, exp)
+        name = name or f"bgp on {params['node']}"
     return Check(ctype, j, name, params)

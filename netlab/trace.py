@@ -536,6 +536,12 @@ def _owner_of(inv: Inventory, addr: str) -> str | None:
     return None
 
 
+def _bgp_causes(st, ns: str, dst: str) -> list[str]:
+    """A BGP node's missing route, explained (netlab/bgp.py); nothing otherwise."""
+    from .bgp import missing_route_cause
+    return missing_route_cause(st, ns, dst)
+
+
 class Tracer:
     def __init__(self, st, inv: Inventory, src_ns: str, dst_addr: str, probe: Probe, *,
                  src_name: str, dst_name: str, wait: float = 1.0, pcap_dir: str | None = None,
@@ -566,6 +572,7 @@ class Tracer:
         if "error" in r:
             res.verdict = f"not sent: {self.label(self.src_ns)} has no route to {self.dst}"
             res.causes.append(f"no route: `ip route get {self.dst}` in {self.src_ns} says: {r['error']}")
+            res.causes += _bgp_causes(self.st, self.src_ns, self.dst)
             res.evidence.append(f"routes in {self.src_ns}:\n" + _indent(_ip(self.src_ns, "route", "show")))
             return res
         pr.src = r.get("prefsrc") or pr.src
@@ -1037,6 +1044,7 @@ class Tracer:
             else:
                 causes.append(f"no route: {self.label(ns)} cannot forward to {cur_dst} "
                               f"(`ip route get {cur_dst} from {top['src']} iif {in_if}`: {r['error']})")
+                causes += _bgp_causes(self.st, ns, cur_dst)
                 causes.append(f"routes in {ns}:\n" + _indent(_ip(ns, "route", "show")))
             res.evidence += self._counter_lines(ns, deltas)
             return
