@@ -29,7 +29,7 @@ from plugins.core.fsutil import make_dirs
 
 from .fsutil import write_atomic
 
-PLUGINS = ("bridge", "host-local", "portmap", "bandwidth", "vxlan")
+PLUGINS = ("bridge", "host-local", "portmap", "bandwidth", "vxlan", "dhcp")
 MARKER = "# cnilab CNI plugin launcher"
 MODES = ("-IS", "-I")
 

@@ -44,6 +44,7 @@ PLUGINS: dict[str, str] = {
     "portmap": "plugins.portmap",
     "bandwidth": "plugins.bandwidth",
     "vxlan": "plugins.vxlan",
+    "dhcp": "plugins.dhcp",
 }
 
 
