@@ -33,7 +33,7 @@ class Segment:
         node.wire(server, "dsrv", "d0", (), (f"{SERVER}/24",))
         node.run("ip", "link", "set", "dsrv", "master", "cni0")
 
-    def start_dnsmasq(self, *, silent: bool = False) -> None:
+    def start_dnsmasq(self, *, silent: bool = False, extra: tuple[str, ...] = ()) -> None:
         """dnsmasq on the server side; ``silent``: it serves no DHCP at all (no range)."""
         argv = ["ip", "netns", "exec", self.server.name, "dnsmasq", "--keep-in-foreground",
                 "--conf-file=/dev/null", "--port=0", "--no-resolv", "--no-hosts",
@@ -42,7 +42,7 @@ class Segment:
                 "--log-dhcp", f"--log-facility={os.path.join(self.tmp, 'dnsmasq.log')}"]
         if not silent:
             argv += [f"--dhcp-range={RANGE[0]},{RANGE[1]},255.255.255.0,2m",
-                     f"--dhcp-option=3,{SUBNET_GW}", "--dhcp-authoritative"]
+                     f"--dhcp-option=3,{SUBNET_GW}", "--dhcp-authoritative", *extra]
         self.procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL,
                                            stderr=subprocess.DEVNULL))
         wait_for(lambda: os.path.exists(os.path.join(self.tmp, "dnsmasq.pid")), "dnsmasq")
@@ -58,6 +58,10 @@ class Segment:
         wait_for(lambda: os.path.exists(sock) or p.poll() is not None, "the dhcp daemon's socket")
         assert p.poll() is None, open(log.name).read()
         return sock
+
+    def daemon_log(self, n: int) -> str:
+        with open(os.path.join(self.tmp, f"daemon-{n}.log")) as fh:
+            return fh.read()
 
     def leased(self) -> set[str]:
         """Addresses in dnsmasq's lease file (field 3 of each line)."""

@@ -105,3 +105,19 @@ def test_silent_server_times_out_and_rolls_back(seg, make_netns, installed_plugi
     assert "no DHCP OFFER" in err["msg"] and "within 2s" in err["msg"], err
     assert node_veths(seg.node) == before and pod_links(pod) == set()
     assert seg.leased() == set()
+
+
+def test_lease_is_renewed_unicast(seg, make_netns, installed_plugins):
+    # dnsmasq's shortest lease is 2 min with T1 = 1 min: this test waits for that renewal
+    seg.start_dnsmasq()
+    sock = seg.start_daemon(os.path.join(installed_plugins, "dhcp"))
+    pod = make_netns("pod")
+    c = dhcp_conf(sock)
+    rc, res = call(seg.node, "ADD", c, netns=pod.path, path=installed_plugins)
+    assert rc == 0, res
+    addr = res["ips"][0]["address"]
+    wait_for(lambda: f"renewed {addr}" in seg.daemon_log(1), "a renewal at T1", tries=1200)
+    log = open(os.path.join(seg.tmp, "dnsmasq.log")).read()
+    assert f"DHCPREQUEST(d0) {addr.split('/')[0]}" in log and "DHCPACK" in log
+    rc, out = call(seg.node, "DEL", c, netns=pod.path, path=installed_plugins)
+    assert rc == 0, out
