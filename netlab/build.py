@@ -82,7 +82,8 @@ def tx_offload_off(ns: str, dev: str) -> None:
 def plugin_ready(ptype: str) -> bool:
     """Is our implementation of this plugin type present in the tree?"""
     mod = {"bridge": "plugins.bridge", "host-local": "ipam.host_local", "portmap": "plugins.portmap",
-           "bandwidth": "plugins.bandwidth", "vxlan": "plugins.vxlan"}.get(ptype)
+           "bandwidth": "plugins.bandwidth", "vxlan": "plugins.vxlan",
+           "dhcp": "plugins.dhcp"}.get(ptype)
     if mod is None:
         return False
     try:
@@ -352,6 +353,19 @@ class Builder:
                                os.path.join(self.plan.lab_dir, "dnsmasq.out"),
                                record=lambda **kw: self.record("process", **kw))
         self.progress(f"      dnsmasq pid {pid} answering")
+
+    def do_dhcp_server(self, s: Step) -> None:
+        from . import dhcp
+        p = s.params
+        dhcp.start(p["ns"], p["argv"], "dnsmasq-dhcp", p["log"], lambda: os.path.exists(p["pidfile"]),
+                   record=lambda **kw: self.record("process", **kw))
+
+    def do_dhcp_daemon(self, s: Step) -> None:
+        from . import dhcp
+        p = s.params
+        dhcp.start(p["ns"], dhcp.daemon_argv(self.plugins, p["socket"]), "dhcp daemon", p["log"],
+                   lambda: os.path.exists(p["socket"]), cwd=dhcp.code_root(),
+                   record=lambda **kw: self.record("process", **kw))
 
     def do_attach(self, s: Step) -> None:
         p = s.params

@@ -120,6 +120,7 @@ def network_vars(topo: Topology, w: Network, node: str, lab_dir: str) -> dict[st
         "peers": [m.address for m in topo.nodes.values() if m.name != node],
         "mtu": w.mtu or n.mtu, "vni": w.vni, "port": w.port, "bridge": f"cni{w.index}",
         "ipamDir": os.path.join(lab_dir, "ipam", node), "underlayInterface": UPLINK,
+        "dhcpSocket": os.path.join(lab_dir, f"dhcp-{w.name}-{node}.sock"),
     }
 
 
@@ -144,6 +145,8 @@ def generated_conflist(w: Network) -> dict:
                                       "rangeEnd": "${rangeEnd}", "gateway": "${gateway}"}]]}}
         if w.mtu:
             main["mtu"] = "${mtu}"
+    if w.ipam == "dhcp":
+        main["ipam"] = {"type": "dhcp", "daemonSocketPath": "${dhcpSocket}"}
     return {"cniVersion": "1.0.0", "name": "${network}", "plugins": [
         main,
         {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True},
@@ -320,6 +323,9 @@ def make_plan(topo: Topology, lab_dir: str) -> Plan:
         steps.append(Step("etcnetns", f"/etc/netns/{nn}", {"netns": nn, "files": {
             "resolv.conf": resolv_conf(topo, None), "hosts": hosts_file(n.name, n.address)}}))
         endpoints[n.name] = Endpoint(n.name, nn, n.address, UPLINK, "node")
+
+    from . import dhcp
+    dhcp.add_steps(topo, lab_dir, lambda node: node_ns(lab, node), Step, steps, namespaces)
 
     side_routes = [{"dst": c, "via": via} for c, via, _ in slices]
     if topo.dns.enabled:

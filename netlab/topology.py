@@ -22,6 +22,7 @@ LAB_NAME_MAX = 20
 ITEM_NAME_MAX = 20
 CHECK_TYPES = ("reach", "mtu", "dns", "port", "bandwidth", "capture")
 NETWORK_TYPES = ("bridge", "overlay")
+IPAM_TYPES = ("host-local", "dhcp")
 POD_MODES = ("bridge", "overlay", "host", "none")  # + container:<pod>
 PROTOS = ("icmp", "tcp", "udp")
 RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?)(bit|bps)?\s*$", re.I)
@@ -65,6 +66,7 @@ class Network:
     port: int = 4789
     conflist: dict | None = None    # user template (inline or from file); None = generated
     source: str = ""                # where the conflist came from
+    ipam: str = "host-local"        # host-local | dhcp (netlab/dhcp.py runs server + daemon)
 
 
 @dataclass
@@ -405,7 +407,7 @@ def _build(ctx: _Ctx, data: Any, path: str, base_dir: str, name_override: str | 
         if not isinstance(wname, str) or _name_check(wname):
             ctx.err(p, _name_check(str(wname)) or "network names must be strings")
             continue
-        o = _Obj(ctx, wspec, p, ("type", "subnet", "nodePrefix", "mtu", "vni", "port", "conflist", "file"))
+        o = _Obj(ctx, wspec, p, ("type", "subnet", "nodePrefix", "mtu", "vni", "port", "conflist", "file", "ipam"))
         wtype = o.get("type", str, "bridge", check=lambda v: None if v in NETWORK_TYPES else f"must be one of {', '.join(NETWORK_TYPES)}, got {v!r}")
         wsub_s = o.get("subnet", str, None, required=True, check=_net4)
         wsub = ipaddress.IPv4Network(wsub_s) if wsub_s else None
@@ -449,9 +451,13 @@ def _build(ctx: _Ctx, data: Any, path: str, base_dir: str, name_override: str | 
                 ctx.err(p + ("subnet",), f"{wsub} overlaps network {other.name} ({other.subnet})")
         if wsub and wsub.overlaps(usub):
             ctx.err(p + ("subnet",), f"{wsub} overlaps the underlay {usub}")
+        wipam = o.get("ipam", str, "host-local", check=lambda v: None if v in IPAM_TYPES else f"must be one of {', '.join(IPAM_TYPES)}, got {v!r}")
+        if wipam == "dhcp" and wtype != "bridge":
+            ctx.err(p + ("ipam",), f"ipam dhcp needs a bridge network (a DHCP server per node segment), not {wtype}")
         if wsub is not None and nprefix is not None:
             networks[wname] = Network(wname, i, wtype, wsub, nprefix, mtu, vni or 0, port or 4789,
-                                      copy.deepcopy(conflist) if conflist is not None else None, source)
+                                      copy.deepcopy(conflist) if conflist is not None else None, source,
+                                      wipam or "host-local")
     vnis: dict[int, str] = {}
     for w in networks.values():
         if w.type == "overlay":
@@ -525,7 +531,9 @@ def _build(ctx: _Ctx, data: Any, path: str, base_dir: str, name_override: str | 
         elif net is not None:
             ctx.err(p + ("network",), f"a pod in mode {mode} has no network of its own")
         ip = o.get("ip", str, None, check=_ip4)
-        if ip and net in networks:
+        if ip and net in networks and networks[net].ipam == "dhcp":
+            ctx.err(p + ("ip",), f"network {net} leases addresses by DHCP: a pod cannot ask for {ip}")
+        elif ip and net in networks:
             w = networks[net]
             a = ipaddress.IPv4Address(ip)
             if node in nodes:

@@ -10,7 +10,7 @@ import pytest
 
 from netlab import install as inst
 
-PLUGINS = ("bridge", "host-local", "portmap", "bandwidth", "vxlan")
+from netlab.install import PLUGINS   # every plugin the installer writes
 SPEC_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 FULL_ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/var/run/netns/none",
             "CNI_IFNAME": "eth0", "CNI_PATH": "/nonexistent"}
@@ -163,7 +163,7 @@ def test_install_refuses_foreign_files(tmp_path):
     p = subprocess.run([sys.executable, "-m", "netlab", "cni", "install", "--force", str(d)],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
-    assert inst.is_ours(str(foreign)) and len(p.stdout.split()) == 5
+    assert inst.is_ours(str(foreign)) and len(p.stdout.split()) == len(PLUGINS)
 
 
 def test_install_with_another_interpreter_path(tmp_path):
@@ -236,7 +236,7 @@ def test_cli_install_with_systemd_unit(tmp_path):
     p = subprocess.run([sys.executable, "-m", "netlab", "cni", "install", str(bin_dir),
                         "--systemd", str(unit_dir)], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
-    assert sorted(os.listdir(bin_dir)) == ["bandwidth", "bridge", "host-local", "portmap", "vxlan"]
+    assert sorted(os.listdir(bin_dir)) == sorted(PLUGINS)
     units = os.listdir(unit_dir)
     assert units == ["cnilab-agent.service"]
     text = (unit_dir / units[0]).read_text()
