@@ -355,17 +355,19 @@ class Builder:
         self.progress(f"      dnsmasq pid {pid} answering")
 
     def do_dhcp_server(self, s: Step) -> None:
-        from . import dhcp
+        from .proc import start_recorded
         p = s.params
-        dhcp.start(p["ns"], p["argv"], "dnsmasq-dhcp", p["log"], lambda: os.path.exists(p["pidfile"]),
-                   record=lambda **kw: self.record("process", **kw))
+        start_recorded(p["ns"], p["argv"], "dnsmasq-dhcp", p["log"],
+                       lambda pid: os.path.exists(p["pidfile"]),
+                       record=lambda **kw: self.record("process", **kw))
 
     def do_dhcp_daemon(self, s: Step) -> None:
         from . import dhcp
+        from .proc import start_recorded
         p = s.params
-        dhcp.start(p["ns"], dhcp.daemon_argv(self.plugins, p["socket"]), "dhcp daemon", p["log"],
-                   lambda: os.path.exists(p["socket"]), cwd=dhcp.code_root(),
-                   record=lambda **kw: self.record("process", **kw))
+        start_recorded(p["ns"], dhcp.daemon_argv(self.plugins, p["socket"]), "dhcp daemon",
+                       p["log"], lambda pid: os.path.exists(p["socket"]), cwd=dhcp.code_root(),
+                       record=lambda **kw: self.record("process", **kw))
 
     def do_attach(self, s: Step) -> None:
         p = s.params

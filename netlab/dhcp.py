@@ -15,20 +15,12 @@ reverse order). The bridge and veth die with their namespaces.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-import time
 from typing import Callable
 
-from . import netns as nsutil
-from .state import proc_starttime
 from .topology import Network, Topology, gateway, node_slice
 
 REFERENCE_DHCP = "/usr/lib/cni/dhcp"
-
-
-class DHCPLabError(RuntimeError):
-    pass
 
 
 def server_ns(lab: str, w: Network, node_index: int) -> str:
@@ -99,36 +91,6 @@ def daemon_argv(plugins_choice: str, sock: str) -> list[str]:
     if plugins_choice == "reference":
         return [REFERENCE_DHCP, "daemon", "-socketpath", sock]
     return [sys.executable, "-m", "plugins.dhcp_daemon.server", "-socketpath", sock]
-
-
-def start(ns: str, argv: list[str], name: str, out_path: str, ready: Callable[[], bool], *,
-          record: Callable[..., dict], cwd: str | None = None, timeout: float = 10.0) -> int:
-    """Start ``argv`` in ``ns``, record it (pid + start time), wait until ``ready()``."""
-    out = open(out_path, "ab")
-    try:
-        proc = subprocess.Popen(nsutil.exec_argv(ns, argv), stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
-                                cwd=cwd)
-    finally:
-        out.close()
-    start_t = None
-    for _ in range(100):
-        start_t = proc_starttime(proc.pid)
-        if start_t is not None:
-            break
-        time.sleep(0.01)
-    record(name=name, pid=proc.pid, starttime=start_t, ns=ns, argv=argv)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        rc = proc.poll()
-        if rc is not None:
-            with open(out_path, encoding="utf-8", errors="replace") as f:
-                tail = f.read()[-600:].strip()
-            raise DHCPLabError(f"{name} in {ns} exited with status {rc}: {tail}")
-        if ready():
-            return proc.pid
-        time.sleep(0.05)
-    raise DHCPLabError(f"{name} in {ns} was not ready within {timeout:g}s")
 
 
 def code_root() -> str:
