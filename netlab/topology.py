@@ -20,7 +20,7 @@ import yaml
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 LAB_NAME_MAX = 20
 ITEM_NAME_MAX = 20
-CHECK_TYPES = ("reach", "mtu", "dns", "port", "bandwidth", "capture")
+CHECK_TYPES = ("reach", "mtu", "dns", "port", "bandwidth", "capture", "throughput")
 NETWORK_TYPES = ("bridge", "overlay")
 IPAM_TYPES = ("host-local", "dhcp")
 POD_MODES = ("bridge", "overlay", "host", "none")  # + container:<pod>
@@ -688,6 +688,7 @@ def _check(ctx: _Ctx, c: Any, p: tuple, j: int, nodes: dict, pods: dict, dns: DN
         "port": ("from", "pod", "node", "hostPort", "proto", "timeout"),
         "bandwidth": ("from", "to", "direction", "rate", "tolerance", "seconds"),
         "capture": ("at", "filter", "run", "in", "timeout", "count"),
+        "throughput": ("from", "to", "streams", "seconds"),
     }[ctype]
     o = _Obj(ctx, c, p, common + per)
     targets = set(nodes) | set(pods) | ({"ext"} if external else set()) | ({"dns"} if dns.enabled else set())
@@ -785,6 +786,22 @@ def _check(ctx: _Ctx, c: Any, p: tuple, j: int, nodes: dict, pods: dict, dns: DN
             params["rate"] = lim
         params["expect"] = exp if exp is not None else "within"
         name = name or f"bandwidth {params['from']} -> {params['to']}"
+    elif ctype == "throughput":          # netlab/checks/throughput.py
+        params["from"] = podref("from", need_ip=True)
+        params["to"] = podref("to", need_ip=True)
+        params["streams"] = o.int("streams", 1, 1, 32)
+        params["seconds"] = o.int("seconds", 3, 1, 60)
+        params["min"] = 0
+        if exp is not None:
+            eo = _Obj(ctx, exp, p + ("expect",), ("min",))
+            m = eo.get("min", (str, int), None, required=True)
+            try:
+                params["min"] = parse_rate(m[:-2] if isinstance(m, str) and m.endswith("/s") else m)
+            except ValueError as e:
+                ctx.err(p + ("expect", "min"), str(e).replace("10mbit", "'100 Mbit/s'"))
+        params["expect"] = "measured"
+        name = name or (f"throughput {params['from']} -> {params['to']}"
+                        + (f" x{params['streams']}" if params["streams"] > 1 else ""))
     elif ctype == "capture":
         on = o.get("at", str, None, required=True)
         if on is not None:

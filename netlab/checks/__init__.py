@@ -15,9 +15,9 @@ RUNNERS = {}
 
 def _runners():
     if not RUNNERS:
-        from . import bandwidth, capture, dns, mtu, port, reach
+        from . import bandwidth, capture, dns, mtu, port, reach, throughput
         RUNNERS.update(reach=reach.run, mtu=mtu.run, dns=dns.run, port=port.run,
-                       bandwidth=bandwidth.run, capture=capture.run)
+                       bandwidth=bandwidth.run, capture=capture.run, throughput=throughput.run)
     return RUNNERS
 
 
