@@ -47,7 +47,7 @@ class Segment:
                                            stderr=subprocess.DEVNULL))
         wait_for(lambda: os.path.exists(os.path.join(self.tmp, "dnsmasq.pid")), "dnsmasq")
 
-    def start_daemon(self, exe: str, *, timeout: str = "4s") -> str:
+    def start_daemon(self, exe: str, *, timeout: str = "10s") -> str:
         sock = os.path.join(self.tmp, f"dhcp-{len(self.procs)}.sock")
         log = open(os.path.join(self.tmp, f"daemon-{len(self.procs)}.log"), "w")
         p = subprocess.Popen(["ip", "netns", "exec", self.node.name, exe, "daemon",

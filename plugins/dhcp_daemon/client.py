@@ -23,7 +23,7 @@ from plugins.core import netns as cns
 from . import packet as P
 
 SIOCGIFHWADDR = 0x8927
-SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP, IFF_RUNNING = 0x8913, 0x8914, 0x1, 0x40
 
 
 class DHCPFailed(Exception):
@@ -106,9 +106,21 @@ class Lease:
                 if rep.msg_type in want:
                     return rep
 
+    def _wait_carrier(self, deadline: float) -> None:
+        """Until the link has carrier (IFF_RUNNING): a link we just set up drops the
+        first replies otherwise (the carrier event reaches the bridge port late)."""
+        req = struct.pack("16s16x", self.ifname.encode())
+        while time.monotonic() < deadline:
+            flags = struct.unpack_from("H", fcntl.ioctl(self.sock.fileno(), SIOCGIFFLAGS, req), 16)[0]
+            if flags & IFF_RUNNING:
+                return
+            time.sleep(0.05)
+        raise DHCPFailed(f"{self.ifname} has no carrier after {self.timeout:g}s")
+
     # -- the lease's life ---------------------------------------------------
     def acquire(self) -> P.Reply:
         deadline = time.monotonic() + self.timeout
+        self._wait_carrier(deadline)
         cid = self.client_id.encode()
         offer = self._exchange(lambda x: P.encode(P.DISCOVER, x, self.mac, client_id=cid),
                                {P.OFFER}, "255.255.255.255", deadline)
