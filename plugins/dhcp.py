@@ -12,7 +12,7 @@ import json
 import os
 
 from plugins.core.config import Fields
-from plugins.core.errors import CNIError, TRY_AGAIN_LATER
+from plugins.core.errors import CNIError, NOT_AVAILABLE, TRY_AGAIN_LATER
 from plugins.core.types import Result
 
 DEFAULT_SOCKET = "/run/cni/dhcp.sock"
@@ -25,7 +25,7 @@ def socket_path(conf) -> str:
     return Fields(conf.ipam, "ipam").str("daemonSocketPath") or DEFAULT_SOCKET
 
 
-def _call(call, method: str) -> dict:
+def _call(call, method: str, *, unreachable: int = TRY_AGAIN_LATER) -> dict:
     import socket
     path = socket_path(call.conf)
     a = call.args
@@ -33,13 +33,15 @@ def _call(call, method: str) -> dict:
     req = {"method": method, "containerID": a.container_id,
            "netns": os.path.abspath(a.netns) if a.netns else "", "ifname": a.ifname,
            "stdin": a.stdin.decode()}
+    if method == "status":
+        req = {"method": method}
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         s.settimeout(5.0)
         try:
             s.connect(path)
         except OSError as e:
-            raise CNIError(TRY_AGAIN_LATER, f"dhcp: cannot reach the dhcp daemon at {path}",
+            raise CNIError(unreachable, f"dhcp: cannot reach the dhcp daemon at {path}",
                            f"{e.strerror or e}; is `dhcp daemon -socketpath {path}` running?") from None
         s.settimeout(REPLY_TIMEOUT)
         s.sendall(json.dumps(req).encode() + b"\n")
@@ -78,3 +80,13 @@ def delete(call) -> None:
 
 def check(call) -> None:
     _call(call, "check")
+
+
+def gc(call) -> None:
+    """Nothing to collect: leases live in the daemon and end with DEL (or the
+    daemon's exit); the reference's GC is a no-op as well."""
+
+
+def status(call) -> None:
+    """Ready when the daemon answers (code 50 otherwise)."""
+    _call(call, "status", unreachable=NOT_AVAILABLE)

@@ -121,3 +121,21 @@ def test_lease_is_renewed_unicast(seg, make_netns, installed_plugins):
     assert f"DHCPREQUEST(d0) {addr.split('/')[0]}" in log and "DHCPACK" in log
     rc, out = call(seg.node, "DEL", c, netns=pod.path, path=installed_plugins)
     assert rc == 0, out
+
+
+def test_status_needs_the_daemon_and_gc_is_a_no_op(seg, installed_plugins):
+    import json
+    import subprocess
+    exe = os.path.join(installed_plugins, "dhcp")
+
+    def run(cmd: str, sock: str) -> subprocess.CompletedProcess:
+        conf = dict(dhcp_conf(sock, "1.1.0"), validAttachments=[])
+        return subprocess.run([exe], input=json.dumps(conf), capture_output=True, text=True,
+                              env={"CNI_COMMAND": cmd, "CNI_PATH": installed_plugins,
+                                   "CNILAB_AGENT": "off"}, timeout=30)
+    absent = os.path.join(seg.tmp, "absent.sock")
+    p = run("STATUS", absent)
+    assert p.returncode != 0 and json.loads(p.stdout)["code"] == 50, p.stdout
+    sock = seg.start_daemon(exe)
+    assert run("STATUS", sock).returncode == 0
+    assert run("GC", sock).returncode == 0

@@ -4,6 +4,7 @@ Wire protocol (ours; the Go reference speaks Go net/rpc, which a Python
 client cannot sensibly reuse): one JSON object per connection each way.
 Request  {"method": "allocate"|"check"|"release", "containerID", "netns",
           "ifname", "stdin"}   (stdin: the network config as text)
+         {"method": "status"}  (is the daemon there: {"leases": N})
 Reply    {"result": <CNI 1.0.0 result>} | {} | {"error": {"code", "msg", "details"}}
 """
 from __future__ import annotations
@@ -57,6 +58,8 @@ class Daemon:
     def handle(self, req: dict) -> dict:
         f = Fields(req, "request")
         method = f.str("method", required=True)
+        if method == "status":
+            return {"leases": len(self.leases)}
         conf = json.loads(f.str("stdin", required=True))
         cf = Fields(conf)
         ipam = cf.obj("ipam")
