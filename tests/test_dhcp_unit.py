@@ -80,3 +80,75 @@ def test_result_shape_and_priority_and_client_id():
                                "routes": [{"dst": "0.0.0.0/0", "gw": "10.40.0.1"}]}
     assert result_of(r, 5)["routes"][0]["priority"] == 5
     assert client_id("c" * 300, "n", "eth0") == ("c" * 300)[:254]
+
+
+# ---- the plugin side against a fake daemon (no root) ------------------------------
+
+import json  # noqa: E402
+import socket  # noqa: E402
+import threading  # noqa: E402
+
+from plugins.core.skel import dispatch  # noqa: E402
+
+
+def fake_daemon(path: str, answer: bytes, seen: list) -> threading.Thread:
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(path)
+    srv.listen(1)
+
+    def serve():
+        c, _ = srv.accept()
+        seen.append(json.loads(c.makefile().readline()))
+        c.sendall(answer)
+        c.close()
+        srv.close()
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return t
+
+
+def add(sock: str, version: str = "0.4.0"):
+    conf = {"cniVersion": version, "name": "n", "type": "dhcp",
+            "ipam": {"type": "dhcp", "daemonSocketPath": sock}}
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/nonexistent/netns",
+           "CNI_IFNAME": "eth0", "CNI_PATH": "/nonexistent"}
+    out, rc = dispatch("dhcp", env, json.dumps(conf).encode())
+    return rc, json.loads(out)
+
+
+def test_plugin_prints_the_daemons_result_in_the_config_version(tmp_path):
+    sock, seen = str(tmp_path / "d.sock"), []
+    res = {"cniVersion": "1.0.0", "ips": [{"address": "10.40.0.55/24", "gateway": "10.40.0.1"}],
+           "routes": [{"dst": "0.0.0.0/0", "gw": "10.40.0.1"}]}
+    t = fake_daemon(sock, json.dumps({"result": res}).encode() + b"\n", seen)
+    rc, out = add(sock)
+    t.join(5)
+    assert rc == 0 and out["cniVersion"] == "0.4.0"
+    assert out["ips"] == [{"version": "4", "address": "10.40.0.55/24", "gateway": "10.40.0.1"}]
+    assert seen[0]["method"] == "allocate" and seen[0]["containerID"] == "c1"
+    assert seen[0]["ifname"] == "eth0" and json.loads(seen[0]["stdin"])["name"] == "n"
+
+
+def test_daemon_error_object_is_passed_through(tmp_path):
+    sock = str(tmp_path / "d.sock")
+    t = fake_daemon(sock, b'{"error": {"code": 5, "msg": "dhcp: no lease", "details": "x"}}\n', [])
+    rc, out = add(sock)
+    t.join(5)
+    assert rc != 0 and (out["code"], out["msg"], out["details"]) == (5, "dhcp: no lease", "x")
+
+
+def test_daemon_hanging_up_without_answer_is_code_11(tmp_path):
+    sock = str(tmp_path / "d.sock")
+    t = fake_daemon(sock, b"", [])
+    rc, out = add(sock)
+    t.join(5)
+    assert rc != 0 and out["code"] == 11 and "without an answer" in out["msg"]
+
+
+def test_bad_priority_fails_before_calling_the_daemon(tmp_path):
+    conf = {"cniVersion": "1.0.0", "name": "n", "type": "dhcp",
+            "ipam": {"type": "dhcp", "daemonSocketPath": str(tmp_path / "none"), "priority": "x"}}
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/nonexistent/netns",
+           "CNI_IFNAME": "eth0", "CNI_PATH": "/nonexistent"}
+    out, rc = dispatch("dhcp", env, json.dumps(conf).encode())
+    assert rc != 0 and json.loads(out)["code"] == 7 and "ipam.priority" in json.loads(out)["msg"]
