@@ -62,6 +62,9 @@ def test_pod_gets_lease_and_release_on_del(seg, make_netns, installed_plugins):
     assert rc == 0, out
     wait_for(lambda: ip not in seg.leased(), f"dnsmasq to drop the lease of {ip}")
     assert "DHCPRELEASE" in open(os.path.join(seg.tmp, "dnsmasq.log")).read()
+    # bridge deleted the pod's veth before IPAM DEL: the release went from the node
+    assert "sending it from the daemon's namespace" in seg.daemon_log(1)
+    assert "not sent" not in seg.daemon_log(1)
     # DEL again: idempotent
     rc, out = call(seg.node, "DEL", c, netns=pod.path, path=installed_plugins)
     assert rc == 0, out
@@ -139,3 +142,26 @@ def test_status_needs_the_daemon_and_gc_is_a_no_op(seg, installed_plugins):
     sock = seg.start_daemon(exe)
     assert run("STATUS", sock).returncode == 0
     assert run("GC", sock).returncode == 0
+
+
+def test_release_from_the_pod_while_its_interface_exists(seg, make_netns, installed_plugins):
+    import json
+    import subprocess
+    seg.start_dnsmasq()
+    exe = os.path.join(installed_plugins, "dhcp")
+    sock = seg.start_daemon(exe)
+    pod = make_netns("pod")
+    c = dhcp_conf(sock)
+    rc, res = call(seg.node, "ADD", c, netns=pod.path, path=installed_plugins)
+    assert rc == 0, res
+    ip = res["ips"][0]["address"].split("/")[0]
+    # IPAM DEL alone (as a runtime that releases before deleting the link would)
+    p = subprocess.run([exe], input=json.dumps(c), capture_output=True, text=True, timeout=30,
+                       env={"CNI_COMMAND": "DEL", "CNI_CONTAINERID": "c1", "CNI_IFNAME": "eth0",
+                            "CNI_NETNS": pod.path, "CNI_PATH": installed_plugins,
+                            "CNILAB_AGENT": "off"})
+    assert p.returncode == 0, p.stdout
+    wait_for(lambda: ip not in seg.leased(), f"dnsmasq to drop the lease of {ip}")
+    assert "released" in seg.daemon_log(1) and "from the container failed" not in seg.daemon_log(1)
+    rc, out = call(seg.node, "DEL", c, netns=pod.path, path=installed_plugins)
+    assert rc == 0, out
