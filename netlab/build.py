@@ -395,6 +395,21 @@ class Builder:
             raise BuildError(str(e)) from None
         self.progress(f"      bird pid {pid} (birdc -s {s.params['files']['socket']})")
 
+    def do_dhcp_server(self, s: Step) -> None:
+        from .proc import start_recorded
+        p = s.params
+        start_recorded(p["ns"], p["argv"], "dnsmasq-dhcp", p["log"],
+                       lambda pid: os.path.exists(p["pidfile"]),
+                       record=lambda **kw: self.record("process", **kw))
+
+    def do_dhcp_daemon(self, s: Step) -> None:
+        from . import dhcp
+        from .proc import start_recorded
+        p = s.params
+        start_recorded(p["ns"], dhcp.daemon_argv(self.plugins, p["socket"]), "dhcp daemon",
+                       p["log"], lambda pid: os.path.exists(p["socket"]), cwd=dhcp.code_root(),
+                       record=lambda **kw: self.record("process", **kw))
+
     def do_attach(self, s: Step) -> None:
         p = s.params
         rt = runtime_for(self.plan.lab_dir, p["node_ns"], self.cni_path, self.agent_socket)

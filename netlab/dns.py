@@ -11,11 +11,9 @@ so ``down`` stops exactly that process.
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from typing import Callable
 
-from . import netns as nsutil
 from .state import proc_starttime
 
 
@@ -44,37 +42,17 @@ def listening_udp(pid: int, address: str, port: int = 53) -> bool:
 def start(ns: str, argv: list[str], address: str, out_path: str, *,
           record: Callable[..., dict], timeout: float = 5.0) -> tuple[int, str | None]:
     """Start dnsmasq in ``ns``; returns (pid, starttime) once it answers on :53."""
-    if not nsutil.exists(ns):
-        raise DNSError(f"namespace {ns} does not exist")
-    out = open(out_path, "ab")
+    from .proc import StartError, start_recorded
     try:
-        proc = subprocess.Popen(nsutil.exec_argv(ns, argv), stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
-    finally:
-        out.close()
-    # ip netns exec execs dnsmasq in place: the pid is dnsmasq's
-    start_t = None
-    deadline = time.monotonic() + 1.0
-    while start_t is None and time.monotonic() < deadline:
-        start_t = proc_starttime(proc.pid)
-        if start_t is None:
-            time.sleep(0.01)
-    record(name="dnsmasq", pid=proc.pid, starttime=start_t, ns=ns, argv=argv)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        rc = proc.poll()
-        if rc is not None:
-            try:
-                with open(out_path, encoding="utf-8", errors="replace") as f:
-                    tail = f.read()[-800:]
-            except OSError:
-                tail = ""
-            raise DNSError(f"dnsmasq exited with status {rc}: {tail.strip()}")
-        if listening_udp(proc.pid, address):
-            # re-read: ip netns exec has exec'd dnsmasq by now, same pid, new comm
-            return proc.pid, proc_starttime(proc.pid) or start_t
-        time.sleep(0.02)
-    raise DNSError(f"dnsmasq did not start listening on {address}:53 within {timeout:g}s")
+        pid = start_recorded(ns, argv, "dnsmasq", out_path,
+                             lambda pid: listening_udp(pid, address), record=record,
+                             timeout=timeout)
+    except StartError as e:
+        msg = str(e)
+        if msg.endswith("was not ready within " + f"{timeout:g}s"):
+            msg = f"dnsmasq did not start listening on {address}:53 within {timeout:g}s"
+        raise DNSError(msg) from None
+    return pid, proc_starttime(pid)
 
 
 def query_log(lab_dir: str) -> list[str]:

@@ -30,7 +30,7 @@ from plugins.core.fsutil import make_dirs
 from .fsutil import write_atomic
 
 PLUGINS = ("bridge", "host-local", "portmap", "bandwidth", "vxlan", "loopback", "firewall",
-           "tuning")
+           "tuning", "dhcp")
 MARKER = "# cnilab CNI plugin launcher"
 MODES = ("-IS", "-I")
 

@@ -120,6 +120,7 @@ def network_vars(topo: Topology, w: Network, node: str, lab_dir: str) -> dict[st
         "peers": [m.address for m in topo.nodes.values() if m.name != node],
         "mtu": w.mtu or n.mtu, "vni": w.vni, "port": w.port, "bridge": f"cni{w.index}",
         "ipamDir": os.path.join(lab_dir, "ipam", node), "underlayInterface": UPLINK,
+        "dhcpSocket": os.path.join(lab_dir, f"dhcp-{w.name}-{node}.sock"),
     }
 
 
@@ -144,6 +145,8 @@ def generated_conflist(w: Network) -> dict:
                                       "rangeEnd": "${rangeEnd}", "gateway": "${gateway}"}]]}}
         if w.mtu:
             main["mtu"] = "${mtu}"
+    if w.ipam == "dhcp":
+        main["ipam"] = {"type": "dhcp", "daemonSocketPath": "${dhcpSocket}"}
     return {"cniVersion": "1.1.0", "name": "${network}", "plugins": [
         main,
         {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True},
@@ -324,6 +327,8 @@ def make_plan(topo: Topology, lab_dir: str) -> Plan:
 
     from .bgp import plan_steps as bgp_steps   # routing: bgp networks: BIRD in every node
     steps += bgp_steps(topo, lab_dir, node_ns)
+    from . import dhcp
+    dhcp.add_steps(topo, lab_dir, lambda node: node_ns(lab, node), Step, steps, namespaces)
 
     side_routes = [{"dst": c, "via": via} for c, via, _ in slices]
     if topo.dns.enabled:

@@ -20,8 +20,9 @@ import yaml
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 LAB_NAME_MAX = 20
 ITEM_NAME_MAX = 20
-CHECK_TYPES = ("reach", "mtu", "dns", "port", "bandwidth", "capture", "service", "policy", "bgp")
+CHECK_TYPES = ("reach", "mtu", "dns", "port", "bandwidth", "capture", "service", "policy", "bgp", "throughput")
 NETWORK_TYPES = ("bridge", "overlay", "routed")   # routed: see netlab/bgp.py
+IPAM_TYPES = ("host-local", "dhcp")
 POD_MODES = ("bridge", "overlay", "host", "none")  # + container:<pod>
 PROTOS = ("icmp", "tcp", "udp")
 RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?)(bit|bps)?\s*$", re.I)
@@ -68,6 +69,7 @@ class Network:
     conflist: dict | None = None    # user template (inline or from file); None = generated
     source: str = ""                # where the conflist came from
     routing: str = "static"         # static (netlab writes node routes) | bgp (BIRD learns them)
+    ipam: str = "host-local"        # host-local | dhcp (netlab/dhcp.py runs server + daemon)
 
 
 @dataclass
@@ -414,7 +416,7 @@ def _build(ctx: _Ctx, data: Any, path: str, base_dir: str, name_override: str | 
         if not isinstance(wname, str) or _name_check(wname):
             ctx.err(p, _name_check(str(wname)) or "network names must be strings")
             continue
-        o = _Obj(ctx, wspec, p, ("type", "subnet", "nodePrefix", "mtu", "vni", "port", "conflist", "file", "routing"))
+        o = _Obj(ctx, wspec, p, ("type", "subnet", "nodePrefix", "mtu", "vni", "port", "conflist", "file", "routing", "ipam"))
         wtype = o.get("type", str, "bridge", check=lambda v: None if v in NETWORK_TYPES else f"must be one of {', '.join(NETWORK_TYPES)}, got {v!r}")
         wsub_s = o.get("subnet", str, None, required=True, check=_net4)
         wsub = ipaddress.IPv4Network(wsub_s) if wsub_s else None
@@ -459,10 +461,13 @@ def _build(ctx: _Ctx, data: Any, path: str, base_dir: str, name_override: str | 
         if wsub and wsub.overlaps(usub):
             ctx.err(p + ("subnet",), f"{wsub} overlaps the underlay {usub}")
         routing = _routing(ctx, o, wtype)
+        wipam = o.get("ipam", str, "host-local", check=lambda v: None if v in IPAM_TYPES else f"must be one of {', '.join(IPAM_TYPES)}, got {v!r}")
+        if wipam == "dhcp" and wtype != "bridge":
+            ctx.err(p + ("ipam",), f"ipam dhcp needs a bridge network (a DHCP server per node segment), not {wtype}")
         if wsub is not None and nprefix is not None:
             networks[wname] = Network(wname, i, wtype, wsub, nprefix, mtu, vni or 0, port or 4789,
                                       copy.deepcopy(conflist) if conflist is not None else None, source,
-                                      routing or "static")
+                                      routing or "static", wipam or "host-local")
     vnis: dict[int, str] = {}
     for w in networks.values():
         if w.type == "overlay":
@@ -550,7 +555,9 @@ def _build(ctx: _Ctx, data: Any, path: str, base_dir: str, name_override: str | 
         elif net is not None:
             ctx.err(p + ("network",), f"a pod in mode {mode} has no network of its own")
         ip = o.get("ip", str, None, check=_ip4)
-        if ip and net in networks:
+        if ip and net in networks and networks[net].ipam == "dhcp":
+            ctx.err(p + ("ip",), f"network {net} leases addresses by DHCP: a pod cannot ask for {ip}")
+        elif ip and net in networks:
             w = networks[net]
             a = ipaddress.IPv4Address(ip)
             if node in nodes:
@@ -791,6 +798,7 @@ def _check(ctx: _Ctx, c: Any, p: tuple, j: int, nodes: dict, pods: dict, dns: DN
         "bandwidth": ("from", "to", "rate", "tolerance", "seconds"),
         "capture": ("at", "filter", "run", "in", "timeout", "count"),
         "bgp": ("node", "peers", "learned", "timeout"),
+        "throughput": ("from", "to", "streams", "seconds"),
     }[ctype]
     if ctype == "bandwidth" and "expect" in c:
         ctx.err(p + ("expect",), "a bandwidth check takes no expect: it passes when the measured rate is "
@@ -896,6 +904,22 @@ def _check(ctx: _Ctx, c: Any, p: tuple, j: int, nodes: dict, pods: dict, dns: DN
                 ctx.err(p + ("rate",), f"neither {snd.name} (egress) nor {rcv.name} (ingress) is shaped: give rate")
             params["rate"] = lim
         name = name or f"bandwidth {params['from']} -> {params['to']}"
+    elif ctype == "throughput":          # netlab/checks/throughput.py
+        params["from"] = podref("from", need_ip=True)
+        params["to"] = podref("to", need_ip=True)
+        params["streams"] = o.int("streams", 1, 1, 32)
+        params["seconds"] = o.int("seconds", 3, 1, 60)
+        params["min"] = 0
+        if exp is not None:
+            eo = _Obj(ctx, exp, p + ("expect",), ("min",))
+            m = eo.get("min", (str, int), None, required=True)
+            try:
+                params["min"] = parse_rate(m[:-2] if isinstance(m, str) and m.endswith("/s") else m)
+            except ValueError as e:
+                ctx.err(p + ("expect", "min"), str(e).replace("10mbit", "'100 Mbit/s'"))
+        params["expect"] = "measured"
+        name = name or (f"throughput {params['from']} -> {params['to']}"
+                        + (f" x{params['streams']}" if params["streams"] > 1 else ""))
     elif ctype == "capture":
         on = o.get("at", str, None, required=True)
         if on is not None:

@@ -264,6 +264,11 @@ def _read_stdin() -> bytes:
 
 
 def main(plugin: str) -> None:
+    if plugin == "dhcp" and sys.argv[1:2] == ["daemon"]:
+        # `dhcp daemon ...`: the same executable runs the lease daemon (as the reference)
+        from plugins.dhcp_daemon.server import main as daemon_main
+        daemon_main(sys.argv[2:])
+        return
     command = _getenv("CNI_COMMAND")
     stdin = b"" if command == "VERSION" else _read_stdin()
     # VERSION never goes to the agent: in-process it needs no plugin module

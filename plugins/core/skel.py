@@ -47,6 +47,7 @@ PLUGINS: dict[str, str] = {
     "loopback": "plugins.loopback",
     "firewall": "plugins.firewall",
     "tuning": "plugins.tuning",
+    "dhcp": "plugins.dhcp",
 }
 
 
