@@ -136,6 +136,40 @@ def prepare_plugins(lab_dir: str, needed: set[str], choice: str = "ours") -> tup
     return bindir, which
 
 
+def common_version(supported: list[list[str]], wanted: str) -> str | None:
+    """The highest CNI version every plugin of a chain supports, not above ``wanted``
+    (None when they share none)."""
+    from plugins.core import version as ver
+    shared = set(ver.SUPPORTED)
+    for s in supported:
+        shared &= set(s)
+    ok = [v for v in shared if not ver.at_least(v, wanted) or v == wanted]
+    return max(ok, key=ver.parse) if ok else None
+
+
+def negotiate_generated_versions(plan: Plan, versions_of) -> list[str]:
+    """netlab's generated conflists ask for 1.1.0 (GC, STATUS); a plugin set that
+    stops below (Debian's reference plugins: 1.0.0) gets the highest version the
+    whole chain supports, as a user writing the conflist for them would. A
+    user's own conflist is never rewritten. ``versions_of(type)`` is the
+    plugin's VERSION supportedVersions. Returns a note per changed network."""
+    notes: dict[str, str] = {}
+    for s in plan.steps:
+        if s.kind != "attach" or not s.params.get("generated"):
+            continue
+        conf = s.params["conflist"]
+        wanted = conf.get("cniVersion", "1.1.0")
+        got = common_version([versions_of(t) for t in sorted(_conflist_types(conf))], wanted)
+        if got is None:
+            raise BuildError(f"network {s.params['network']}: the plugins "
+                             f"{', '.join(sorted(_conflist_types(conf)))} share no CNI version")
+        if got != wanted:
+            conf["cniVersion"] = got
+            notes[s.params["network"]] = (f"network {s.params['network']}: cniVersion {got} "
+                                          f"(the plugins do not all support {wanted})")
+    return sorted(notes.values())
+
+
 def _conflist_types(conflist: dict) -> set[str]:
     types: set[str] = set()
     for pl in conflist.get("plugins", []):
@@ -266,6 +300,15 @@ class Builder:
         if attach:
             t0 = time.monotonic()
             self.cni_path, self.which = prepare_plugins(self.plan.lab_dir, needed_types(self.plan), self.plugins)
+            if "reference" in self.which.values():
+                probe = runtime_for(self.plan.lab_dir, attach[0].params["node_ns"], self.cni_path)
+                cache: dict[str, list[str]] = {}
+                def versions_of(t: str) -> list[str]:
+                    if t not in cache:
+                        cache[t] = list(probe.version(t).get("supportedVersions") or [])
+                    return cache[t]
+                for note in negotiate_generated_versions(self.plan, versions_of):
+                    self.progress("      " + note)
             if self.agent and "ours" in self.which.values():
                 try:
                     self.agent_socket = start_lab_agent(self.plan.lab_dir, self.record, self.update)

@@ -386,7 +386,8 @@ def make_plan(topo: Topology, lab_dir: str) -> Plan:
                               {"pod": p.name, "netns": pod_ns(lab, p.name), "node_ns": node_ns(lab, p.node),
                                "conflist": conf, "container_id": container_id(lab, p.name),
                                "ifname": p.ifname, "cni_args": cni_args(topo, p),
-                               "capability_args": capability_args(p), "network": w.name}))
+                               "capability_args": capability_args(p), "network": w.name,
+                               "generated": w.conflist is None}))
     return Plan(lab, lab_dir, steps, endpoints, namespaces, topo)
 
 
