@@ -20,7 +20,6 @@ import ipaddress
 import os
 import re
 import subprocess
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -192,14 +191,13 @@ def birdc(socket: str, *args: str, timeout: float = 5) -> subprocess.CompletedPr
     return subprocess.run([BIRDC, "-s", socket, *args], capture_output=True, text=True, timeout=timeout)
 
 
-def start(ns: str, p: dict, record: Callable[..., dict], update: Callable[..., None],
+def start(ns: str, p: dict, record: Callable[..., dict],
           timeout: float = 10.0) -> int:
     """Write the config, check it, start ``bird -f`` in ``ns`` and wait for its socket.
 
     The process is recorded in the lab state (kind ``process``) so ``netlab down``
     stops exactly it, by pid and start time."""
-    from . import netns as nsutil
-    from .state import proc_starttime
+    from .proc import StartError, start_recorded
     f = p["files"]
     os.makedirs(f["dir"], exist_ok=True)
     with open(f["conf"], "w", encoding="utf-8") as fh:
@@ -207,40 +205,16 @@ def start(ns: str, p: dict, record: Callable[..., dict], update: Callable[..., N
     chk = subprocess.run([BIRD, "-p", "-c", f["conf"]], capture_output=True, text=True, timeout=10)
     if chk.returncode != 0:
         raise BGPError(f"{f['conf']}: {(chk.stderr or chk.stdout).strip()}")
-    res = record("process", name=f"bird {p['node']}", pid=0, starttime=None, ns=ns, node=p["node"],
-                 bgp=True, socket=f["socket"], peers=p["peers"], announce=p["announce"])
-    out = open(f["out"], "ab")
+    argv = [BIRD, "-f", "-c", f["conf"], "-s", f["socket"], "-P", f["pid"]]
     try:
-        proc = subprocess.Popen(nsutil.exec_argv(ns, [BIRD, "-f", "-c", f["conf"], "-s", f["socket"],
-                                                      "-P", f["pid"]]),
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, close_fds=True)
-    finally:
-        out.close()
-    st = None
-    deadline = time.monotonic() + 1.0
-    while st is None and time.monotonic() < deadline:
-        st = proc_starttime(proc.pid)
-    update(res, pid=proc.pid, starttime=st)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        rc = proc.poll()
-        if rc is not None:
-            raise BGPError(f"bird in {ns} exited with status {rc}: {_tail(f['out'])}")
-        if os.path.exists(f["socket"]) and birdc(f["socket"], "show", "status").returncode == 0:
-            # ip netns exec has exec'd bird by now: same pid, re-read its start time
-            update(res, starttime=proc_starttime(proc.pid) or st)
-            return proc.pid
-        time.sleep(0.05)
-    raise BGPError(f"bird in {ns} did not open {f['socket']} within {timeout:g}s")
-
-
-def _tail(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            return fh.read()[-600:].strip()
-    except OSError:
-        return ""
+        return start_recorded(ns, argv, f"bird {p['node']}", f["out"],
+                              lambda pid: os.path.exists(f["socket"])
+                              and birdc(f["socket"], "show", "status").returncode == 0,
+                              record=lambda **kw: record("process", **kw), timeout=timeout,
+                              extra={"node": p["node"], "bgp": True, "socket": f["socket"],
+                                     "peers": p["peers"], "announce": p["announce"]})
+    except StartError as e:
+        raise BGPError(str(e)) from None
 
 
 # --------------------------------------------------------------------------- observing

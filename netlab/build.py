@@ -433,7 +433,7 @@ class Builder:
     def do_bgp(self, s: Step) -> None:
         from .bgp import BGPError, start
         try:
-            pid = start(s.params["ns"], s.params, self.record, self.update)
+            pid = start(s.params["ns"], s.params, self.record)
         except BGPError as e:
             raise BuildError(str(e)) from None
         self.progress(f"      bird pid {pid} (birdc -s {s.params['files']['socket']})")

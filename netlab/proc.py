@@ -20,7 +20,9 @@ class StartError(RuntimeError):
 
 def start_recorded(ns: str, argv: list[str], name: str, out_path: str,
                    ready: Callable[[int], bool], *, record: Callable[..., dict],
-                   cwd: str | None = None, timeout: float = 10.0) -> int:
+                   cwd: str | None = None, timeout: float = 10.0, extra: dict | None = None) -> int:
+    """Start ``argv`` in ``ns`` (output appended to ``out_path``), record it (with
+    ``extra`` fields for whoever reads the record later) and wait for ``ready(pid)``."""
     if not nsutil.exists(ns):
         raise StartError(f"namespace {ns} does not exist")
     out = open(out_path, "ab")
@@ -37,7 +39,7 @@ def start_recorded(ns: str, argv: list[str], name: str, out_path: str,
         start_t = proc_starttime(proc.pid)
         if start_t is None:
             time.sleep(0.01)
-    record(name=name, pid=proc.pid, starttime=start_t, ns=ns, argv=argv)
+    record(name=name, pid=proc.pid, starttime=start_t, ns=ns, argv=argv, **(extra or {}))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         rc = proc.poll()

@@ -10,24 +10,13 @@ within the same tolerance of iperf3's figure. Both are reported. The first
 packets of the stream are kept as evidence (a full capture is not)."""
 from __future__ import annotations
 
-import json
-import subprocess
 import threading
 import time
 
-from .. import netns as nsutil
-from .common import CheckResult, Context, captured, run_in
+from . import iperf
+from .common import CheckResult, Context
 
 SAMPLE_EVERY = 0.05      # seconds between counter samples
-
-
-def _listening_tcp(pid: int, port: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/net/tcp", encoding="ascii") as f:
-            next(f)
-            return any(line.split()[1].endswith(f":{port:04X}") and line.split()[3] == "0A" for line in f)
-    except OSError:
-        return False
 
 
 def fmt(bps: float) -> str:
@@ -96,27 +85,11 @@ def run(ctx: Context, check) -> CheckResult:
     pcap = ctx.pcap(check)
     limit, tol = p["rate"], p["tolerance"]
     expected = f"{fmt(limit)} +-{tol * 100:.0f}%, wire agreeing"
-    srv = subprocess.Popen(nsutil.exec_argv(dst.ns, ["iperf3", "-s", "-1", "-B", dst.address, "-p", str(port)]),
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 5
-        while not _listening_tcp(srv.pid, port) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        with CounterSampler(srv.pid, dst.iface) as sampler:
-            proc, _ = captured(dst.ns, dst.iface, f"tcp port {port}", pcap,
-                               lambda: run_in(src.ns, ["iperf3", "-c", dst.address, "-p", str(port), "-t", str(p["seconds"]), "-J"],
-                                              timeout=p["seconds"] + 20), count=100)
-    finally:
-        try:
-            srv.wait(5)
-        except subprocess.TimeoutExpired:
-            srv.kill()
-            srv.wait()
-    try:
-        data = json.loads(proc.stdout)
-        rate = float(data["end"]["sum_received"]["bits_per_second"])
-    except (ValueError, KeyError, TypeError):
-        return CheckResult(check.name, "bandwidth", False, expected, f"iperf3 failed: {(proc.stderr or proc.stdout)[-200:]}", pcap)
+    got, why, sampler = iperf.measure(src, dst, port, p["seconds"], pcap,
+                                      around=lambda srv: CounterSampler(srv.pid, dst.iface))
+    if got is None:
+        return CheckResult(check.name, "bandwidth", False, expected, why, pcap)
+    rate = got["bits_per_second"]
     err = (rate - limit) / limit
     details = [f"iperf3 {src.name} -> {dst.name} {dst.address}:{port} for {p['seconds']}s (TCP goodput at the receiver)"]
     wire = wire_rate(sampler.samples)

@@ -11,12 +11,10 @@ The first packets of the transfer are kept as the pcap evidence.
 from __future__ import annotations
 
 import json
-import subprocess
-import time
 
-from .. import netns as nsutil
-from .bandwidth import _listening_tcp, fmt
-from .common import CheckResult, Context, captured, run_in
+from . import iperf
+from .bandwidth import fmt
+from .common import CheckResult, Context, run_in
 
 PORT = 5202
 # headers on the wire per segment (Ethernet 14 + IP 20 + TCP 32 with timestamps),
@@ -34,33 +32,12 @@ def run(ctx: Context, check) -> CheckResult:
     src, dst = ctx.target(p["from"]), ctx.target(p["to"])
     pcap = ctx.pcap(check)
     expected = f">= {fmt(p['min'])}" if p["min"] else "a measured rate, corroborated by counters"
-    srv = subprocess.Popen(nsutil.exec_argv(dst.ns, ["iperf3", "-s", "-1", "-B", dst.address,
-                                                     "-p", str(PORT)]),
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 5
-        while not _listening_tcp(srv.pid, PORT) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        before = link(dst.ns, dst.iface)
-        argv = ["iperf3", "-c", dst.address, "-p", str(PORT), "-t", str(p["seconds"]),
-                "-P", str(p["streams"]), "-J"]
-        proc, _ = captured(dst.ns, dst.iface, f"tcp port {PORT}", pcap,
-                           lambda: run_in(src.ns, argv, timeout=p["seconds"] + 30), count=100)
-        after = link(dst.ns, dst.iface)
-    finally:
-        try:
-            srv.wait(5)
-        except subprocess.TimeoutExpired:
-            srv.kill()
-            srv.wait()
-    try:
-        data = json.loads(proc.stdout)
-        rate = float(data["end"]["sum_received"]["bits_per_second"])
-        payload = int(data["end"]["sum_received"]["bytes"])
-        mss = data["start"].get("tcp_mss_default")
-    except (ValueError, KeyError, TypeError):
-        return CheckResult(check.name, "throughput", False, expected,
-                           f"iperf3 failed: {(proc.stderr or proc.stdout)[-200:]}", pcap)
+    before = link(dst.ns, dst.iface)
+    got, why, _ = iperf.measure(src, dst, PORT, p["seconds"], pcap, streams=p["streams"])
+    after = link(dst.ns, dst.iface)
+    if got is None:
+        return CheckResult(check.name, "throughput", False, expected, why, pcap)
+    rate, payload, mss = got["bits_per_second"], got["bytes"], got["mss"]
     rx = after["stats64"]["rx"]["bytes"] - before["stats64"]["rx"]["bytes"]
     src_mtu = link(src.ns, src.iface)["mtu"]
     corroborated = payload > 0 and payload <= rx <= payload * (1 + OVERHEAD) + 1_000_000
