@@ -61,6 +61,18 @@ def state(ns: str) -> dict:
     return snap
 
 
+def wait_ipv6_settled(ns: str, within: float = 10.0) -> None:
+    """Wait until no IPv6 address in ``ns`` is tentative (DAD done): the kernel adds
+    each link-local address's local route only then, so a snapshot taken earlier
+    would see that route appear later and blame whoever ran in between."""
+    import time
+    deadline = time.monotonic() + within
+    while _run(ns, "ip", "-6", "-o", "addr", "show", "tentative").strip():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"IPv6 addresses in {ns} still tentative after {within:g}s")
+        time.sleep(0.05)
+
+
 def diff(before: dict, after: dict) -> list[str]:
     return rootns_guard.diff(before, after)
 

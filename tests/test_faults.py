@@ -36,6 +36,8 @@ BW = {"ingressRate": 20_000_000, "ingressBurst": 2_000_000,
       "egressRate": 20_000_000, "egressBurst": 2_000_000}
 KILL_BUDGET_S = 25.0
 MAX_KILLS = 60
+MIN_KILLS = 10         # kills that must land inside an ADD for the test to mean anything
+MAX_ITERATIONS = 400
 
 
 def conflist(data_dir: str, name: str = NET) -> dict:
@@ -139,7 +141,10 @@ def test_kill_9_during_add_then_del_leaves_nothing(tmp_path, make_netns, install
     stats = {"iterations": 0, "add_kills": 0, "del_kills": 0, "by_plugin": {},
              "left_before_del": {}}
     start = time.monotonic()
-    while stats["add_kills"] < MAX_KILLS and time.monotonic() - start < KILL_BUDGET_S:
+    # the budget bounds the run, except that it goes on (up to MAX_ITERATIONS) until
+    # MIN_KILLS kills landed: on a loaded machine fewer iterations fit in the budget
+    while stats["add_kills"] < MAX_KILLS and stats["iterations"] < MAX_ITERATIONS and (
+            time.monotonic() - start < KILL_BUDGET_S or stats["add_kills"] < MIN_KILLS):
         n = stats["iterations"] = stats["iterations"] + 1
         cid = f"crash{n}"
         victim = rng.choices(range(3), weights=(6, 2, 2))[0]
@@ -179,7 +184,7 @@ def test_kill_9_during_add_then_del_leaves_nothing(tmp_path, make_netns, install
             assert res["ips"]
             rt.delete(net, pod.path, f"ok{n}", "eth0")
     print(f"\nkill -9 during ADD: {stats}")
-    assert stats["add_kills"] >= 10, stats
+    assert stats["add_kills"] >= MIN_KILLS, stats
     assert stats["left_before_del"], stats     # some kills did leave half-made state
     res = rt.add(net, pod.path, "after", "eth0", capability_args=caps(0))
     ip = res["ips"][0]["address"].split("/")[0]
@@ -323,6 +328,7 @@ def test_unwritable_data_dir_is_a_clear_error(tmp_path, make_netns, installed_pl
     rt = runtime(tmp_path, installed_plugins, node)
     if mode == "readonly":          # an existing network with one live attachment
         rt.add(net, pod.path, "live", "eth0")
+        node_state.wait_ipv6_settled(node.name)
     before_files = node_state.files(str(data_dir))
     before = node_state.state(node.name)
     conf = plugin_conf(net, 0, None, {})
