@@ -321,7 +321,7 @@ def _dns_name(v: str) -> str | None:
 
 TOP_KEYS = ("name", "description", "underlay", "nodes", "networks", "pods", "dns", "checks", "external",
             "scenario", "bgp",
-            "serviceCIDR", "services", "namespaces", "networkPolicies")   # netlab/k8s.py   # scenario: broken-on-purpose labs, validated by netlab/scenario.py
+            "serviceCIDR", "services", "namespaces", "networkPolicies", "proxyMode")   # netlab/k8s.py   # scenario: broken-on-purpose labs, validated by netlab/scenario.py
 
 
 def load(path: str, *, name: str | None = None) -> Topology:
