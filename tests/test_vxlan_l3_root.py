@@ -229,3 +229,46 @@ def test_mode_switch_on_a_live_device_is_refused(nodes, make_netns):
     assert "made for mode l2" in err["details"], err
     rc, err = a.cni("DEL", l2, "ctr-l2", p1.path)
     assert rc == 0 and a.links() == {"lo", "ul0"}, err
+
+
+def test_l3_gc_and_status(nodes, make_netns):
+    a, _ = nodes
+    p1, p2 = make_netns("l3gc1"), make_netns("l3gc2")
+    for cid, p in (("ctr-1", p1), ("ctr-2", p2)):
+        rc, res = a.cni("ADD", a.conf(), cid, p.path)
+        assert rc == 0, res
+    rc, err = a.cni("STATUS", a.conf(), "")
+    assert rc == 0, err
+    gc = dict(a.conf(), **{"cni.dev/valid-attachments": [{"containerID": "ctr-2", "ifname": "eth0"}]})
+    rc, err = a.cni("GC", gc, "")
+    assert rc == 0, err
+    assert [x["ifname"] for x in json.loads(p1.run("ip", "-j", "link").stdout)] == ["lo"]
+    assert len(a.j("ip", "-j", "link", "show", "master", BR)) == 1       # ctr-2's port only
+    assert {DEV, BR} <= a.links()
+    rc, err = a.cni("GC", dict(a.conf(), **{"cni.dev/valid-attachments": []}), "")
+    assert rc == 0, err
+    assert a.links() == {"lo", "ul0"}
+
+
+def test_l3_ipv6_pod_subnets(make_netns, tmp_path):
+    """IPv6 pods over the IPv4 underlay: the VTEP address is the /64's network address,
+    the neighbour entries are ND entries."""
+    a, b = make_netns("l36a"), make_netns("l36b")
+    a.wire(b, "ul0", addrs=(f"{UL['A']}/24",), peer_addrs=(f"{UL['B']}/24",))
+    sub = {"A": "fd10:0:0:1::/64", "B": "fd10:0:0:2::/64"}
+    peers = [{"ip": UL[k], "subnet": sub[k]} for k in ("A", "B")]
+    ips = {}
+    for ns, key in ((a, "A"), (b, "B")):
+        node = Node(ns, key, str(tmp_path / f"ipam-{key}"))
+        conf = node.conf(peers=peers, ipam={
+            "type": "host-local", "dataDir": node.data_dir,
+            "ranges": [[{"subnet": sub[key]}]]})
+        pod = make_netns(f"l36p{key.lower()}")
+        rc, res = node.cni("ADD", conf, f"ctr-{key}", pod.path)
+        assert rc == 0, res
+        ips[key] = (pod, res["ips"][0]["address"].split("/")[0])
+    routes = json.loads(a.run("ip", "-j", "-6", "route", "show", "dev", DEV).stdout)
+    assert ("fd10:0:0:2::/64", "fd10:0:0:2::") in [(r["dst"], r.get("gateway")) for r in routes]
+    pod_a = ips["A"][0]
+    pr = pod_a.run("ping", "-6", "-c", "2", "-i", "0.2", "-W", "2", ips["B"][1], check=False)
+    assert pr.returncode == 0, pr.stdout + pr.stderr
