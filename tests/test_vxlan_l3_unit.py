@@ -251,3 +251,12 @@ def test_capture_expectation_list():
                        "expect: [{layer: ICMP}, {layer: ARP, min: 0}]}\n"))
     assert any("checks[0].expect[1].min" in e or "expect.1.min" in e for e in ei.value.errors), \
         ei.value.errors
+
+
+def test_daemonset_refuses_a_mode_l3_template():
+    from netlab import kube_install as ki
+    nodes = {"a": ki.Node("a", ("10.0.0.1",), ("10.244.0.0/24",))}
+    tmpl = {"cniVersion": "1.1.0", "name": "k", "plugins": [
+        {"type": "vxlan", "mode": "l3", "vni": 1, "peers": "{{peers}}"}]}
+    with pytest.raises(ki.InstallError, match="renders mode l2 only"):
+        ki.render(tmpl, "a", nodes, ["10.244.0.0/16"])
