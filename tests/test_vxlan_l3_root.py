@@ -273,3 +273,24 @@ def test_l3_ipv6_pod_subnets(make_netns, tmp_path):
     # one answer within 10 s (the first one waits for ND on both sides, slow on a busy machine)
     pr = pod_a.run("ping", "-6", "-c", "1", "-w", "10", ips["B"][1], check=False)
     assert pr.returncode == 0, pr.stdout + pr.stderr + a.run("ip", "-6", "neigh").stdout
+
+
+def test_l3_failed_add_removes_the_vtep_it_created(nodes, make_netns, monkeypatch):
+    """A failure after the VTEP, its address, routes, neighbours and FDB were made
+    (here: configuring the pod) rolls all of it back, and the address is released."""
+    a, _ = nodes
+    pod = make_netns("l3rb")
+    from plugins.net import attach
+
+    def broken(*args, **kw):
+        raise OSError(5, "injected failure configuring the pod")
+    monkeypatch.setattr(attach, "configure_pod", broken)
+    rc, err = a.cni("ADD", a.conf(), "ctr-rb", pod.path)
+    monkeypatch.undo()
+    assert rc == 1 and "injected failure" in json.dumps(err), err
+    assert a.links() == {"lo", "ul0"}
+    assert [x["ifname"] for x in json.loads(pod.run("ip", "-j", "link").stdout)] == ["lo"]
+    store = os.path.join(a.data_dir, "l3net")
+    assert not [f for f in (os.listdir(store) if os.path.isdir(store) else []) if f[0].isdigit()]
+    rc, res = a.cni("ADD", a.conf(), "ctr-rb", pod.path)        # and the retry works
+    assert rc == 0, res
