@@ -190,7 +190,7 @@ def _l3_peers(f: Fields) -> list:
     for n, el in enumerate(f.objects("peers", ("ip", "subnet", "mac"))):
         where = f"peers[{n}]"
         for key in el.data:
-            if key not in ("ip", "subnet", "mac"):
+            if key.lower() not in ("ip", "subnet", "mac"):    # a typo never passes silently
                 raise _bad(f"{where}.{key}", "is not a peer field (ip, subnet, mac)")
         ip_s = el.str("ip", required=True)
         a = _address(ip_s, f"{where}.ip")
