@@ -250,13 +250,16 @@ def test_l3_gc_and_status(nodes, make_netns):
     assert a.links() == {"lo", "ul0"}
 
 
-def test_l3_ipv6_pod_subnets(make_netns, tmp_path):
-    """IPv6 pods over the IPv4 underlay: the VTEP address is the /64's network address,
-    the neighbour entries are ND entries."""
+@pytest.mark.parametrize("underlay", ["ipv4", "ipv6"])
+def test_l3_ipv6_pod_subnets(underlay, make_netns, tmp_path):
+    """IPv6 pods over an IPv4 or IPv6 underlay: the VTEP address is the /64's network
+    address, the neighbour entries are ND entries, the FDB points at the underlay."""
     a, b = make_netns("l36a"), make_netns("l36b")
-    a.wire(b, "ul0", addrs=(f"{UL['A']}/24",), peer_addrs=(f"{UL['B']}/24",))
+    ul = UL if underlay == "ipv4" else {"A": "fd99::1", "B": "fd99::2"}
+    plen = 24 if underlay == "ipv4" else 64
+    a.wire(b, "ul0", addrs=(f"{ul['A']}/{plen}",), peer_addrs=(f"{ul['B']}/{plen}",))
     sub = {"A": "fd10:0:0:1::/64", "B": "fd10:0:0:2::/64"}
-    peers = [{"ip": UL[k], "subnet": sub[k]} for k in ("A", "B")]
+    peers = [{"ip": ul[k], "subnet": sub[k]} for k in ("A", "B")]
     ips = {}
     for ns, key in ((a, "A"), (b, "B")):
         node = Node(ns, key, str(tmp_path / f"ipam-{key}"))
@@ -267,6 +270,8 @@ def test_l3_ipv6_pod_subnets(make_netns, tmp_path):
         rc, res = node.cni("ADD", conf, f"ctr-{key}", pod.path)
         assert rc == 0, res
         ips[key] = (pod, res["ips"][0]["address"].split("/")[0])
+    fdb = json.loads(a.run("bridge", "-j", "fdb", "show", "dev", DEV).stdout)
+    assert [(e["mac"], e["dst"]) for e in fdb if "dst" in e] == [(vtep_mac(VNI, ul["B"]), ul["B"])]
     routes = json.loads(a.run("ip", "-j", "-6", "route", "show", "dev", DEV).stdout)
     assert ("fd10:0:0:2::/64", "fd10:0:0:2::") in [(r["dst"], r.get("gateway")) for r in routes]
     pod_a = ips["A"][0]
