@@ -287,6 +287,10 @@ def render(template: Mapping[str, Any], self_name: str, nodes: Mapping[str, Node
         raise NotReady(f"node {self_name} is not in the node list")
     first = main_plugin(template)
     overlay = first.get("type") == "vxlan"
+    if overlay and first.get("mode", "l2") != "l2":
+        raise InstallError("the vxlan template asks for mode "
+                           f"{first.get('mode')!r}: the DaemonSet renders mode l2 only "
+                           "(mode l3 needs every node's podCIDR in peers, ADR 0027)")
     me = nodes[self_name]
     clusters = list(cluster_cidrs)
     if overlay and not clusters:
@@ -495,7 +499,7 @@ class FdbSyncer:
         if os.environ.get("CNILAB_RUN_DIR"):     # the same lock the plugins on this node take
             import dataclasses
             conf = dataclasses.replace(conf, run_dir=os.environ["CNILAB_RUN_DIR"])
-        if conf.group:
+        if conf.group or conf.mode != "l2":     # all-zero-MAC entries are the L2 mode's
             return None
         with vx.node_lock(conf), VxlanLinks() as links:
             dev = links.observe(conf.device)

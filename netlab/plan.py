@@ -121,6 +121,10 @@ def network_vars(topo: Topology, w: Network, node: str, lab_dir: str) -> dict[st
         "mtu": w.mtu or n.mtu, "vni": w.vni, "port": w.port, "bridge": f"cni{w.index}",
         "ipamDir": os.path.join(lab_dir, "ipam", node), "underlayInterface": UPLINK,
         "dhcpSocket": os.path.join(lab_dir, f"dhcp-{w.name}-{node}.sock"),
+        # vxlanMode l3: every node (this one too) with its pod slice, as flannel's node
+        # annotations give them; each node finds its own entry by localIP
+        "vtepPeers": [{"ip": m.address, "subnet": str(node_slice(w, m.index))}
+                      for m in topo.nodes.values()],
     }
 
 
@@ -131,6 +135,17 @@ def generated_conflist(w: Network) -> dict:
                 "ipMasq": False, "hairpinMode": True, "mtu": "${mtu}",
                 "ipam": {"type": "host-local", "dataDir": "${ipamDir}",
                          "ranges": [[{"subnet": "${podCIDR}", "gateway": "${gateway}"}]]}}
+    elif w.vxlan_mode == "l3":
+        # flannel-style: a routed VTEP per node, pods on the node's own slice behind a
+        # local bridge, per remote node a route + permanent neighbour + FDB entry
+        main = {"type": "vxlan", "mode": "l3", "vni": "${vni}", "port": "${port}",
+                "peers": "${vtepPeers}", "localIP": "${nodeIP}",
+                "underlayInterface": "${underlayInterface}",
+                "isGateway": True, "isDefaultGateway": True, "ipMasq": False,
+                "ipam": {"type": "host-local", "dataDir": "${ipamDir}",
+                         "ranges": [[{"subnet": "${podCIDR}", "gateway": "${gateway}"}]]}}
+        if w.mtu:
+            main["mtu"] = "${mtu}"
     else:
         # Each node owns its own gateway (first address of its slice), so no anycast
         # gateway MAC: with one MAC on every node's bridge, a node's ARP request for a

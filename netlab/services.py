@@ -146,6 +146,15 @@ def parse_container_ports(o, ctx_obj) -> list[ContainerPort]:
 def parse(ctx, data: dict, pods: dict, nets: list, underlay, Obj) -> ServiceConfig:
     """The ``serviceCIDR`` and ``services`` keys (errors go to ``ctx``)."""
     cfg = ServiceConfig()
+    mode = data.get("proxyMode", "nftables")      # kube-proxy's --proxy-mode
+    if mode == "ipvs":
+        from plugins.net import kmod
+        ctx.err(("proxyMode",), kmod.missing_message("ipvs", "proxyMode ipvs") or
+                "proxyMode ipvs is not implemented: Services are programmed as kube-proxy's "
+                "nftables mode (ADR 0022)")
+    elif mode != "nftables":
+        ctx.err(("proxyMode",), f"must be nftables (kube-proxy's nftables mode; ipvs needs the "
+                f"kernel module ip_vs), got {mode!r}")
     raw_cidr = data.get("serviceCIDR")
     if raw_cidr is not None:
         try:

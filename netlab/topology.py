@@ -70,6 +70,7 @@ class Network:
     source: str = ""                # where the conflist came from
     routing: str = "static"         # static (netlab writes node routes) | bgp (BIRD learns them)
     ipam: str = "host-local"        # host-local | dhcp (netlab/dhcp.py runs server + daemon)
+    vxlan_mode: str = "l2"          # overlay: l2 (one shared segment) | l3 (flannel-style routed)
 
 
 @dataclass
@@ -320,7 +321,7 @@ def _dns_name(v: str) -> str | None:
 
 TOP_KEYS = ("name", "description", "underlay", "nodes", "networks", "pods", "dns", "checks", "external",
             "scenario", "bgp",
-            "serviceCIDR", "services", "namespaces", "networkPolicies")   # netlab/k8s.py   # scenario: broken-on-purpose labs, validated by netlab/scenario.py
+            "serviceCIDR", "services", "namespaces", "networkPolicies", "proxyMode")   # netlab/k8s.py   # scenario: broken-on-purpose labs, validated by netlab/scenario.py
 
 
 def load(path: str, *, name: str | None = None) -> Topology:
@@ -416,7 +417,8 @@ def _build(ctx: _Ctx, data: Any, path: str, base_dir: str, name_override: str | 
         if not isinstance(wname, str) or _name_check(wname):
             ctx.err(p, _name_check(str(wname)) or "network names must be strings")
             continue
-        o = _Obj(ctx, wspec, p, ("type", "subnet", "nodePrefix", "mtu", "vni", "port", "conflist", "file", "routing", "ipam"))
+        o = _Obj(ctx, wspec, p, ("type", "subnet", "nodePrefix", "mtu", "vni", "port", "conflist", "file", "routing", "ipam",
+                                       "vxlanMode", "encap"))
         wtype = o.get("type", str, "bridge", check=lambda v: None if v in NETWORK_TYPES else f"must be one of {', '.join(NETWORK_TYPES)}, got {v!r}")
         wsub_s = o.get("subnet", str, None, required=True, check=_net4)
         wsub = ipaddress.IPv4Network(wsub_s) if wsub_s else None
@@ -461,13 +463,14 @@ def _build(ctx: _Ctx, data: Any, path: str, base_dir: str, name_override: str | 
         if wsub and wsub.overlaps(usub):
             ctx.err(p + ("subnet",), f"{wsub} overlaps the underlay {usub}")
         routing = _routing(ctx, o, wtype)
+        vxmode = _overlay_options(ctx, o, wtype)
         wipam = o.get("ipam", str, "host-local", check=lambda v: None if v in IPAM_TYPES else f"must be one of {', '.join(IPAM_TYPES)}, got {v!r}")
         if wipam == "dhcp" and wtype != "bridge":
             ctx.err(p + ("ipam",), f"ipam dhcp needs a bridge network (a DHCP server per node segment), not {wtype}")
         if wsub is not None and nprefix is not None:
             networks[wname] = Network(wname, i, wtype, wsub, nprefix, mtu, vni or 0, port or 4789,
                                       copy.deepcopy(conflist) if conflist is not None else None, source,
-                                      routing or "static", wipam or "host-local")
+                                      routing or "static", wipam or "host-local", vxlan_mode=vxmode)
     vnis: dict[int, str] = {}
     for w in networks.values():
         if w.type == "overlay":
@@ -728,6 +731,22 @@ def _routing(ctx: _Ctx, o: _Obj, wtype: str) -> str | None:
     return routing
 
 
+def _overlay_options(ctx: _Ctx, o: _Obj, wtype: str) -> str:
+    """``vxlanMode`` and ``encap`` of an overlay network (ADR 0027)."""
+    mode = o.get("vxlanMode", str, "l2", check=lambda v: None if v in ("l2", "l3") else
+                 f"must be l2 (one shared segment) or l3 (flannel-style routed VTEPs), got {v!r}")
+    encap = o.get("encap", str, "vxlan", check=lambda v: None if v in ("vxlan", "geneve") else
+                  f"must be vxlan (or geneve, where the kernel has it), got {v!r}")
+    for key in ("vxlanMode", "encap"):
+        if o.has(key) and wtype != "overlay":
+            ctx.err(o.path + (key,), f"only overlay networks have {key}")
+    if encap == "geneve":
+        from plugins.net import kmod
+        ctx.err(o.path + ("encap",), kmod.missing_message("geneve", "encap geneve") or
+                "encap geneve is not implemented: the vxlan plugin makes VXLAN devices only")
+    return mode or "l2"
+
+
 def _bgp(ctx: _Ctx, data: dict, nodes: dict, networks: dict):
     """The top-level ``bgp`` key (netlab/bgp.py); a default when a network routes by BGP."""
     from . import bgp
@@ -935,14 +954,22 @@ def _check(ctx: _Ctx, c: Any, p: tuple, j: int, nodes: dict, pods: dict, dns: DN
             ctx.err(p + ("in",), "is required with run: where the command runs")
         params["timeout"] = o.int("timeout", 10, 1, 60)
         params["count"] = o.int("count", 200, 1, 100000)
-        eo = _Obj(ctx, exp, p + ("expect",), ("layer", "fields", "min", "max"))
-        params["expect"] = {"layer": eo.get("layer", str, None),
-                            "fields": eo.get("fields", dict, {}),
-                            "min": eo.int("min", 1, 0),
-                            "max": eo.int("max", None, 0)}
-        if params["expect"]["min"] == 0 and params["expect"]["max"] is None:
-            ctx.err(p + ("expect", "min"), "min: 0 without max accepts any capture, so the check could never "
-                    "fail: give min >= 1, or max (e.g. max: 0 for 'no such packet')")
+        # one expectation, or a list that must all hold: e.g. "VXLAN carried the pings"
+        # (min >= 1: the evidence) and "none of it was ARP" (max: 0) in the same capture
+        exps = exp if isinstance(exp, list) and exp else [exp]
+        params["expect"] = []
+        for k, one in enumerate(exps):
+            ep = p + (("expect", k) if isinstance(exp, list) else ("expect",))
+            eo = _Obj(ctx, one, ep, ("layer", "fields", "min", "max"))
+            mx = eo.int("max", None, 0)
+            e1 = {"layer": eo.get("layer", str, None), "fields": eo.get("fields", dict, {}),
+                  "min": eo.int("min", 1 if mx is None else 0, 0), "max": mx}   # max alone: 0..max
+            if e1["min"] == 0 and e1["max"] is None:
+                ctx.err(ep + ("min",), "min: 0 without max accepts any capture, so the check could never "
+                        "fail: give min >= 1, or max (e.g. max: 0 for 'no such packet')")
+            params["expect"].append(e1)
+        if not isinstance(exp, list):
+            params["expect"] = params["expect"][0]
         name = name or f"capture at {on}"
     elif ctype == "bgp":
         from .bgp import check_params

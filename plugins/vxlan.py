@@ -6,6 +6,11 @@ with the bridge plugin (plugins/net/attach.py does that work for both).
 Remote VTEPs come from ``peers`` (head-end replication through static
 all-zero-MAC FDB entries, kept in sync on every ADD) or a multicast ``group``.
 
+``mode: l3`` is flannel's model instead (plugins/net/vxlan_l3.py): the VTEP is
+no bridge port, pods sit on a local bridge routed by the node, and ``peers``
+lists every node as ``{ip, subnet}``; per remote node a route, a permanent
+neighbour and a permanent FDB entry replace all flooding across nodes.
+
 Config parsing and validation here are pure (no netlink) and run before
 anything is created; ``resolve`` then checks the config against the node
 (underlay interface, its address and MTU) still without changing anything.
@@ -19,12 +24,15 @@ TYPE_CHECKING = False       # not from typing: importing typing costs ~4 ms per 
 
 from .core.config import Fields
 from .core.errors import (CHECK_FAILED, CNIError, INVALID_ENV, INVALID_NETWORK_CONFIG,
-                          IO_FAILURE, LINK_EXISTS, NOT_AVAILABLE, TRY_AGAIN_LATER)
+                          IO_FAILURE, LINK_EXISTS, NOT_AVAILABLE, NOT_IMPLEMENTED,
+                          NOT_SUPPORTED_BY_KERNEL, TRY_AGAIN_LATER)
 from .core.types import DNS, IPConfig, Result
 
 if TYPE_CHECKING:                        # netlink types, imported lazily at run time
     from .net.vxlan_dev import DeviceSpec, Underlay
 
+MODES = ("l2", "l3")
+ENCAPS = ("vxlan", "geneve")
 DEFAULT_PORT = 4789
 DEFAULT_LOCK_TIMEOUT = 30     # s: the lock is held for well under a second per call
 MAX_VNI = (1 << 24) - 1
@@ -50,6 +58,9 @@ class VxlanConf:
     dns: DNS = field(default_factory=DNS)
     run_dir: str = "/run/cnilab"  # node lock files; the call's CNILAB_RUN_DIR overrides
     lock_timeout: int = DEFAULT_LOCK_TIMEOUT    # seconds to wait for the node lock
+    mode: str = "l2"              # l2: shared segment (bridge port) | l3: routed VTEP
+    l3_peers: tuple = ()          # mode l3: vxlan_l3.Peer per node (this one included)
+    encap: str = "vxlan"          # vxlan | geneve (refused: see resolve)
 
     @property
     def device(self) -> str:
@@ -93,8 +104,31 @@ def parse(raw: dict, network: str, dns: DNS | None = None) -> VxlanConf:
             raise _bad("localIP", "must be a unicast address of the node", local)
         local_ip = str(a)
 
+    mode = f.str("mode", "l2")
+    if mode not in MODES:
+        raise _bad("mode", "must be l2 (one shared segment) or l3 (routed, flannel-style)", mode)
+    encap = f.str("encap", "vxlan")
+    if encap not in ENCAPS:
+        raise _bad("encap", "must be vxlan (or geneve, where the kernel has it)", encap)
     peers: list[str] = []
-    for n, p in enumerate(f.list("peers")):
+    l3_peers: list = []
+    if mode == "l3":
+        for key, why in (("group", "a routed VTEP floods nothing: peers list every node"),
+                         ("learning", "every remote MAC is programmed from peers")):
+            if f.has(key) and f.raw(key) not in (False, ""):
+                raise _bad(key, f"is not used in mode l3 ({why})", f.raw(key))
+        if f.has("anycastGateway"):
+            raise _bad("anycastGateway", "applies to mode l2 only (in mode l3 each node's "
+                       "bridge is local and routed)", f.raw("anycastGateway"))
+        if f.has("isGateway") and not f.bool("isGateway") and not f.bool("isDefaultGateway"):
+            raise _bad("isGateway", "must be true in mode l3: pods reach other nodes through "
+                       "their node's bridge address", False)
+        l3_peers = _l3_peers(f)
+        peers = [p.ip for p in l3_peers]
+    for n, p in enumerate(f.list("peers") if mode == "l2" else ()):
+        if isinstance(p, dict):
+            raise _bad(f"peers[{n}]", "must be an IP address string in mode l2 (objects "
+                       "{ip, subnet} are for mode l3)", p)
         a = _address(p, f"peers[{n}]")
         if a.is_multicast or a.is_unspecified or a.is_loopback or \
                 (a.version == 6 and a.is_link_local):
@@ -116,11 +150,15 @@ def parse(raw: dict, network: str, dns: DNS | None = None) -> VxlanConf:
         raise _bad("peers", "and group are exclusive: use static peers or a multicast group")
 
     want_family = ipaddress.ip_address(local_ip).version if local_ip else None
-    for what, addr in (("group", group), *((f"peers[{i}]", p) for i, p in enumerate(peers))):
+    pfx = ".ip" if mode == "l3" else ""
+    for what, addr in (("group", group), *((f"peers[{i}]{pfx}", p) for i, p in enumerate(peers))):
         if addr and want_family and ipaddress.ip_address(addr).version != want_family:
             raise _bad(what, f"is not an IPv{want_family} address like localIP", addr)
 
     learning = f.bool("learning", bool(group))
+    is_gateway = f.bool("isGateway") or f.bool("isDefaultGateway")
+    if mode == "l3":
+        is_gateway = True
     bridge = f.ifname("bridge", f"vxbr{vni}")
     from .net.vxlan_dev import device_name
     if bridge == device_name(vni):
@@ -129,11 +167,63 @@ def parse(raw: dict, network: str, dns: DNS | None = None) -> VxlanConf:
     ipam = f.obj("ipam").data
     return VxlanConf(network=network, vni=vni, port=port, underlay=underlay, local_ip=local_ip,
                      peers=tuple(peers), group=group, learning=learning, bridge=bridge,
-                     mtu=mtu, is_gateway=f.bool("isGateway") or f.bool("isDefaultGateway"),
+                     mtu=mtu, is_gateway=is_gateway,
                      is_default_gateway=f.bool("isDefaultGateway"),
-                     anycast_gateway=f.bool("anycastGateway", True), ip_masq=f.bool("ipMasq"),
-                     ipam=dict(ipam), dns=dns or DNS(),
-                     lock_timeout=f.int("lockTimeout", DEFAULT_LOCK_TIMEOUT, lo=1, hi=3600))
+                     anycast_gateway=f.bool("anycastGateway", mode == "l2"),
+                     ip_masq=f.bool("ipMasq"), ipam=dict(ipam), dns=dns or DNS(),
+                     lock_timeout=f.int("lockTimeout", DEFAULT_LOCK_TIMEOUT, lo=1, hi=3600),
+                     mode=mode, l3_peers=tuple(l3_peers), encap=encap)
+
+
+def _l3_peers(f: Fields) -> list:
+    """``peers`` in mode l3: every node as {ip, subnet[, mac]} (code 7 naming the field)."""
+    from .net.vxlan_l3 import Peer
+    out: list = []
+    raw = f.raw("peers")
+    if raw is not None and not isinstance(raw, list):
+        raise _bad("peers", "must be a list of {ip, subnet} objects in mode l3", raw)
+    if not raw:
+        raise _bad("peers", "is required in mode l3: every node as {\"ip\": underlay address, "
+                   "\"subnet\": its pod subnet}, this node included")
+    seen_ip: dict[str, int] = {}
+    nets: list = []
+    for n, el in enumerate(f.objects("peers", ("ip", "subnet", "mac"))):
+        where = f"peers[{n}]"
+        for key in el.data:
+            if key.lower() not in ("ip", "subnet", "mac"):    # a typo never passes silently
+                raise _bad(f"{where}.{key}", "is not a peer field (ip, subnet, mac)")
+        ip_s = el.str("ip", required=True)
+        a = _address(ip_s, f"{where}.ip")
+        if a.is_multicast or a.is_unspecified or a.is_loopback or \
+                (a.version == 6 and a.is_link_local):
+            raise _bad(f"{where}.ip", "must be a unicast underlay address", ip_s)
+        if str(a) in seen_ip:
+            raise _bad(f"{where}.ip", f"is listed twice (also peers[{seen_ip[str(a)]}])", ip_s)
+        seen_ip[str(a)] = n
+        sub_s = el.str("subnet", required=True)
+        try:
+            net = ipaddress.ip_network(sub_s, strict=True)
+        except ValueError as e:
+            raise _bad(f"{where}.subnet", f"is not a network address/prefix ({e})", sub_s) from None
+        if net.prefixlen > net.max_prefixlen - 2:
+            raise _bad(f"{where}.subnet", "is too small: the node needs its VTEP address (the "
+                       "network address), a gateway and pods", sub_s)
+        for m, other in nets:
+            if other.version == net.version and other.overlaps(net):
+                raise _bad(f"{where}.subnet", f"overlaps peers[{m}].subnet {other}", sub_s)
+        if nets and nets[0][1].version != net.version:
+            raise _bad(f"{where}.subnet", "mixes IPv4 and IPv6 pod subnets", sub_s)
+        nets.append((n, net))
+        mac = el.str("mac")
+        if mac:
+            import re
+            if not re.fullmatch(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}", mac) or int(mac[:2], 16) & 1:
+                raise _bad(f"{where}.mac", "must be a unicast MAC address", mac)
+        out.append(Peer(ip=str(a), subnet=str(net), mac=mac.lower()))
+    if len({ipaddress.ip_address(p.ip).version for p in out}) > 1:
+        raise _bad("peers", "mixes IPv4 and IPv6 underlay addresses (one underlay family "
+                   "per network)", raw)
+    return out
 
 
 # ---- the config against the node (reads netlink, changes nothing) -------------------
@@ -146,11 +236,26 @@ class Resolved:
     peers: tuple[str, ...]        # the configured peers minus this node's own address
     mtu: int
     max_mtu: int
+    l3: object = None             # mode l3: the vxlan_l3.Plan of this node
+
+
+def _encap_supported(conf: VxlanConf) -> None:
+    """Geneve is refused in one line: naming the missing module where the kernel
+    lacks it (this machine's does), else saying this plugin speaks VXLAN only."""
+    if conf.encap == "vxlan":
+        return
+    from .net import kmod
+    msg = kmod.missing_message("geneve", "encap geneve")
+    if msg:
+        raise CNIError(NOT_SUPPORTED_BY_KERNEL, msg)
+    raise CNIError(NOT_IMPLEMENTED, "encap geneve is not implemented: this plugin makes "
+                   "VXLAN devices only (encap vxlan)")
 
 
 def resolve(conf: VxlanConf, links) -> Resolved:
     """Check ``conf`` against the node (``links``: a VxlanLinks in the node netns)."""
     from .net.vxlan_dev import DeviceSpec, MIN_MTU, OVERHEAD, max_mtu, owner_alias
+    _encap_supported(conf)
     name = conf.underlay
     if not name:
         targets = list(conf.peers) or ([conf.group] if conf.group else [])
@@ -193,10 +298,28 @@ def resolve(conf: VxlanConf, links) -> Resolved:
     mtu = conf.mtu or limit
     if mtu < MIN_MTU[4]:
         raise _bad("underlayInterface", f"{name} MTU {ul.mtu} leaves no room for VXLAN", ul.mtu)
+    l3 = None
+    mac = ""
+    if conf.mode == "l3":
+        from .net import vxlan_l3
+        own = [p for p in conf.l3_peers if p.ip == local]
+        if not own:
+            raise _bad("peers", f"has no entry for this node (its VTEP address {local}): list "
+                       "every node, this one included, as {ip, subnet}",
+                       [p.ip for p in conf.l3_peers])
+        l3 = vxlan_l3.plan(conf.vni, own[0], [p for p in conf.l3_peers if p.ip != local])
+        mac = l3.mac
     spec = DeviceSpec(name=conf.device, vni=conf.vni, port=conf.port, local=local,
                       underlay=name, mtu=mtu, learning=conf.learning, group=conf.group,
-                      alias=owner_alias(conf.network))
-    return Resolved(conf=conf, spec=spec, underlay=ul, peers=peers, mtu=mtu, max_mtu=limit)
+                      alias=owner_alias(conf.network), routed=conf.mode == "l3", mac=mac)
+    return Resolved(conf=conf, spec=spec, underlay=ul, peers=peers, mtu=mtu, max_mtu=limit,
+                    l3=l3)
+
+
+def own_subnet(conf: VxlanConf, res: Resolved) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """Mode l3: this node's pod subnet (from its own entry in peers)."""
+    return next(ipaddress.ip_network(p.subnet) for p in conf.l3_peers
+                if p.ip == res.spec.local)
 
 
 # ---- shared helpers ------------------------------------------------------------------
@@ -285,6 +408,14 @@ def _ensure_shared(conf: VxlanConf, res: Resolved, links, undo):
     br, _ = attach.ensure_bridge(conf.bridge, mtu=res.mtu)   # MTU, up, accept_ra
     br_index = links.index_of(conf.bridge)
     vx = links.observe_index(vx_index)
+    if res.l3 is not None:           # a routed VTEP: address, up, then its three tables
+        from .net.vxlan_l3 import L3Links
+        l3 = L3Links(links.ipr)
+        l3.set_address(vx_index, res.l3.address)
+        if not vx.up:
+            links.set_up(vx_index)
+        l3.sync(vx_index, res.l3)
+        return br, br_index
     if vx.master != br_index:
         if vx.master:
             raise CNIError(LINK_EXISTS, f"{res.spec.name} is a port of another bridge",
@@ -354,6 +485,8 @@ def add(call) -> Result:
             if not ipam_res.ips:
                 raise CNIError(INVALID_NETWORK_CONFIG, "IPAM returned no IP addresses",
                                f"ipam type {call.conf.ipam_type}")
+            if res.l3 is not None:
+                _check_l3_addresses(conf, res, ipam_res.ips)
         spec = attach.VethSpec(network=conf.network, container_id=a.container_id,
                                ifname=a.ifname, netns=a.netns, bridge=conf.bridge,
                                mtu=res.mtu, mac=mac, owner=owner_alias(conf.network))
@@ -387,6 +520,20 @@ def add(call) -> Result:
         result.interfaces = [attach.bridge_interface(conf.bridge), att.host, att.pod]
         undo.pop_all()
     return result
+
+
+def _check_l3_addresses(conf: VxlanConf, res: Resolved, ips) -> None:
+    """Mode l3: a pod's addresses lie in this node's subnet (the others route it here)."""
+    sub = own_subnet(conf, res)
+    for ip in ips:
+        net = ipaddress.ip_interface(ip.address).network
+        if net.version != sub.version:
+            continue
+        if not net.subnet_of(sub):
+            raise CNIError(INVALID_NETWORK_CONFIG, f"ipam gave {ip.address}, outside this node's "
+                           f"subnet {sub} (its peers entry): in mode l3 every pod address and "
+                           "its prefix must lie in the node's own subnet",
+                           f"node {res.spec.local}")
 
 
 def link_exists(name: str) -> bool:
@@ -479,9 +626,15 @@ def check(call) -> None:
         br = links.observe(conf.bridge)
         if br is None or br.kind != "bridge":
             raise _check_failed(f"bridge {conf.bridge} not found")
-        if vx.master != br.index:
+        if res.l3 is not None:
+            from .net.vxlan_l3 import L3Links
+            drift = L3Links(links.ipr).drift(vx.index, res.l3)
+            if drift:
+                raise _check_failed(f"routes, neighbours or FDB of {conf.device} do not match "
+                                    "peers (mode l3)", "; ".join(drift))
+        elif vx.master != br.index:
             raise _check_failed(f"{conf.device} is not a port of bridge {conf.bridge}")
-        if not conf.group:
+        elif not conf.group:
             have = links.fdb_peers(vx.index)
             want = sorted(res.peers, key=lambda p: (ipaddress.ip_address(p).version,
                                                      int(ipaddress.ip_address(p))))

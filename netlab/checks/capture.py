@@ -41,14 +41,23 @@ def run(ctx: Context, check) -> CheckResult:
     proc, pkts = captured(ns, iface, p["filter"], pcap,
                           lambda: run_in(src.ns, argv, timeout=p["timeout"], etc=True), count=p["count"],
                           incoming_only=incoming)
-    e = p["expect"]
-    fields = {k: ctx.expand([str(v)])[0] for k, v in e["fields"].items()}
-    hits = [x for x in pkts if _matches(x, e["layer"], fields)]
-    want = f"at least {e['min']}" + (f", at most {e['max']}" if e["max"] is not None else "")
-    good = len(hits) >= e["min"] and (e["max"] is None or len(hits) <= e["max"])
-    what = (e["layer"] or "packet") + (" " + ", ".join(f"{k}={v}" for k, v in fields.items()) if fields else "")
+    exps = p["expect"] if isinstance(p["expect"], list) else [p["expect"]]
+    wants, gots, goods = [], [], []
     details = [f"ran in {src.name}: {' '.join(argv)} (exit {proc.returncode})",
                f"captured {len(pkts)} packet(s) on {ns}:{iface} filter {p['filter']!r}"]
-    details += [f"  {x.summary()}" for x in hits[:3]]
-    return CheckResult(check.name, "capture", good, f"{want} {what}", f"{len(hits)} matching of {len(pkts)} captured",
-                       pcap, details)
+    for e in exps:
+        fields = {k: ctx.expand([str(v)])[0] for k, v in e["fields"].items()}
+        hits = [x for x in pkts if _matches(x, e["layer"], fields)]
+        if e["max"] == 0:
+            want = "no"
+        elif e["min"] == 0:
+            want = f"at most {e['max']}"
+        else:
+            want = f"at least {e['min']}" + (f", at most {e['max']}" if e["max"] is not None else "")
+        what = (e["layer"] or "packet") + (" " + ", ".join(f"{k}={v}" for k, v in fields.items()) if fields else "")
+        wants.append(f"{want} {what}")
+        gots.append(f"{len(hits)} matching" + (f" {what}" if len(exps) > 1 else ""))
+        goods.append(len(hits) >= e["min"] and (e["max"] is None or len(hits) <= e["max"]))
+        details += [f"  {x.summary()}" for x in hits[:3]]
+    return CheckResult(check.name, "capture", all(goods), "; ".join(wants),
+                       ", ".join(gots) + f" of {len(pkts)} captured", pcap, details)

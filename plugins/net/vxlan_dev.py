@@ -81,6 +81,8 @@ class DeviceSpec:
     learning: bool = False
     group: str = ""               # multicast group, or "" for head-end replication
     alias: str = ""
+    routed: bool = False          # mode l3: a routed VTEP, no bridge port (vxlan_l3.py)
+    mac: str = ""                 # mode l3: the VTEP MAC every peer expects
 
     @property
     def family(self) -> int:
@@ -98,6 +100,8 @@ class DeviceSpec:
         }
         if self.group:
             attrs["vxlan_group6" if six else "vxlan_group"] = self.group
+        if self.mac:
+            attrs["address"] = self.mac
         return attrs
 
 
@@ -117,6 +121,7 @@ class Observed:
     group: str = ""
     link: int = 0                 # underlay ifindex
     learning: bool | None = None
+    mac: str = ""
 
 
 def _norm(addr: str) -> str:
@@ -144,6 +149,15 @@ def mismatches(spec: DeviceSpec, obs: Observed, underlay_index: int,
                    f"{'on' if spec.learning else 'off'}")
     if check_mtu and obs.mtu != spec.mtu:
         out.append(f"MTU is {obs.mtu}, want {spec.mtu}")
+    from .vxlan_l3 import vtep_mac
+    have_mac = (obs.mac or "").lower()
+    if spec.routed:
+        if obs.master:
+            out.append("it is a bridge port (made for mode l2), want a routed VTEP (mode l3)")
+        if spec.mac and have_mac and have_mac != spec.mac.lower():
+            out.append(f"MAC is {have_mac}, want {spec.mac.lower()} (mode l3)")
+    elif spec.local and have_mac == vtep_mac(spec.vni, spec.local):
+        out.append("it is a routed VTEP (made for mode l3), want a bridge port (mode l2)")
     return out
 
 
@@ -213,7 +227,8 @@ class VxlanLinks:
         obs = Observed(name=msg.get_attr("IFLA_IFNAME"), index=msg["index"], kind=kind or "",
                        mtu=msg.get_attr("IFLA_MTU") or 0, up=bool(msg["flags"] & 1),
                        alias=msg.get_attr("IFLA_IFALIAS") or "",
-                       master=msg.get_attr("IFLA_MASTER") or 0)
+                       master=msg.get_attr("IFLA_MASTER") or 0,
+                       mac=msg.get_attr("IFLA_ADDRESS") or "")
         if kind == "vxlan":
             data = info.get_attr("IFLA_INFO_DATA")
             get = data.get_attr if data is not None else (lambda _k: None)
