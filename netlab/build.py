@@ -542,6 +542,13 @@ class Builder:
         self.update(res, sandbox_netns=st.netns_path, cri_ip=st.ip, result=result,
                     conflist=cache.get("config") or None,
                     capability_args=cache.get("capabilityArgs") or {}, seconds=seconds)
+        # the pod's resolv.conf as `ip netns exec` shows it (netlab exec, the dns check) is
+        # the one containerd wrote from the CRI DNSConfig (kubelet's ClusterFirst)
+        made = os.path.join(ctd.paths["root"], "io.containerd.grpc.v1.cri", "sandboxes", sid,
+                            "resolv.conf")
+        etc = os.path.join("/etc/netns", p["netns"])
+        if os.path.isdir(etc):
+            shutil.copyfile(made, os.path.join(etc, "resolv.conf"))
         self.record("netns_alias", name=p["netns"], target=st.netns_path, pod=p["pod"])
         path = nsutil.path(p["netns"])
         open(path, "w").close()
@@ -611,6 +618,8 @@ def detach_sandbox(res: dict, st: statemod.State) -> None:
             c.remove_pod_sandbox(sid)
         return
     except CRIError as e:
+        if e.code == "NOT_FOUND":
+            return      # removed already (down is idempotent)
         if e.code not in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
             raise
     if not res.get("conflist"):

@@ -410,20 +410,53 @@ class Containerd:
         return out
 
     def _reap_tasks(self) -> list[str]:
-        """Kill the pause process and shim of any task still recorded in our state dir."""
+        """Kill the pause process and the shim of any task still recorded in our state dir.
+
+        containerd 1.6 writes no shim.pid: the shim is the pause process's parent, taken
+        only when its command line names this task's ID and our socket. A shim killed
+        here leaves its socket (named in the task's ``address`` file): removed too."""
         left = []
         for d in self._task_dirs():
-            for pidfile in ("init.pid", "shim.pid"):
-                try:
-                    pid = int(open(os.path.join(d, pidfile)).read().strip())
-                except (OSError, ValueError):
-                    continue
+            tid = os.path.basename(d)
+            pids = []
+            try:
+                init = int(open(os.path.join(d, "init.pid")).read().strip())
+                pids.append(("init.pid", init))
+                shim = _ppid(init)
+                if shim and self._is_our_shim(shim, tid):
+                    pids.append(("shim", shim))
+            except (OSError, ValueError):
+                pass
+            try:
+                pids.append(("shim.pid", int(open(os.path.join(d, "shim.pid")).read().strip())))
+            except (OSError, ValueError):
+                pass
+            for what, pid in pids:
                 try:
                     os.kill(pid, signal.SIGKILL)
-                    left.append(f"killed {pidfile} {pid} of {os.path.basename(d)}")
+                    left.append(f"killed {what} {pid} of {tid}")
                 except ProcessLookupError:
                     pass
+            try:
+                addr = open(os.path.join(d, "address")).read().strip()
+            except OSError:
+                addr = ""
+            sock = addr[len("unix://"):] if addr.startswith("unix://") else ""
+            if sock.startswith(SHIM_SOCKET_DIR + "/") and any(w == "shim" for w, _ in pids):
+                try:
+                    os.unlink(sock)
+                except OSError:
+                    pass
         return left
+
+    def _is_our_shim(self, pid: int, task_id: str) -> bool:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().decode(errors="replace").split("\0")
+        except OSError:
+            return False
+        return (os.path.basename(argv[0]).startswith("containerd-shim") and task_id in argv
+                and self.socket in argv)
 
     def _unmount_under_workdir(self) -> list[str]:
         """Lazily unmount whatever is mounted below the workdir (rootfs, shm, netns files)."""
@@ -490,6 +523,15 @@ def _starttime(pid: int | None) -> str | None:
     except (OSError, TypeError):
         return None
     return s[s.rfind(")") + 2:].split()[19]
+
+
+def _ppid(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            s = f.read()
+        return int(s[s.rfind(")") + 2:].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _proc_state(pid: int) -> str | None:
