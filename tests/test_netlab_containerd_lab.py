@@ -122,6 +122,12 @@ def test_containerd_lab_up_checks_cri_and_down_leaves_nothing(tmp_path):
             # go-cni's untagged capability keys reached the plugins (hostPort, bandwidth)
             assert sandboxes["web"]["capability_args"]["portMappings"][0]["HostPort"] == 8080
             assert sandboxes["slow"]["capability_args"]["bandwidth"]["IngressRate"] == 20_000_000
+        # status: containerd is a running process of the lab; --cni-check asks CRI for its pods
+        info = json.loads(netlab("status", "--lab-dir", lab_dir, "--cni-check", "--json").stdout)["labs"][0]
+        assert info["healthy"], info
+        assert {p["name"]: p["running"] for p in info["processes"]}["containerd (node1)"]
+        assert {p["pod"]: p["cniCheck"] for p in info["pods"]} == dict.fromkeys(
+            ("web", "slow", "peer", "client"), "ok")
         ex = netlab("exec", "--lab-dir", lab_dir, "web", "--", "ip", "-4", "-o", "addr", "show", "eth0")
         assert ex.returncode == 0 and f" {sandboxes['web']['cri_ip']}/" in ex.stdout, ex.stdout + ex.stderr
         resolv = open(f"/etc/netns/{sandboxes['web']['netns']}/resolv.conf").read()
