@@ -83,6 +83,7 @@ def tx_offload_off(ns: str, dev: str) -> None:
 # --------------------------------------------------------------------------- plugins
 
 PLUGIN_CHOICES = ("ours", "reference")
+CONTAINERD_TOOLS = ("containerd", "ctr", "runc", "containerd-shim-runc-v2", "nsenter")
 
 
 def refuse_plugins(plan: Plan, choice: str) -> str | None:
@@ -90,6 +91,12 @@ def refuse_plugins(plan: Plan, choice: str) -> str | None:
     built; None when it can. Only the reference set lacks types (vxlan)."""
     if choice not in PLUGIN_CHOICES:
         return f"--plugins must be one of {', '.join(PLUGIN_CHOICES)}, not {choice!r}"
+    ctd_nodes = [s.params["node"] for s in plan.steps if s.kind == "containerd"]
+    if ctd_nodes:
+        missing = [x for x in CONTAINERD_TOOLS if shutil.which(x) is None]
+        if missing:
+            return (f"node {', '.join(ctd_nodes)} runs containerd, but {', '.join(missing)} "
+                    "is not installed (Debian packages containerd, runc, util-linux; make setup)")
     if choice != "reference":
         return None
     problems = []

@@ -130,6 +130,10 @@ def test_containerd_lab_up_checks_cri_and_down_leaves_nothing(tmp_path):
             ("web", "slow", "peer", "client"), "ok")
         ex = netlab("exec", "--lab-dir", lab_dir, "web", "--", "ip", "-4", "-o", "addr", "show", "eth0")
         assert ex.returncode == 0 and f" {sandboxes['web']['cri_ip']}/" in ex.stdout, ex.stdout + ex.stderr
+        # trace follows a probe into the namespace containerd made (captured there too)
+        tr = netlab("trace", "--lab-dir", lab_dir, "peer", "web")
+        assert "verdict: delivered to pod web and answered" in tr.stdout, tr.stdout[-2000:] + tr.stderr
+        assert "   1. pod web            eth0             out" in tr.stdout, tr.stdout[-2000:]
         resolv = open(f"/etc/netns/{sandboxes['web']['netns']}/resolv.conf").read()
         made = open(os.path.join(ctd["containerd"]["workdir"], "root", "io.containerd.grpc.v1.cri",
                                  "sandboxes", sandboxes["web"]["sandbox_id"], "resolv.conf")).read()

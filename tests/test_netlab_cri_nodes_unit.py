@@ -120,3 +120,11 @@ pods:
 """)
     why = B.refuse_plugins(P.make_plan(t, "/tmp/lab"), "reference")
     assert why and "network ov" in why and "needs our vxlan plugin" in why
+
+
+def test_a_containerd_node_without_containerd_installed_is_refused_before_building(monkeypatch):
+    plan = P.make_plan(T.load(os.path.join(REPO, "topologies", "containerd.yaml")), "/tmp/lab")
+    real = B.shutil.which
+    monkeypatch.setattr(B.shutil, "which", lambda x: None if x == "runc" else real(x))
+    why = B.refuse_plugins(plan, "ours")
+    assert why and "node node1 runs containerd, but runc is not installed" in why
