@@ -488,6 +488,7 @@ class Builder:
                              "allows (108 bytes): use a shorter --lab-dir")
         ctd = Containerd(ContainerdOptions(
             netns=p["ns"], workdir=p["workdir"], cni_bin_dir=self.cni_path,
+            cgroup_parent=f"/netlab-{self.plan.lab}-{p['node']}",     # one per lab and node
             env=plugin_env(self.plan.lab_dir, self.agent_socket), detached=True))
         res = self.record("process", name=f"containerd ({p['node']})", containerd=ctd.record())
         os.makedirs(ctd.conf_dir, mode=0o700, exist_ok=True)
@@ -495,10 +496,12 @@ class Builder:
             with open(os.path.join(ctd.conf_dir, f"10-{p['network']}.conflist"), "w",
                       encoding="utf-8") as f:
                 json.dump(p["conflist"], f, indent=2)
+        def spawned(pid: int) -> None:      # recorded before we wait for it to boot
+            rec = ctd.record()
+            self.update(res, pid=pid, starttime=rec["starttime"], containerd=rec)
+        ctd.on_spawn = spawned
         try:
             ctd.start(wait_network=p["conflist"] is not None)
-            rec = ctd.record()
-            self.update(res, pid=rec["pid"], starttime=rec["starttime"], containerd=rec)
             ctd.import_pause_image()
         except (ContainerdError, CRIError, ImageError, OSError) as e:
             raise BuildError(f"node {p['node']}: {e}") from None

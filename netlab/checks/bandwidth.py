@@ -2,22 +2,13 @@
 within ``tolerance`` of the configured limit, and the bytes on the wire must
 agree with it.
 
-A token bucket that starts with a large burst passes that many bytes at line
-rate before it shapes: containerd (1.6, and later) turns the
-``kubernetes.io/*-bandwidth`` annotations into a rate with a burst of 2^32-1
-bits (512 MiB). When the shaped end's recorded burst (the capability args the
-runtime sent) is more than a tenth of what the measurement moves, the check
-first drains it (an unmeasured iperf3 between the pod and its own node, the
-fastest path through the bucket, until the pod's interface counter shows the
-shaped rate for a second or the whole burst went through), then measures with
-the first second omitted (what refilled in between), and says so.
-
 iperf3's own figure is not taken on trust: while it runs, the receiver's
 interface byte counter (``/proc/<pid>/net/dev`` of the iperf3 server, in the
 receiver's namespace) is sampled, and the wire rate over the transfer
 (frames with their headers, so a few percent above the TCP goodput) must be
 within the same tolerance of iperf3's figure. Both are reported. The first
-packets of the stream are kept as evidence (a full capture is not)."""
+packets of the stream are kept as evidence (a full capture is not). A large
+burst the runtime gave the shaped end is drained first (netlab/checks/bucket.py)."""
 from __future__ import annotations
 
 import json
@@ -60,17 +51,18 @@ def rx_bytes(pid: int, iface: str) -> int | None:
 class CounterSampler:
     """Samples a receive counter in a thread: ``with CounterSampler(pid, iface) as s:``."""
 
-    def __init__(self, pid: int, iface: str, every: float = SAMPLE_EVERY) -> None:
+    def __init__(self, pid: int, iface: str, every: float = SAMPLE_EVERY, skip: float = 0.0) -> None:
         self.pid, self.iface, self.every = pid, iface, every
+        self.skip = skip            # seconds after the start not sampled (iperf3 -O)
         self.samples: list[tuple[float, int]] = []
-        self.skip_until = 0.0      # samples before this time are not kept (iperf3 -O)
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
+        since = time.monotonic() + self.skip
         while not self._stop.is_set():
             b = rx_bytes(self.pid, self.iface)
-            if b is not None and time.monotonic() >= self.skip_until:
+            if b is not None and time.monotonic() >= since:
                 self.samples.append((time.monotonic(), b))
             self._stop.wait(self.every)
 
@@ -100,101 +92,6 @@ def wire_rate(samples: list[tuple[float, int]], min_step: int = 3000) -> tuple[f
     return nbytes * 8 / secs, nbytes, secs
 
 
-def recorded_burst(ctx: Context, pod: str, direction: str) -> int:
-    """Bits of burst the runtime gave ``pod``'s ``direction`` (ingress/egress) bucket, from
-    the capability args recorded at ADD (netlab: spec keys; containerd: go-cni's)."""
-    if ctx.st is None:
-        return 0
-    res = ctx.st.attachments().get(pod) or {}
-    bw = (res.get("capability_args") or {}).get("bandwidth") or {}
-    want = f"{direction}burst"
-    for k, v in bw.items():
-        if k.lower() == want and isinstance(v, int):
-            return v
-    return 0
-
-
-def _iperf_server(ns: str, address: str, port: int) -> subprocess.Popen:
-    srv = subprocess.Popen(nsutil.exec_argv(ns, ["iperf3", "-s", "-1", "-B", address, "-p", str(port)]),
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 5
-    while not _listening_tcp(srv.pid, port) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return srv
-
-
-def _reap(srv: subprocess.Popen) -> None:
-    try:
-        srv.wait(5)
-    except subprocess.TimeoutExpired:
-        srv.kill()
-        srv.wait()
-
-
-def if_bytes(pid: int, iface: str, column: int) -> int | None:
-    """/proc/<pid>/net/dev column of ``iface``: 0 received bytes, 8 sent bytes."""
-    try:
-        with open(f"/proc/{pid}/net/dev", encoding="ascii") as f:
-            for line in f:
-                name, sep, rest = line.partition(":")
-                if sep and name.strip() == iface:
-                    return int(rest.split()[column])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def _drain(ctx: Context, p: dict, src, dst, port: int, burst: int, drain: int, limit: int) -> str:
-    """Empty the shaped end's token bucket: send from/to the pod's own node (the fastest
-    path through the bucket) until the pod's eth0 counter shows the shaped rate for a
-    second, or ``drain`` bytes went through. Returns a detail line, or 'FAILED:...'."""
-    ingress = bool(recorded_burst(ctx, p["to"], "ingress"))
-    pod = p["to"] if ingress else p["from"]
-    podt = dst if ingress else src
-    node = ctx.target(ctx.topo.pods[pod].node)
-    a, b = (node, dst) if ingress else (src, node)
-    srv = _iperf_server(b.ns, b.address, port)
-    cli = subprocess.Popen(nsutil.exec_argv(a.ns, ["iperf3", "-c", b.address, "-p", str(port), "-n", str(drain)]),
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    # the pod's eth0: received bytes (ingress bucket), sent bytes (egress bucket)
-    pid, col = (srv.pid, 0) if ingress else (cli.pid, 8)
-    t0 = time.monotonic()
-    start = if_bytes(pid, podt.iface, col) or 0
-    window: list[tuple[float, int]] = []
-    shaped_for = 0.0
-    try:
-        while cli.poll() is None:
-            time.sleep(0.1)
-            n = if_bytes(pid, podt.iface, col)
-            if n is None:
-                continue
-            window.append((time.monotonic(), n))
-            window = [w for w in window if w[0] >= window[-1][0] - 0.5]
-            if len(window) >= 4 and window[-1][0] > window[0][0]:
-                rate = (window[-1][1] - window[0][1]) * 8 / (window[-1][0] - window[0][0])
-                shaped_for = shaped_for + 0.1 if rate < 1.5 * limit else 0.0
-                if shaped_for >= 1.0:
-                    break
-    finally:
-        moved = (window[-1][1] if window else start) - start
-        if cli.poll() is None:
-            cli.terminate()
-        try:
-            cli.wait(5)
-        except subprocess.TimeoutExpired:
-            cli.kill()
-            cli.wait()
-        srv.terminate()
-        _reap(srv)
-    secs = time.monotonic() - t0
-    if cli.returncode not in (0, -15) and shaped_for < 1.0:
-        return f"FAILED:iperf3 failed draining the token bucket: {(cli.stderr.read() if cli.stderr else '')[-200:]}"
-    return (f"drained {pod}'s {'ingress' if ingress else 'egress'} token bucket first ({a.name} -> {b.name}): "
-            f"its burst is {burst} bits ({burst / 8 / 2**20:.0f} MiB, as the runtime sent it); "
-            f"{moved / 2**20:.0f} MiB {'reached' if ingress else 'left'} {pod}:{podt.iface} in {secs:.1f}s "
-            "before the rate fell to the limit")
-
-
 def run(ctx: Context, check) -> CheckResult:
     p = check.params
     src, dst = ctx.target(p["from"]), ctx.target(p["to"])
@@ -202,35 +99,36 @@ def run(ctx: Context, check) -> CheckResult:
     pcap = ctx.pcap(check)
     limit, tol = p["rate"], p["tolerance"]
     expected = f"{fmt(limit)} +-{tol * 100:.0f}%, wire agreeing"
-    # the shaped end's bucket: the receiver's ingress, else the sender's egress
-    burst = recorded_burst(ctx, p["to"], "ingress") or recorded_burst(ctx, p["from"], "egress")
-    drain = burst // 8 if burst // 8 > limit * p["seconds"] // 80 else 0
-    omit = 1 if drain else 0
-    drained = []
-    if drain:
-        why = _drain(ctx, p, src, dst, port, burst, drain, limit)
-        if why.startswith("FAILED"):
-            return CheckResult(check.name, "bandwidth", False, expected, why[7:], pcap)
-        drained = [why]
-    srv = _iperf_server(dst.ns, dst.address, port)
+    from .bucket import drain        # a runtime's large burst (containerd's) drained first
+    omit, drained, why = drain(ctx, p, src, dst, port)
+    if why:
+        return CheckResult(check.name, "bandwidth", False, expected, why, pcap)
+    srv = subprocess.Popen(nsutil.exec_argv(dst.ns, ["iperf3", "-s", "-1", "-B", dst.address, "-p", str(port)]),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        with CounterSampler(srv.pid, dst.iface) as sampler:
-            argv = ["iperf3", "-c", dst.address, "-p", str(port), "-t", str(p["seconds"] + omit), "-J"]
-            if omit:
-                argv += ["-O", str(omit)]
-            sampler.skip_until = time.monotonic() + omit
+        deadline = time.monotonic() + 5
+        while not _listening_tcp(srv.pid, port) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with CounterSampler(srv.pid, dst.iface, skip=omit) as sampler:
             proc, _ = captured(dst.ns, dst.iface, f"tcp port {port}", pcap,
-                               lambda: run_in(src.ns, argv, timeout=p["seconds"] + omit + 20), count=100)
+                               lambda: run_in(src.ns, ["iperf3", "-c", dst.address, "-p", str(port), "-t", str(p["seconds"] + omit), "-J"]
+                                              + (["-O", str(omit)] if omit else []),
+                                              timeout=p["seconds"] + omit + 20), count=100)
     finally:
-        _reap(srv)
+        try:
+            srv.wait(5)
+        except subprocess.TimeoutExpired:
+            srv.kill()
+            srv.wait()
     try:
         data = json.loads(proc.stdout)
         rate = float(data["end"]["sum_received"]["bits_per_second"])
     except (ValueError, KeyError, TypeError):
         return CheckResult(check.name, "bandwidth", False, expected, f"iperf3 failed: {(proc.stderr or proc.stdout)[-200:]}", pcap)
     err = (rate - limit) / limit
-    details = drained + [f"iperf3 {src.name} -> {dst.name} {dst.address}:{port} for {p['seconds']}s"
-                         + (f" after {omit}s omitted" if omit else "") + " (TCP goodput at the receiver)"]
+    details = ([drained] if drained else []) + [
+        f"iperf3 {src.name} -> {dst.name} {dst.address}:{port} for {p['seconds']}s"
+        + (f" after {omit}s left out" if omit else "") + " (TCP goodput at the receiver)"]
     wire = wire_rate(sampler.samples)
     if wire is None:
         return CheckResult(check.name, "bandwidth", False, expected,

@@ -145,6 +145,7 @@ class Containerd:
         self._clients: list[RuntimeClient] = []
         self._booted = threading.Event()
         self._reader: threading.Thread | None = None
+        self.on_spawn = None     # called with the PID right after containerd is started
         # what existed before us, so teardown removes only what this run made
         self._had_shim_dir = os.path.isdir(SHIM_SOCKET_DIR)
         self._had_run_containerd = os.path.isdir(os.path.dirname(SHIM_SOCKET_DIR))
@@ -236,6 +237,8 @@ class Containerd:
                                              stdout=subprocess.DEVNULL, stderr=log, env=env,
                                              start_new_session=True, close_fds=True)
             self._adopted = None
+            if self.on_spawn is not None:
+                self.on_spawn(self.proc.pid)
             self._reader = threading.Thread(target=self._follow_log, args=(self.proc, offset),
                                             daemon=True)
         else:
@@ -427,6 +430,10 @@ class Containerd:
                     pids.append(("shim", shim))
             except (OSError, ValueError):
                 pass
+            if not any(w == "shim" for w, _ in pids):
+                # the pause process is gone already: the shim is the one process whose
+                # command line names this task's ID and our socket
+                pids += [("shim", pid) for pid in _all_pids() if self._is_our_shim(pid, tid)]
             try:
                 pids.append(("shim.pid", int(open(os.path.join(d, "shim.pid")).read().strip())))
             except (OSError, ValueError):
@@ -523,6 +530,10 @@ def _starttime(pid: int | None) -> str | None:
     except (OSError, TypeError):
         return None
     return s[s.rfind(")") + 2:].split()[19]
+
+
+def _all_pids() -> list[int]:
+    return [int(d) for d in _listdir("/proc") if d.isdigit()]
 
 
 def _ppid(pid: int) -> int:
