@@ -3,7 +3,8 @@
 node1's pods are CRI sandboxes made by a private containerd in node1's namespace
 running our plugins; node2's by netlab's own runtime. The lab comes up with its
 checks green, the sandboxes are READY in CRI with the addresses netlab recorded,
-netlab's name for a pod's namespace is the namespace containerd made, a sandbox
+netlab's name for a pod's namespace is the namespace containerd made (``exec``,
+``trace`` and ``status --cni-check`` work on it), a sandbox
 removed through CRI has its address released by the plugins' DEL (which
 containerd ran), and ``netlab down`` leaves nothing: no process, no namespace
 containerd made, no mount, no cgroup, no libcni cache entry, no lab dir; also
