@@ -64,9 +64,15 @@ def what_containerd_left(ctd: dict, sandboxes: dict[str, dict], task_pids: list[
                     out.append(f"process {pid}")
         except OSError:
             pass
-    if os.path.isdir("/sys/fs/cgroup" + ctd["containerd"]["cgroupParent"]):
-        out.append(f"cgroup {ctd['containerd']['cgroupParent']}")
+    out += cgroups_left(ctd["containerd"]["cgroupParent"])
     return out
+
+
+def cgroups_left(parent: str) -> list[str]:
+    """``parent`` under every cgroup hierarchy mounted (v1 has one per controller)."""
+    with open("/proc/self/mounts") as f:
+        roots = [ln.split()[1] for ln in f if ln.split()[2] in ("cgroup", "cgroup2")]
+    return [f"cgroup {r}{parent}" for r in roots if os.path.isdir(r + parent)]
 
 
 def _ls(d: str) -> list[str]:
@@ -107,6 +113,7 @@ def test_containerd_lab_up_checks_cri_and_down_leaves_nothing(tmp_path):
         ctd, sandboxes = containerd_of(st), sandboxes_of(st)
         pids = task_pids(ctd)
         assert set(sandboxes) == {"web", "slow"} and len(pids) == 4
+        assert cgroups_left(ctd["containerd"]["cgroupParent"])          # the sandboxes' cgroups
         assert set(st["plugins"].values()) == {"ours"} and st["plugins"]["loopback"] == "ours"
         with RuntimeClient(ctd["containerd"]["socket"], timeout=30) as cri:
             listed = {s.name: s for s in cri.list_pod_sandbox({"netlab.lab": name})}
@@ -171,3 +178,36 @@ def test_down_after_containerd_died_still_removes_everything(tmp_path):
     assert d.returncode == 0, d.stdout + d.stderr
     assert leftovers(name, lab_dir) == []
     assert what_containerd_left(ctd, sandboxes, pids) == []
+
+
+BROKEN = """
+name: {name}
+underlay: {{subnet: 192.168.74.0/24}}
+nodes:
+  node1: {{runtime: containerd}}
+networks:
+  podnet:
+    type: bridge
+    subnet: 10.252.0.0/16
+    conflist:
+      cniVersion: 1.0.0
+      plugins:
+        - {{type: bridge, bridge: cni0, mtu: big, ipam: {{type: host-local, ranges: [[{{subnet: "${{podCIDR}}"}}]]}}}}
+pods:
+  a: {{node: node1, network: podnet}}
+"""
+
+
+def test_a_broken_conflist_fails_up_with_the_plugins_error_and_leaves_nothing(tmp_path):
+    name, lab_dir = lab_name(), str(tmp_path / "lab")
+    topo = tmp_path / "broken.yaml"
+    topo.write_text(BROKEN.format(name=name))
+    try:
+        up = netlab("up", str(topo), "--lab-dir", lab_dir, "-q")
+        assert up.returncode == 1, up.stdout + up.stderr
+        assert 'plugin type="bridge" failed (add): mtu must be an integer; got "big"' in up.stderr, up.stderr
+        assert "removed" in up.stderr.splitlines()[-1], up.stderr
+    finally:
+        netlab("down", "--lab-dir", lab_dir)
+    assert leftovers(name, lab_dir) == []
+    assert cgroups_left(f"/netlab-{name}-node1") == []
