@@ -83,6 +83,7 @@ def tx_offload_off(ns: str, dev: str) -> None:
 # --------------------------------------------------------------------------- plugins
 
 PLUGIN_CHOICES = ("ours", "reference")
+CONTAINERD_TOOLS = ("containerd", "ctr", "runc", "containerd-shim-runc-v2", "nsenter")
 
 
 def refuse_plugins(plan: Plan, choice: str) -> str | None:
@@ -90,14 +91,20 @@ def refuse_plugins(plan: Plan, choice: str) -> str | None:
     built; None when it can. Only the reference set lacks types (vxlan)."""
     if choice not in PLUGIN_CHOICES:
         return f"--plugins must be one of {', '.join(PLUGIN_CHOICES)}, not {choice!r}"
+    ctd_nodes = [s.params["node"] for s in plan.steps if s.kind == "containerd"]
+    if ctd_nodes:
+        missing = [x for x in CONTAINERD_TOOLS if shutil.which(x) is None]
+        if missing:
+            return (f"node {', '.join(ctd_nodes)} runs containerd, but {', '.join(missing)} "
+                    "is not installed (Debian packages containerd, runc, util-linux; make setup)")
     if choice != "reference":
         return None
     problems = []
     for t in sorted(needed_types(plan)):
         if os.access(os.path.join(REFERENCE_CNI, t), os.X_OK):
             continue
-        nets = sorted({s.params["network"] for s in plan.steps if s.kind == "attach"
-                       and t in _conflist_types(s.params["conflist"])})
+        nets = sorted({s.params["network"] for s in plan.steps if s.kind in ("attach", "containerd")
+                       and t in _conflist_types(s.params["conflist"] or {})})
         kinds = sorted({plan.topology.networks[n].type for n in nets if n in plan.topology.networks})
         problems.append(f"topology {plan.topology.name} uses network type {'/'.join(kinds) or '?'} "
                         f"(network {', '.join(nets)}), which needs our {t} plugin; the reference "
@@ -185,6 +192,8 @@ def needed_types(plan: Plan) -> set[str]:
     for s in plan.steps:
         if s.kind == "attach":
             types |= _conflist_types(s.params["conflist"])
+        elif s.kind == "containerd":           # containerd runs loopback for every sandbox
+            types |= _conflist_types(s.params["conflist"] or {}) | {"loopback"}
     return types
 
 
@@ -233,6 +242,7 @@ class Builder:
         self.cni_path = ""
         self.which: dict[str, str] = {}
         self.timings: dict[str, float] = {}
+        self.containerds: dict[str, tuple] = {}    # node -> (Containerd, its state record)
 
     def record(self, kind: str, **fields) -> dict:
         with self.lock:
@@ -281,9 +291,10 @@ class Builder:
         steps = self.plan.steps
         total = len(steps)
         counter = [0]
-        infra = [s for s in steps if not s.params.get("pod")]
-        pods = [s for s in steps if s.params.get("pod") and s.kind != "attach"]
-        attach = [s for s in steps if s.kind == "attach"]
+        infra = [s for s in steps if not s.params.get("pod") and s.kind != "containerd"]
+        pods = [s for s in steps if s.params.get("pod") and s.kind not in ("attach", "sandbox")]
+        attach = [s for s in steps if s.kind in ("attach", "sandbox")]
+        ctds = [s for s in steps if s.kind == "containerd"]
         for s in infra:
             self._timed(s)
             counter[0] += 1
@@ -297,11 +308,12 @@ class Builder:
         joiners = [g for g in by_pod.values() if g[0].kind == "netns_alias"]
         self._parallel(owners, self._timed, counter)
         self._parallel(joiners, self._timed, counter)
-        if attach:
+        if attach or ctds:
             t0 = time.monotonic()
             self.cni_path, self.which = prepare_plugins(self.plan.lab_dir, needed_types(self.plan), self.plugins)
-            if "reference" in self.which.values():
-                probe = runtime_for(self.plan.lab_dir, attach[0].params["node_ns"], self.cni_path)
+            plain = [s for s in attach if s.kind == "attach"]
+            if "reference" in self.which.values() and plain:
+                probe = runtime_for(self.plan.lab_dir, plain[0].params["node_ns"], self.cni_path)
                 cache: dict[str, list[str]] = {}
                 def versions_of(t: str) -> list[str]:
                     if t not in cache:
@@ -317,11 +329,16 @@ class Builder:
             self.st.set(cniPath=self.cni_path, plugins=self.which, agentSocket=self.agent_socket)
             self.progress("      plugins: " + ", ".join(f"{k}={v}" for k, v in sorted(self.which.items()))
                           + (f" (agent {self.agent_socket})" if self.agent_socket else ""))
+            # containerd nodes (ADR 0025): each node's containerd, in parallel
+            t1 = time.monotonic()
+            self._parallel([[s] for s in ctds], self.do_containerd, counter)
+            if ctds:
+                self.timings["containerd"] = time.monotonic() - t1
             if os.environ.get(PAUSE_ENV) == "attach":
-                self._parallel([attach[:1]], self.do_attach, counter)
+                self._parallel([attach[:1]], self._attach_or_sandbox, counter)
                 self._hold_for_a_signal()
                 attach = attach[1:]
-            self._parallel([[s] for s in attach], self.do_attach, counter)
+            self._parallel([[s] for s in attach], self._attach_or_sandbox, counter)
             self.timings["attach"] = time.monotonic() - t0
         self.sync_k8s()
         self.publish_late_records()
@@ -453,6 +470,104 @@ class Builder:
                        p["log"], lambda pid: os.path.exists(p["socket"]), cwd=dhcp.code_root(),
                        record=lambda **kw: self.record("process", **kw))
 
+    def _attach_or_sandbox(self, s: Step) -> None:
+        (self.do_sandbox if s.kind == "sandbox" else self.do_attach)(s)
+
+    # ---- containerd nodes (ADR 0025) --------------------------------------------
+    def do_containerd(self, s: Step) -> None:
+        """One containerd in the node's namespace, its CNI bin dir the lab's plugins, its
+        CNI conf dir holding the node's network; recorded (as a process) before it starts."""
+        from .cri import Containerd, ContainerdOptions
+        from .cri.api import CRIError
+        from .cri.containerd import ContainerdError
+        from .cri.image import ImageError
+        p = s.params
+        sock = os.path.join(p["workdir"], "containerd.sock.ttrpc")
+        if len(sock) > 107:
+            raise BuildError(f"containerd's socket path {sock} is longer than a unix socket "
+                             "allows (108 bytes): use a shorter --lab-dir")
+        ctd = Containerd(ContainerdOptions(
+            netns=p["ns"], workdir=p["workdir"], cni_bin_dir=self.cni_path,
+            cgroup_parent=f"/netlab-{self.plan.lab}-{p['node']}",     # one per lab and node
+            env=plugin_env(self.plan.lab_dir, self.agent_socket), detached=True))
+        res = self.record("process", name=f"containerd ({p['node']})", containerd=ctd.record())
+        os.makedirs(ctd.conf_dir, mode=0o700, exist_ok=True)
+        if p["conflist"] is not None:
+            with open(os.path.join(ctd.conf_dir, f"10-{p['network']}.conflist"), "w",
+                      encoding="utf-8") as f:
+                json.dump(p["conflist"], f, indent=2)
+        def spawned(pid: int) -> None:      # recorded before we wait for it to boot
+            rec = ctd.record()
+            self.update(res, pid=pid, starttime=rec["starttime"], containerd=rec)
+        ctd.on_spawn = spawned
+        try:
+            ctd.start(wait_network=p["conflist"] is not None)
+            ctd.import_pause_image()
+        except (ContainerdError, CRIError, ImageError, OSError) as e:
+            raise BuildError(f"node {p['node']}: {e}") from None
+        with self.lock:
+            self.containerds[p["node"]] = (ctd, res)
+        self.progress(f"      containerd pid {ctd.pid} in {p['ns']} (log {ctd.paths['log']})")
+
+    def do_sandbox(self, s: Step) -> None:
+        """CRI RunPodSandbox: containerd makes the pod's namespace and runs the CNI chain;
+        netlab names that namespace like any pod's (a bind mount) and records the
+        sandbox, its address (PodSandboxStatus) and the CNI result containerd cached."""
+        from .cri import DNSConfig, PodSpec, PortMapping
+        from .cri.api import CRIError
+        p = s.params
+        ctd, cres = self.containerds[p["node"]]
+        sp = p["spec"]
+        spec = PodSpec(sp["name"], namespace=sp["namespace"], uid=sp["uid"], hostname=sp["hostname"],
+                       labels=sp["labels"], annotations=sp["annotations"],
+                       dns=DNSConfig(tuple(sp["dns"]["servers"]), tuple(sp["dns"]["searches"]),
+                                     tuple(sp["dns"]["options"])),
+                       port_mappings=[PortMapping(m["container_port"], m["host_port"], m["protocol"])
+                                      for m in sp["ports"]])
+        res = self.record("attach", pod=p["pod"], netns=p["netns"], node_ns=p["node_ns"],
+                          network=p["network"], runtime="containerd", socket=ctd.socket,
+                          sandbox_id=None, container_id=None, ifname=p["ifname"],
+                          conflist=None, capability_args={}, cni_args="", cni_path=self.cni_path,
+                          result=None, spec=sp)
+        t0 = time.monotonic()
+        cri = ctd.client()
+        try:
+            sid = cri.run_pod_sandbox(spec)
+            with self.lock:
+                cres["containerd"]["sandboxes"] = sorted(set(cres["containerd"]["sandboxes"]) | {sid})
+                self.st.update(res, sandbox_id=sid, container_id=sid)
+            st = cri.pod_sandbox_status(sid, verbose=True)
+        except CRIError as e:
+            raise BuildError(f"pod {p['pod']}: {e}") from None
+        seconds = round(time.monotonic() - t0, 3)
+        if st.state != "SANDBOX_READY" or not st.netns_path or not st.ip:
+            raise BuildError(f"pod {p['pod']}: containerd reports sandbox {sid[:12]} {st.state}, "
+                             f"netns {st.netns_path or '?'}, ip {st.ip or '?'}")
+        cache = read_cri_cni_cache(p["network"], sid, p["ifname"])
+        result = cache.get("result") or {}
+        ips = [a.get("address", "").split("/")[0] for a in result.get("ips", [])]
+        if st.ip not in ips:
+            raise BuildError(f"pod {p['pod']}: CRI reports {st.ip}, the CNI result containerd "
+                             f"cached says {ips or 'nothing'}")
+        self.update(res, sandbox_netns=st.netns_path, cri_ip=st.ip, result=result,
+                    conflist=cache.get("config") or None,
+                    capability_args=cache.get("capabilityArgs") or {}, seconds=seconds)
+        # the pod's resolv.conf as `ip netns exec` shows it (netlab exec, the dns check) is
+        # the one containerd wrote from the CRI DNSConfig (kubelet's ClusterFirst)
+        made = os.path.join(ctd.paths["root"], "io.containerd.grpc.v1.cri", "sandboxes", sid,
+                            "resolv.conf")
+        etc = os.path.join("/etc/netns", p["netns"])
+        if os.path.isdir(etc):
+            shutil.copyfile(made, os.path.join(etc, "resolv.conf"))
+        self.record("netns_alias", name=p["netns"], target=st.netns_path, pod=p["pod"])
+        path = nsutil.path(p["netns"])
+        open(path, "w").close()
+        sh(["mount", "--bind", st.netns_path, path])
+        tx_offload_off(p["netns"], p["ifname"])
+        for itf in result.get("interfaces", []):
+            if not itf.get("sandbox") and itf.get("name") and itf.get("mac"):
+                tx_offload_off(p["node_ns"], itf["name"])
+
     def do_attach(self, s: Step) -> None:
         p = s.params
         rt = runtime_for(self.plan.lab_dir, p["node_ns"], self.cni_path, self.agent_socket)
@@ -475,9 +590,67 @@ class Builder:
                 tx_offload_off(p["node_ns"], itf["name"])
 
 
+def read_cri_cni_cache(network: str, sandbox_id: str, ifname: str) -> dict:
+    """libcni's cache entry for a sandbox containerd attached (its default cache dir):
+    the result the plugins returned, the capability args go-cni sent, the config (decoded)."""
+    import base64
+    from .cri.containerd import CNI_CACHE
+    path = os.path.join(CNI_CACHE, "results", f"{network}-{sandbox_id}-{ifname}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        raise BuildError(f"no libcni cache entry {path} for sandbox {sandbox_id[:12]}: {e}") from None
+    if isinstance(data.get("config"), str):
+        try:
+            data["config"] = json.loads(base64.b64decode(data["config"]))
+        except ValueError:
+            data["config"] = None
+    return data
+
+
+def detach_sandbox(res: dict, st: statemod.State) -> None:
+    """A containerd pod: StopPodSandbox + RemovePodSandbox, so containerd runs the
+    plugins' DEL and removes its namespace. When containerd is gone, netlab runs the
+    same DEL itself (recorded conflist, sandbox ID, capability args); the sandbox's
+    mounts and processes go with the containerd record (netlab.cri.Containerd.stop)."""
+    from .cri import RuntimeClient
+    from .cri.api import CRIError
+    sid = res.get("sandbox_id")
+    if not sid:
+        return          # RunPodSandbox never returned: the containerd record removes leftovers
+    try:
+        with RuntimeClient(res["socket"], timeout=60) as c:
+            if not os.path.exists(res["socket"]):
+                raise CRIError("connect", "UNAVAILABLE", f"no socket {res['socket']}")
+            c.wait_ready(2)
+            c.stop_pod_sandbox(sid)
+            c.remove_pod_sandbox(sid)
+        return
+    except CRIError as e:
+        if e.code == "NOT_FOUND":
+            return      # removed already (down is idempotent)
+        if e.code not in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+            raise
+    if not res.get("conflist"):
+        return
+    from .runtime import Runtime
+    if not nsutil.exists(res["node_ns"]):
+        return
+    netns = res.get("sandbox_netns") or ""
+    rt = Runtime([res.get("cni_path") or st.data.get("cniPath")], cache_dir=os.path.join(st.lab_dir, "cni-cache"),
+                 host_netns=nsutil.path(res["node_ns"]), log_path=os.path.join(st.lab_dir, "cni.log"),
+                 env=plugin_env(st.lab_dir, None))
+    rt.delete(res["conflist"], netns if os.path.exists(netns) else "", sid, res["ifname"],
+              capability_args=res.get("capability_args") or {})
+
+
 def detach(res: dict, st: statemod.State) -> None:
     """DEL an attachment recorded in the state (also when the pod netns is gone)."""
     from .runtime import Runtime
+    if res.get("runtime") == "containerd":
+        detach_sandbox(res, st)
+        return
     if not nsutil.exists(os.path.basename(res["node_ns"]) if "/" in res["node_ns"] else res["node_ns"]):
         return   # the node (and everything the plugins made in it) is already gone
     cni_path = res.get("cni_path") or st.data.get("cniPath") or REFERENCE_CNI

@@ -420,6 +420,20 @@ def lab_status(st: statemod.State) -> dict:
             "pods": pods, "lastCheck": report, "impairments": impairs}
 
 
+def _sandbox_state(res: dict) -> str:
+    """A containerd node's pod: 'ok' when CRI reports its sandbox READY with the
+    recorded address (ADR 0025), else what CRI says."""
+    from .cri import CRIError, RuntimeClient
+    try:
+        with RuntimeClient(res["socket"], timeout=10) as cri:
+            s = cri.pod_sandbox_status(res.get("sandbox_id") or "")
+    except CRIError as e:
+        return f"FAILED: {e}"
+    if s.state != "SANDBOX_READY" or s.ip != res.get("cri_ip"):
+        return f"FAILED: CRI reports sandbox {s.id[:12]} {s.state}, ip {s.ip or '-'} (recorded {res.get('cri_ip')})"
+    return "ok"
+
+
 def cni_check(st: statemod.State) -> dict[str, str]:
     """CNI CHECK of every recorded attachment: 'ok' or the plugin's error."""
     from . import netns as nsutil
@@ -428,6 +442,9 @@ def cni_check(st: statemod.State) -> dict[str, str]:
     sock = st.data.get("agentSocket")
     for pod, res in st.attachments().items():
         if res.get("removed"):
+            continue
+        if res.get("runtime") == "containerd":       # containerd never sends CHECK: ask CRI
+            out[pod] = _sandbox_state(res)
             continue
         try:
             rt = runtime_for(st.lab_dir, res["node_ns"], res.get("cni_path") or st.data.get("cniPath", ""),

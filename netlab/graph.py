@@ -112,8 +112,9 @@ def lab_namespaces(st) -> dict[str, tuple[str, str, str | None]]:
         if r["kind"] not in ("netns", "netns_alias") or r.get("removed"):
             continue
         name = r["name"]
-        if r["kind"] == "netns_alias":
+        if r["kind"] == "netns_alias" and not r.get("target", "").startswith("/"):
             continue    # the same namespace as its target, under another name
+        # (an alias of a path is the only name of a namespace containerd made: ADR 0025)
         rest = name[len(pre) + 1:] if name.startswith(pre + "-") else name
         if rest == "sw":
             out[name] = ("switch", "underlay", None)
@@ -158,7 +159,11 @@ def inventory(st, topo=None) -> Inventory:
         if r.get("removed"):
             continue
         for pm in (r.get("capability_args") or {}).get("portMappings", []):
-            ports.append({"node_ns": r["node_ns"], "pod": r["pod"], **pm})
+            # netlab records the spec's keys, containerd's go-cni sends Go's (HostPort, ...)
+            lower = {k.lower(): v for k, v in pm.items()}
+            ports.append({"node_ns": r["node_ns"], "pod": r["pod"], "hostPort": lower.get("hostport"),
+                          "containerPort": lower.get("containerport"),
+                          "protocol": str(lower.get("protocol") or "tcp").lower()})
     sharing: dict[str, list[str]] = {}
     if topo is not None:
         from .plan import node_ns, pod_ns

@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .topology import Network, Pod, Topology, gateway, node_slice
+from .topology import CRI_CNI_VERSION, Network, Pod, Topology, gateway, node_slice
 
 SWITCH_BRIDGE = "br0"
 POD_HOSTS = "pods.hosts"
@@ -54,6 +54,34 @@ def ext_ns(lab: str) -> str:
 
 def container_id(lab: str, pod: str) -> str:
     return f"netlab-{lab}-{pod}"
+
+
+def containerd_dir(lab_dir: str, node: str) -> str:
+    """A containerd node's root, state, socket and CNI conf dir (short: unix socket paths)."""
+    return os.path.join(lab_dir, f"ctd-{node}")
+
+
+def sandbox_spec(topo: Topology, pod: Pod) -> dict:
+    """What a kubelet would send in RunPodSandbox for this pod (netlab.cri.PodSpec fields):
+    metadata, hostname, DNS config as kubelet's ClusterFirst, host ports, and the
+    bandwidth annotations (rates only: containerd picks the burst)."""
+    d = topo.dns
+    servers = pod.dns.nameservers or ([d.address] if d.enabled and d.address else [])
+    search = pod.dns.search if pod.dns.search is not None else \
+        [f"{pod.namespace}.svc.{d.domain}", f"svc.{d.domain}", d.domain]
+    ann = {}
+    if pod.bandwidth and pod.bandwidth.ingress_rate:
+        ann["kubernetes.io/ingress-bandwidth"] = str(pod.bandwidth.ingress_rate)
+    if pod.bandwidth and pod.bandwidth.egress_rate:
+        ann["kubernetes.io/egress-bandwidth"] = str(pod.bandwidth.egress_rate)
+    return {"name": pod.name, "namespace": pod.namespace, "hostname": pod.name,
+            "uid": f"{topo.name}-{pod.namespace}-{pod.name}",
+            "labels": {"netlab.lab": topo.name, "netlab.pod": pod.name, **pod.labels},
+            "annotations": ann,
+            "dns": {"servers": servers, "searches": search,
+                    "options": [f"ndots:{pod.dns.ndots}"] + list(pod.dns.options)},
+            "ports": [{"container_port": m.container_port, "host_port": m.host_port,
+                       "protocol": m.protocol.upper()} for m in pod.ports]}
 
 
 @dataclass
@@ -340,6 +368,24 @@ def make_plan(topo: Topology, lab_dir: str) -> Plan:
             "resolv.conf": resolv_conf(topo, None), "hosts": hosts_file(n.name, n.address)}}))
         endpoints[n.name] = Endpoint(n.name, nn, n.address, UPLINK, "node")
 
+    # containerd nodes: one private containerd each, with the node's one network (ADR 0025)
+    for n in topo.nodes.values():
+        if n.runtime != "containerd":
+            continue
+        nets = sorted({p.network for p in topo.pods.values() if p.node == n.name and p.network})
+        conf = None
+        if nets:
+            w = topo.networks[nets[0]]
+            conf = render_conflist(topo, w, n.name, lab_dir)
+            if w.conflist is None:
+                conf["cniVersion"] = CRI_CNI_VERSION   # containerd 1.6 reads results up to 1.0.0
+        wd = containerd_dir(lab_dir, n.name)
+        steps.append(Step("containerd", f"containerd in {node_ns(lab, n.name)} (CRI socket "
+                          f"{wd}/containerd.sock" + (f", CNI network {nets[0]})" if nets else ")"),
+                          {"node": n.name, "ns": node_ns(lab, n.name), "workdir": wd,
+                           "network": nets[0] if nets else None, "conflist": conf,
+                           "generated": bool(nets) and topo.networks[nets[0]].conflist is None}))
+
     from .bgp import plan_steps as bgp_steps   # routing: bgp networks: BIRD in every node
     steps += bgp_steps(topo, lab_dir, node_ns)
     from . import dhcp
@@ -379,7 +425,10 @@ def make_plan(topo: Topology, lab_dir: str) -> Plan:
             endpoints[p.name] = Endpoint(p.name, nn, topo.nodes[p.node].address, UPLINK, "pod")
             continue
         pn = pod_ns(lab, p.name)
-        if p.mode == "container":
+        if topo.nodes[p.node].runtime == "containerd":
+            # containerd makes the pod's namespace; the build names it pn (a bind mount)
+            namespaces.append(pn)
+        elif p.mode == "container":
             owner = topo.pod_netns_owner(p.name)
             target = pod_ns(lab, owner) if topo.pods[owner].mode != "host" else node_ns(lab, topo.pods[owner].node)
             namespaces.append(pn)
@@ -392,7 +441,18 @@ def make_plan(topo: Topology, lab_dir: str) -> Plan:
             "resolv.conf": resolv_conf(topo, p), "hosts": hosts_file(p.name, p.ip)}}))
         endpoints[p.name] = Endpoint(p.name, pn, p.ip, p.ifname, "pod")
     for p in order:
-        if p.mode in ("bridge", "overlay"):
+        if p.mode in ("bridge", "overlay") and topo.nodes[p.node].runtime == "containerd":
+            w = topo.networks[p.network]
+            spec = sandbox_spec(topo, p)
+            steps.append(Step("sandbox", f"pod {p.name}: CRI RunPodSandbox on node {p.node}'s "
+                              f"containerd ({w.name})"
+                              + (f", ports {','.join(str(m.host_port) for m in p.ports)}" if p.ports else "")
+                              + (", bandwidth annotations" if spec["annotations"] else ""),
+                              {"pod": p.name, "netns": pod_ns(lab, p.name), "node": p.node,
+                               "node_ns": node_ns(lab, p.node), "network": w.name,
+                               "workdir": containerd_dir(lab_dir, p.node), "spec": spec,
+                               "ifname": "eth0"}))
+        elif p.mode in ("bridge", "overlay"):
             w = topo.networks[p.network]
             conf = render_conflist(topo, w, p.node, lab_dir)
             steps.append(Step("attach", f"pod {p.name}: {p.mode} on {w.name} via node {p.node}"

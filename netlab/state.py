@@ -234,7 +234,23 @@ def teardown(st: State, detach: Detacher, *, log: Callable[[str], None] = lambda
             continue   # attachments done above; the lab directory goes last, below
         kind = res["kind"]
         try:
-            if kind == "process":
+            if kind == "process" and res.get("containerd"):
+                # a containerd node (ADR 0025): leftover sandboxes through CRI, SIGTERM to
+                # exactly its PID, then its tasks, mounts, cgroups and libcni cache entries
+                from .cri.containerd import Containerd
+                rec = dict(res["containerd"], pid=res.get("pid") or 0,
+                           starttime=res.get("starttime"))
+                problems = [p for p in Containerd.from_record(rec).stop()
+                            if not p.startswith(("killed ", "unmounted "))]
+                # a sandbox whose DEL fails (a broken conflist fails DEL as it failed ADD)
+                # left its state in the node namespace and the lab dir, both removed here
+                for p in [p for p in problems if p.startswith("CRI ")]:
+                    log(f"containerd could not remove a sandbox: {p}")
+                    problems.remove(p)
+                if problems:
+                    raise RuntimeError("; ".join(problems))
+                log(f"stopped {res.get('name')} (pid {res.get('pid')})")
+            elif kind == "process":
                 kill_recorded(int(res.get("pid") or 0), res.get("starttime"))
                 log(f"stopped {res.get('name', 'process')} (pid {res.get('pid')})")
             elif kind in ("netns", "netns_alias"):

@@ -24,6 +24,8 @@ CHECK_TYPES = ("reach", "mtu", "dns", "port", "bandwidth", "capture", "service",
 NETWORK_TYPES = ("bridge", "overlay", "routed")   # routed: see netlab/bgp.py
 IPAM_TYPES = ("host-local", "dhcp")
 POD_MODES = ("bridge", "overlay", "host", "none")  # + container:<pod>
+NODE_RUNTIMES = ("netlab", "containerd")           # who makes a node's pods (ADR 0025)
+CRI_CNI_VERSION = "1.0.0"   # highest result version containerd 1.6's libcni reads
 PROTOS = ("icmp", "tcp", "udp")
 RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?)(bit|bps)?\s*$", re.I)
 _MULT = {"": 1, "k": 1_000, "m": 1_000_000, "g": 1_000_000_000}
@@ -54,6 +56,7 @@ class Node:
     address: str
     mtu: int
     impair: dict | None = None   # impairment of the node's uplink (netlab/impair.py)
+    runtime: str = "netlab"      # netlab (libcni-style, netlab/runtime.py) | containerd (CRI)
 
 
 @dataclass
@@ -397,14 +400,17 @@ def _build(ctx: _Ctx, data: Any, path: str, base_dir: str, name_override: str | 
         if not isinstance(nname, str) or _name_check(nname):
             ctx.err(p, _name_check(str(nname)) or "node names must be strings")
             continue
-        o = _Obj(ctx, nspec if nspec is not None else {}, p, ("address", "mtu", "impair"))
+        o = _Obj(ctx, nspec if nspec is not None else {}, p, ("address", "mtu", "impair", "runtime"))
         default_addr = str(hosts[10 + i]) if len(hosts) > 10 + i else None
         addr = o.get("address", str, default_addr, check=_ip4)
         if addr is None:
             ctx.err(p + ("address",), "no default address left in the underlay subnet: give one")
             continue
         claim(addr, p + ("address",))
-        nodes[nname] = Node(nname, i, addr, o.int("mtu", umtu, 576, 9000), _impair(ctx, o, p))
+        runtime = o.get("runtime", str, "netlab", check=lambda v: None if v in NODE_RUNTIMES else
+                        f"must be one of {', '.join(NODE_RUNTIMES)}, got {v!r}")
+        nodes[nname] = Node(nname, i, addr, o.int("mtu", umtu, 576, 9000), _impair(ctx, o, p),
+                            runtime or "netlab")
 
     # networks
     networks: dict[str, Network] = {}
@@ -648,6 +654,8 @@ def _build(ctx: _Ctx, data: Any, path: str, base_dir: str, name_override: str | 
                 ctx.err(("pods", pod.name, "ports", j, "hostPort"), f"{pm.protocol}/{pm.host_port} on node {pod.node} is already taken by pod {seen_ports[key]}")
             seen_ports[key] = pod.name
 
+    _containerd_nodes(ctx, nodes, networks, pods, raw_pods, "scenario" in data)
+
     from .k8s import parse as _parse_k8s      # Services, namespaces, NetworkPolicies
     k8s = _parse_k8s(ctx, data, pods, list(networks.values()), underlay, _Obj)
 
@@ -673,6 +681,74 @@ def _build(ctx: _Ctx, data: Any, path: str, base_dir: str, name_override: str | 
     bgp_cfg = _bgp(ctx, data, nodes, networks)
     return Topology(lab or "", path, underlay, nodes, networks, pods, dns, checks, description, external, k8s,
                     bgp_cfg)
+
+
+def _containerd_nodes(ctx: _Ctx, nodes: dict, networks: dict, pods: dict, raw_pods: dict,
+                      scenario: bool) -> None:
+    """A ``runtime: containerd`` node's pods are CRI sandboxes (netlab/cri, ADR 0025): only
+    what a kubelet can ask containerd for through RunPodSandbox can be built there."""
+    for n in nodes.values():
+        if n.runtime != "containerd":
+            continue
+        mine = [q for q in pods.values() if q.node == n.name]
+        nets: dict[str, list[str]] = {}
+        for q in mine:
+            p = ("pods", q.name)
+            if q.mode not in ("bridge", "overlay"):
+                ctx.err(p + ("mode",), f"node {n.name} runs containerd: its pods are CRI sandboxes "
+                        f"on the node's CNI network (mode bridge or overlay); mode "
+                        f"{'container:' + str(q.container_of) if q.mode == 'container' else q.mode} "
+                        "would need a sandbox with host networking or a container joining one, "
+                        "which netlab does not create through CRI")
+                continue
+            if q.network:
+                nets.setdefault(q.network, []).append(q.name)
+            raw = raw_pods.get(q.name) if isinstance(raw_pods.get(q.name), dict) else {}
+            if q.ip:
+                ctx.err(p + ("ip",), f"node {n.name} runs containerd: CRI has no field for a pod's "
+                        "address (containerd passes no IP= to the plugins); leave ip out, IPAM "
+                        "picks the address")
+            if q.ifname != "eth0":
+                ctx.err(p + ("ifname",), f"node {n.name} runs containerd, which always names the "
+                        "pod's interface eth0")
+            if q.impair:
+                ctx.err(p + ("impair",), f"node {n.name} runs containerd: impairments of pod "
+                        "interfaces are applied by netlab's own runtime only")
+            bw = raw.get("bandwidth") if isinstance(raw.get("bandwidth"), dict) else {}
+            for k in ("ingressBurst", "egressBurst", "burst"):
+                if k in bw:
+                    ctx.err(p + ("bandwidth", k), f"node {n.name} runs containerd: a pod's "
+                            "bandwidth reaches it as the annotations kubernetes.io/ingress-bandwidth "
+                            "and egress-bandwidth, which carry rates only (containerd sets the "
+                            "burst itself)")
+            if q.network in networks and networks[q.network].ipam == "dhcp":
+                ctx.err(p + ("network",), f"node {n.name} runs containerd: network {q.network} "
+                        "leases by DHCP, which netlab runs for its own runtime only")
+        if len(nets) > 1:
+            ctx.err(("nodes", n.name, "runtime"), "containerd's CRI loads one CNI network per node "
+                    "(the first conflist in its conf dir) and gives it to every sandbox: node "
+                    f"{n.name}'s pods are on {len(nets)} networks ("
+                    + "; ".join(f"{w}: {', '.join(ps)}" for w, ps in sorted(nets.items())) + ")")
+        for w in nets:
+            conf = networks[w].conflist if w in networks else None
+            v = conf.get("cniVersion") if isinstance(conf, dict) else None
+            if isinstance(v, str) and _version_above(v, CRI_CNI_VERSION):
+                ctx.err(("networks", w, "conflist" if networks[w].source == "inline" else "file"),
+                        f"cniVersion {v}: node {n.name} runs containerd 1.6, whose CNI library "
+                        f"reads results up to {CRI_CNI_VERSION} (pods there would fail with "
+                        "\"unsupported CNI result version\"); say 1.0.0")
+        if scenario and mine:
+            ctx.err(("nodes", n.name, "runtime"), "scenarios re-run CNI on pods through netlab's "
+                    "own runtime: a lab with a scenario cannot have pods on a containerd node")
+
+
+def _version_above(v: str, limit: str) -> bool:
+    def parts(x: str) -> tuple:
+        try:
+            return tuple(int(i) for i in x.split("."))
+        except ValueError:
+            return ()
+    return parts(v) > parts(limit)
 
 
 def _k8s_check_keys(ctype: str) -> tuple[str, ...]:

@@ -23,6 +23,20 @@ def listening_tcp(pid: int, port: int) -> bool:
         return False
 
 
+def iface_bytes(pid: int, iface: str, column: int = 0) -> int | None:
+    """A ``/proc/<pid>/net/dev`` column of ``iface`` in the namespace ``pid`` lives in:
+    0 received bytes, 8 sent bytes (None when unreadable)."""
+    try:
+        with open(f"/proc/{pid}/net/dev", encoding="ascii") as f:
+            for line in f:
+                name, sep, rest = line.partition(":")
+                if sep and name.strip() == iface:
+                    return int(rest.split()[column])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 @contextlib.contextmanager
 def server(dst, port: int, ready_within: float = 5.0) -> Iterator[subprocess.Popen]:
     """``iperf3 -s -1`` bound to ``dst``'s address, yielded once it listens (or the
@@ -43,13 +57,17 @@ def server(dst, port: int, ready_within: float = 5.0) -> Iterator[subprocess.Pop
             srv.wait()
 
 
-def client(src, dst, port: int, seconds: int, pcap: str, streams: int = 1) -> subprocess.CompletedProcess:
-    """Run the client from ``src`` (JSON output) while ``dst``'s interface is captured to ``pcap``."""
-    argv = ["iperf3", "-c", dst.address, "-p", str(port), "-t", str(seconds), "-J"]
+def client(src, dst, port: int, seconds: int, pcap: str, streams: int = 1,
+           omit: int = 0) -> subprocess.CompletedProcess:
+    """Run the client from ``src`` (JSON output) while ``dst``'s interface is captured to
+    ``pcap``; ``omit`` more seconds run first and are left out of the figures (``-O``)."""
+    argv = ["iperf3", "-c", dst.address, "-p", str(port), "-t", str(seconds + omit), "-J"]
+    if omit:
+        argv += ["-O", str(omit)]
     if streams != 1:
         argv += ["-P", str(streams)]
     proc, _ = captured(dst.ns, dst.iface, f"tcp port {port}", pcap,
-                       lambda: run_in(src.ns, argv, timeout=seconds + 30), count=100)
+                       lambda: run_in(src.ns, argv, timeout=seconds + omit + 30), count=100)
     return proc
 
 
@@ -64,12 +82,12 @@ def received(proc: subprocess.CompletedProcess) -> tuple[dict | None, str]:
         return None, f"iperf3 failed: {(proc.stderr or proc.stdout)[-200:]}"
 
 
-def measure(src, dst, port: int, seconds: int, pcap: str, streams: int = 1,
+def measure(src, dst, port: int, seconds: int, pcap: str, streams: int = 1, omit: int = 0,
             around: Callable[[subprocess.Popen], contextlib.AbstractContextManager] | None = None):
     """Server, client, parse: returns (summary or None, error text, the value ``around`` yielded).
     ``around(server)`` wraps the client run (e.g. a counter sampler on the server's namespace)."""
     with server(dst, port) as srv:
         with (around(srv) if around else contextlib.nullcontext()) as extra:
-            proc = client(src, dst, port, seconds, pcap, streams)
+            proc = client(src, dst, port, seconds, pcap, streams, omit)
     summary, why = received(proc)
     return summary, why, extra

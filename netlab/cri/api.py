@@ -140,6 +140,9 @@ class RuntimeClient:
 
     def __init__(self, socket: str, *, timeout: float = 120.0,
                  default_cgroup_parent: str = "") -> None:
+        # netlab forks after using CRI (subprocess with preexec_fn, to enter namespaces):
+        # grpc's fork handlers then print epoll errors into the children's stderr
+        os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
         import grpc
         self._grpc = grpc
         self.socket = socket

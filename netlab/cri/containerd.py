@@ -28,6 +28,17 @@
 
 The process inherits this process's environment plus ``options.env``: the
 CNI plugins containerd execs inherit it in turn.
+
+Two ways to own it:
+
+- attached (tests, benchmarks): containerd's stderr is a pipe read by a
+  thread of ours; it lives as long as this Python process;
+- ``detached=True`` (netlab labs): stderr goes straight to the log file, so
+  containerd outlives the ``netlab up`` that started it; ``record()`` gives
+  a JSON-able description (PID, start time, paths, what existed before us)
+  and ``Containerd.from_record(rec)`` rebuilds an owner from it, whose
+  ``stop()`` stops exactly that PID (checked by its start time) and cleans
+  up the same way, also when containerd has died meanwhile.
 """
 from __future__ import annotations
 
@@ -65,6 +76,7 @@ class ContainerdOptions:
     cgroup_parent: str = ""             # default: /cnilab-<workdir's basename>
     env: dict[str, str] = field(default_factory=dict)
     start_timeout: float = 60.0
+    detached: bool = False              # stderr to the log file: outlives this process
 
 
 def _toml(value: str) -> str:
@@ -128,9 +140,12 @@ class Containerd:
         self.workdir = w
         self.cgroup_parent = o.cgroup_parent or f"/cnilab-{os.path.basename(w)}"
         self.proc: subprocess.Popen | None = None
+        self._adopted: tuple[int, str | None] | None = None   # (pid, starttime) of from_record
+        self._extra_ids: set[str] = set()                     # sandbox IDs named by a record
         self._clients: list[RuntimeClient] = []
         self._booted = threading.Event()
         self._reader: threading.Thread | None = None
+        self.on_spawn = None     # called with the PID right after containerd is started
         # what existed before us, so teardown removes only what this run made
         self._had_shim_dir = os.path.isdir(SHIM_SOCKET_DIR)
         self._had_run_containerd = os.path.isdir(os.path.dirname(SHIM_SOCKET_DIR))
@@ -152,10 +167,46 @@ class Containerd:
 
     @property
     def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
+        if self.proc is not None:
+            return self.proc.pid
+        return self._adopted[0] if self._adopted else None
 
     def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        if self.proc is not None:
+            return self.proc.poll() is None
+        if self._adopted:
+            pid, start = self._adopted
+            return bool(pid) and _starttime(pid) is not None and _starttime(pid) == start \
+                and _proc_state(pid) not in ("Z", None)
+        return False
+
+    # ---- a record of it, and an owner rebuilt from one ------------------------------------
+    def record(self) -> dict:
+        """What ``from_record`` needs to stop and clean up this containerd later (JSON)."""
+        o = self.options
+        return {"pid": self.pid or 0, "starttime": _starttime(self.pid) if self.pid else None,
+                "netns": o.netns, "workdir": self.workdir, "cniBinDir": o.cni_bin_dir,
+                "cniConfDir": self.conf_dir, "snapshotter": o.snapshotter,
+                "cgroupParent": self.cgroup_parent, "socket": self.socket,
+                "hadShimDir": self._had_shim_dir, "hadRunContainerd": self._had_run_containerd,
+                "hadCniCache": self._had_cni_cache,
+                "sandboxes": sorted(self._sandbox_ids())}
+
+    @classmethod
+    def from_record(cls, rec: dict) -> "Containerd":
+        """An owner of the containerd a ``record()`` describes (running or not)."""
+        c = cls(ContainerdOptions(netns=rec["netns"], workdir=rec["workdir"],
+                                  cni_bin_dir=rec.get("cniBinDir", ""),
+                                  cni_conf_dir=rec.get("cniConfDir", ""),
+                                  snapshotter=rec.get("snapshotter", "overlayfs"),
+                                  cgroup_parent=rec.get("cgroupParent", ""), detached=True))
+        c._adopted = (int(rec.get("pid") or 0), rec.get("starttime"))
+        c._had_shim_dir = bool(rec.get("hadShimDir", True))
+        c._had_run_containerd = bool(rec.get("hadRunContainerd", True))
+        c._had_cni_cache = {d: bool((rec.get("hadCniCache") or {}).get(d, True))
+                            for d in (CNI_CACHE, f"{CNI_CACHE}/results")}
+        c._extra_ids = set(rec.get("sandboxes") or [])
+        return c
 
     # ---- start ------------------------------------------------------------------------------
     def start(self, *, wait_network: bool = True) -> None:
@@ -176,12 +227,26 @@ class Containerd:
             os.unlink(self.socket)          # a stale socket from a killed run: ours
         self._booted.clear()
         env = dict(os.environ, **self.options.env)
-        self.proc = subprocess.Popen(
-            ["nsenter", f"--net={self.netns_path}", "--", shutil.which("containerd"),
-             "--config", self.paths["config"]],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            env=env, start_new_session=True)
-        self._reader = threading.Thread(target=self._read_log, args=(self.proc,), daemon=True)
+        argv = ["nsenter", f"--net={self.netns_path}", "--", shutil.which("containerd"),
+                "--config", self.paths["config"]]
+        if self.options.detached:
+            # nothing of ours may hold its stderr: a pipe would die with us (EPIPE)
+            with open(self.paths["log"], "ab") as log:
+                offset = log.tell()
+                self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                                             stdout=subprocess.DEVNULL, stderr=log, env=env,
+                                             start_new_session=True, close_fds=True)
+            self._adopted = None
+            if self.on_spawn is not None:
+                self.on_spawn(self.proc.pid)
+            self._reader = threading.Thread(target=self._follow_log, args=(self.proc, offset),
+                                            daemon=True)
+        else:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                         env=env, start_new_session=True)
+            self._reader = threading.Thread(target=self._read_log, args=(self.proc,),
+                                            daemon=True)
         self._reader.start()
         deadline = time.monotonic() + self.options.start_timeout
         while not self._booted.wait(0.2):
@@ -201,6 +266,21 @@ class Containerd:
                 log.flush()
                 if BOOTED.encode() in line:
                     self._booted.set()
+
+    def _follow_log(self, proc: subprocess.Popen, offset: int) -> None:
+        """Detached mode: watch the log file (from ``offset``) for the boot line."""
+        delay = 0.01
+        while proc.poll() is None and not self._booted.is_set():
+            try:
+                with open(self.paths["log"], "rb") as f:
+                    f.seek(offset)
+                    if BOOTED.encode() in f.read():
+                        self._booted.set()
+                        return
+            except OSError:
+                pass
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -261,8 +341,10 @@ class Containerd:
     def kill(self) -> None:
         """SIGKILL containerd (the PID we started); its shims and sandboxes live on."""
         if self.running():
-            os.kill(self.proc.pid, signal.SIGKILL)
-        if self.proc is not None:
+            os.kill(self.pid, signal.SIGKILL)
+        if self.proc is None:
+            self._wait_gone(30)
+        else:
             self.proc.wait(timeout=30)
             if self._reader is not None:
                 self._reader.join(timeout=5)
@@ -292,9 +374,12 @@ class Containerd:
                 problems += self.remove_all_sandboxes()
             except CRIError as e:
                 problems.append(f"removing sandboxes: {e}")
-            self.proc.send_signal(signal.SIGTERM)
+            os.kill(self.pid, signal.SIGTERM)
             try:
-                self.proc.wait(timeout=30)
+                if self.proc is not None:
+                    self.proc.wait(timeout=30)
+                elif not self._wait_gone(30):
+                    raise subprocess.TimeoutExpired("containerd", 30)
             except subprocess.TimeoutExpired:
                 problems.append("containerd ignored SIGTERM for 30 s: killed")
                 self.kill()
@@ -309,6 +394,17 @@ class Containerd:
         self._remove_if_ours_and_empty()
         return problems
 
+    def _wait_gone(self, timeout: float) -> bool:
+        """An adopted containerd (not our child): wait until its PID is gone or a zombie."""
+        deadline = time.monotonic() + timeout
+        delay = 0.01
+        while self.running():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+        return True
+
     def _task_dirs(self) -> list[str]:
         base = os.path.join(self.paths["state"], "io.containerd.runtime.v2.task")
         out = []
@@ -317,20 +413,57 @@ class Containerd:
         return out
 
     def _reap_tasks(self) -> list[str]:
-        """Kill the pause process and shim of any task still recorded in our state dir."""
+        """Kill the pause process and the shim of any task still recorded in our state dir.
+
+        containerd 1.6 writes no shim.pid: the shim is the pause process's parent, taken
+        only when its command line names this task's ID and our socket. A shim killed
+        here leaves its socket (named in the task's ``address`` file): removed too."""
         left = []
         for d in self._task_dirs():
-            for pidfile in ("init.pid", "shim.pid"):
-                try:
-                    pid = int(open(os.path.join(d, pidfile)).read().strip())
-                except (OSError, ValueError):
-                    continue
+            tid = os.path.basename(d)
+            pids = []
+            try:
+                init = int(open(os.path.join(d, "init.pid")).read().strip())
+                pids.append(("init.pid", init))
+                shim = _ppid(init)
+                if shim and self._is_our_shim(shim, tid):
+                    pids.append(("shim", shim))
+            except (OSError, ValueError):
+                pass
+            if not any(w == "shim" for w, _ in pids):
+                # the pause process is gone already: the shim is the one process whose
+                # command line names this task's ID and our socket
+                pids += [("shim", pid) for pid in _all_pids() if self._is_our_shim(pid, tid)]
+            try:
+                pids.append(("shim.pid", int(open(os.path.join(d, "shim.pid")).read().strip())))
+            except (OSError, ValueError):
+                pass
+            for what, pid in pids:
                 try:
                     os.kill(pid, signal.SIGKILL)
-                    left.append(f"killed {pidfile} {pid} of {os.path.basename(d)}")
+                    left.append(f"killed {what} {pid} of {tid}")
                 except ProcessLookupError:
                     pass
+            try:
+                addr = open(os.path.join(d, "address")).read().strip()
+            except OSError:
+                addr = ""
+            sock = addr[len("unix://"):] if addr.startswith("unix://") else ""
+            if sock.startswith(SHIM_SOCKET_DIR + "/") and any(w == "shim" for w, _ in pids):
+                try:
+                    os.unlink(sock)
+                except OSError:
+                    pass
         return left
+
+    def _is_our_shim(self, pid: int, task_id: str) -> bool:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().decode(errors="replace").split("\0")
+        except OSError:
+            return False
+        return (os.path.basename(argv[0]).startswith("containerd-shim") and task_id in argv
+                and self.socket in argv)
 
     def _unmount_under_workdir(self) -> list[str]:
         """Lazily unmount whatever is mounted below the workdir (rootfs, shm, netns files)."""
@@ -357,7 +490,7 @@ class Containerd:
                 _rmdir(d)
 
     def _sandbox_ids(self) -> set[str]:
-        ids: set[str] = set()
+        ids: set[str] = set(self._extra_ids)
         for c in self._clients:
             ids |= c.created
         return ids
@@ -387,6 +520,38 @@ class Containerd:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _starttime(pid: int | None) -> str | None:
+    """Field 22 of /proc/PID/stat: tells a PID apart from a later one that reuses it."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            s = f.read()
+    except (OSError, TypeError):
+        return None
+    return s[s.rfind(")") + 2:].split()[19]
+
+
+def _all_pids() -> list[int]:
+    return [int(d) for d in _listdir("/proc") if d.isdigit()]
+
+
+def _ppid(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            s = f.read()
+        return int(s[s.rfind(")") + 2:].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _proc_state(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            s = f.read()
+        return s[s.rfind(")") + 2]
+    except OSError:
+        return None
 
 
 def _listdir(d: str) -> list[str]:
