@@ -12,6 +12,7 @@ A scenario is an ordinary topology plus what is wrong with it::
         - udp-flow: {from: client, to: 10.96.0.10, port: 53, sport: 40053}
         - wait: 1.0
         - replace: {pod: dnsd}
+        - link-down: {node: node1}   # its switch port down (netlab/loadbalancer.py)
       failing:                # the symptom, as checks that must fail ...
         - {check: "client -> web", reason: "fail: .*timed out"}   # ... and why (a regex on 'got')
 

@@ -100,8 +100,9 @@ def run(ctx: Context, check) -> CheckResult:
     details += [f"ARP capture: {pcap}"]
     ok = res.ok and not problems
     speaker_txt = ", ".join(f"{who[m]}" for m in by_mac) or "nobody"
-    observed = (f"{res.observed}; ARP for {addr} answered by {speaker_txt}"
-                + (f" (takeover by gratuitous ARP)" if p.get("takeover") and not problems else ""))
     if problems:
-        observed += "; " + "; ".join(problems)
+        observed = f"{res.observed}; " + "; ".join(problems)
+    else:
+        observed = (f"{res.observed}; ARP for {addr} answered by {speaker_txt}"
+                    + (" (takeover by gratuitous ARP)" if p.get("takeover") else ""))
     return CheckResult(check.name, "service", ok, f"{res.expected}, speaker {expected or 'none'}", observed, pcap, details)
