@@ -41,7 +41,7 @@ from typing import Any, Callable
 
 PORT = 7946                 # MetalLB's memberlist port
 INTERVAL = 0.2              # heartbeat period (seconds)
-DEAD_AFTER = 1.0            # a node not heard for this long is down
+DEAD_AFTER = 1.5           # a node not heard for this long is down (room for a starved process)
 LB_DIR = "lb"               # <lab dir>/lb: config.json, status-<node>.json
 FAILOVER_PCAP = "lb-failover.pcap"
 POOL_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -496,8 +496,11 @@ def trace_notes(st, dst: str) -> list[str]:
                        + (f", since {time.strftime('%H:%M:%S', time.localtime(since))} with gratuitous ARP" if since else "")
                        + f"; {s.get('answered', {}).get(dst, 0)} ARP request(s) answered)")
         if claims != ([sp] if sp else []):
+            views = "; ".join(f"{n} counts as up: {', '.join((read_status(st.lab_dir, n) or {}).get('up', [])) or 'nobody'}"
+                              for n in claims)
             out.append(f"speakers disagree with the election: {', '.join(claims)} announce {dst}, the election "
-                       f"gives {sp or 'nobody'} (a speaker that cannot hear the others elects itself)")
+                       f"over the nodes whose links are up gives {sp or 'nobody'}. {views}: a speaker that hears "
+                       f"no heartbeats (udp/{PORT}) from the others counts them down and elects itself")
     elif sp:
         out.append(f"no speaker announces {dst}, but the election gives {sp}: is the speaker on {sp} running? "
                    f"(netlab status; its log is {os.path.join(lb_dir(st.lab_dir), 'speaker-' + sp + '.log')})")

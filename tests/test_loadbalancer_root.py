@@ -3,8 +3,8 @@
 The scenario lab (topologies/scenarios/lb-speaker-down.yaml) is built with its
 fault: node1, the speaker of 192.168.151.201, loses its underlay link and node2
 takes the address over with gratuitous ARP. Here also: the address comes back to
-node1 when its link does, the check fails when it expects the wrong speaker, and down leaves nothing
-(speakers included). tests/test_debug_scenarios.py runs the scenario's trace.
+node1 when its link does, the check fails when it expects the wrong speaker and when two speakers answer
+(heartbeats blocked: split brain), and down leaves nothing (speakers included). tests/test_debug_scenarios.py runs the scenario's trace.
 """
 from __future__ import annotations
 
@@ -74,6 +74,23 @@ def test_speaker_failover_hand_back_and_teardown(tmp_path):
         res = json.loads(v.stdout)["checks"][0]
         assert v.returncode != 0 and not res["ok"]
         assert f"ARP for {ADDR} answered by node1, but the speaker should be node2 (given)" in res["observed"], res
+        # split brain: node1's heartbeats are dropped (a firewall on MetalLB's memberlist port).
+        # node1 hears nobody and keeps the address; node2 and node3 count node1 down and node2
+        # claims it: two MACs answer ARP, and the check says so
+        rules = ("table ip lbtest {\n chain i { type filter hook input priority 0; udp dport 7946 drop; }\n"
+                 " chain o { type filter hook output priority 0; udp dport 7946 drop; }\n}\n")
+        subprocess.run(["ip", "netns", "exec", f"nl-{name}-n-node1", "nft", "-f", "-"], input=rules, text=True,
+                       check=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (LB.read_status(lab_dir, "node2") or {}).get("announcing") != [ADDR]:
+            time.sleep(0.1)
+        assert (LB.read_status(lab_dir, "node1") or {}).get("announcing") == [ADDR]
+        v = netlab("verify", back, "--lab-dir", lab_dir, "--json")
+        res = json.loads(v.stdout)["checks"][0]
+        assert v.returncode != 0 and not res["ok"]
+        assert f"2 MACs answered ARP for {ADDR} (node1, node2): only the speaker may" in res["observed"], res
+        t = netlab("trace", "ext", ADDR, "--proto", "tcp/80", "--lab-dir", lab_dir)
+        assert f"cause: speakers disagree with the election: node1, node2 announce {ADDR}" in t.stdout, t.stdout
         st = json.load(open(os.path.join(lab_dir, "state.json")))
         speakers = [r for r in st["resources"] if r["kind"] == "process" and r["name"].startswith("lb speaker")]
         assert sorted(r["name"] for r in speakers) == ["lb speaker node1", "lb speaker node2", "lb speaker node3"]

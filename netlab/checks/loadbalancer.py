@@ -77,11 +77,12 @@ def run(ctx: Context, check) -> CheckResult:
     if not by_mac:
         problems.append(f"nobody answered ARP for {addr}")
     elif len(by_mac) > 1:
-        problems.append(f"{len(by_mac)} MACs answered ARP for {addr} ({', '.join(who.values())}): only the speaker may")
+        problems.append(f"{len(by_mac)} MACs answered ARP for {addr} ({', '.join(sorted(who.values()))}): "
+                        "only the speaker may")
     if expected is None:
         problems.append(f"no eligible node is up to announce {addr}")
     elif by_mac and set(by_mac) != {node_mac.get(expected)}:
-        problems.append(f"ARP for {addr} answered by {', '.join(who.values())}, but the speaker should be {expected}"
+        problems.append(f"ARP for {addr} answered by {', '.join(sorted(who.values()))}, but the speaker should be {expected}"
                         + (" (given)" if p.get("speaker") else " (elected)"))
     if p.get("speaker") and elected != p["speaker"]:
         details.append(f"note: the election over the nodes that are up gives {elected}, the check expects {p['speaker']}")
