@@ -291,11 +291,12 @@ def sync(topo, lab: str, lab_dir: str, addresses: dict[str, str], st=None, recor
                        lambda pid, sp=sp: os.path.exists(sp), record=lambda **kw: record("process", **kw),
                        cwd=code_root())
         started.append(n)
-    view = wait_converged(topo, lab_dir, cfg)
+    want, have = wait_converged(topo, lab_dir, cfg)
     for a in cfg["addresses"]:
-        who = view.get(a["address"])
-        progress(f"      loadbalancer: {a['address']} ({a['service']}, pool {a['pool']}) -> speaker "
-                 f"{who or 'none (no eligible node)'}")
+        w, h = want.get(a["address"]), have.get(a["address"], [])
+        who = (w if h == [w] else "none (no eligible node is up)" if not w and not h
+               else f"{', '.join(h) or 'none'} announce it, the election gives {w or 'nobody'} (not converged)")
+        progress(f"      loadbalancer: {a['address']} ({a['service']}, pool {a['pool']}) -> speaker {who}")
     if started:
         progress(f"      loadbalancer: speakers on {', '.join(started)} (ARP in userspace, heartbeats udp/{PORT})")
 
@@ -310,9 +311,10 @@ def speakers(topo, lab_dir: str) -> dict[str, list[str]]:
     return out
 
 
-def wait_converged(topo, lab_dir: str, cfg: dict, timeout: float = 6.0) -> dict[str, str | None]:
+def wait_converged(topo, lab_dir: str, cfg: dict, timeout: float = 8.0) -> tuple[dict, dict]:
     """Until every speaker is ready and each address has exactly the speaker the
-    election gives over the nodes that are up (as the speakers see them)."""
+    election gives over the nodes that are up (as the speakers see them), or the
+    timeout: (address -> elected node, address -> nodes announcing it)."""
     deadline = time.monotonic() + timeout
     want: dict[str, str | None] = {}
     while True:
@@ -321,10 +323,9 @@ def wait_converged(topo, lab_dir: str, cfg: dict, timeout: float = 6.0) -> dict[
         up = sorted(n for n, s in sts.items() if s and n in s.get("up", []))
         want = {a["address"]: elect(a["address"], [n for n in a["eligible"] if n in up]) for a in cfg["addresses"]}
         have = speakers(topo, lab_dir)
-        if ready and all(have.get(a, []) == ([w] if w else []) for a, w in want.items()):
-            return want
-        if time.monotonic() > deadline:
-            return {a: (",".join(have.get(a, [])) or None) for a in want}
+        if (ready and all(have.get(a, []) == ([w] if w else []) for a, w in want.items())) \
+                or time.monotonic() > deadline:
+            return want, have
         time.sleep(0.05)
 
 
