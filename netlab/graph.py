@@ -310,13 +310,22 @@ def read_services(inv: Inventory) -> list[dict]:
             tgt = (verdict.get("goto") or {}).get("target", "")
             nodeports["service-" + tgt[len("external-"):]] = key["concat"][1]
         out = []
+        lbs = {}            # a LoadBalancer address goes to the external chain (netlab/loadbalancer.py)
+        for key, verdict in maps.get("service-ips", []):
+            tgt = (verdict.get("goto") or {}).get("target", "")
+            if tgt.startswith("external-"):
+                lbs["service-" + tgt[len("external-"):]] = key["concat"][0]
         for key, verdict in maps.get("service-ips", []):
             vip, proto, port = key["concat"]
             chain = (verdict.get("goto") or {}).get("target", "")
+            if not chain.startswith("service-"):
+                continue
             name = chain[len("service-"):].rsplit("/", 2)[0]
             out.append({"name": name, "vip": vip, "proto": proto, "port": port, "nodePort": nodeports.get(chain),
-                        "endpoints": dnat.get(chain, [])})
-        for key, _v in maps.get("no-endpoint-services", []):
+                        "loadBalancer": lbs.get(chain), "endpoints": dnat.get(chain, [])})
+        for key, v in maps.get("no-endpoint-services", []):
+            if (v.get("goto") or {}).get("target") != "reject-chain":
+                continue        # a Local LoadBalancer address without an endpoint on this node
             vip, proto, port = key["concat"]
             out.append({"name": f"{vip} (no endpoints)", "vip": vip, "proto": proto, "port": port,
                         "nodePort": None, "endpoints": []})
@@ -327,6 +336,7 @@ def read_services(inv: Inventory) -> list[dict]:
 def _svc_label(s: dict, sep: str) -> str:
     return (f"Service {s['name']}{sep}{s['vip']}:{s['port']}/{s['proto']}"
             + (f"{sep}NodePort {s['nodePort']}" if s.get("nodePort") else "")
+            + (f"{sep}LoadBalancer {s['loadBalancer']}" if s.get("loadBalancer") else "")
             + ("" if s["endpoints"] else f"{sep}no endpoints: rejected"))
 
 

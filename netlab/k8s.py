@@ -17,7 +17,7 @@ from . import policy as polmod
 from . import services as svcmod
 
 CHECK_KEYS = {
-    "service": ("from", "service", "port", "via", "count", "timeout"),
+    "service": ("from", "service", "port", "via", "count", "timeout", "speaker", "takeover"),
     "policy": ("from", "to", "proto", "port", "timeout"),
 }
 SERVICE_EXPECT = ("spread", "affinity", "reject", "fail")
@@ -28,6 +28,7 @@ BRIDGE_NF = "net/bridge/bridge-nf-call-iptables"
 class K8s:
     services: svcmod.ServiceConfig = field(default_factory=svcmod.ServiceConfig)
     policy: polmod.PolicyConfig = field(default_factory=polmod.PolicyConfig)
+    lb: Any = None          # loadbalancer.LBConfig: the loadBalancer pools (netlab/loadbalancer.py)
 
     @property
     def active(self) -> bool:
@@ -65,17 +66,33 @@ def check_params(ctx, c: dict, p: tuple, ctype: str, o, pods: dict, nodes: dict,
             if sp is None:
                 ctx.err(p + ("port",), f"{svc.key} has no port {port!r}")
         via = o.get("via", str, "clusterIP")
-        if via != "clusterIP" and via not in nodes:
-            ctx.err(p + ("via",), f"must be clusterIP or a node name (NodePort), got {via!r}")
-        elif via != "clusterIP" and svc is not None and svc.type != "NodePort":
+        if via not in ("clusterIP", "loadBalancer") and via not in nodes:
+            ctx.err(p + ("via",), f"must be clusterIP, loadBalancer or a node name (NodePort), got {via!r}")
+        elif via == "loadBalancer" and svc is not None and svc.type != "LoadBalancer":
+            ctx.err(p + ("via",), f"{svc.key} is of type {svc.type}: it has no LoadBalancer address")
+        elif via not in ("clusterIP", "loadBalancer") and svc is not None and svc.type not in svcmod.WITH_NODE_PORTS:
             ctx.err(p + ("via",), f"{svc.key} is of type {svc.type}: it has no node port")
         params.update(service=svc.key if svc else ref, port=sp.name if sp else None, via=via,
                       count=o.int("count", None, 1, 200))
+        # via loadBalancer (netlab/checks/loadbalancer.py): which node answers ARP
+        speaker = o.get("speaker", str, None)
+        if speaker is not None and speaker not in nodes:
+            ctx.err(p + ("speaker",), f"unknown node {speaker!r}")
+        takeover = o.get("takeover", bool, False)
+        for k in ("speaker", "takeover"):
+            if o.has(k) and via != "loadBalancer":
+                ctx.err(p + (k,), "only with via: loadBalancer")
+        if via == "loadBalancer" and src is not None and src not in ("ext", "dns") and src in targets:
+            ctx.err(p + ("from",), "a LoadBalancer address is reached over the underlay: from must be ext or dns "
+                    "(a pod or node reaches it through its own node's Services table, without ARP)")
+        params.update(speaker=speaker, takeover=takeover)
         exp = exp if exp is not None else "spread"
         if exp not in SERVICE_EXPECT:
             ctx.err(p + ("expect",), f"must be one of {', '.join(SERVICE_EXPECT)}, got {exp!r}")
         params["expect"] = exp
         name = name or f"service {params['from']} -> {params['service']} via {via}"
+        if exp not in ("spread", "affinity") and via == "loadBalancer" and (speaker or takeover):
+            ctx.err(p + ("expect",), "speaker and takeover are judged on answered connections: expect spread or affinity")
     else:
         dst = o.get("to", str, None, required=True)
         if dst is not None and dst not in pods:
@@ -136,6 +153,9 @@ def sync(topo, lab: str, addresses: dict[str, str], st=None, record=None, progre
         in_thread(ns, lambda: sysctl.write(BRIDGE_NF, "1"))
         svcmod.apply_in(ns, plan_node(topo, n, addresses), f"services/policy tables in {ns}")
     k = topo.k8s
+    if st is not None:          # type LoadBalancer: the speakers (netlab/loadbalancer.py)
+        from . import loadbalancer
+        loadbalancer.sync(topo, lab, st.lab_dir, addresses, st=st, record=record, progress=progress)
     if k.services.services:
         eps = svcmod.endpoints(k.services, topo.pods, addresses)
         progress(f"      services: {len(k.services.services)} Service(s), "

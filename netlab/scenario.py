@@ -12,6 +12,7 @@ A scenario is an ordinary topology plus what is wrong with it::
         - udp-flow: {from: client, to: 10.96.0.10, port: 53, sport: 40053}
         - wait: 1.0
         - replace: {pod: dnsd}
+        - link-down: {node: node1}   # its switch port down (netlab/loadbalancer.py)
       failing:                # the symptom, as checks that must fail ...
         - {check: "client -> web", reason: "fail: .*timed out"}   # ... and why (a regex on 'got')
 
@@ -40,7 +41,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-FAULT_KINDS = ("sysctl", "service", "udp-flow", "replace", "wait")
+FAULT_KINDS = ("sysctl", "service", "udp-flow", "replace", "wait", "link-down")
 SCENARIO_KEYS = ("symptom", "cause", "fix", "faults", "failing")
 SVC_TABLE = "cnilab-svc"
 
@@ -89,7 +90,8 @@ def validate(data: Any, nodes: dict, pods: dict, checks: list[str]) -> list[tupl
             errs.append((p + (kind,), "must be a mapping"))
             continue
         known = {"sysctl": ("in", "key", "value"), "service": ("name", "vip", "port", "proto", "pod", "targetPort"),
-                 "udp-flow": ("from", "to", "port", "sport", "interval"), "replace": ("pod",)}[kind]
+                 "udp-flow": ("from", "to", "port", "sport", "interval"), "replace": ("pod",),
+                 "link-down": ("node",)}[kind]
         for k in spec:
             if k not in known:
                 errs.append((p + (kind, k), f"unknown key (known: {', '.join(known)})"))
@@ -141,6 +143,9 @@ def validate(data: Any, nodes: dict, pods: dict, checks: list[str]) -> list[tupl
             iv = spec.get("interval", 0.2)
             if not isinstance(iv, (int, float)) or isinstance(iv, bool) or not 0.01 <= iv <= 10:
                 errs.append((p + (kind, "interval"), "must be seconds between 0.01 and 10"))
+        elif kind == "link-down":        # netlab/loadbalancer.py: a node cut off the underlay
+            if spec.get("node") is not None and spec["node"] not in nodes:
+                errs.append((p + (kind, "node"), f"unknown node {spec['node']!r}"))
         elif kind == "replace":
             tgt("pod", only_pods=True)
             if spec.get("pod") in pods and pods[spec["pod"]].mode not in ("bridge", "overlay"):
@@ -311,6 +316,12 @@ class Applier:
             ns = node_ns(self.plan.lab, n)
             # a full re-sync, as kube-proxy does: replace our table, never touch conntrack
             _nft_in(ns, f"table ip {SVC_TABLE}\ndelete table ip {SVC_TABLE}\n" + text)
+
+    def f_link_down(self, spec: dict) -> None:
+        """The node's switch port goes down (its uplink loses carrier); a capture on
+        the switch records the LoadBalancer speakers taking over (netlab/loadbalancer.py)."""
+        from .loadbalancer import fault_link_down
+        fault_link_down(self.plan, self.st, spec["node"], self.progress)
 
     def f_udp_flow(self, spec: dict) -> None:
         from . import netns as nsutil

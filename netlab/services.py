@@ -39,7 +39,8 @@ MASQ_MARK = 0x4000
 DEFAULT_CIDR = "10.96.0.0/16"
 AFFINITY_DEFAULT = 10800
 NODEPORT_RANGE = (30000, 32767)
-SERVICE_TYPES = ("ClusterIP", "NodePort")
+SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")   # LoadBalancer: netlab/loadbalancer.py
+WITH_NODE_PORTS = ("NodePort", "LoadBalancer")
 PROTOCOLS = ("tcp", "udp")
 PORT_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$")
 LABEL_KEY_RE = re.compile(r"^([a-z0-9.-]{1,253}/)?[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
@@ -77,6 +78,9 @@ class Service:
     affinity: bool = False
     affinity_timeout: int = AFFINITY_DEFAULT
     external_policy: str = "Cluster"
+    lb_request: str | None = None   # loadBalancerIP as written (netlab/loadbalancer.py checks it)
+    lb_ip: str | None = None        # the LoadBalancer address (given or from a pool)
+    lb_pool: str | None = None
 
     @property
     def key(self) -> str:
@@ -185,11 +189,12 @@ def parse(ctx, data: dict, pods: dict, nets: list, underlay, Obj) -> ServiceConf
     for i, spec in enumerate(raw):
         p = ("services", i)
         o = Obj(ctx, spec, p, ("name", "namespace", "type", "clusterIP", "selector", "ports",
-                               "sessionAffinity", "sessionAffinityTimeout", "externalTrafficPolicy"))
+                               "sessionAffinity", "sessionAffinityTimeout", "externalTrafficPolicy",
+                               "loadBalancerIP"))
         name = o.get("name", str, None, required=True,
                      check=lambda v: None if re.match(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$", v) else f"{v!r} is not a valid Service name")
         ns = o.get("namespace", str, "default", check=lambda v: None if re.match(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", v) else f"{v!r} is not a valid namespace name")
-        stype = o.get("type", str, "ClusterIP", check=lambda v: None if v in SERVICE_TYPES else f"must be ClusterIP or NodePort, got {v!r}")
+        stype = o.get("type", str, "ClusterIP", check=lambda v: None if v in SERVICE_TYPES else f"must be ClusterIP, NodePort or LoadBalancer, got {v!r}")
         cip = o.get("clusterIP", str, None)
         headless = cip == "None"
         if cip is not None and not headless:
@@ -214,8 +219,11 @@ def parse(ctx, data: dict, pods: dict, nets: list, underlay, Obj) -> ServiceConf
         if o.has("sessionAffinityTimeout") and aff != "ClientIP":
             ctx.err(p + ("sessionAffinityTimeout",), "only with sessionAffinity: ClientIP")
         etp = o.get("externalTrafficPolicy", str, "Cluster", check=lambda v: None if v in ("Cluster", "Local") else f"must be Cluster or Local, got {v!r}")
-        if o.has("externalTrafficPolicy") and stype != "NodePort":
-            ctx.err(p + ("externalTrafficPolicy",), "only for type NodePort")
+        if o.has("externalTrafficPolicy") and stype not in WITH_NODE_PORTS:
+            ctx.err(p + ("externalTrafficPolicy",), "only for type NodePort or LoadBalancer")
+        lb_req = o.get("loadBalancerIP", str, None)
+        if lb_req is not None and stype != "LoadBalancer":
+            ctx.err(p + ("loadBalancerIP",), "only for type LoadBalancer")
         ports: list[ServicePort] = []
         raw_ports = o.get("ports", list, [], required=not headless)
         if not raw_ports and not headless and name:
@@ -234,8 +242,8 @@ def parse(ctx, data: dict, pods: dict, nets: list, underlay, Obj) -> ServiceConf
             proto = po.get("protocol", str, "tcp", check=lambda v: None if v.lower() in PROTOCOLS else f"must be TCP or UDP, got {v!r}")
             proto = proto.lower()
             np_ = po.int("nodePort", None, NODEPORT_RANGE[0], NODEPORT_RANGE[1])
-            if np_ is not None and stype != "NodePort":
-                ctx.err(pp + ("nodePort",), "only a Service of type NodePort has node ports")
+            if np_ is not None and stype not in WITH_NODE_PORTS:
+                ctx.err(pp + ("nodePort",), "only a Service of type NodePort or LoadBalancer has node ports")
             if len(raw_ports) > 1 and not pname:
                 ctx.err(pp + ("name",), "is required when a Service has more than one port")
             if pname in pnames:
@@ -244,7 +252,7 @@ def parse(ctx, data: dict, pods: dict, nets: list, underlay, Obj) -> ServiceConf
             if port:
                 sp = ServicePort(pname, port, tp if tp is not None else port, proto, np_)
                 ports.append(sp)
-                if stype == "NodePort":
+                if stype in WITH_NODE_PORTS:
                     if np_ is not None:
                         if (proto, np_) in taken_np:
                             ctx.err(pp + ("nodePort",), f"{proto}/{np_} is already the node port of {taken_np[(proto, np_)]}")
@@ -262,7 +270,8 @@ def parse(ctx, data: dict, pods: dict, nets: list, underlay, Obj) -> ServiceConf
             ctx.err(p + ("name",), f"Service {ns}/{name} is defined twice")
         keys.add(f"{ns}/{name}")
         svc = Service(name, ns, i, stype or "ClusterIP", headless, selector, ports,
-                      None if headless else cip, aff == "ClientIP", tmo or AFFINITY_DEFAULT, etp or "Cluster")
+                      None if headless else cip, aff == "ClientIP", tmo or AFFINITY_DEFAULT, etp or "Cluster",
+                      lb_req if stype == "LoadBalancer" else None)
         if not headless and svc.cluster_ip is None:
             pending_ip.append(svc)
         cfg.services.append(svc)
@@ -428,6 +437,7 @@ def plan_table(cfg: ServiceConfig, node: str, eps: dict[tuple[str, str], list[En
     cmds.append({"add": {"map": _t(name="no-endpoint-nodeports", type=["inet_proto", "inet_service"], map="verdict")}})
     cmds.append({"add": {"set": _t(name="service-ports", type=["ipv4_addr", "inet_proto", "inet_service"])}})
     cmds.append({"add": {"set": _t(name="cluster-ips", type="ipv4_addr")}})
+    cmds.append({"add": {"set": _t(name="load-balancer-ips", type="ipv4_addr")}})
     # base chains
     chain("nat-prerouting", type="nat", hook="prerouting", prio=-100, policy="accept")
     chain("nat-output", type="nat", hook="output", prio=-100, policy="accept")
@@ -450,13 +460,16 @@ def plan_table(cfg: ServiceConfig, node: str, eps: dict[tuple[str, str], list[En
     cmds.append(_rule("masquerading", [nft_match({"&": [MARK, MASQ_MARK]}, 0), {"return": None}]))
     cmds.append(_rule("masquerading", [{"mangle": {"key": MARK, "value": {"^": [MARK, MASQ_MARK]}}},
                                        {"counter": None}, {"masquerade": {"flags": ["fully-random"]}}],
-                      "masquerade (hairpin, NodePort)"))
+                      "masquerade (hairpin, NodePort, LoadBalancer)"))
     cmds.append(_rule("endpoints-check", [{"vmap": {"key": DADDR_PROTO_PORT, "data": "@no-endpoint-services"}}]))
     cmds.append(_rule("endpoints-check", [FIB_LOCAL, {"vmap": {"key": PROTO_PORT, "data": "@no-endpoint-nodeports"}}]))
     cmds.append(_rule("cluster-ips-check", [nft_match(DADDR_PROTO_PORT, "@service-ports"), {"return": None}]))
     cmds.append(_rule("cluster-ips-check", [nft_match(nft_payload("ip", "daddr"), "@cluster-ips"), {"counter": None},
                                             {"reject": {"type": "icmp", "expr": "port-unreachable"}}],
                       "a cluster IP on a port it does not serve"))
+    cmds.append(_rule("cluster-ips-check", [nft_match(nft_payload("ip", "daddr"), "@load-balancer-ips"), {"counter": None},
+                                            {"reject": {"type": "icmp", "expr": "port-unreachable"}}],
+                      "a LoadBalancer IP on a port it does not serve"))
     cmds.append(_rule("cluster-ips-check", [nft_match(nft_payload("ip", "daddr"), {"prefix": {"addr": str(cfg.cidr.network_address),
                                                                                     "len": cfg.cidr.prefixlen}}),
                                             {"counter": None}, {"drop": None}],
@@ -475,15 +488,24 @@ def plan_table(cfg: ServiceConfig, node: str, eps: dict[tuple[str, str], list[En
         if svc.headless or not svc.cluster_ip:
             continue
         cmds.append({"add": {"element": _t(name="cluster-ips", elem=[svc.cluster_ip])}})
+        if svc.type == "LoadBalancer" and svc.lb_ip:
+            cmds.append({"add": {"element": _t(name="load-balancer-ips", elem=[svc.lb_ip])}})
         for sp in svc.ports:
             vip_key = {"concat": [svc.cluster_ip, sp.protocol, sp.port]}
             cmds.append({"add": {"element": _t(name="service-ports", elem=[vip_key])}})
             all_eps = eps.get((svc.key, sp.name), [])
-            np_key = {"concat": [sp.protocol, sp.node_port]} if svc.type == "NodePort" and sp.node_port else None
+            np_key = {"concat": [sp.protocol, sp.node_port]} if svc.type in WITH_NODE_PORTS and sp.node_port else None
+            # a LoadBalancer address: in every node, like kube-proxy (only the node whose
+            # speaker answers ARP for it gets its traffic: netlab/loadbalancer.py)
+            lb_key = {"concat": [svc.lb_ip, sp.protocol, sp.port]} if svc.type == "LoadBalancer" and svc.lb_ip else None
+            if lb_key:
+                cmds.append({"add": {"element": _t(name="service-ports", elem=[lb_key])}})
             if not all_eps:
                 element("no-endpoint-services", vip_key, _goto("reject-chain"))
                 if np_key:
                     element("no-endpoint-nodeports", np_key, _goto("reject-chain"))
+                if lb_key:
+                    element("no-endpoint-services", lb_key, _goto("reject-chain"))
                 continue
             sc = svc_chain(svc, sp)
             chain(sc)
@@ -508,20 +530,28 @@ def plan_table(cfg: ServiceConfig, node: str, eps: dict[tuple[str, str], list[En
                                       f"ClientIP affinity -> {ep.pod}"))
             cmds.append(_rule(sc, [_pick(epcs)], f"{svc.key}:{sp.name or sp.port}: {len(epcs)} endpoint(s)"))
             element("service-ips", vip_key, _goto(sc))
-            if np_key:
+            if np_key or lb_key:
                 xc = ext_chain(svc, sp)
+                entry = f"{svc.key} " + " / ".join(x for x in (f"NodePort {sp.node_port}" if np_key else "",
+                                                              f"LoadBalancer {svc.lb_ip}:{sp.port}" if lb_key else "") if x)
                 if svc.external_policy == "Local":
                     local = [ec for ep, ec in zip(all_eps, epcs) if ep.node == node]
                     if not local:
-                        element("no-endpoint-nodeports", np_key, _goto("no-local-endpoints"))
+                        if np_key:
+                            element("no-endpoint-nodeports", np_key, _goto("no-local-endpoints"))
+                        if lb_key:
+                            element("no-endpoint-services", lb_key, _goto("no-local-endpoints"))
                         continue
                     chain(xc)
-                    cmds.append(_rule(xc, [_pick(local)], f"{svc.key} NodePort {sp.node_port} (Local): {len(local)} local endpoint(s)"))
+                    cmds.append(_rule(xc, [_pick(local)], f"{entry} (Local): {len(local)} local endpoint(s)"))
                 else:
                     chain(xc)
                     cmds.append(_rule(xc, [{"jump": {"target": "mark-for-masquerade"}}]))
-                    cmds.append(_rule(xc, [_goto(sc)], f"{svc.key} NodePort {sp.node_port} (Cluster)"))
-                element("service-nodeports", np_key, _goto(xc))
+                    cmds.append(_rule(xc, [_goto(sc)], f"{entry} (Cluster)"))
+                if np_key:
+                    element("service-nodeports", np_key, _goto(xc))
+                if lb_key:
+                    element("service-ips", lb_key, _goto(xc))
     return cmds
 
 

@@ -324,7 +324,7 @@ def _dns_name(v: str) -> str | None:
 
 TOP_KEYS = ("name", "description", "underlay", "nodes", "networks", "pods", "dns", "checks", "external",
             "scenario", "bgp",
-            "serviceCIDR", "services", "namespaces", "networkPolicies", "proxyMode")   # netlab/k8s.py   # scenario: broken-on-purpose labs, validated by netlab/scenario.py
+            "serviceCIDR", "services", "namespaces", "networkPolicies", "proxyMode", "loadBalancer")   # netlab/k8s.py   # scenario: broken-on-purpose labs, validated by netlab/scenario.py
 
 
 def load(path: str, *, name: str | None = None) -> Topology:
@@ -658,6 +658,8 @@ def _build(ctx: _Ctx, data: Any, path: str, base_dir: str, name_override: str | 
 
     from .k8s import parse as _parse_k8s      # Services, namespaces, NetworkPolicies
     k8s = _parse_k8s(ctx, data, pods, list(networks.values()), underlay, _Obj)
+    from .loadbalancer import parse as _parse_lb    # type LoadBalancer: addresses from loadBalancer.pools
+    k8s.lb = _parse_lb(ctx, data, k8s, underlay, used_addrs, _Obj)
 
     # checks
     checks: list[Check] = []

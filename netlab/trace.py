@@ -623,6 +623,10 @@ class Tracer:
         k8s = k8s_notes(self.nft_lines, self.label)     # Services / NetworkPolicy: drops first
         res.causes[:0] = [c for c in k8s if not c.startswith("note: ")]
         res.causes += [c for c in k8s if c.startswith("note: ")]
+        from .loadbalancer import trace_notes      # a LoadBalancer address: its speaker and why
+        lb = trace_notes(self.st, self.dst)
+        res.causes[:0] = [c for c in lb if not c.startswith("note: ")]
+        res.causes += [c for c in lb if c.startswith("note: ")]
         return res
 
     def _drop_monitor(self):

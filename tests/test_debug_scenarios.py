@@ -65,6 +65,11 @@ TRACES = {
                                ["cause: no route to 10.249.2.0/24 on node node2 (not learned via BGP)",
                                 "every BGP session of node node2 is Established, so node node3",
                                 "show route export peer_node1"]),
+    # LoadBalancer failover (netlab/loadbalancer.py, ADR 0026): the trace names the new speaker and why
+    "lb-speaker-down.yaml": ("ext", "192.168.151.201", ["--proto", "tcp/80"],
+                             ["note:  192.168.151.201 is the LoadBalancer address of default/web-lb (pool default); "
+                              "its speaker is node2", "down: node1 (uplink eth0 is down",
+                              "Service DNAT in node node2: default/web-lb:http"]),
     "lossy-underlay.yaml": ("client", "server", ["--size", "1400"],
                             ["verdict: lost after node node2 eth0 (received)",
                              "kernel: drop reason NETFILTER_DROP in nft_do_chain",

@@ -45,7 +45,14 @@ def test_the_docs_have_transcripts():
 
 def _evidence_names(topo) -> set[str]:
     ctx = SimpleNamespace(evidence_dir="")
-    return {os.path.basename(Context.pcap(ctx, c)) for c in topo.checks}
+    names = {os.path.basename(Context.pcap(ctx, c)) for c in topo.checks}
+    names |= {os.path.basename(Context.pcap(ctx, c, "-arp")) for c in topo.checks
+              if c.type == "service" and c.params.get("via") == "loadBalancer"}
+    from netlab import loadbalancer, scenario
+    sc = scenario.load(topo.path)
+    if sc and any(kind == "link-down" for kind, _ in sc.faults):     # the takeover capture of the fault
+        names.add(loadbalancer.FAILOVER_PCAP)
+    return names
 
 
 @pytest.mark.parametrize("block", BLOCKS, ids=lambda b: f"{os.path.basename(b.path)}:{b.commands[0][:40]}")

@@ -15,9 +15,10 @@ RUNNERS = {}
 
 def _runners():
     if not RUNNERS:
-        from . import bandwidth, bgp, capture, dns, mtu, policy, port, reach, service, throughput
+        from . import bandwidth, bgp, capture, dns, loadbalancer, mtu, policy, port, reach, service, throughput
         RUNNERS.update(reach=reach.run, mtu=mtu.run, dns=dns.run, port=port.run,
-                       bandwidth=bandwidth.run, capture=capture.run, service=service.run, policy=policy.run,
+                       bandwidth=bandwidth.run, capture=capture.run, service=loadbalancer.service_or_lb,
+                       policy=policy.run,
                        bgp=bgp.run, throughput=throughput.run)
     return RUNNERS
 

@@ -50,6 +50,9 @@ def run(ctx: Context, check) -> CheckResult:
     src = ctx.target(p["from"])
     if p["via"] == "clusterIP":
         host, port, how = svc.cluster_ip, sp.port, f"ClusterIP {svc.cluster_ip}:{sp.port}/{proto}"
+    elif p["via"] == "loadBalancer":      # the ARP side is judged by netlab/checks/loadbalancer.py
+        host, port = svc.lb_ip, sp.port
+        how = f"LoadBalancer {svc.lb_ip}:{sp.port}/{proto} (externalTrafficPolicy {svc.external_policy})"
     else:
         host, port = topo.nodes[p["via"]].address, sp.node_port
         how = f"node {p['via']} {host}:{sp.node_port}/{proto} (NodePort, externalTrafficPolicy {svc.external_policy})"
