@@ -348,7 +348,7 @@ class Builder:
         procs = [r for r in self.st.find("process") if r.get("name") == "dnsmasq"]
         from .k8s import dns_records as service_records
         addrs = attach_addresses(self.st)
-        recs = late_records(self.plan.topology, addrs) + service_records(self.plan.topology, addrs)
+        recs = late_records(self.plan.topology, attach_addresses_all(self.st)) + service_records(self.plan.topology, addrs)
         if not procs or not recs:
             return
         hosts = os.path.join(self.plan.lab_dir, POD_HOSTS)
@@ -383,10 +383,14 @@ class Builder:
         p = s.params
         lines = [f"link add {p['name']} type bridge",
                  f"link set {p['name']} mtu {p['mtu']}", f"link set {p['name']} up"]
+        v6 = ":" in (p.get("address") or "")
         if p.get("address"):
-            lines.insert(2, f"addr add {p['address']} dev {p['name']}")
+            lines.insert(2, f"addr add {p['address']} dev {p['name']}" + (" nodad" if v6 else ""))
+        if not v6:
+            ipn_batch(p["ns"], lines[:1])
+            in_ns(p["ns"], ["sysctl", "-qw", f"net.ipv6.conf.{p['name']}.disable_ipv6=1"], check=False)
+            lines = lines[1:]
         ipn_batch(p["ns"], lines)
-        in_ns(p["ns"], ["sysctl", "-qw", f"net.ipv6.conf.{p['name']}.disable_ipv6=1"], check=False)
 
     def do_uplink(self, s: Step) -> None:
         p = s.params
@@ -395,7 +399,9 @@ class Builder:
         ipn(sw, "link", "add", port, "mtu", str(p["switch_mtu"]), "type", "veth", "peer", "name", ifn,
             "mtu", str(p["mtu"]), "netns", ns)
         ipn_batch(sw, [f"link set {port} master {p['bridge']}", f"link set {port} up"])
-        ipn_batch(ns, [f"addr add {p['address']} dev {ifn}", f"link set {ifn} up"])
+        # IPv6 addresses netlab assigns are its own and unique: nodad, usable at once
+        ipn_batch(ns, [f"addr add {a} dev {ifn}" + (" nodad" if ":" in a else "")
+                       for a in p.get("addresses") or [p["address"]]] + [f"link set {ifn} up"])
         tx_offload_off(sw, port)
         tx_offload_off(ns, ifn)
 
@@ -491,12 +497,20 @@ def detach(res: dict, st: statemod.State) -> None:
 
 
 def attach_addresses(st: statemod.State) -> dict[str, str]:
-    """pod -> IPv4 address from the recorded ADD results."""
+    """pod -> its primary address from the recorded ADD results: IPv4 when it has
+    one, else IPv6 (an IPv6-only pod)."""
     out = {}
+    for pod, addrs in attach_addresses_all(st).items():
+        out[pod] = next((a for a in addrs if ":" not in a), addrs[0])
+    return out
+
+
+def attach_addresses_all(st: statemod.State) -> dict[str, list[str]]:
+    """pod -> every address of its ADD result (IPv4 first), for A and AAAA records."""
+    out: dict[str, list[str]] = {}
     for pod, res in st.attachments().items():
-        for ip in (res.get("result") or {}).get("ips", []):
-            addr = ip.get("address", "")
-            if ":" not in addr and addr:
-                out[pod] = addr.split("/")[0]
-                break
+        addrs = [ip.get("address", "").split("/")[0] for ip in (res.get("result") or {}).get("ips", [])]
+        addrs = [a for a in addrs if a]
+        if addrs:
+            out[pod] = sorted(addrs, key=lambda a: ":" in a)
     return out
