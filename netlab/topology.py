@@ -994,7 +994,7 @@ def _check(ctx: _Ctx, c: Any, p: tuple, j: int, nodes: dict, pods: dict, dns: DN
     per = {
         "reach": ("from", "to", "proto", "port", "count", "timeout", "listen", "size", "family"),
         "mtu": ("from", "to", "min", "max", "timeout", "family"),
-        "dns": ("pod", "query", "timeout"),
+        "dns": ("pod", "query", "timeout", "lookup"),
         "port": ("from", "pod", "hostPort", "proto", "timeout", "family"),
         "bandwidth": ("from", "to", "rate", "tolerance", "seconds"),
         "capture": ("at", "filter", "run", "in", "timeout", "count"),
@@ -1067,13 +1067,35 @@ def _check(ctx: _Ctx, c: Any, p: tuple, j: int, nodes: dict, pods: dict, dns: DN
         params["pod"] = podref("pod")
         params["query"] = o.get("query", str, None, required=True, check=_dns_name)
         params["timeout"] = o.int("timeout", 5, 1, 30)
-        eo = _Obj(ctx, exp, p + ("expect",), ("queries", "count", "answer"))
+        params["lookup"] = o.get("lookup", str, "ahostsv4", check=lambda v: None if v in ("ahostsv4", "ahostsv6", "ahosts")
+                                 else f"must be ahostsv4 (A only), ahostsv6 (AAAA only) or ahosts (both), got {v!r}")
+        eo = _Obj(ctx, exp, p + ("expect",), ("queries", "count", "answer", "sequence", "sending", "unanswered"))
         qs = eo.get("queries", list, None)
+
+        def typed(key):
+            v = eo.get(key, list, None)
+            if v is None:
+                return None
+            out = []
+            for j, x in enumerate(v):
+                parts = str(x).split()
+                if len(parts) != 2 or parts[0] not in ("A", "AAAA"):
+                    ctx.err(p + ("expect", key, j), f"must be 'A NAME' or 'AAAA NAME', got {x!r}")
+                    continue
+                out.append(f"{parts[0]} {parts[1].rstrip('.')}")
+            return out
         params["expect"] = {"queries": [str(q).rstrip(".") for q in qs] if qs is not None else None,
                             "count": eo.int("count", None, 0, 50),
-                            "answer": eo.get("answer", str, None, check=lambda v: None if v == "none" else _ip4(v))}
-        if qs is None and params["expect"]["count"] is None and params["expect"]["answer"] is None:
-            ctx.err(p + ("expect",), "give at least one of queries, count, answer")
+                            "answer": eo.get("answer", str, None, check=lambda v: None if v == "none" else _ip(v)),
+                            "sequence": typed("sequence"),
+                            "sending": eo.get("sending", str, None, check=lambda v: None if v in (
+                                "parallel", "single-request", "single-request-reopen") else
+                                f"must be parallel, single-request or single-request-reopen, got {v!r}"),
+                            "unanswered": typed("unanswered")}
+        if params["expect"]["sending"] and params["lookup"] != "ahosts":
+            ctx.err(p + ("expect", "sending"), "only lookup: ahosts sends A and AAAA queries")
+        if all(v is None for v in params["expect"].values()):
+            ctx.err(p + ("expect",), "give at least one of queries, count, answer, sequence, sending, unanswered")
         if params["pod"] in pods and not dns.enabled and not pods[params["pod"]].dns.nameservers:
             ctx.err(p + ("pod",), "the lab has no DNS server (dns.enabled is false)")
         name = name or f"dns {params['pod']} {params['query']}"

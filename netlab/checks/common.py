@@ -99,7 +99,7 @@ class Context:
                 addrs = list(self.topo.nodes[owner.node].addresses)
             else:
                 addr = self.addresses.get(owner.name, owner.ip)
-                addrs = list(self.addresses_all.get(owner.name) or owner.ips)
+                addrs = list(getattr(self, "addresses_all", {}).get(owner.name) or owner.ips)
                 if addr and addr in addrs:      # primary first
                     addrs = [addr] + [a for a in addrs if a != addr]
             iface = owner.ifname if owner.mode in ("bridge", "overlay") else ("lo" if owner.mode == "none" else "eth0")
