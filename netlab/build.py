@@ -323,8 +323,29 @@ class Builder:
                 attach = attach[1:]
             self._parallel([[s] for s in attach], self.do_attach, counter)
             self.timings["attach"] = time.monotonic() - t0
+            self.settle_ipv6()
         self.sync_k8s()
         self.publish_late_records()
+
+    def settle_ipv6(self) -> None:
+        """IPv6 addresses the plugins assigned may still be tentative (DAD: ~1-2 s;
+        the reference bridge adds its gateway that way): until they are not, the
+        kernel answers no neighbour solicitation for them and pods cannot reach
+        their gateway. Wait on the kernel state, namespace by namespace; a failed
+        DAD (a duplicate) is a build error naming the address."""
+        topo = self.plan.topology
+        if not any(n.version == 6 for w in topo.networks.values() for n in w.subnets):
+            return
+        from .plan import node_ns, pod_ns
+        names = [node_ns(self.plan.lab, n) for n in topo.nodes]
+        names += [pod_ns(self.plan.lab, p.name) for p in topo.pods.values() if p.mode in ("bridge", "overlay")]
+        left = wait_not_tentative(names, timeout=10.0)
+        bad = [f"{ns}: {a}" for ns, addrs in left.items() for a in addrs if "dadfailed" in a]
+        if bad:
+            raise BuildError("IPv6 duplicate address detection failed: " + "; ".join(bad))
+        if left:
+            self.progress("      IPv6 addresses still tentative after 10 s: "
+                          + "; ".join(f"{ns}: {', '.join(a)}" for ns, a in left.items()))
 
     def _hold_for_a_signal(self) -> None:
         """``NETLAB_TEST_PAUSE=attach``: hold the build half-way (namespaces,
@@ -479,6 +500,34 @@ class Builder:
             if not itf.get("sandbox") and itf.get("name") and itf.get("mac"):
                 # host-side veths have a MAC and no sandbox; bridges are fine too
                 tx_offload_off(p["node_ns"], itf["name"])
+
+
+def tentative_addresses(ns: str) -> list[str]:
+    """IPv6 addresses of ``ns`` that are tentative or failed DAD ("ADDR dev [dadfailed]")."""
+    out = []
+    for line in ipn(ns, "-6", "-o", "addr", "show", "tentative").splitlines():
+        f = line.split()
+        if len(f) >= 4:
+            out.append(f"{f[3]} {f[1]}" + (" dadfailed" if "dadfailed" in f else ""))
+    return out
+
+
+def wait_not_tentative(namespaces: list[str], timeout: float = 10.0) -> dict[str, list[str]]:
+    """Poll until no namespace has a tentative IPv6 address; returns what is left
+    ({} once settled). A dadfailed address never settles: returned at once."""
+    deadline = time.monotonic() + timeout
+    pending = list(namespaces)
+    left: dict[str, list[str]] = {}
+    while True:
+        left = {}
+        for ns in pending:
+            addrs = tentative_addresses(ns)
+            if addrs:
+                left[ns] = addrs
+        if not left or time.monotonic() > deadline or any("dadfailed" in a for v in left.values() for a in v):
+            return left
+        pending = list(left)
+        time.sleep(0.05)
 
 
 def detach(res: dict, st: statemod.State) -> None:
