@@ -1053,7 +1053,7 @@ def _check(ctx: _Ctx, c: Any, p: tuple, j: int, nodes: dict, pods: dict, dns: DN
     elif ctype == "mtu":
         params["from"] = podref("from")
         params["to"] = target("to")
-        params["min"] = o.int("min", 1280 if params.get("family") == 6 else 1200, 68, 9000)
+        params["min"] = o.int("min", None, 68, 9000)      # default: 1200, or 1280 (the IPv6 minimum) over IPv6
         if params.get("family") == 6 and params["min"] is not None and params["min"] < 1280:
             ctx.err(p + ("min",), "IPv6 links have an MTU of at least 1280: min below it probes nothing")
         params["max"] = o.int("max", 1500, 68, 9000)

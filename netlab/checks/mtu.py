@@ -39,6 +39,7 @@ def run(ctx: Context, check) -> CheckResult:
                                f"{dst.name} has no IPv{p['family']} address")
     v6 = ":" in (dst.address or "")
     hdr = 48 if v6 else 28          # IP + ICMP echo headers: ping -s is the payload
+    p = dict(p, min=p["min"] or (1280 if v6 else 1200))
     local = iface_mtu(src.ns, src.iface) or p["max"]
     hi_limit = min(p["max"], local)
     pcap = ctx.pcap(check)
@@ -106,11 +107,12 @@ class MtuEvidence:
         self.big_left = big_left            # sizes of unanswered DF requests above ``found`` seen leaving
         self.big_answered = big_answered    # sizes above ``found`` that were answered (contradiction)
         self.frag_needed = frag_needed      # next-hop MTUs of ICMP frag-needed seen coming in
+        self.signal = "fragmentation-needed"   # what the PMTU signal is called (IPv6: Packet Too Big)
 
     def summary(self, iface: str) -> str:
         return (f"capture on {iface}: a probe of the found size {'answered' if self.answered else 'NOT seen answered'}; "
                 f"{len(self.big_left)} larger DF probe(s) left, {len(self.big_answered)} answered; "
-                f"{len(self.frag_needed)} fragmentation-needed received")
+                f"{len(self.frag_needed)} {self.signal} received")
 
 
 def mtu_evidence(seen: list[tuple[object, str]], dst: str, found: int) -> MtuEvidence:
@@ -160,4 +162,6 @@ def mtu_evidence6(seen: list[tuple[object, str]], dst: str, found: int) -> MtuEv
     answered = any(n == found and k in replied for k, (n, _) in sent.items())
     big_left = [n for k, (n, _) in sent.items() if n > found and k not in replied]
     big_answered = [n for k, (n, _) in sent.items() if n > found and k in replied]
-    return MtuEvidence(answered, big_left, big_answered, ptb)
+    ev = MtuEvidence(answered, big_left, big_answered, ptb)
+    ev.signal = "Packet Too Big"
+    return ev
