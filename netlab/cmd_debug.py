@@ -44,7 +44,9 @@ def register(sub) -> None:
                        "at once; print where it was seen, how it changed (NAT, VXLAN, TTL), where it "
                        "disappeared and why.")
     p.add_argument("src", metavar="FROM", help="pod, node, 'ext' or 'dns'")
-    p.add_argument("dst", metavar="TO", help="pod, node, 'ext', 'dns' or an IPv4 address")
+    p.add_argument("dst", metavar="TO", help="pod, node, 'ext', 'dns' or an IPv4 or IPv6 address")
+    p.add_argument("--family", type=int, choices=(4, 6),
+                   help="probe over IPv4 or IPv6 (default: the destination's primary family)")
     p.add_argument("--proto", default="icmp", help="icmp, tcp/PORT or udp/PORT (default icmp)")
     p.add_argument("--size", type=int, help="IP packet size in bytes (default 84, like ping)")
     p.add_argument("--df", action="store_true", help="set Don't Fragment")
@@ -285,7 +287,7 @@ def cmd_trace(args) -> int:
     try:
         r = trace(st, args.src, args.dst, proto=args.proto, size=args.size, df=args.df, wait=args.wait,
                   pcap_dir=pcap_dir, nftrace=not args.no_nftrace, sport=args.sport,
-                  drop_reasons=not args.no_drop_reasons)
+                  drop_reasons=not args.no_drop_reasons, family=args.family)
     except TraceError as e:
         _err(str(e))
         return EXIT_USAGE

@@ -278,3 +278,70 @@ def test_one_proof_of_parallel_sending_decides():
     reopen = [_q("A", "w.", 5, 502, 2.0), _a("A", "w.", 5, 502, 2.001), _q("AAAA", "w.", 6, 503, 2.002),
               _a("AAAA", "w.", 6, 503, 2.003)]
     assert sending_of(wire_queries(raced + reopen)).startswith("mixed")
+
+
+# --------------------------------------------------------------------------- trace and scenario faults
+
+def test_trace_decodes_icmpv6_and_neighbour_discovery():
+    from scapy.layers.inet import TCP
+    from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6ND_NA, ICMPv6ND_NS, IPerror6
+    from netlab import trace
+    pr = trace.Probe("icmp", "fd00:1::7", None, 104, False, b"NLTRACE-00000000")
+    assert pr.v6 and len(pr.payload()) == 104 - 48 and pr.describe().startswith("ICMPv6 echo request")
+    echo = Ether() / IPv6(src="fd00:1::5", dst="fd00:1::7", hlim=63) / ICMPv6EchoRequest(id=9, seq=1) / b"NLTRACE-x"
+    d = trace._decode(bytes(echo))
+    assert d["ip"]["icmp"]["type"] == 8 and d["ip"]["ttl"] == 63 and d["ip"]["len"] == len(bytes(echo)) - 14
+    assert trace._l4(d["ip"]) == "fd00:1::5 > fd00:1::7 ICMPv6 echo request"
+    ptb = Ether() / IPv6(src="fd00:1::1", dst="fd00:1::5") / ICMPv6PacketTooBig(mtu=1400) / IPerror6(
+        src="fd00:1::5", dst="fd00:1::7") / UDP(sport=40000, dport=53)
+    p = trace._decode(bytes(ptb))["ip"]
+    assert p["icmp"]["type"] == 3 and p["icmp"]["code"] == 4 and p["icmp"]["mtu"] == 1400   # as ICMP frag-needed
+    assert trace._l4(p) == "fd00:1::1 > fd00:1::5 ICMPv6 Packet Too Big (mtu 1400)"
+    assert trace._l4(p["quoted"]) == "fd00:1::5:40000 > fd00:1::7:53 UDP"
+    un = Ether() / IPv6(src="fd00:1::7", dst="fd00:1::5") / ICMPv6DestUnreach(code=4) / IPerror6(src="fd00:1::5", dst="fd00:1::7")
+    assert trace._l4(trace._decode(bytes(un))["ip"]).endswith("ICMPv6 destination unreachable (port unreachable)")
+    ns = trace._decode(bytes(Ether(src="aa:bb:cc:00:00:01") / IPv6(src="fd00:1::1", dst="ff02::1:ff00:7")
+                             / ICMPv6ND_NS(tgt="fd00:1::7")))
+    na = trace._decode(bytes(Ether() / IPv6(src="fd00:1::7", dst="fd00:1::1") / ICMPv6ND_NA(tgt="fd00:1::7")))
+    assert ns["arp"] == {"op": "request", "psrc": "fd00:1::1", "pdst": "fd00:1::7", "hwsrc": "aa:bb:cc:00:00:01", "nd": True}
+    assert na["arp"]["op"] == "reply" and na["arp"]["psrc"] == "fd00:1::7"
+    syn = Ether() / IPv6(src="fd00:1::5", dst="fd00:1::7") / TCP(sport=1, dport=8080)
+    assert trace._tcp_dport(bytes(syn)) == 8080
+    vx = Ether() / IPv6(src="fd00:7::b", dst="fd00:7::c") / UDP(sport=5, dport=4789) / VXLAN(vni=9) / Ether() / IPv6(
+        src="fd00:2::2", dst="fd00:2::10") / ICMPv6EchoReply()
+    dv = trace._decode(bytes(vx))
+    assert dv["vxlan"]["vni"] == 9 and dv["inner"]["icmp"]["type"] == 0 and dv["ip"]["dst"] == "fd00:7::c"
+
+
+def test_new_fault_kinds_validate():
+    from netlab import scenario
+    base = DUAL + "checks: [{type: reach, from: a, to: b, name: ab}]\n"
+    ok = base + """scenario:
+  symptom: s
+  cause: c
+  fix: f
+  faults:
+    - filter: {in: n1, hook: output, rule: "icmpv6 type packet-too-big drop"}
+    - drop-dns: {in: n2, qtype: AAAA, name: b.default.svc.cluster.local}
+    - route-del: {in: c, dst: default, family: 6}
+    - address: {in: c, dev: eth0, address: "fd00:1:0:1::99/64", dad: false, again: false}
+  failing: [{check: ab}]
+"""
+    T.loads(ok)
+    bad = base + """scenario:
+  faults:
+    - filter: {in: nowhere, hook: prerouting, rule: "drop; flush ruleset"}
+    - drop-dns: {in: n2, qtype: MX}
+    - route-del: {in: c, dst: default, family: 5}
+    - address: {in: c, dev: eth0, address: "not-an-address"}
+"""
+    errs = "\n".join(errors_of(bad))
+    for want in ("faults[0].filter.in: unknown target 'nowhere'", "faults[0].filter.hook: must be one of input",
+                 "faults[0].filter.rule: must be one nftables rule", "faults[1].drop-dns.qtype: must be A or AAAA",
+                 "faults[1].drop-dns.name: is required", "faults[2].route-del.family: must be 4 or 6",
+                 "faults[3].address.address: 'not-an-address' is not an ADDRESS/PREFIX"):
+        assert want in errs, (want, errs)
+    # the QTYPE of a query for w.default.svc.cluster.local sits after UDP (8), DNS (12) and the name (29)
+    assert scenario.dns_qtype_offset("w.default.svc.cluster.local.") == 8 * (8 + 12 + 29)
+    hook, rule = scenario.fault_rule_text("drop-dns", {"qtype": "AAAA", "name": "w.default.svc.cluster.local"})
+    assert hook == "forward" and rule.startswith(f"udp dport 53 @th,{8 * 49},16 28 counter drop")
