@@ -128,8 +128,12 @@ def frame_line(ts: float, frame: bytes, iface: str, direction: str, verbose: boo
         return head + f"{len(frame)} bytes (undecoded)"
     if "arp" in d:
         a = d["arp"]
-        body = (f"ARP who-has {a['pdst']} tell {a['psrc']}" if a["op"] == "request"
-                else f"ARP reply {a['psrc']} is-at {a['hwsrc']}")
+        if a.get("nd"):          # IPv6 neighbour discovery
+            body = (f"ICMPv6 neighbour solicitation who-has {a['pdst']} tell {a['psrc']}" if a["op"] == "request"
+                    else f"ICMPv6 neighbour advertisement {a['psrc']} is-at {a['hwsrc']}")
+        else:
+            body = (f"ARP who-has {a['pdst']} tell {a['psrc']}" if a["op"] == "request"
+                    else f"ARP reply {a['psrc']} is-at {a['hwsrc']}")
     elif "ip" in d:
         ip = d["ip"]
         if "vxlan" in d and "inner" in d:
@@ -143,7 +147,8 @@ def frame_line(ts: float, frame: bytes, iface: str, direction: str, verbose: boo
             inner = p[VXLAN].payload.summary() if p.haslayer(VXLAN) else "?"
             body = f"VXLAN vni {d['vxlan']['vni']} {ip['src']} > {ip['dst']} ttl {ip['ttl']} | {inner}"
         else:
-            body = f"{_l4(ip)} ttl {ip['ttl']} len {ip['len']}" + (" DF" if ip["df"] else "")
+            body = (f"{_l4(ip)} hlim {ip['ttl']} len {ip['len']}" if ip.get("v6") else
+                    f"{_l4(ip)} ttl {ip['ttl']} len {ip['len']}" + (" DF" if ip["df"] else ""))
             if ip.get("quoted"):
                 body += f" [about {_l4(ip['quoted'])}]"
         extra = _dns_text(frame)
@@ -160,7 +165,7 @@ def frame_line(ts: float, frame: bytes, iface: str, direction: str, verbose: boo
 
 
 def _dns_text(frame: bytes) -> str:
-    if b"\x00\x35" not in frame[34:38] + frame[36:38]:
+    if b"\x00\x35" not in frame[34:38] + frame[36:38] + frame[54:58]:      # UDP port 53 (IPv4, IPv6)
         return ""
     try:
         from scapy.layers.dns import DNS

@@ -345,3 +345,16 @@ def test_new_fault_kinds_validate():
     assert scenario.dns_qtype_offset("w.default.svc.cluster.local.") == 8 * (8 + 12 + 29)
     hook, rule = scenario.fault_rule_text("drop-dns", {"qtype": "AAAA", "name": "w.default.svc.cluster.local"})
     assert hook == "forward" and rule.startswith(f"udp dport 53 @th,{8 * 49},16 28 counter drop")
+
+
+def test_capture_lines_for_ipv6():
+    from netlab.cmd_debug import frame_line
+    from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6ND_NS
+    ns = bytes(Ether() / IPv6(src="fd00:1::1", dst="ff02::1:ff00:7") / ICMPv6ND_NS(tgt="fd00:1::7"))
+    na = bytes(Ether(src="aa:bb:cc:00:00:07") / IPv6(src="fd00:1::7", dst="fd00:1::1") / ICMPv6ND_NA(tgt="fd00:1::7"))
+    assert "ICMPv6 neighbour solicitation who-has fd00:1::7 tell fd00:1::1" in frame_line(0, ns, "eth0", "out")
+    assert "ICMPv6 neighbour advertisement fd00:1::7 is-at aa:bb:cc:00:00:07" in frame_line(0, na, "eth0", "in")
+    q = bytes(Ether() / IPv6(src="fd00:1::5", dst="fd00:1::2", hlim=64) / UDP(sport=4000, dport=53)
+              / DNS(id=1, rd=1, qd=DNSQR(qname="web.", qtype="AAAA")))
+    line = frame_line(0, q, "eth0", "out")
+    assert "fd00:1::5:4000 > fd00:1::2:53 UDP hlim 64" in line and "DNS Qry" in line and " DF" not in line
