@@ -192,7 +192,7 @@ def _label(l: Link) -> str:
         s += f"\\nVXLAN VNI {l.vni}\\nlocal {l.vtep}:{l.vxlan_port}"
     elif l.kind in ("bridge", "ifb"):
         s += f"\\n{l.kind}"
-    s += "".join(f"\\n{a}" for a in l.addrs)
+    s += "".join(f"\\n{a}" + (f" ({' '.join(l.addr_flags[a])})" if a in l.addr_flags else "") for a in l.addrs)
     s += f"\\nmtu {l.mtu}"
     if l.hairpin is not None and l.kind == "veth" and not l.ns.endswith("-sw"):
         s += "\\nhairpin " + ("on" if l.hairpin else "off")

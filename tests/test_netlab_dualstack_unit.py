@@ -358,3 +358,10 @@ def test_capture_lines_for_ipv6():
               / DNS(id=1, rd=1, qd=DNSQR(qname="web.", qtype="AAAA")))
     line = frame_line(0, q, "eth0", "out")
     assert "fd00:1::5:4000 > fd00:1::2:53 UDP hlim 64" in line and "DNS Qry" in line and " DF" not in line
+
+
+def test_graph_labels_show_the_dad_state_of_ipv6_addresses():
+    from netlab.graph import Link, _label
+    l = Link("ns", "eth0", 2, "veth", 1500, addrs=["10.0.0.5/24", "fd00::5/64"],
+             addr_flags={"fd00::5/64": ["tentative", "dadfailed"]})
+    assert "\\nfd00::5/64 (tentative dadfailed)" in _label(l) and "\\n10.0.0.5/24\\n" in _label(l)

@@ -166,7 +166,7 @@ def run(ctx: Context, check) -> CheckResult:
         details = [f"{i + 1}. +{q['t'] - t0:.3f}s {q['type']} {q['name']} from port {q['sport']} -> "
                    + (f"{q['rcode']} at +{q['answered'] - t0:.3f}s" if q["answered"] is not None else "no answer")
                    for i, q in enumerate(wire)]
-        if how:
+        if how and e.get("sending") is not None:
             details.append(f"A and AAAA sent: {how}" + (f" (judged on {1 + len(extra_at)} lookups: "
                            + ", ".join(sending_of(all_wire[i:i + 2]) or "?" for i in range(0, len(all_wire) - 1, 2))
                            + ")" if extra_at else ""))
