@@ -404,14 +404,12 @@ class Builder:
         p = s.params
         lines = [f"link add {p['name']} type bridge",
                  f"link set {p['name']} mtu {p['mtu']}", f"link set {p['name']} up"]
-        v6 = ":" in (p.get("address") or "")
+        v6 = ":" in (p.get("address") or "")      # an IPv6 switchAddress: IPv6 stays on, no DAD
         if p.get("address"):
             lines.insert(2, f"addr add {p['address']} dev {p['name']}" + (" nodad" if v6 else ""))
-        if not v6:
-            ipn_batch(p["ns"], lines[:1])
-            in_ns(p["ns"], ["sysctl", "-qw", f"net.ipv6.conf.{p['name']}.disable_ipv6=1"], check=False)
-            lines = lines[1:]
         ipn_batch(p["ns"], lines)
+        if not v6:
+            in_ns(p["ns"], ["sysctl", "-qw", f"net.ipv6.conf.{p['name']}.disable_ipv6=1"], check=False)
 
     def do_uplink(self, s: Step) -> None:
         p = s.params
