@@ -1140,10 +1140,11 @@ class Tracer:
             return
         r = route_get(ns, cur_dst, src=top["src"], iif=in_if)
         fwd_key = "net/ipv6/conf/all/forwarding" if top.get("v6") else "net/ipv4/ip_forward"
+        fwd_name = "IPv6 forwarding" if top.get("v6") else "ip_forward"
         fwd_on = _sysctl(ns, fwd_key)
         if "error" in r:
             if fwd_on == "0":
-                causes.append(f"forwarding is off in {self.label(ns)} ({fwd_key.replace('/', '.')} = 0): it is not a router, "
+                causes.append(f"{fwd_name} is off in {self.label(ns)} ({fwd_key.replace('/', '.')} = 0): it is not a router, "
                               f"packets for other hosts are dropped (`ip route get {cur_dst} from {top['src']} iif {in_if}`: {r['error']})")
             else:
                 causes.append(f"no route: {self.label(ns)} cannot forward to {cur_dst} "
@@ -1156,7 +1157,7 @@ class Tracer:
         nh = r.get("gateway") or cur_dst
         out_link = inv.link(ns, out_dev)
         if fwd_on == "0":
-            causes.append(f"forwarding is off in {self.label(ns)} ({fwd_key.replace('/', '.')} = 0): the route exists "
+            causes.append(f"{fwd_name} is off in {self.label(ns)} ({fwd_key.replace('/', '.')} = 0): the route exists "
                           f"(via {nh} dev {out_dev}) but the namespace does not forward")
             res.evidence += self._counter_lines(ns, deltas)
             return
