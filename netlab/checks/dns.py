@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 
-from .common import CheckResult, Context, captured, run_in
+from .common import CheckResult, Context, run_in
 
 
 RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
@@ -53,7 +53,7 @@ def parse_dns(pkts, dedupe: bool = False) -> tuple[list[str], dict[str, str]]:
     return queries, answers
 
 
-SENDING_LOOKUPS = 3
+SENDING_LOOKUPS = 10     # at most, with ``sending``: stops once a parallel send is proven
 QTYPES = {1: "A", 28: "AAAA", 5: "CNAME", 33: "SRV", 12: "PTR"}
 SENDING = ("parallel", "single-request", "single-request-reopen")
 
@@ -118,6 +118,17 @@ def sending_of(qs: list[dict]) -> str | None:
     return kinds.pop() if len(kinds) == 1 else "mixed (" + ", ".join(sorted(kinds)) + ")"
 
 
+def _runs(items: list[str]) -> list[tuple[str, int]]:
+    """['a', 'a', 'b'] -> [('a', 2), ('b', 1)]"""
+    out: list[tuple[str, int]] = []
+    for x in items:
+        if out and out[-1][0] == x:
+            out[-1] = (x, out[-1][1] + 1)
+        else:
+            out.append((x, 1))
+    return out
+
+
 def run(ctx: Context, check) -> CheckResult:
     p = check.params
     pod = ctx.target(p["pod"])
@@ -127,15 +138,33 @@ def run(ctx: Context, check) -> CheckResult:
     e = p["expect"]
     extra_at: list[float] = []
 
-    def lookups():
-        first = run_in(pod.ns, ["getent", lookup, p["query"]], timeout=p["timeout"] + 5, etc=True)
+    from ..capture import Capture
+    cap = Capture(pod.ns, "" if iface == "any" else iface, "udp port 53", pcap=pcap)
+
+    def proven() -> bool:
+        """A parallel send seen (see sending_of): more lookups cannot change the verdict."""
+        from scapy.layers.l2 import Ether
+        import scapy.layers.dns  # noqa: F401
+        pk = []
+        for ts, fr in list(cap.frames):
+            x = Ether(fr)
+            x.time = ts
+            pk.append(x)
+        return sending_of(wire_queries(pk, dedupe=iface == "any")) == "parallel"
+
+    cap.start()
+    try:
+        proc = run_in(pod.ns, ["getent", lookup, p["query"]], timeout=p["timeout"] + 5, etc=True)
         if e.get("sending") is not None:     # more pairs to judge the sending on (see sending_of)
             for _ in range(SENDING_LOOKUPS - 1):
                 time.sleep(0.05)
+                if proven():
+                    break
                 extra_at.append(time.time())
                 run_in(pod.ns, ["getent", lookup, p["query"]], timeout=p["timeout"] + 5, etc=True)
-        return first
-    proc, pkts = captured(pod.ns, iface, "udp port 53", pcap, lookups)
+    finally:
+        cap.stop(settle=0.1)
+    pkts = cap.packets()
     all_wire = wire_queries(pkts, dedupe=iface == "any")
     if extra_at:          # the first lookup is the one whose queries and answer are judged
         pkts = [x for x in pkts if float(x.time) < extra_at[0]]
@@ -167,9 +196,9 @@ def run(ctx: Context, check) -> CheckResult:
                    + (f"{q['rcode']} at +{q['answered'] - t0:.3f}s" if q["answered"] is not None else "no answer")
                    for i, q in enumerate(wire)]
         if how and e.get("sending") is not None:
-            details.append(f"A and AAAA sent: {how}" + (f" (judged on {1 + len(extra_at)} lookups: "
-                           + ", ".join(sending_of(all_wire[i:i + 2]) or "?" for i in range(0, len(all_wire) - 1, 2))
-                           + ")" if extra_at else ""))
+            seen = [sending_of(all_wire[i:i + 2]) or "?" for i in range(0, len(all_wire) - 1, 2)]
+            details.append(f"A and AAAA sent: {how}" + (f" (judged on {1 + len(extra_at)} lookups, in order: "
+                           + ", ".join(f"{k} x{n}" if n > 1 else k for k, n in _runs(seen)) + ")" if extra_at else ""))
     else:
         details = [f"{i + 1}. {q} -> {answers.get(q, 'no answer')}" for i, q in enumerate(queries)]
     return CheckResult(check.name, "dns", not problems, exp,
