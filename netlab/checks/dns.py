@@ -53,7 +53,7 @@ def parse_dns(pkts, dedupe: bool = False) -> tuple[list[str], dict[str, str]]:
     return queries, answers
 
 
-SENDING_LOOKUPS = 10     # at most, with ``sending``: stops once a parallel send is proven
+SENDING_LOOKUPS = 20     # at most, with ``sending``: stops once a parallel send is proven
 QTYPES = {1: "A", 28: "AAAA", 5: "CNAME", 33: "SRV", 12: "PTR"}
 SENDING = ("parallel", "single-request", "single-request-reopen")
 
