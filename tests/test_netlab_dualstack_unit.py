@@ -365,3 +365,12 @@ def test_graph_labels_show_the_dad_state_of_ipv6_addresses():
     l = Link("ns", "eth0", 2, "veth", 1500, addrs=["10.0.0.5/24", "fd00::5/64"],
              addr_flags={"fd00::5/64": ["tentative", "dadfailed"]})
     assert "\\nfd00::5/64 (tentative dadfailed)" in _label(l) and "\\n10.0.0.5/24\\n" in _label(l)
+
+
+def test_capture_check_matches_ipv6_fields_as_addresses():
+    from netlab.checks.capture import _matches
+    pkt = Ether(bytes(Ether() / IPv6(src="fd00:1::5", dst="fd00:1::7", hlim=60) / ICMPv6EchoRequest()))
+    assert _matches(pkt, "IPv6", {"dst": "fd00:1:0:0::7", "hlim": 60})
+    assert _matches(pkt, None, {"IPv6.src": "fd00:1::5", "ICMPv6EchoRequest.type": 128})
+    assert not _matches(pkt, "IPv6", {"dst": "fd00:1::8"})
+    assert not _matches(pkt, "IP", {})
