@@ -499,15 +499,6 @@ def _build(ctx: _Ctx, data: Any, path: str, base_dir: str, name_override: str | 
         elif a == un.network_address or (un.version == 4 and a == un.broadcast_address):
             ctx.err(where, f"address {addr} is the network or broadcast address of {un}")
 
-    class _Hosts:
-        """hosts[k] of the primary underlay subnet, without listing them."""
-        def __len__(self) -> int:
-            return min(usub.num_addresses - 2, 1 << 16)
-
-        def __getitem__(self, k: int) -> str:
-            return nth_host(usub, k)
-    hosts = _Hosts()
-
     # nodes
     nodes: dict[str, Node] = {}
     raw_nodes = data.get("nodes")
