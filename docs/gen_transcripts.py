@@ -40,7 +40,7 @@ import sys
 from dataclasses import dataclass, field
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DOCS = ("docs/netlab/tutorial.md", "docs/debugging.md")
+DOCS = ("docs/netlab/tutorial.md", "docs/debugging.md", "docs/netlab/ipv6.md")
 BLOCK_RE = re.compile(r"<!-- transcript(?P<attrs>[^>]*?)-->\n```[a-z]*\n(?P<body>.*?)```\n<!-- /transcript -->",
                       re.S)
 MAX_OUTPUT_LINES = 400

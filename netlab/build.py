@@ -340,8 +340,29 @@ class Builder:
                 attach = attach[1:]
             self._parallel([[s] for s in attach], self._attach_or_sandbox, counter)
             self.timings["attach"] = time.monotonic() - t0
+            self.settle_ipv6()
         self.sync_k8s()
         self.publish_late_records()
+
+    def settle_ipv6(self) -> None:
+        """IPv6 addresses the plugins assigned may still be tentative (DAD: ~1-2 s;
+        the reference bridge adds its gateway that way): until they are not, the
+        kernel answers no neighbour solicitation for them and pods cannot reach
+        their gateway. Wait on the kernel state, namespace by namespace; a failed
+        DAD (a duplicate) is a build error naming the address."""
+        topo = self.plan.topology
+        if not any(n.version == 6 for w in topo.networks.values() for n in w.subnets):
+            return
+        from .plan import node_ns, pod_ns
+        names = [node_ns(self.plan.lab, n) for n in topo.nodes]
+        names += [pod_ns(self.plan.lab, p.name) for p in topo.pods.values() if p.mode in ("bridge", "overlay")]
+        left = wait_not_tentative(names, timeout=10.0)
+        bad = [f"{ns}: {a}" for ns, addrs in left.items() for a in addrs if "dadfailed" in a]
+        if bad:
+            raise BuildError("IPv6 duplicate address detection failed: " + "; ".join(bad))
+        if left:
+            self.progress("      IPv6 addresses still tentative after 10 s: "
+                          + "; ".join(f"{ns}: {', '.join(a)}" for ns, a in left.items()))
 
     def _hold_for_a_signal(self) -> None:
         """``NETLAB_TEST_PAUSE=attach``: hold the build half-way (namespaces,
@@ -365,7 +386,7 @@ class Builder:
         procs = [r for r in self.st.find("process") if r.get("name") == "dnsmasq"]
         from .k8s import dns_records as service_records
         addrs = attach_addresses(self.st)
-        recs = late_records(self.plan.topology, addrs) + service_records(self.plan.topology, addrs)
+        recs = late_records(self.plan.topology, attach_addresses_all(self.st)) + service_records(self.plan.topology, addrs)
         if not procs or not recs:
             return
         hosts = os.path.join(self.plan.lab_dir, POD_HOSTS)
@@ -400,10 +421,12 @@ class Builder:
         p = s.params
         lines = [f"link add {p['name']} type bridge",
                  f"link set {p['name']} mtu {p['mtu']}", f"link set {p['name']} up"]
+        v6 = ":" in (p.get("address") or "")      # an IPv6 switchAddress: IPv6 stays on, no DAD
         if p.get("address"):
-            lines.insert(2, f"addr add {p['address']} dev {p['name']}")
+            lines.insert(2, f"addr add {p['address']} dev {p['name']}" + (" nodad" if v6 else ""))
         ipn_batch(p["ns"], lines)
-        in_ns(p["ns"], ["sysctl", "-qw", f"net.ipv6.conf.{p['name']}.disable_ipv6=1"], check=False)
+        if not v6:
+            in_ns(p["ns"], ["sysctl", "-qw", f"net.ipv6.conf.{p['name']}.disable_ipv6=1"], check=False)
 
     def do_uplink(self, s: Step) -> None:
         p = s.params
@@ -412,7 +435,9 @@ class Builder:
         ipn(sw, "link", "add", port, "mtu", str(p["switch_mtu"]), "type", "veth", "peer", "name", ifn,
             "mtu", str(p["mtu"]), "netns", ns)
         ipn_batch(sw, [f"link set {port} master {p['bridge']}", f"link set {port} up"])
-        ipn_batch(ns, [f"addr add {p['address']} dev {ifn}", f"link set {ifn} up"])
+        # IPv6 addresses netlab assigns are its own and unique: nodad, usable at once
+        ipn_batch(ns, [f"addr add {a} dev {ifn}" + (" nodad" if ":" in a else "")
+                       for a in p.get("addresses") or [p["address"]]] + [f"link set {ifn} up"])
         tx_offload_off(sw, port)
         tx_offload_off(ns, ifn)
 
@@ -643,6 +668,32 @@ def detach_sandbox(res: dict, st: statemod.State) -> None:
                  env=plugin_env(st.lab_dir, None))
     rt.delete(res["conflist"], netns if os.path.exists(netns) else "", sid, res["ifname"],
               capability_args=res.get("capability_args") or {})
+def tentative_addresses(ns: str) -> list[str]:
+    """IPv6 addresses of ``ns`` that are tentative or failed DAD ("ADDR dev [dadfailed]")."""
+    out = []
+    for line in ipn(ns, "-6", "-o", "addr", "show", "tentative").splitlines():
+        f = line.split()
+        if len(f) >= 4:
+            out.append(f"{f[3]} {f[1]}" + (" dadfailed" if "dadfailed" in f else ""))
+    return out
+
+
+def wait_not_tentative(namespaces: list[str], timeout: float = 10.0) -> dict[str, list[str]]:
+    """Poll until no namespace has a tentative IPv6 address; returns what is left
+    ({} once settled). A dadfailed address never settles: returned at once."""
+    deadline = time.monotonic() + timeout
+    pending = list(namespaces)
+    left: dict[str, list[str]] = {}
+    while True:
+        left = {}
+        for ns in pending:
+            addrs = tentative_addresses(ns)
+            if addrs:
+                left[ns] = addrs
+        if not left or time.monotonic() > deadline or any("dadfailed" in a for v in left.values() for a in v):
+            return left
+        pending = list(left)
+        time.sleep(0.05)
 
 
 def detach(res: dict, st: statemod.State) -> None:
@@ -664,12 +715,20 @@ def detach(res: dict, st: statemod.State) -> None:
 
 
 def attach_addresses(st: statemod.State) -> dict[str, str]:
-    """pod -> IPv4 address from the recorded ADD results."""
+    """pod -> its primary address from the recorded ADD results: IPv4 when it has
+    one, else IPv6 (an IPv6-only pod)."""
     out = {}
+    for pod, addrs in attach_addresses_all(st).items():
+        out[pod] = next((a for a in addrs if ":" not in a), addrs[0])
+    return out
+
+
+def attach_addresses_all(st: statemod.State) -> dict[str, list[str]]:
+    """pod -> every address of its ADD result (IPv4 first), for A and AAAA records."""
+    out: dict[str, list[str]] = {}
     for pod, res in st.attachments().items():
-        for ip in (res.get("result") or {}).get("ips", []):
-            addr = ip.get("address", "")
-            if ":" not in addr and addr:
-                out[pod] = addr.split("/")[0]
-                break
+        addrs = [ip.get("address", "").split("/")[0] for ip in (res.get("result") or {}).get("ips", [])]
+        addrs = [a for a in addrs if a]
+        if addrs:
+            out[pod] = sorted(addrs, key=lambda a: ":" in a)
     return out

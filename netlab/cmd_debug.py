@@ -44,7 +44,9 @@ def register(sub) -> None:
                        "at once; print where it was seen, how it changed (NAT, VXLAN, TTL), where it "
                        "disappeared and why.")
     p.add_argument("src", metavar="FROM", help="pod, node, 'ext' or 'dns'")
-    p.add_argument("dst", metavar="TO", help="pod, node, 'ext', 'dns' or an IPv4 address")
+    p.add_argument("dst", metavar="TO", help="pod, node, 'ext', 'dns' or an IPv4 or IPv6 address")
+    p.add_argument("--family", type=int, choices=(4, 6),
+                   help="probe over IPv4 or IPv6 (default: the destination's primary family)")
     p.add_argument("--proto", default="icmp", help="icmp, tcp/PORT or udp/PORT (default icmp)")
     p.add_argument("--size", type=int, help="IP packet size in bytes (default 84, like ping)")
     p.add_argument("--df", action="store_true", help="set Don't Fragment")
@@ -126,8 +128,12 @@ def frame_line(ts: float, frame: bytes, iface: str, direction: str, verbose: boo
         return head + f"{len(frame)} bytes (undecoded)"
     if "arp" in d:
         a = d["arp"]
-        body = (f"ARP who-has {a['pdst']} tell {a['psrc']}" if a["op"] == "request"
-                else f"ARP reply {a['psrc']} is-at {a['hwsrc']}")
+        if a.get("nd"):          # IPv6 neighbour discovery
+            body = (f"ICMPv6 neighbour solicitation who-has {a['pdst']} tell {a['psrc']}" if a["op"] == "request"
+                    else f"ICMPv6 neighbour advertisement {a['psrc']} is-at {a['hwsrc']}")
+        else:
+            body = (f"ARP who-has {a['pdst']} tell {a['psrc']}" if a["op"] == "request"
+                    else f"ARP reply {a['psrc']} is-at {a['hwsrc']}")
     elif "ip" in d:
         ip = d["ip"]
         if "vxlan" in d and "inner" in d:
@@ -141,7 +147,8 @@ def frame_line(ts: float, frame: bytes, iface: str, direction: str, verbose: boo
             inner = p[VXLAN].payload.summary() if p.haslayer(VXLAN) else "?"
             body = f"VXLAN vni {d['vxlan']['vni']} {ip['src']} > {ip['dst']} ttl {ip['ttl']} | {inner}"
         else:
-            body = f"{_l4(ip)} ttl {ip['ttl']} len {ip['len']}" + (" DF" if ip["df"] else "")
+            body = (f"{_l4(ip)} hlim {ip['ttl']} len {ip['len']}" if ip.get("v6") else
+                    f"{_l4(ip)} ttl {ip['ttl']} len {ip['len']}" + (" DF" if ip["df"] else ""))
             if ip.get("quoted"):
                 body += f" [about {_l4(ip['quoted'])}]"
         extra = _dns_text(frame)
@@ -158,7 +165,7 @@ def frame_line(ts: float, frame: bytes, iface: str, direction: str, verbose: boo
 
 
 def _dns_text(frame: bytes) -> str:
-    if b"\x00\x35" not in frame[34:38] + frame[36:38]:
+    if b"\x00\x35" not in frame[34:38] + frame[36:38] + frame[54:58]:      # UDP port 53 (IPv4, IPv6)
         return ""
     try:
         from scapy.layers.dns import DNS
@@ -285,7 +292,7 @@ def cmd_trace(args) -> int:
     try:
         r = trace(st, args.src, args.dst, proto=args.proto, size=args.size, df=args.df, wait=args.wait,
                   pcap_dir=pcap_dir, nftrace=not args.no_nftrace, sport=args.sport,
-                  drop_reasons=not args.no_drop_reasons)
+                  drop_reasons=not args.no_drop_reasons, family=args.family)
     except TraceError as e:
         _err(str(e))
         return EXIT_USAGE

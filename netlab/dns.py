@@ -23,16 +23,20 @@ class DNSError(Exception):
 
 def listening_udp(pid: int, address: str, port: int = 53) -> bool:
     """Is ``pid``'s namespace listening on address:port/udp (from /proc/PID/net/udp)?"""
+    import ipaddress
     want_port = f"{port:04X}"
-    a = address.split(".")
-    want_ip = "".join(f"{int(x):02X}" for x in reversed(a))
+    a = ipaddress.ip_address(address)
+    # /proc/net/udp{,6}: the address as 32-bit words in host (little-endian) order
+    b = a.packed
+    want_ip = "".join(b[i:i + 4][::-1].hex().upper() for i in range(0, len(b), 4))
+    anyaddr = "0" * len(want_ip)
     try:
-        with open(f"/proc/{pid}/net/udp", encoding="ascii") as f:
+        with open(f"/proc/{pid}/net/udp" + ("6" if a.version == 6 else ""), encoding="ascii") as f:
             next(f)
             for line in f:
                 local = line.split()[1]
                 ip, prt = local.split(":")
-                if prt == want_port and ip in (want_ip, "00000000"):
+                if prt == want_port and ip in (want_ip, anyaddr):
                     return True
     except OSError:
         return False

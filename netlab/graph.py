@@ -35,6 +35,7 @@ class Link:
     vxlan_port: int | None = None
     hairpin: bool | None = None                           # as a bridge port
     up: bool = True
+    addr_flags: dict = field(default_factory=dict)        # IPv6 "addr/len" -> ["tentative", "dadfailed"]
     raw: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -91,8 +92,13 @@ def read_links(ns: str) -> tuple[dict[str, Link], dict[int, str]]:
         link = Link(ns=ns, name=d["ifname"], ifindex=d["ifindex"], kind=kind, mtu=d.get("mtu", 0),
                     mac=d.get("address", ""), master=d.get("master"),
                     addrs=[f"{a['local']}/{a['prefixlen']}" for a in d.get("addr_info", [])
-                           if a.get("family") == "inet"],
+                           if a.get("family") == "inet"
+                           or (a.get("family") == "inet6" and a.get("scope") == "global")],
                     up="UP" in d.get("flags", []), raw=d)
+        for a in d.get("addr_info", []):        # DAD state of IPv6 addresses (ip -j: "tentative": true)
+            fl = [f for f in ("tentative", "dadfailed") if a.get(f)]
+            if a.get("family") == "inet6" and a.get("scope") == "global" and fl:
+                link.addr_flags[f"{a['local']}/{a['prefixlen']}"] = fl
         if kind == "vxlan":
             link.vni, link.vtep, link.vxlan_port = data.get("id"), data.get("local"), data.get("port")
         if li.get("info_slave_kind") == "bridge":
@@ -191,7 +197,7 @@ def _label(l: Link) -> str:
         s += f"\\nVXLAN VNI {l.vni}\\nlocal {l.vtep}:{l.vxlan_port}"
     elif l.kind in ("bridge", "ifb"):
         s += f"\\n{l.kind}"
-    s += "".join(f"\\n{a}" for a in l.addrs)
+    s += "".join(f"\\n{a}" + (f" ({' '.join(l.addr_flags[a])})" if a in l.addr_flags else "") for a in l.addrs)
     s += f"\\nmtu {l.mtu}"
     if l.hairpin is not None and l.kind == "veth" and not l.ns.endswith("-sw"):
         s += "\\nhairpin " + ("on" if l.hairpin else "off")

@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .topology import CRI_CNI_VERSION, Network, Pod, Topology, gateway, node_slice
+from .topology import CRI_CNI_VERSION, Network, Pod, Topology, gateway, node_slice, nth_host
 
 SWITCH_BRIDGE = "br0"
 POD_HOSTS = "pods.hosts"
@@ -100,6 +100,7 @@ class Endpoint:
     address: str | None
     iface: str = UPLINK
     kind: str = "pod"         # pod | node | ext | dns
+    addresses: list[str] = field(default_factory=list)   # every family's address, primary first
 
 
 @dataclass
@@ -136,16 +137,27 @@ def render_template(obj: Any, variables: dict[str, Any]) -> Any:
     return obj
 
 
+def _range_last(sl) -> Any:
+    """The last address host-local may hand out in a slice (IPv4: before broadcast)."""
+    return sl.broadcast_address - 1 if sl.version == 4 else sl.broadcast_address
+
+
+def overlay_family(topo: Topology, w: Network) -> int:
+    """The underlay family an overlay network's VXLAN runs over."""
+    return w.underlay_family or topo.underlay.families[0]
+
+
 def network_vars(topo: Topology, w: Network, node: str, lab_dir: str) -> dict[str, Any]:
     n = topo.nodes[node]
     sl = node_slice(w, n.index)
     gw = gateway(w, n.index)
-    hosts_last = sl.broadcast_address - 1
-    return {
-        "lab": topo.name, "network": w.name, "nodeName": node, "nodeIP": n.address,
+    hosts_last = _range_last(sl)
+    ufam = overlay_family(topo, w)
+    v = {
+        "lab": topo.name, "network": w.name, "nodeName": node, "nodeIP": n.address_of(ufam) or n.address,
         "subnet": str(w.subnet), "podCIDR": str(sl), "gateway": str(gw),
         "rangeStart": str(gw + 1), "rangeEnd": str(hosts_last),
-        "peers": [m.address for m in topo.nodes.values() if m.name != node],
+        "peers": [m.address_of(ufam) or m.address for m in topo.nodes.values() if m.name != node],
         "mtu": w.mtu or n.mtu, "vni": w.vni, "port": w.port, "bridge": f"cni{w.index}",
         "ipamDir": os.path.join(lab_dir, "ipam", node), "underlayInterface": UPLINK,
         "dhcpSocket": os.path.join(lab_dir, f"dhcp-{w.name}-{node}.sock"),
@@ -154,6 +166,26 @@ def network_vars(topo: Topology, w: Network, node: str, lab_dir: str) -> dict[st
         "vtepPeers": [{"ip": m.address, "subnet": str(node_slice(w, m.index))}
                       for m in topo.nodes.values()],
     }
+    # dual-stack: the same variables per family, suffixed 4 and 6 (${podCIDR6}, ${gateway4}...)
+    for net in w.subnets:
+        f = net.version
+        fsl, fgw = node_slice(w, n.index, f), gateway(w, n.index, f)
+        v.update({f"subnet{f}": str(net), f"podCIDR{f}": str(fsl), f"gateway{f}": str(fgw),
+                  f"rangeStart{f}": str(fgw + 1), f"rangeEnd{f}": str(_range_last(fsl))})
+    return v
+
+
+def _ranges(w: Network, per_node_subnet: bool) -> list:
+    """host-local ``ranges``: one range set per family (dual-stack: an address of each)."""
+    out = []
+    for net in w.subnets:
+        f = "" if net == w.subnet else str(net.version)
+        if per_node_subnet:
+            out.append([{"subnet": f"${{podCIDR{f}}}", "gateway": f"${{gateway{f}}}"}])
+        else:
+            out.append([{"subnet": f"${{subnet{f}}}", "rangeStart": f"${{rangeStart{f}}}",
+                         "rangeEnd": f"${{rangeEnd{f}}}", "gateway": f"${{gateway{f}}}"}])
+    return out
 
 
 def generated_conflist(w: Network) -> dict:
@@ -161,8 +193,7 @@ def generated_conflist(w: Network) -> dict:
     if w.type in ("bridge", "routed"):   # routed: the bridge plugin, routes come from BGP
         main = {"type": "bridge", "bridge": "${bridge}", "isGateway": True, "isDefaultGateway": True,
                 "ipMasq": False, "hairpinMode": True, "mtu": "${mtu}",
-                "ipam": {"type": "host-local", "dataDir": "${ipamDir}",
-                         "ranges": [[{"subnet": "${podCIDR}", "gateway": "${gateway}"}]]}}
+                "ipam": {"type": "host-local", "dataDir": "${ipamDir}", "ranges": _ranges(w, True)}}
     elif w.vxlan_mode == "l3":
         # flannel-style: a routed VTEP per node, pods on the node's own slice behind a
         # local bridge, per remote node a route + permanent neighbour + FDB entry
@@ -170,8 +201,7 @@ def generated_conflist(w: Network) -> dict:
                 "peers": "${vtepPeers}", "localIP": "${nodeIP}",
                 "underlayInterface": "${underlayInterface}",
                 "isGateway": True, "isDefaultGateway": True, "ipMasq": False,
-                "ipam": {"type": "host-local", "dataDir": "${ipamDir}",
-                         "ranges": [[{"subnet": "${podCIDR}", "gateway": "${gateway}"}]]}}
+                "ipam": {"type": "host-local", "dataDir": "${ipamDir}", "ranges": _ranges(w, True)}}
         if w.mtu:
             main["mtu"] = "${mtu}"
     else:
@@ -183,9 +213,7 @@ def generated_conflist(w: Network) -> dict:
                 "localIP": "${nodeIP}", "underlayInterface": "${underlayInterface}",
                 "isGateway": True, "isDefaultGateway": True, "anycastGateway": False,
                 "ipMasq": False,
-                "ipam": {"type": "host-local", "dataDir": "${ipamDir}",
-                         "ranges": [[{"subnet": "${subnet}", "rangeStart": "${rangeStart}",
-                                      "rangeEnd": "${rangeEnd}", "gateway": "${gateway}"}]]}}
+                "ipam": {"type": "host-local", "dataDir": "${ipamDir}", "ranges": _ranges(w, False)}}
         if w.mtu:
             main["mtu"] = "${mtu}"
     if w.ipam == "dhcp":
@@ -197,9 +225,16 @@ def generated_conflist(w: Network) -> dict:
     ]}
 
 
-def render_conflist(topo: Topology, w: Network, node: str, lab_dir: str) -> dict:
+def render_conflist(topo: Topology, w: Network, node: str, lab_dir: str, pod: Pod | None = None) -> dict:
     tmpl = w.conflist if w.conflist is not None else generated_conflist(w)
     conf = render_template(tmpl, network_vars(topo, w, node, lab_dir))
+    if pod is not None and len(pod.ips) > 1 and conf.get("plugins"):
+        # one requested address per family: args.cni.ips of the main plugin (which
+        # hands its config to IPAM), the form every host-local reads; CNI_ARGS IP=
+        # takes a single address in the reference plugins
+        main = conf["plugins"][0]
+        if isinstance(main, dict):
+            main.setdefault("args", {}).setdefault("cni", {})["ips"] = list(pod.ips)
     conf.setdefault("cniVersion", "1.1.0")
     conf.setdefault("name", w.name)
     # IPAM state always lives in the lab directory, never in /var/lib/cni.
@@ -229,8 +264,10 @@ def capability_args(pod: Pod) -> dict:
 def cni_args(topo: Topology, pod: Pod) -> str:
     parts = ["IgnoreUnknown=1", f"K8S_POD_NAMESPACE={pod.namespace}", f"K8S_POD_NAME={pod.name}",
              f"K8S_POD_INFRA_CONTAINER_ID={container_id(topo.name, pod.name)}"]
-    if pod.ip:
+    if pod.ip and len(pod.ips) <= 1:
         parts.append(f"IP={pod.ip}")
+    elif len(pod.ips) == 1:
+        parts.append(f"IP={pod.ips[0]}")
     return ";".join(parts)
 
 
@@ -255,10 +292,10 @@ def resolv_conf(topo: Topology, pod: Pod | None, *, namespace: str | None = None
     return "\n".join(lines) + "\n"
 
 
-def hosts_file(name: str, address: str | None) -> str:
+def hosts_file(name: str, address: str | None, more: list[str] | tuple = ()) -> str:
     lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
-    if address:
-        lines.append(f"{address}\t{name}")
+    for a in ([address] if address else []) + [m for m in more if m and m != address]:
+        lines.append(f"{a}\t{name}")
     return "\n".join(lines) + "\n"
 
 
@@ -268,12 +305,19 @@ def dns_records(topo: Topology) -> list[tuple[str, str]]:
     ``<node>.node.<domain>`` per node."""
     recs = [(r.name, r.address) for r in topo.dns.records]
     if topo.dns.pod_records:
-        for n in topo.nodes.values():
-            recs.append((f"{n.name}.node.{topo.dns.domain}", n.address))
+        for n in topo.nodes.values():       # A and AAAA: one record per family
+            recs += [(f"{n.name}.node.{topo.dns.domain}", a) for a in n.addresses]
         for p in topo.pods.values():
-            if p.ip:
-                recs.append((f"{p.name}.{p.namespace}.svc.{topo.dns.domain}", p.ip))
+            if _all_requested(topo, p):
+                recs += [(f"{p.name}.{p.namespace}.svc.{topo.dns.domain}", a) for a in p.ips]
     return recs
+
+
+def _all_requested(topo: Topology, p: Pod) -> bool:
+    """A pod whose every address is requested (known before ADD)."""
+    if not p.ips or p.network not in topo.networks:
+        return bool(p.ips)
+    return len(p.ips) >= len(topo.networks[p.network].subnets)
 
 
 def late_records(topo: Topology, addresses: dict[str, str]) -> list[tuple[str, str]]:
@@ -284,15 +328,16 @@ def late_records(topo: Topology, addresses: dict[str, str]) -> list[tuple[str, s
         return []
     out = []
     for p in topo.pods.values():
-        if p.ip:
+        if _all_requested(topo, p):
             continue               # already a --host-record
         owner = topo.pods[topo.pod_netns_owner(p.name)]
         if owner.mode == "host":
-            addr = topo.nodes[owner.node].address
+            addrs = list(topo.nodes[owner.node].addresses)
         else:
-            addr = owner.ip or addresses.get(owner.name)
-        if addr:
-            out.append((f"{p.name}.{p.namespace}.svc.{topo.dns.domain}", addr))
+            got = addresses.get(owner.name)
+            addrs = list(got) if isinstance(got, (list, tuple)) else ([got] if got else [])
+            addrs = addrs or ([owner.ip] if owner.ip else [])
+        out += [(f"{p.name}.{p.namespace}.svc.{topo.dns.domain}", a) for a in addrs]
     return out
 
 
@@ -300,26 +345,44 @@ def dnsmasq_argv(topo: Topology, lab_dir: str, records: list[tuple[str, str]] | 
     """dnsmasq serving only the lab: no upstream, no /etc/hosts, only our records."""
     d = topo.dns
     argv = ["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
-            "--no-poll", "--bind-interfaces", f"--listen-address={d.address}", "--port=53",
+            "--no-poll", "--bind-interfaces", *[f"--listen-address={a}" for a in (d.addresses or [d.address])],
+            "--port=53",
             "--user=root", "--group=root",
             f"--pid-file={os.path.join(lab_dir, 'dnsmasq.pid')}",
             f"--local=/{d.domain}/", "--domain-needed", "--log-queries",
             f"--log-facility={os.path.join(lab_dir, 'dns.log')}", "--cache-size=0",
             # records of pods whose address is known only after ADD (re-read on SIGHUP)
             f"--addn-hosts={os.path.join(lab_dir, POD_HOSTS)}"]
+    by_name: dict[str, list[str]] = {}
     for name, addr in (records if records is not None else dns_records(topo)):
-        argv.append(f"--host-record={name},{addr}")
+        by_name.setdefault(name, []).append(addr)
+    for name, addrs in by_name.items():   # --host-record=NAME,IPv4,IPv6: A and AAAA
+        argv.append(f"--host-record={name},{','.join(addrs)}")
     return argv
 
 
 # --------------------------------------------------------------------------- plan
 
 def underlay_hosts(topo: Topology) -> list[str]:
-    return [str(h) for h in topo.underlay.subnet.hosts()]
+    return [str(h) for h in topo.underlay.subnet.hosts()] if topo.underlay.subnet.version == 4 else \
+        [a for a in (nth_host(topo.underlay.subnet, k) for k in range(16)) if a]
 
 
 def ext_address(topo: Topology) -> str:
-    return underlay_hosts(topo)[2]
+    return nth_host(topo.underlay.subnet, 2)
+
+
+def ext_addresses(topo: Topology) -> list[str]:
+    return [nth_host(u, 2) for u in topo.underlay.subnets]
+
+
+def _cidrs(addrs: list[str], topo: Topology) -> list[str]:
+    """Addresses -> address/prefix of their underlay subnet."""
+    out = []
+    for a in addrs:
+        u = topo.underlay.subnet_of(ipaddress.ip_address(a).version)
+        out.append(f"{a}/{u.prefixlen}")
+    return out
 
 
 def make_plan(topo: Topology, lab_dir: str) -> Plan:
@@ -339,25 +402,36 @@ def make_plan(topo: Topology, lab_dir: str) -> Plan:
     ns(sw, "underlay switch")
     steps.append(Step("bridge", f"switch bridge {SWITCH_BRIDGE} (mtu {u.mtu})",
                       {"ns": sw, "name": SWITCH_BRIDGE, "mtu": u.mtu,
-                       "address": f"{u.switch_address}/{plen}" if u.switch_address else None}))
+                       "address": _cidrs([u.switch_address], topo)[0] if u.switch_address else None}))
 
-    # every pod range, for routes from the switch-side namespaces (dns, ext) and between nodes
+    # every pod range, for routes from the switch-side namespaces (dns, ext) and between nodes;
+    # each family's ranges via the node's underlay address of that family (an overlay's
+    # range of a family the underlay lacks is reached from its own nodes only)
     slices: list[tuple[str, str, str]] = []   # (cidr, via node address, node)
     for w in topo.networks.values():
         for n in topo.nodes.values():
-            slices.append((str(node_slice(w, n.index)), n.address, n.name))
+            for net in w.subnets:
+                via = n.address_of(net.version)
+                if via:
+                    slices.append((str(node_slice(w, n.index, net.version)), via, n.name))
 
-    def uplink(target_ns: str, port: str, addr: str, mtu: int, role: str) -> None:
-        steps.append(Step("uplink", f"{role} {target_ns}: {UPLINK} {addr}/{plen} on the switch (mtu {mtu})",
-                          {"switch_ns": sw, "bridge": SWITCH_BRIDGE, "port": port, "ns": target_ns,
-                           "ifname": UPLINK, "address": f"{addr}/{plen}", "mtu": mtu,
-                           "switch_mtu": u.mtu}))
+    def uplink(target_ns: str, port: str, addr: str, mtu: int, role: str, addrs: list[str] | None = None) -> None:
+        cidrs = _cidrs(addrs or [addr], topo)
+        params = {"switch_ns": sw, "bridge": SWITCH_BRIDGE, "port": port, "ns": target_ns,
+                  "ifname": UPLINK, "address": cidrs[0], "mtu": mtu, "switch_mtu": u.mtu}
+        if len(cidrs) > 1 or ":" in cidrs[0]:
+            params["addresses"] = cidrs      # IPv6: added nodad (netlab's own, never duplicated)
+        steps.append(Step("uplink", f"{role} {target_ns}: {UPLINK} {' '.join(cidrs)} on the switch (mtu {mtu})",
+                          params))
 
     for n in topo.nodes.values():
         nn = node_ns(lab, n.name)
         ns(nn, f"node {n.name}")
-        uplink(nn, f"n{n.index}", n.address, n.mtu, "node")
+        uplink(nn, f"n{n.index}", n.address, n.mtu, "node", n.addresses)
         steps.append(Step("sysctl", f"{nn}: ip_forward on", {"ns": nn, "key": "net/ipv4/ip_forward", "value": "1"}))
+        if any(net.version == 6 for w in topo.networks.values() for net in w.subnets) or 6 in u.families:
+            steps.append(Step("sysctl", f"{nn}: IPv6 forwarding on",
+                              {"ns": nn, "key": "net/ipv6/conf/all/forwarding", "value": "1"}))
         routes = [{"dst": c, "via": via} for c, via, owner in slices if owner != n.name
                   and topo.networks[_net_of(topo, c)].type in ("bridge", "routed")
                   and topo.networks[_net_of(topo, c)].routing == "static"]
@@ -365,8 +439,8 @@ def make_plan(topo: Topology, lab_dir: str) -> Plan:
             steps.append(Step("routes", f"{nn}: routes to the other nodes' pod ranges ({len(routes)})",
                               {"ns": nn, "routes": routes}))
         steps.append(Step("etcnetns", f"/etc/netns/{nn}", {"netns": nn, "files": {
-            "resolv.conf": resolv_conf(topo, None), "hosts": hosts_file(n.name, n.address)}}))
-        endpoints[n.name] = Endpoint(n.name, nn, n.address, UPLINK, "node")
+            "resolv.conf": resolv_conf(topo, None), "hosts": hosts_file(n.name, n.address, n.addresses)}}))
+        endpoints[n.name] = Endpoint(n.name, nn, n.address, UPLINK, "node", list(n.addresses))
 
     # containerd nodes: one private containerd each, with the node's one network (ADR 0025)
     for n in topo.nodes.values():
@@ -395,34 +469,35 @@ def make_plan(topo: Topology, lab_dir: str) -> Plan:
     if topo.dns.enabled:
         dn = dns_ns(lab)
         ns(dn, "DNS server")
-        uplink(dn, "dns0", topo.dns.address, u.mtu, "dns")
+        uplink(dn, "dns0", topo.dns.address, u.mtu, "dns", topo.dns.addresses)
         if side_routes:
             steps.append(Step("routes", f"{dn}: routes to the pod ranges via their nodes",
                               {"ns": dn, "routes": side_routes}))
         steps.append(Step("etcnetns", f"/etc/netns/{dn}", {"netns": dn, "files": {
-            "resolv.conf": resolv_conf(topo, None), "hosts": hosts_file("dns", topo.dns.address)}}))
+            "resolv.conf": resolv_conf(topo, None), "hosts": hosts_file("dns", topo.dns.address, topo.dns.addresses)}}))
         steps.append(Step("dnsmasq", f"dnsmasq in {dn} on {topo.dns.address}:53 (domain {topo.dns.domain}, no upstream)",
                           {"ns": dn, "argv": dnsmasq_argv(topo, lab_dir), "address": topo.dns.address,
                            "pidfile": os.path.join(lab_dir, "dnsmasq.pid")}))
-        endpoints["dns"] = Endpoint("dns", dn, topo.dns.address, UPLINK, "dns")
+        endpoints["dns"] = Endpoint("dns", dn, topo.dns.address, UPLINK, "dns", list(topo.dns.addresses))
     if topo.external:
         en = ext_ns(lab)
         ea = ext_address(topo)
         ns(en, "external client")
-        uplink(en, "ext0", ea, u.mtu, "ext")
+        uplink(en, "ext0", ea, u.mtu, "ext", ext_addresses(topo))
         if side_routes:
             steps.append(Step("routes", f"{en}: routes to the pod ranges via their nodes",
                               {"ns": en, "routes": side_routes}))
         steps.append(Step("etcnetns", f"/etc/netns/{en}", {"netns": en, "files": {
-            "resolv.conf": resolv_conf(topo, None), "hosts": hosts_file("ext", ea)}}))
-        endpoints["ext"] = Endpoint("ext", en, ea, UPLINK, "ext")
+            "resolv.conf": resolv_conf(topo, None), "hosts": hosts_file("ext", ea, ext_addresses(topo))}}))
+        endpoints["ext"] = Endpoint("ext", en, ea, UPLINK, "ext", ext_addresses(topo))
 
     # pods: namespaces first (owners before container: joiners), then attachments
     order = sorted(topo.pods.values(), key=lambda p: (p.mode == "container", p.index))
     for p in order:
         nn = node_ns(lab, p.node)
         if p.mode == "host":
-            endpoints[p.name] = Endpoint(p.name, nn, topo.nodes[p.node].address, UPLINK, "pod")
+            endpoints[p.name] = Endpoint(p.name, nn, topo.nodes[p.node].address, UPLINK, "pod",
+                                         list(topo.nodes[p.node].addresses))
             continue
         pn = pod_ns(lab, p.name)
         if topo.nodes[p.node].runtime == "containerd":
@@ -438,8 +513,8 @@ def make_plan(topo: Topology, lab_dir: str) -> Plan:
             ns(pn, f"pod {p.name} ({p.mode})")
             steps[-1].params["pod"] = p.name
         steps.append(Step("etcnetns", f"/etc/netns/{pn}: resolv.conf (ndots:{p.dns.ndots})", {"netns": pn, "pod": p.name, "files": {
-            "resolv.conf": resolv_conf(topo, p), "hosts": hosts_file(p.name, p.ip)}}))
-        endpoints[p.name] = Endpoint(p.name, pn, p.ip, p.ifname, "pod")
+            "resolv.conf": resolv_conf(topo, p), "hosts": hosts_file(p.name, p.ip, p.ips)}}))
+        endpoints[p.name] = Endpoint(p.name, pn, p.ip, p.ifname, "pod", list(p.ips))
     for p in order:
         if p.mode in ("bridge", "overlay") and topo.nodes[p.node].runtime == "containerd":
             w = topo.networks[p.network]
@@ -454,7 +529,7 @@ def make_plan(topo: Topology, lab_dir: str) -> Plan:
                                "ifname": "eth0"}))
         elif p.mode in ("bridge", "overlay"):
             w = topo.networks[p.network]
-            conf = render_conflist(topo, w, p.node, lab_dir)
+            conf = render_conflist(topo, w, p.node, lab_dir, p)
             steps.append(Step("attach", f"pod {p.name}: {p.mode} on {w.name} via node {p.node}"
                               + (f", ports {','.join(str(m.host_port) for m in p.ports)}" if p.ports else "")
                               + (", shaped" if p.bandwidth else ""),
@@ -467,9 +542,9 @@ def make_plan(topo: Topology, lab_dir: str) -> Plan:
 
 
 def _net_of(topo: Topology, cidr: str) -> str:
-    net = ipaddress.IPv4Network(cidr)
+    net = ipaddress.ip_network(cidr)
     for w in topo.networks.values():
-        if net.subnet_of(w.subnet):
+        if any(net.version == wn.version and net.subnet_of(wn) for wn in w.subnets):
             return w.name
     raise KeyError(cidr)
 

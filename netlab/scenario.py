@@ -13,6 +13,11 @@ A scenario is an ordinary topology plus what is wrong with it::
         - wait: 1.0
         - replace: {pod: dnsd}
         - link-down: {node: node1}   # its switch port down (netlab/loadbalancer.py)
+        - filter: {in: node1, hook: output, rule: "icmpv6 type packet-too-big drop"}
+        - route-del: {in: client, dst: default, family: 6}
+        - address: {in: imposter, dev: eth0, address: "fd00:10:244::10/64", dad: false}
+        - address: {in: web, dev: eth0, address: "fd00:10:244::10/64", again: true}
+        - drop-dns: {in: node2, qtype: AAAA, name: web.default.svc.cluster.local}
       failing:                # the symptom, as checks that must fail ...
         - {check: "client -> web", reason: "fail: .*timed out"}   # ... and why (a regex on 'got')
 
@@ -41,7 +46,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-FAULT_KINDS = ("sysctl", "service", "udp-flow", "replace", "wait", "link-down")
+FAULT_KINDS = ("sysctl", "service", "udp-flow", "replace", "wait", "filter", "route-del", "address", "drop-dns", "link-down")
+FAULT_TABLE = "cnilab-fault"     # inet table of the filter / drop-dns faults, in the target namespace
+HOOKS = ("input", "forward", "output")
 SCENARIO_KEYS = ("symptom", "cause", "fix", "faults", "failing")
 SVC_TABLE = "cnilab-svc"
 
@@ -91,13 +98,16 @@ def validate(data: Any, nodes: dict, pods: dict, checks: list[str]) -> list[tupl
             continue
         known = {"sysctl": ("in", "key", "value"), "service": ("name", "vip", "port", "proto", "pod", "targetPort"),
                  "udp-flow": ("from", "to", "port", "sport", "interval"), "replace": ("pod",),
-                 "link-down": ("node",)}[kind]
+                 "link-down": ("node",),
+                 "filter": ("in", "hook", "rule"), "route-del": ("in", "dst", "family"),
+                 "address": ("in", "dev", "address", "dad", "again"), "drop-dns": ("in", "qtype", "name")}[kind]
         for k in spec:
             if k not in known:
                 errs.append((p + (kind, k), f"unknown key (known: {', '.join(known)})"))
         for k in known:
-            if k in ("targetPort", "interval", "name", "proto") or (kind == "udp-flow" and k == "sport"):
-                continue
+            if k in ("targetPort", "interval", "name", "proto", "family", "dad", "again") or (kind == "udp-flow" and k == "sport"):
+                if not (kind == "drop-dns" and k == "name"):
+                    continue
             if k not in spec:
                 errs.append((p + (kind, k), "is required"))
 
@@ -146,6 +156,33 @@ def validate(data: Any, nodes: dict, pods: dict, checks: list[str]) -> list[tupl
         elif kind == "link-down":        # netlab/loadbalancer.py: a node cut off the underlay
             if spec.get("node") is not None and spec["node"] not in nodes:
                 errs.append((p + (kind, "node"), f"unknown node {spec['node']!r}"))
+        elif kind == "filter":
+            tgt("in")
+            if spec.get("hook") not in HOOKS:
+                errs.append((p + (kind, "hook"), f"must be one of {', '.join(HOOKS)}"))
+            if not isinstance(spec.get("rule", ""), str) or ";" in str(spec.get("rule", "")) or "}" in str(spec.get("rule", "")):
+                errs.append((p + (kind, "rule"), "must be one nftables rule (no ';' or '}')"))
+        elif kind == "route-del":
+            tgt("in")
+            if spec.get("family", 4) not in (4, 6):
+                errs.append((p + (kind, "family"), "must be 4 or 6"))
+            if not isinstance(spec.get("dst", ""), str):
+                errs.append((p + (kind, "dst"), "must be 'default' or a CIDR"))
+        elif kind == "address":
+            tgt("in")
+            try:
+                ipaddress.ip_interface(str(spec.get("address", "")))
+            except ValueError:
+                errs.append((p + (kind, "address"), f"{spec.get('address')!r} is not an ADDRESS/PREFIX"))
+            for k in ("dad", "again"):
+                if not isinstance(spec.get(k, True), bool):
+                    errs.append((p + (kind, k), "must be true or false"))
+        elif kind == "drop-dns":
+            tgt("in")
+            if spec.get("qtype") not in ("A", "AAAA"):
+                errs.append((p + (kind, "qtype"), "must be A or AAAA"))
+            if "name" in spec and (not isinstance(spec["name"], str) or not spec["name"].strip(".")):
+                errs.append((p + (kind, "name"), "must be the DNS name whose queries are dropped"))
         elif kind == "replace":
             tgt("pod", only_pods=True)
             if spec.get("pod") in pods and pods[spec["pod"]].mode not in ("bridge", "overlay"):
@@ -301,6 +338,56 @@ class Applier:
             sysctl.write(key, str(spec["value"]))
         self.progress(f"      fault: {spec['in']}: {spec['key']} = {spec['value']}")
 
+    def _fault_rule(self, kind: str, spec: dict) -> None:
+        ns = _target_ns(self.plan, spec["in"])
+        hook, rule = fault_rule_text(kind, spec)
+        _nft_in(ns, f"table inet {FAULT_TABLE} {{\n  chain {hook} {{ type filter hook {hook} priority 0; policy accept; }}\n}}\n"
+                    f"add rule inet {FAULT_TABLE} {hook} {rule}\n")
+        self.progress(f"      fault: {spec['in']}: {hook} {rule} (table inet {FAULT_TABLE})")
+
+    def f_filter(self, spec: dict) -> None:
+        self._fault_rule("filter", spec)
+
+    def f_drop_dns(self, spec: dict) -> None:
+        self._fault_rule("drop-dns", spec)
+
+    def f_route_del(self, spec: dict) -> None:
+        from .build import ipn
+        ns = _target_ns(self.plan, spec["in"])
+        fam = int(spec.get("family", 4))
+        ipn(ns, f"-{fam}", "route", "del", spec["dst"])
+        self.progress(f"      fault: {spec['in']}: IPv{fam} route {spec['dst']} deleted")
+
+    def f_address(self, spec: dict) -> None:
+        """Add an address, with DAD (``dad: true``, the default) or without; with
+        DAD, wait on the kernel until DAD is over: the address either settled or
+        failed (``dadfailed``, stays tentative for ever)."""
+        from .build import ipn, tentative_addresses
+        ns = _target_ns(self.plan, spec["in"])
+        dad = spec.get("dad", True)
+        addr = str(spec["address"])
+        if dad:
+            from plugins.core import netns as cns
+            from plugins.net import sysctl
+            from . import netns as nsutil
+            with cns.entered(nsutil.path(ns)):
+                sysctl.write(f"net/ipv6/conf/{spec['dev']}/accept_dad", "1")
+        if spec.get("again"):     # the interface is set up again: the address goes and comes back
+            ipn(ns, "addr", "del", addr, "dev", spec["dev"])
+        ipn(ns, "addr", "add", addr, "dev", spec["dev"], *([] if dad else ["nodad"]))
+        state = "added without DAD"
+        if dad:
+            bare = addr.split("/")[0]
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                mine = [a for a in tentative_addresses(ns) if a.split("/")[0] == bare]
+                if not mine or "dadfailed" in mine[0]:
+                    break
+                time.sleep(0.05)
+            state = "DAD failed (tentative dadfailed)" if mine and "dadfailed" in mine[0] else (
+                "DAD passed" if not mine else "still tentative after 10 s")
+        self.progress(f"      fault: {spec['in']}: address {addr} on {spec['dev']}: {state}")
+
     def f_service(self, spec: dict) -> None:
         self.services.append(dict(spec))
         self._sync_services()
@@ -375,6 +462,22 @@ class Applier:
         if any(s["pod"] == pod for s in self.services):
             self._sync_services()
             self.progress(f"      fault: services re-pointed to {new.split('/')[0]}; conntrack left as it is")
+
+
+def dns_qtype_offset(name: str) -> int:
+    """Bit offset of the QTYPE of a query for ``name`` from the start of the UDP
+    header (nftables ``@th``): 8 bytes of UDP, 12 of DNS header, the encoded name."""
+    labels = [x for x in name.rstrip(".").split(".") if x]
+    return 8 * (8 + 12 + sum(1 + len(x) for x in labels) + 1)
+
+
+def fault_rule_text(kind: str, spec: dict) -> tuple[str, str]:
+    """(hook, nft rule) of a filter or drop-dns fault."""
+    if kind == "filter":
+        return spec["hook"], spec["rule"]
+    qtype = {"A": 1, "AAAA": 28}[spec["qtype"]]
+    return "forward", (f"udp dport 53 @th,{dns_qtype_offset(spec['name'])},16 {qtype} counter drop "
+                       f"comment \"{spec['qtype']} queries for {spec['name'].rstrip('.')}\"")
 
 
 def apply(plan, st, *, record, update, progress=print) -> Scenario | None:

@@ -41,12 +41,27 @@ class TopologyError(Exception):
 
 # --------------------------------------------------------------------------- model
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
 @dataclass
 class Underlay:
-    subnet: ipaddress.IPv4Network
+    subnet: IPNetwork               # the primary (first listed) family
     mtu: int = 1500
     switch_address: str | None = None
     impair: dict[str, dict] = field(default_factory=dict)   # node/ext/dns -> impairment of its switch port
+    subnets: list = field(default_factory=list)   # one per family, primary first (IPv4, IPv6 or both)
+
+    def __post_init__(self) -> None:
+        if not self.subnets:
+            self.subnets = [self.subnet]
+
+    @property
+    def families(self) -> list[int]:
+        return [n.version for n in self.subnets]
+
+    def subnet_of(self, family: int) -> IPNetwork | None:
+        return next((n for n in self.subnets if n.version == family), None)
 
 
 @dataclass
@@ -57,6 +72,14 @@ class Node:
     mtu: int
     impair: dict | None = None   # impairment of the node's uplink (netlab/impair.py)
     runtime: str = "netlab"      # netlab (libcni-style, netlab/runtime.py) | containerd (CRI)
+    addresses: list[str] = field(default_factory=list)   # one per underlay family, primary first
+
+    def __post_init__(self) -> None:
+        if not self.addresses:
+            self.addresses = [self.address]
+
+    def address_of(self, family: int) -> str | None:
+        return next((a for a in self.addresses if ipaddress.ip_address(a).version == family), None)
 
 
 @dataclass
@@ -64,7 +87,7 @@ class Network:
     name: str
     index: int
     type: str                   # bridge | overlay
-    subnet: ipaddress.IPv4Network
+    subnet: IPNetwork           # the primary (first listed) family
     node_prefix: int            # each node gets one /node_prefix slice of subnet
     mtu: int | None = None
     vni: int = 0
@@ -74,6 +97,19 @@ class Network:
     routing: str = "static"         # static (netlab writes node routes) | bgp (BIRD learns them)
     ipam: str = "host-local"        # host-local | dhcp (netlab/dhcp.py runs server + daemon)
     vxlan_mode: str = "l2"          # overlay: l2 (one shared segment) | l3 (flannel-style routed)
+    subnets: list = field(default_factory=list)        # one per family, primary first (dual-stack: two)
+    node_prefixes: list[int] = field(default_factory=list)   # the slice size of each subnet
+    underlay_family: int = 0        # overlay: the underlay family VXLAN runs over (0: the underlay's primary)
+
+    def __post_init__(self) -> None:
+        if not self.subnets:
+            self.subnets = [self.subnet]
+        if not self.node_prefixes:
+            self.node_prefixes = [self.node_prefix]
+
+    @property
+    def families(self) -> list[int]:
+        return [n.version for n in self.subnets]
 
 
 @dataclass
@@ -116,6 +152,7 @@ class Pod:
     impair: dict | None = None   # impairment of the pod's interface (netlab/impair.py)
     labels: dict[str, str] = field(default_factory=dict)          # Kubernetes pod labels
     container_ports: list = field(default_factory=list)           # services.ContainerPort
+    ips: list[str] = field(default_factory=list)   # every requested address, one per family (ip: the primary's)
 
 
 @dataclass
@@ -131,6 +168,7 @@ class DNSConfig:
     address: str | None = None
     records: list[Record] = field(default_factory=list)
     pod_records: bool = True
+    addresses: list[str] = field(default_factory=list)   # one per underlay family (address: the primary)
 
 
 @dataclass
@@ -305,6 +343,76 @@ def _ip4(v: str) -> str | None:
     return None
 
 
+def _ip(v: str) -> str | None:
+    try:
+        ipaddress.ip_address(v)
+    except ValueError:
+        return f"{v!r} is not an IPv4 or IPv6 address"
+    return None
+
+
+def _net(v: str) -> str | None:
+    try:
+        ipaddress.ip_network(v, strict=True)
+    except ValueError as e:
+        return f"{v!r} is not an IPv4 or IPv6 subnet ({e})"
+    return None
+
+
+def _subnets(ctx: "_Ctx", o: "_Obj", key: str, default: Any = None, required: bool = False) -> list:
+    """``key: CIDR`` or ``key: [CIDR, CIDR]`` (dual-stack: one per family, the first
+    is the primary family) -> a list of networks; [] after an error."""
+    v = o.get(key, (str, list), default, required=required)
+    if v is None:
+        return []
+    items = [v] if isinstance(v, str) else v
+    path = o.path + (key,)
+    if not items or len(items) > 2:
+        ctx.err(path, f"give one subnet, or a list of two (one IPv4, one IPv6), got {len(items)}")
+        return []
+    out = []
+    for j, x in enumerate(items):
+        where = path + ((j,) if isinstance(v, list) else ())
+        msg = _net(x) if isinstance(x, str) else f"must be a subnet like 10.0.0.0/16 or fd00::/64, got {_typename(x)}"
+        if msg:
+            ctx.err(where, msg)
+            return []
+        out.append(ipaddress.ip_network(x))
+    if len(out) == 2 and out[0].version == out[1].version:
+        ctx.err(path, f"two IPv{out[0].version} subnets: a dual-stack list has one IPv4 and one IPv6 subnet")
+        return []
+    return out
+
+
+def _addresses(ctx: "_Ctx", o: "_Obj", key: str) -> list[str] | None:
+    """``key: ADDR`` or ``key: [ADDR, ADDR]`` (one per family); None when absent or bad."""
+    v = o.get(key, (str, list), None)
+    if v is None:
+        return None
+    items = [v] if isinstance(v, str) else v
+    path = o.path + (key,)
+    if not items or len(items) > 2:
+        ctx.err(path, f"give one address, or a list of two (one per family), got {len(items)}")
+        return None
+    for j, x in enumerate(items):
+        msg = _ip(x) if isinstance(x, str) else f"must be an address, got {_typename(x)}"
+        if msg:
+            ctx.err(path + ((j,) if isinstance(v, list) else ()), msg)
+            return None
+    if len(items) == 2 and ipaddress.ip_address(items[0]).version == ipaddress.ip_address(items[1]).version:
+        ctx.err(path, "two addresses of one family: give one IPv4 and one IPv6 address")
+        return None
+    return list(items)
+
+
+def nth_host(net: IPNetwork, k: int) -> str | None:
+    """The k-th host address of ``net`` (0 = network address + 1); None past the end.
+    Arithmetic, never a list of hosts (an IPv6 /64 has 2**64)."""
+    last = net.broadcast_address - (1 if net.version == 4 else 0)
+    a = net.network_address + 1 + k
+    return str(a) if a <= last else None
+
+
 def _net4(v: str) -> str | None:
     try:
         ipaddress.IPv4Network(v, strict=True)
@@ -368,26 +476,32 @@ def _build(ctx: _Ctx, data: Any, path: str, base_dir: str, name_override: str | 
 
     # underlay
     u = _Obj(ctx, data.get("underlay", {}), ("underlay",), ("subnet", "mtu", "switchAddress", "impair"))
-    subnet_s = u.get("subnet", str, "192.168.100.0/24", check=_net4)
-    usub = ipaddress.IPv4Network(subnet_s)
-    if usub.prefixlen > 28:
-        ctx.err(("underlay", "subnet"), f"{subnet_s} is too small for a lab (at most /28)")
+    usubs = _subnets(ctx, u, "subnet", "192.168.100.0/24") or [ipaddress.IPv4Network("192.168.100.0/24")]
+    for j, un in enumerate(usubs):
+        if un.prefixlen > un.max_prefixlen - 4:
+            ctx.err(("underlay", "subnet") + ((j,) if len(usubs) > 1 else ()),
+                    f"{un} is too small for a lab (at most /{un.max_prefixlen - 4})")
+    usub = usubs[0]
     umtu = u.int("mtu", 1500, 576, 9000)
-    sw_addr = u.get("switchAddress", str, None, check=_ip4)
-    underlay = Underlay(usub, umtu, sw_addr)
+    if any(un.version == 6 for un in usubs) and umtu is not None and umtu < 1280:
+        ctx.err(("underlay", "mtu"), f"IPv6 needs a link MTU of at least 1280, got {umtu}")
+    sw_addr = u.get("switchAddress", str, None, check=_ip)
+    underlay = Underlay(usub, umtu, sw_addr, subnets=usubs)
     used_addrs: dict[str, tuple] = {}
 
     def claim(addr: str, where: tuple) -> None:
         if addr in used_addrs:
             ctx.err(where, f"address {addr} is already used at {'.'.join(map(str, used_addrs[addr]))}")
         used_addrs[addr] = where
-        a = ipaddress.IPv4Address(addr)
-        if a not in usub:
-            ctx.err(where, f"address {addr} is not in the underlay subnet {usub}")
-        elif a in (usub.network_address, usub.broadcast_address):
-            ctx.err(where, f"address {addr} is the network or broadcast address of {usub}")
-
-    hosts = list(usub.hosts())
+        a = ipaddress.ip_address(addr)
+        un = underlay.subnet_of(a.version)
+        if un is None:
+            ctx.err(where, f"address {addr} is IPv{a.version}, the underlay has no IPv{a.version} subnet "
+                    f"({', '.join(map(str, usubs))})")
+        elif a not in un:
+            ctx.err(where, f"address {addr} is not in the underlay subnet {un}")
+        elif a == un.network_address or (un.version == 4 and a == un.broadcast_address):
+            ctx.err(where, f"address {addr} is the network or broadcast address of {un}")
 
     # nodes
     nodes: dict[str, Node] = {}
@@ -401,16 +515,23 @@ def _build(ctx: _Ctx, data: Any, path: str, base_dir: str, name_override: str | 
             ctx.err(p, _name_check(str(nname)) or "node names must be strings")
             continue
         o = _Obj(ctx, nspec if nspec is not None else {}, p, ("address", "mtu", "impair", "runtime"))
-        default_addr = str(hosts[10 + i]) if len(hosts) > 10 + i else None
-        addr = o.get("address", str, default_addr, check=_ip4)
-        if addr is None:
+        given = _addresses(ctx, o, "address") or []
+        addrs = []
+        for un in usubs:      # one address per underlay family: the given one, else the default
+            mine = [a for a in given if ipaddress.ip_address(a).version == un.version]
+            addrs.append(mine[0] if mine else nth_host(un, 10 + i))
+        for a in given:
+            if underlay.subnet_of(ipaddress.ip_address(a).version) is None:
+                claim(a, p + ("address",))         # reports the missing family
+        if None in addrs:
             ctx.err(p + ("address",), "no default address left in the underlay subnet: give one")
             continue
-        claim(addr, p + ("address",))
+        for a in addrs:
+            claim(a, p + ("address",))
         runtime = o.get("runtime", str, "netlab", check=lambda v: None if v in NODE_RUNTIMES else
                         f"must be one of {', '.join(NODE_RUNTIMES)}, got {v!r}")
-        nodes[nname] = Node(nname, i, addr, o.int("mtu", umtu, 576, 9000), _impair(ctx, o, p),
-                            runtime or "netlab")
+        nodes[nname] = Node(nname, i, addrs[0], o.int("mtu", umtu, 576, 9000), _impair(ctx, o, p),
+                            runtime=runtime or "netlab", addresses=addrs)
 
     # networks
     networks: dict[str, Network] = {}
@@ -423,22 +544,48 @@ def _build(ctx: _Ctx, data: Any, path: str, base_dir: str, name_override: str | 
         if not isinstance(wname, str) or _name_check(wname):
             ctx.err(p, _name_check(str(wname)) or "network names must be strings")
             continue
-        o = _Obj(ctx, wspec, p, ("type", "subnet", "nodePrefix", "mtu", "vni", "port", "conflist", "file", "routing", "ipam",
-                                       "vxlanMode", "encap"))
+        o = _Obj(ctx, wspec, p, ("type", "subnet", "nodePrefix", "mtu", "vni", "port", "conflist", "file", "routing",
+                                 "ipam", "underlayFamily", "vxlanMode", "encap"))
         wtype = o.get("type", str, "bridge", check=lambda v: None if v in NETWORK_TYPES else f"must be one of {', '.join(NETWORK_TYPES)}, got {v!r}")
-        wsub_s = o.get("subnet", str, None, required=True, check=_net4)
-        wsub = ipaddress.IPv4Network(wsub_s) if wsub_s else None
-        default_prefix = (24 if wtype in ("bridge", "routed") else (wsub.prefixlen + 2 if wsub else 26)) if wsub else 24
-        if wsub and wtype in ("bridge", "routed") and wsub.prefixlen >= 24:
-            default_prefix = min(wsub.prefixlen + 4, 28)
-        nprefix = o.int("nodePrefix", default_prefix, 8, 29)
-        if wsub and nprefix is not None:
-            if nprefix < wsub.prefixlen:
-                ctx.err(p + ("nodePrefix",), f"/{nprefix} is larger than the subnet {wsub}")
-            elif 2 ** (nprefix - wsub.prefixlen) < len(nodes):
-                ctx.err(p + ("nodePrefix",), f"{wsub} has room for {2 ** (nprefix - wsub.prefixlen)} slices of /{nprefix}, the lab has {len(nodes)} nodes")
-        if wsub and not wsub.is_private:
-            ctx.err(p + ("subnet",), f"{wsub} is not a private range: lab traffic must stay on this machine")
+        wsubs = _subnets(ctx, o, "subnet", required=True)
+        raw_np = o.get("nodePrefix", (int, list), None)
+        if isinstance(raw_np, list) and (len(raw_np) != len(wsubs) or not all(type(x) is int for x in raw_np)):
+            ctx.err(p + ("nodePrefix",), f"a list of nodePrefix gives one integer per subnet ({len(wsubs)})")
+            raw_np = None
+        nprefixes: list[int] = []
+        for j, wsub in enumerate(wsubs):
+            if wsub.version == 4:
+                default_prefix = 24 if wtype in ("bridge", "routed") else wsub.prefixlen + 2
+                if wtype in ("bridge", "routed") and wsub.prefixlen >= 24:
+                    default_prefix = min(wsub.prefixlen + 4, 28)
+                lo, hi = 8, 29
+            else:      # Kubernetes' default node CIDR mask for IPv6 is /64
+                default_prefix = 64 if wsub.prefixlen <= 56 else min(wsub.prefixlen + 8, 120)
+                lo, hi = 8, 124
+            npath = p + ("nodePrefix",) + ((j,) if isinstance(raw_np, list) else ())
+            np_ = raw_np[j] if isinstance(raw_np, list) else (raw_np if raw_np is not None and j == 0 else default_prefix)
+            if not lo <= np_ <= hi:
+                ctx.err(npath, f"must be between {lo} and {hi} for IPv{wsub.version}, got {np_}")
+                np_ = None
+            elif np_ < wsub.prefixlen:
+                ctx.err(npath, f"/{np_} is larger than the subnet {wsub}")
+            elif np_ - wsub.prefixlen < 32 and 2 ** (np_ - wsub.prefixlen) < len(nodes):
+                ctx.err(npath, f"{wsub} has room for {2 ** (np_ - wsub.prefixlen)} slices of /{np_}, the lab has {len(nodes)} nodes")
+            if not wsub.is_private:
+                ctx.err(p + ("subnet",), f"{wsub} is not a private range: lab traffic must stay on this machine")
+            nprefixes.append(np_)
+        wsub = wsubs[0] if wsubs else None
+        nprefix = nprefixes[0] if nprefixes and None not in nprefixes else None
+        ufam = o.get("underlayFamily", int, 0, check=lambda v: None if v in (4, 6) else f"must be 4 or 6, got {v!r}")
+        if ufam and wtype != "overlay":
+            ctx.err(p + ("underlayFamily",), "only an overlay network chooses the underlay family it runs over")
+        elif ufam and ufam not in underlay.families:
+            ctx.err(p + ("underlayFamily",), f"the underlay has no IPv{ufam} subnet")
+        if wtype in ("bridge", "routed"):
+            for wn in wsubs:
+                if wn.version not in underlay.families:
+                    ctx.err(p + ("subnet",), f"{wn}: a {wtype} network's nodes route IPv{wn.version} pod ranges "
+                            f"to each other over the underlay, which has no IPv{wn.version} subnet")
         mtu = o.int("mtu", None, 576, 9000)
         vni = o.int("vni", 0, 1, 16777215, required=(wtype == "overlay"))
         if wtype != "overlay" and o.has("vni"):
@@ -463,20 +610,29 @@ def _build(ctx: _Ctx, data: Any, path: str, base_dir: str, name_override: str | 
             source = "inline"
         if conflist is not None:
             _check_conflist(ctx, conflist, p + ("conflist" if fpath is None else "file",))
-        for other in networks.values():
-            if wsub and other.subnet.overlaps(wsub):
-                ctx.err(p + ("subnet",), f"{wsub} overlaps network {other.name} ({other.subnet})")
-        if wsub and wsub.overlaps(usub):
-            ctx.err(p + ("subnet",), f"{wsub} overlaps the underlay {usub}")
+        for wn in wsubs:
+            for other in networks.values():
+                for on in other.subnets:
+                    if on.overlaps(wn):
+                        ctx.err(p + ("subnet",), f"{wn} overlaps network {other.name} ({on})")
+            for un in usubs:
+                if wn.overlaps(un):
+                    ctx.err(p + ("subnet",), f"{wn} overlaps the underlay {un}")
         routing = _routing(ctx, o, wtype)
         vxmode = _overlay_options(ctx, o, wtype)
+        if routing == "bgp" and any(wn.version == 6 for wn in wsubs):
+            ctx.err(p + ("routing",), "BGP-routed networks are IPv4 only (netlab/bgp.py): use routing static")
         wipam = o.get("ipam", str, "host-local", check=lambda v: None if v in IPAM_TYPES else f"must be one of {', '.join(IPAM_TYPES)}, got {v!r}")
         if wipam == "dhcp" and wtype != "bridge":
             ctx.err(p + ("ipam",), f"ipam dhcp needs a bridge network (a DHCP server per node segment), not {wtype}")
+        if wipam == "dhcp" and any(wn.version == 6 for wn in wsubs):
+            ctx.err(p + ("ipam",), "ipam dhcp leases IPv4 only (DHCPv6 is not implemented)")
         if wsub is not None and nprefix is not None:
             networks[wname] = Network(wname, i, wtype, wsub, nprefix, mtu, vni or 0, port or 4789,
                                       copy.deepcopy(conflist) if conflist is not None else None, source,
-                                      routing or "static", wipam or "host-local", vxlan_mode=vxmode)
+                                      routing or "static", wipam or "host-local", vxlan_mode=vxmode,
+                                      subnets=list(wsubs), node_prefixes=list(nprefixes),
+                                      underlay_family=ufam or 0)
     vnis: dict[int, str] = {}
     for w in networks.values():
         if w.type == "overlay":
@@ -490,24 +646,32 @@ def _build(ctx: _Ctx, data: Any, path: str, base_dir: str, name_override: str | 
                     domain=d.get("domain", str, "cluster.local", check=_dns_name).rstrip("."),
                     pod_records=d.get("podRecords", bool, True))
     if dns.enabled:
-        dns.address = d.get("address", str, str(hosts[1]) if len(hosts) > 2 else None, check=_ip4)
-        if dns.address:
-            claim(dns.address, ("dns", "address"))
+        given = _addresses(ctx, d, "address") or []
+        for un in usubs:      # one address per underlay family, like a node
+            mine = [a for a in given if ipaddress.ip_address(a).version == un.version]
+            dns.addresses.append(mine[0] if mine else nth_host(un, 1))
+        for a in set(given) - set(dns.addresses):
+            claim(a, ("dns", "address"))           # a family the underlay lacks
+        dns.addresses = [a for a in dns.addresses if a]
+        dns.address = dns.addresses[0] if dns.addresses else None
+        for a in dns.addresses:
+            claim(a, ("dns", "address"))
     recs = d.get("records", (list, dict), [])
     if isinstance(recs, dict):
         recs = [{"name": k, "address": v} for k, v in recs.items()]
     for j, r in enumerate(recs):
         ro = _Obj(ctx, r, ("dns", "records", j), ("name", "address"))
         rn = ro.get("name", str, None, required=True, check=_dns_name)
-        ra = ro.get("address", str, None, required=True, check=_ip4)
+        ra = ro.get("address", str, None, required=True, check=_ip)
         if rn and ra:
             dns.records.append(Record(rn.rstrip("."), ra))
     if sw_addr:
         claim(sw_addr, ("underlay", "switchAddress"))
     if external:
-        ext_default = str(hosts[2]) if len(hosts) > 3 else None
-        if ext_default and ext_default not in used_addrs:
-            used_addrs[ext_default] = ("external",)
+        for un in usubs:
+            ext_default = nth_host(un, 2)
+            if ext_default and ext_default not in used_addrs:
+                used_addrs[ext_default] = ("external",)
 
     # impaired switch ports: keyed by what the port faces
     if u.has("impair"):
@@ -563,21 +727,30 @@ def _build(ctx: _Ctx, data: Any, path: str, base_dir: str, name_override: str | 
                 ctx.err(p + ("mode",), f"mode {mode} does not match network {net} of type {networks[net].type}")
         elif net is not None:
             ctx.err(p + ("network",), f"a pod in mode {mode} has no network of its own")
-        ip = o.get("ip", str, None, check=_ip4)
+        ips = _addresses(ctx, o, "ip") or []
+        ip = ips[0] if ips else None
         if ip and net in networks and networks[net].ipam == "dhcp":
             ctx.err(p + ("ip",), f"network {net} leases addresses by DHCP: a pod cannot ask for {ip}")
-        elif ip and net in networks:
+        elif ips and net in networks:
             w = networks[net]
-            a = ipaddress.IPv4Address(ip)
-            if node in nodes:
-                sl = node_slice(w, nodes[node].index)
-                if a not in sl:
-                    ctx.err(p + ("ip",), f"{ip} is not in node {node}'s slice {sl} of network {net}")
-                elif a in (sl.network_address, sl.broadcast_address, gateway(w, nodes[node].index)):
-                    ctx.err(p + ("ip",), f"{ip} is reserved (network, broadcast or gateway address) in {sl}")
-            if ip in pod_ips:
-                ctx.err(p + ("ip",), f"{ip} is already requested by pod {pod_ips[ip]}")
-            pod_ips[ip] = pname
+            for one in ips:
+                a = ipaddress.ip_address(one)
+                if a.version not in w.families:
+                    ctx.err(p + ("ip",), f"{one} is IPv{a.version}, network {net} has no IPv{a.version} subnet")
+                    continue
+                if node in nodes:
+                    sl = node_slice(w, nodes[node].index, a.version)
+                    if a not in sl:
+                        ctx.err(p + ("ip",), f"{one} is not in node {node}'s slice {sl} of network {net}")
+                    elif a in (sl.network_address, sl.broadcast_address, gateway(w, nodes[node].index, a.version)):
+                        ctx.err(p + ("ip",), f"{one} is reserved (network, broadcast or gateway address) in {sl}")
+                if one in pod_ips:
+                    ctx.err(p + ("ip",), f"{one} is already requested by pod {pod_ips[one]}")
+                pod_ips[one] = pname
+            # ip: the address of the network's primary family (None: IPAM picks it)
+            ip = next((x for x in ips if ipaddress.ip_address(x).version == w.families[0]), None)
+            ips = sorted(ips, key=lambda x: w.families.index(ipaddress.ip_address(x).version)
+                         if ipaddress.ip_address(x).version in w.families else 9)
         elif ip and mode not in ("bridge", "overlay"):
             ctx.err(p + ("ip",), f"a pod in mode {mode} gets no address of its own")
         ns = o.get("namespace", str, "default", check=lambda v: None if NAME_RE.match(v) and len(v) <= 63 else f"{v!r} is not a valid Kubernetes namespace name")
@@ -615,8 +788,8 @@ def _build(ctx: _Ctx, data: Any, path: str, base_dir: str, name_override: str | 
             do = _Obj(ctx, o.data["dns"], p + ("dns",), ("nameservers", "search", "ndots", "options"))
             ns_list = do.get("nameservers", list, [])
             for j, a in enumerate(ns_list):
-                if not isinstance(a, str) or _ip4(a):
-                    ctx.err(p + ("dns", "nameservers", j), f"{a!r} is not an IPv4 address")
+                if not isinstance(a, str) or _ip(a):
+                    ctx.err(p + ("dns", "nameservers", j), f"{a!r} is not an IPv4 or IPv6 address")
             pd.nameservers = [a for a in ns_list if isinstance(a, str)]
             srch = do.get("search", list, None)
             if srch is not None:
@@ -627,7 +800,7 @@ def _build(ctx: _Ctx, data: Any, path: str, base_dir: str, name_override: str | 
             pd.ndots = do.int("ndots", 5, 0, 15)
             pd.options = [str(x) for x in do.get("options", list, [])]
         pods[pname] = Pod(pname, i, node or "", mode, net, container_of, ip, ns, ports, bw, pd, ifname,
-                          _impair(ctx, o, p))
+                          _impair(ctx, o, p), ips=list(ips))
         if pods[pname].impair and mode not in ("bridge", "overlay"):
             ctx.err(p + ("impair",), f"a pod in mode {mode} has no interface of its own to impair")
         from .services import parse_container_ports, parse_labels
@@ -660,6 +833,11 @@ def _build(ctx: _Ctx, data: Any, path: str, base_dir: str, name_override: str | 
     k8s = _parse_k8s(ctx, data, pods, list(networks.values()), underlay, _Obj)
     from .loadbalancer import parse as _parse_lb    # type LoadBalancer: addresses from loadBalancer.pools
     k8s.lb = _parse_lb(ctx, data, k8s, underlay, used_addrs, _Obj)
+    if k8s is not None and k8s.active:
+        v6only = sorted(w.name for w in networks.values() if 4 not in w.families)
+        if v6only:
+            ctx.err(("networks", v6only[0], "subnet"), "Services and NetworkPolicies are IPv4 only "
+                    f"(netlab/services.py); network(s) {', '.join(v6only)} have no IPv4 subnet")
 
     # checks
     checks: list[Check] = []
@@ -856,13 +1034,27 @@ def default_burst(rate: int) -> int:
     return max(rate // 40, 12000 * 8)
 
 
-def node_slice(w: Network, node_index: int) -> ipaddress.IPv4Network:
-    return list(w.subnet.subnets(new_prefix=w.node_prefix))[node_index] if w.node_prefix > w.subnet.prefixlen else w.subnet
+def _subnet_of(w: Network, family: int | None) -> tuple[IPNetwork, int]:
+    if family is None:
+        return w.subnet, w.node_prefix
+    for n, np_ in zip(w.subnets, w.node_prefixes):
+        if n.version == family:
+            return n, np_
+    raise KeyError(f"network {w.name} has no IPv{family} subnet")
 
 
-def gateway(w: Network, node_index: int) -> ipaddress.IPv4Address:
+def node_slice(w: Network, node_index: int, family: int | None = None) -> IPNetwork:
+    """Node ``node_index``'s slice of the network's subnet of ``family`` (default: the primary)."""
+    net, prefix = _subnet_of(w, family)
+    if prefix <= net.prefixlen:
+        return net
+    size = 1 << (net.max_prefixlen - prefix)
+    return ipaddress.ip_network(f"{net.network_address + node_index * size}/{prefix}")
+
+
+def gateway(w: Network, node_index: int, family: int | None = None):
     """The node's address on this network (bridge/VXLAN bridge), first of its slice."""
-    return node_slice(w, node_index).network_address + 1
+    return node_slice(w, node_index, family).network_address + 1
 
 
 # --------------------------------------------------------------------------- checks schema
@@ -888,10 +1080,10 @@ def _check(ctx: _Ctx, c: Any, p: tuple, j: int, nodes: dict, pods: dict, dns: DN
                                     pods, nodes, targets, k8s)
         return Check(ctype, j, name, params) if params is not None else None
     per = {
-        "reach": ("from", "to", "proto", "port", "count", "timeout", "listen", "size"),
-        "mtu": ("from", "to", "min", "max", "timeout"),
-        "dns": ("pod", "query", "timeout"),
-        "port": ("from", "pod", "hostPort", "proto", "timeout"),
+        "reach": ("from", "to", "proto", "port", "count", "timeout", "listen", "size", "family"),
+        "mtu": ("from", "to", "min", "max", "timeout", "family"),
+        "dns": ("pod", "query", "timeout", "lookup"),
+        "port": ("from", "pod", "hostPort", "proto", "timeout", "family"),
         "bandwidth": ("from", "to", "rate", "tolerance", "seconds"),
         "capture": ("at", "filter", "run", "in", "timeout", "count"),
         "bgp": ("node", "peers", "learned", "timeout"),
@@ -922,6 +1114,8 @@ def _check(ctx: _Ctx, c: Any, p: tuple, j: int, nodes: dict, pods: dict, dns: DN
     params: dict[str, Any] = {}
     name = o.get("name", str, None)
     exp = c.get("expect")
+    if "family" in per:     # IPv4 or IPv6 (reach: both by default, where both exist)
+        params["family"] = o.get("family", int, None, check=lambda v: None if v in (4, 6) else f"must be 4 or 6, got {v!r}")
     if ctype == "reach":
         params["from"] = target("from")
         params["to"] = target("to")
@@ -942,28 +1136,54 @@ def _check(ctx: _Ctx, c: Any, p: tuple, j: int, nodes: dict, pods: dict, dns: DN
         params["expect"] = exp
         if params["to"] in pods and pods[params["to"]].mode == "none" and exp == "pass":
             ctx.err(p + ("to",), f"pod {params['to']} (mode none) has no address to reach")
-        name = name or f"reach {params['from']} -> {params['to']} {params['proto']}"
+        name = name or (f"reach {params['from']} -> {params['to']} {params['proto']}"
+                        + (f" IPv{params['family']}" if params.get("family") else ""))
     elif ctype == "mtu":
         params["from"] = podref("from")
         params["to"] = target("to")
-        params["min"] = o.int("min", 1200, 68, 9000)
+        params["min"] = o.int("min", None, 68, 9000)      # default: 1200, or 1280 (the IPv6 minimum) over IPv6
+        if params.get("family") == 6 and params["min"] is not None and params["min"] < 1280:
+            ctx.err(p + ("min",), "IPv6 links have an MTU of at least 1280: min below it probes nothing")
         params["max"] = o.int("max", 1500, 68, 9000)
         params["timeout"] = o.int("timeout", 1, 1, 10)
         eo = _Obj(ctx, exp, p + ("expect",), ("mtu", "blackhole"))
-        params["expect"] = {"mtu": eo.int("mtu", None, 68, 9000, required=True),
+        params["expect"] = {"mtu": eo.int("mtu", None, 1280 if params.get("family") == 6 else 68, 9000,
+                                          required=True),
                             "blackhole": eo.get("blackhole", bool, False)}
         name = name or f"mtu {params['from']} -> {params['to']}"
     elif ctype == "dns":
         params["pod"] = podref("pod")
         params["query"] = o.get("query", str, None, required=True, check=_dns_name)
         params["timeout"] = o.int("timeout", 5, 1, 30)
-        eo = _Obj(ctx, exp, p + ("expect",), ("queries", "count", "answer"))
+        params["lookup"] = o.get("lookup", str, "ahostsv4", check=lambda v: None if v in ("ahostsv4", "ahostsv6", "ahosts")
+                                 else f"must be ahostsv4 (A only), ahostsv6 (AAAA only) or ahosts (both), got {v!r}")
+        eo = _Obj(ctx, exp, p + ("expect",), ("queries", "count", "answer", "sequence", "sending", "unanswered"))
         qs = eo.get("queries", list, None)
+
+        def typed(key):
+            v = eo.get(key, list, None)
+            if v is None:
+                return None
+            out = []
+            for j, x in enumerate(v):
+                parts = str(x).split()
+                if len(parts) != 2 or parts[0] not in ("A", "AAAA"):
+                    ctx.err(p + ("expect", key, j), f"must be 'A NAME' or 'AAAA NAME', got {x!r}")
+                    continue
+                out.append(f"{parts[0]} {parts[1].rstrip('.')}")
+            return out
         params["expect"] = {"queries": [str(q).rstrip(".") for q in qs] if qs is not None else None,
                             "count": eo.int("count", None, 0, 50),
-                            "answer": eo.get("answer", str, None, check=lambda v: None if v == "none" else _ip4(v))}
-        if qs is None and params["expect"]["count"] is None and params["expect"]["answer"] is None:
-            ctx.err(p + ("expect",), "give at least one of queries, count, answer")
+                            "answer": eo.get("answer", str, None, check=lambda v: None if v == "none" else _ip(v)),
+                            "sequence": typed("sequence"),
+                            "sending": eo.get("sending", str, None, check=lambda v: None if v in (
+                                "parallel", "single-request", "single-request-reopen") else
+                                f"must be parallel, single-request or single-request-reopen, got {v!r}"),
+                            "unanswered": typed("unanswered")}
+        if params["expect"]["sending"] and params["lookup"] != "ahosts":
+            ctx.err(p + ("expect", "sending"), "only lookup: ahosts sends A and AAAA queries")
+        if all(v is None for v in params["expect"].values()):
+            ctx.err(p + ("expect",), "give at least one of queries, count, answer, sequence, sending, unanswered")
         if params["pod"] in pods and not dns.enabled and not pods[params["pod"]].dns.nameservers:
             ctx.err(p + ("pod",), "the lab has no DNS server (dns.enabled is false)")
         name = name or f"dns {params['pod']} {params['query']}"

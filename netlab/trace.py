@@ -27,6 +27,7 @@ How it works (see docs/adr/0009-namespace-and-capture-mechanics.md):
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import random
@@ -70,12 +71,20 @@ class Probe:
     def l4_header(self) -> int:
         return {"icmp": 8, "udp": 8, "tcp": 20}[self.proto]
 
+    @property
+    def v6(self) -> bool:
+        return ":" in self.dst
+
+    @property
+    def ip_header(self) -> int:
+        return 40 if self.v6 else 20
+
     def payload(self) -> bytes:
-        n = max(len(self.token), self.size - 20 - self.l4_header)
+        n = max(len(self.token), self.size - self.ip_header - self.l4_header)
         return self.token + bytes(n - len(self.token))
 
     def describe(self) -> str:
-        what = {"icmp": "ICMP echo request", "udp": f"UDP to port {self.port}", "tcp": f"TCP SYN to port {self.port}"}[self.proto]
+        what = {"icmp": "ICMPv6 echo request" if self.v6 else "ICMP echo request", "udp": f"UDP to port {self.port}", "tcp": f"TCP SYN to port {self.port}"}[self.proto]
         return f"{what}, {self.size} bytes{' DF' if self.df else ''}"
 
 
@@ -131,6 +140,40 @@ def route_get(ns: str, dst: str, *, src: str | None = None, iif: str | None = No
 def send_probe(ns: str, pr: Probe) -> None:
     """Send one probe from inside ``ns`` with a plain kernel socket."""
     IP_MTU_DISCOVER, IP_PMTUDISC_DO, IP_PMTUDISC_DONT = 10, 2, 0
+    IPV6_MTU_DISCOVER = 23
+
+    def go6():
+        # IPv6: the kernel fills the ICMPv6 checksum of a raw socket itself; the TCP
+        # one is ours (pseudo header of source, destination, length, next header)
+        if pr.proto == "icmp":
+            s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+            pkt = struct.pack("!BBHHH", 128, 0, 0, pr.icmp_id, 1) + pr.payload()
+        elif pr.proto == "udp":
+            s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            s.bind(("::", pr.sport))
+            pkt = pr.payload()
+        else:
+            s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_TCP)
+            body = pr.payload()
+            off = 5 << 12 | 0x002
+            hdr = struct.pack("!HHIIHHHH", pr.sport, pr.port, pr.seq, 0, off, 64240, 0, 0)
+            pseudo = (socket.inet_pton(socket.AF_INET6, pr.src) + socket.inet_pton(socket.AF_INET6, pr.dst)
+                      + struct.pack("!I3xB", len(hdr) + len(body), 6))
+            c = _csum(pseudo + hdr + body)
+            pkt = struct.pack("!HHIIHHHH", pr.sport, pr.port, pr.seq, 0, off, 64240, c, 0) + body
+        try:
+            # IPv6 has no DF bit: "DF" means the sender itself never fragments (routers never do)
+            s.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, IP_PMTUDISC_DO if pr.df else IP_PMTUDISC_DONT)
+            s.sendto(pkt, (pr.dst, pr.port if pr.proto == "udp" else 0, 0, 0))   # raw: port 0 (or EINVAL)
+            pr.sent = True
+        except OSError as e:
+            pr.send_error = f"{e.strerror or e} (errno {e.errno})"
+            if e.errno == 90:
+                pr.send_error = "the sender's kernel refused it: Message too long (EMSGSIZE)"
+        finally:
+            s.close()
 
     def go():
         pmtu = IP_PMTUDISC_DO if pr.df else IP_PMTUDISC_DONT
@@ -165,7 +208,7 @@ def send_probe(ns: str, pr: Probe) -> None:
                 pr.send_error = "the sender's kernel refused it: Message too long (EMSGSIZE)"
         finally:
             s.close()
-    _in_ns(ns, go)
+    _in_ns(ns, go6 if pr.v6 else go)
 
 
 # --------------------------------------------------------------------------- counters
@@ -232,7 +275,7 @@ class NfTrace:
 
     def ruleset(self) -> str:
         r = self.rule()
-        return (f"table ip {self.table} {{\n"
+        return (f"table inet {self.table} {{\n"
                 f"  chain pre {{ type filter hook prerouting priority -310; {r}; }}\n"
                 f"  chain out {{ type filter hook output priority -310; {r}; }}\n}}\n")
 
@@ -264,7 +307,7 @@ class NfTrace:
                 out, _ = m.communicate()
             self.lines[ns] = out.splitlines()
         for ns in self.made:
-            run_ns(ns, ["nft", "delete", "table", "ip", self.table], timeout=30)
+            run_ns(ns, ["nft", "delete", "table", "inet", self.table], timeout=30)
         self.made = []
 
     def verdicts(self) -> dict[str, list[dict]]:
@@ -367,6 +410,8 @@ def _decode(frame: bytes, vxlan_ports=VXLAN_DEFAULT_PORTS) -> dict:
     """Outer and inner headers of a frame, as plain data."""
     from scapy.layers.l2 import ARP, Ether
     from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror, UDPerror
+    from scapy.layers.inet6 import (ICMPv6ND_NA, ICMPv6ND_NS, IPerror6, IPv6, IPv6ExtHdrFragment,
+                                    _ICMPv6)
     from scapy.layers.vxlan import VXLAN
     from scapy.packet import bind_layers
     for port in vxlan_ports:
@@ -379,9 +424,48 @@ def _decode(frame: bytes, vxlan_ports=VXLAN_DEFAULT_PORTS) -> dict:
         return d
     p = e.getlayer(IP)
     if p is None:
+        p = e.getlayer(IPv6)
+    if p is None:
+        return d
+    if isinstance(p, IPv6) and not p.haslayer(UDP) and (p.haslayer(ICMPv6ND_NS) or p.haslayer(ICMPv6ND_NA)):
+        # neighbour discovery: IPv6's ARP, reported in the same shape
+        ns_ = p.getlayer(ICMPv6ND_NS)
+        na = p.getlayer(ICMPv6ND_NA)
+        d["arp"] = ({"op": "request", "psrc": p.src, "pdst": ns_.tgt, "hwsrc": e.src, "nd": True} if ns_ is not None
+                    else {"op": "reply", "psrc": na.tgt, "pdst": p.dst, "hwsrc": e.src, "nd": True})
         return d
 
+    # ICMPv6 types in ICMP's terms (the analysis speaks ICMP): echo 128/129 -> 8/0,
+    # unreachable 1 -> 3, Packet Too Big 2 -> 3 code 4 (with its mtu), time exceeded 3 -> 11
+    v6types = {128: (8, None), 129: (0, None), 1: (3, None), 2: (3, 4), 3: (11, None), 4: (12, None)}
+
     def l3(ip) -> dict:
+        if isinstance(ip, IPv6):
+            frag = ip.getlayer(IPv6ExtHdrFragment)
+            x = {"src": ip.src, "dst": ip.dst, "ttl": ip.hlim, "id": frag.id if frag is not None else 0,
+                 "len": ip.plen + 40, "df": True, "mf": bool(frag is not None and frag.m),
+                 "frag": frag.offset if frag is not None else 0, "proto": ip.nh, "v6": True}
+            ic = ip.payload
+            while isinstance(ic, IPv6ExtHdrFragment):
+                ic = ic.payload
+            if isinstance(ic, _ICMPv6) and ic.type in v6types:
+                t, code = v6types[ic.type]
+                x["proto"] = 58
+                x["icmp"] = {"type": t, "code": ic.code if code is None else code, "id": getattr(ic, "id", 0),
+                             "seq": getattr(ic, "seq", 0), "type6": ic.type}
+                if ic.type == 2:
+                    x["icmp"]["mtu"] = ic.mtu
+                q = ic.getlayer(IPerror6)
+                if q is not None:
+                    x["quoted"] = {"src": q.src, "dst": q.dst, "proto": q.nh}
+                    for L in (UDPerror, TCPerror):
+                        if q.haslayer(L):
+                            x["quoted"].update(sport=q[L].sport, dport=q[L].dport)
+            elif isinstance(ic, TCP):
+                x["tcp"] = {"sport": ic.sport, "dport": ic.dport, "flags": str(ic.flags), "seq": ic.seq, "ack": ic.ack}
+            elif isinstance(ic, UDP):
+                x["udp"] = {"sport": ic.sport, "dport": ic.dport}
+            return x
         x = {"src": ip.src, "dst": ip.dst, "ttl": ip.ttl, "id": ip.id, "len": ip.len, "df": bool(ip.flags.DF),
              "mf": bool(ip.flags.MF), "frag": ip.frag, "proto": ip.proto}
         if isinstance(ip.payload, ICMP):
@@ -407,6 +491,8 @@ def _decode(frame: bytes, vxlan_ports=VXLAN_DEFAULT_PORTS) -> dict:
         v = p[VXLAN]
         d["vxlan"] = {"vni": v.vni}
         inner = v.getlayer(IP)
+        if inner is None:
+            inner = v.getlayer(IPv6)
         if inner is not None:
             d["inner"] = l3(inner)
             d["inner_l2"] = {"src": v.payload.src, "dst": v.payload.dst} if hasattr(v.payload, "src") else {}
@@ -420,6 +506,16 @@ def _l4(x: dict) -> str:
         return f"{x['src']}:{x['udp']['sport']} > {x['dst']}:{x['udp']['dport']} UDP"
     if "sport" in x and x.get("proto") in (6, 17):
         return f"{x['src']}:{x['sport']} > {x['dst']}:{x['dport']} {'TCP' if x['proto'] == 6 else 'UDP'}"
+    if "icmp" in x and x.get("v6"):
+        t = x["icmp"]
+        name = {128: "echo request", 129: "echo reply", 1: "destination unreachable", 3: "time exceeded",
+                4: "parameter problem"}.get(t.get("type6"), f"type {t.get('type6')}")
+        if t.get("type6") == 2:
+            name = f"Packet Too Big (mtu {t.get('mtu')})"
+        elif t.get("type6") == 1:
+            name += {0: " (no route)", 1: " (administratively prohibited)", 3: " (address unreachable)",
+                     4: " (port unreachable)"}.get(t["code"], f" (code {t['code']})")
+        return f"{x['src']} > {x['dst']} ICMPv6 {name}"
     if "icmp" in x:
         t = x["icmp"]
         name = {0: "echo reply", 8: "echo request", 3: "unreachable", 11: "time exceeded"}.get(t["type"], f"type {t['type']}")
@@ -527,7 +623,8 @@ def _ns_distances(inv: Inventory, start: str) -> dict[str, int]:
 def _owner_of(inv: Inventory, addr: str) -> str | None:
     for n in inv.namespaces.values():
         for l in n.links.values():
-            if any(a.split("/")[0] == addr for a in l.addrs):
+            # an address that failed DAD is nobody's: the kernel neither uses nor answers for it
+            if any(a.split("/")[0] == addr and "dadfailed" not in l.addr_flags.get(a, ()) for a in l.addrs):
                 if n.role == "node" and l.kind == "bridge" and any(
                         any(a.split("/")[0] == addr for a in m.addrs) for o in inv.namespaces.values()
                         if o.name != n.name and o.role == "node" for m in o.links.values()):
@@ -573,7 +670,11 @@ class Tracer:
             res.verdict = f"not sent: {self.label(self.src_ns)} has no route to {self.dst}"
             res.causes.append(f"no route: `ip route get {self.dst}` in {self.src_ns} says: {r['error']}")
             res.causes += _bgp_causes(self.st, self.src_ns, self.dst)
-            res.evidence.append(f"routes in {self.src_ns}:\n" + _indent(_ip(self.src_ns, "route", "show")))
+            res.evidence.append(f"routes in {self.src_ns}:\n" + _indent(_ip(self.src_ns, *(["-6"] if pr.v6 else []),
+                                                                          "route", "show")))
+            if pr.v6 and "unreachable" in r["error"].lower():
+                res.causes.append(f"{self.label(self.src_ns)} has no IPv6 default route (nor a route to "
+                                  f"{self.dst}'s subnet): the kernel refuses the packet before it leaves")
             return res
         pr.src = r.get("prefsrc") or pr.src
         nss = list(self.inv.namespaces)
@@ -589,7 +690,7 @@ class Tracer:
                 mon = self._start_monitor(mon)
             for ns in nss:
                 pcap = os.path.join(self.pcap_dir, f"{ns}.pcap") if self.pcap_dir else None
-                caps[ns] = Capture(ns, "", "ip or arp", pcap=pcap, max_seconds=self.wait + 30)
+                caps[ns] = Capture(ns, "", "ip or ip6 or arp", pcap=pcap, max_seconds=self.wait + 30)
             for c in caps.values():
                 c.start(timeout=30)
             if nft:
@@ -620,6 +721,8 @@ class Tracer:
         if self.pcap_dir:
             res.pcaps = [c.pcap for c in caps.values() if c.pcap and c.frames]
         self.analyse(caps, before, after)
+        if pr.v6:
+            self._dad_causes()
         k8s = k8s_notes(self.nft_lines, self.label)     # Services / NetworkPolicy: drops first
         res.causes[:0] = [c for c in k8s if not c.startswith("note: ")]
         res.causes += [c for c in k8s if c.startswith("note: ")]
@@ -638,7 +741,7 @@ class Tracer:
         if why:
             self.res.kernel_note = f"kernel drop reasons unavailable: {why}"
             return None
-        return dropmon.DropMonitor(self.probe.token.decode()[-8:])
+        return dropmon.DropMonitor(self.probe.token.decode()[-8:], protocol=0x86DD if self.probe.v6 else dropmon.ETH_P_IP)
 
     def _start_monitor(self, mon):
         from . import dropmon
@@ -661,7 +764,7 @@ class Tracer:
         seq = back if back else fwd
         last = max((o.ts for o in seq), default=0.0) or self.sent_at
         v = dropmon.correlate(self.drops, last)
-        res.kernel = v.line()
+        res.kernel = v.line("IPv6" if self.probe.v6 else "IPv4")
         if v.drop is not None and v.drop.reason == "NETFILTER_DROP" and seq:
             ns = max(seq, key=lambda o: o.ts).ns
             if not any(d["verdict"].split()[0] in ("drop", "reject") for d in self.rules.get(ns, []) if d["verdict"]):
@@ -1040,10 +1143,12 @@ class Tracer:
             res.evidence += self._counter_lines(ns, deltas)
             return
         r = route_get(ns, cur_dst, src=top["src"], iif=in_if)
-        fwd_on = _sysctl(ns, "net/ipv4/ip_forward")
+        fwd_key = "net/ipv6/conf/all/forwarding" if top.get("v6") else "net/ipv4/ip_forward"
+        fwd_name = "IPv6 forwarding" if top.get("v6") else "ip_forward"
+        fwd_on = _sysctl(ns, fwd_key)
         if "error" in r:
             if fwd_on == "0":
-                causes.append(f"ip_forward is off in {self.label(ns)} (net.ipv4.ip_forward = 0): it is not a router, "
+                causes.append(f"{fwd_name} is off in {self.label(ns)} ({fwd_key.replace('/', '.')} = 0): it is not a router, "
                               f"packets for other hosts are dropped (`ip route get {cur_dst} from {top['src']} iif {in_if}`: {r['error']})")
             else:
                 causes.append(f"no route: {self.label(ns)} cannot forward to {cur_dst} "
@@ -1056,20 +1161,28 @@ class Tracer:
         nh = r.get("gateway") or cur_dst
         out_link = inv.link(ns, out_dev)
         if fwd_on == "0":
-            causes.append(f"ip_forward is off in {self.label(ns)} (net.ipv4.ip_forward = 0): the route exists "
+            causes.append(f"{fwd_name} is off in {self.label(ns)} ({fwd_key.replace('/', '.')} = 0): the route exists "
                           f"(via {nh} dev {out_dev}) but the namespace does not forward")
             res.evidence += self._counter_lines(ns, deltas)
             return
         if out_link is not None and (frame_len - 14 if "vxlan" not in last.info else top["len"]) > out_link.mtu:
             size = top["len"]
             causes.append(f"MTU: a {size}-byte packet{' with DF' if top.get('df') else ''} must leave on {out_dev} "
-                          f"(mtu {out_link.mtu})" + (": an ICMP fragmentation-needed goes back" if top.get("df") else ""))
+                          f"(mtu {out_link.mtu})" + (": an ICMP fragmentation-needed goes back" if top.get("df")
+                                                     and not top.get("v6") else ""))
+            if top.get("v6"):
+                self._ptb_causes(ns, top, out_link.mtu)
         nb = _neigh(ns, nh, out_dev)
         asked = [a for a in arps if a.ns == ns and a.info["arp"]["op"] == "request" and a.info["arp"]["pdst"] == nh]
         answered = [a for a in arps if a.ns == ns and a.info["arp"]["op"] == "reply" and a.info["arp"]["psrc"] == nh]
         if nb in ("FAILED", "INCOMPLETE") or (asked and not answered):
-            causes.append(f"no ARP answer: {self.label(ns)} asked who has {nh} on {out_dev} "
-                          f"{len(asked)} time(s) in the capture, nobody answered (neighbour state {nb or 'none'})")
+            if top.get("v6"):
+                causes.append(f"no NA answer: {self.label(ns)} sent {len(asked)} neighbour solicitation(s) for {nh} "
+                              f"on {out_dev} in the capture, no neighbour advertisement came back (neighbour state "
+                              f"{nb or 'none'})")
+            else:
+                causes.append(f"no ARP answer: {self.label(ns)} asked who has {nh} on {out_dev} "
+                              f"{len(asked)} time(s) in the capture, nobody answered (neighbour state {nb or 'none'})")
             if _owner_of(inv, nh) is None:
                 causes.append(f"no namespace of the lab has the address {nh} any more (a stale route or endpoint?)")
         sn = deltas.get(ns, {}).get("snmp", {})
@@ -1084,6 +1197,47 @@ class Tracer:
         if sn:
             res.evidence += self._counter_lines(ns, deltas)
 
+    def _ptb_causes(self, ns: str, top: dict, mtu: int) -> None:
+        """IPv6 routers never fragment: ``ns`` must have sent an ICMPv6 Packet Too Big.
+        Seen on the way back, or not; and the rules in ``ns`` that drop it."""
+        res = self.res
+        ptb = [e for e in res.errors if "Packet Too Big" in e]
+        if ptb:
+            res.causes.append(f"ICMPv6 Packet Too Big (mtu {mtu}) went back: {ptb[0]}")
+            return
+        res.causes.append(f"an IPv6 router never fragments: {self.label(ns)} must answer with an ICMPv6 Packet Too "
+                          f"Big (mtu {mtu}), and none was seen anywhere: the sender never learns the path MTU "
+                          "(a black hole)")
+        rules = [ln.strip() for ln in run_ns(ns, ["nft", "list", "ruleset"]).stdout.splitlines()
+                 if ("packet-too-big" in ln or "icmpv6" in ln) and ("drop" in ln or "reject" in ln)]
+        if rules:
+            res.causes.insert(0, f"ICMPv6 Packet Too Big is filtered in {self.label(ns)}: " + "; ".join(rules))
+
+    def _dad_causes(self) -> None:
+        """Duplicate address detection: an IPv6 address the probe is for (or comes
+        from) that is still tentative, or failed DAD, answers no neighbour
+        solicitation; find who else holds it."""
+        pr, res, inv = self.probe, self.res, self.inv
+        for addr, role in ((pr.dst, "destination"), (pr.src, "source")):
+            for n in inv.namespaces.values():
+                for l in n.links.values():
+                    for a, fl in l.addr_flags.items():
+                        if a.split("/")[0] != addr:
+                            continue
+                        others = [self.label(o.name) for o in inv.namespaces.values() if o.name != n.name
+                                  for m in o.links.values() if any(x.split("/")[0] == addr for x in m.addrs)]
+                        if "dadfailed" in fl:
+                            res.causes.insert(0, f"DAD failed: the {role} address {a} on {l.name} in {self.label(n.name)} "
+                                              "is 'tentative dadfailed': another host answered its duplicate address "
+                                              "detection, so the kernel neither uses nor answers for it"
+                                              + (f"; {', '.join(sorted(set(others)))} holds it too and answers the "
+                                                 "neighbour solicitations instead" if others else ""))
+                        else:
+                            res.causes.insert(0, f"DAD not finished: the {role} address {a} on {l.name} in "
+                                              f"{self.label(n.name)} is still tentative: until duplicate address "
+                                              "detection is over (about 1-2 s) the kernel answers no neighbour "
+                                              "solicitation for it")
+
     def _counter_lines(self, ns: str, deltas: dict) -> list[str]:
         sn = {k: v for k, v in deltas.get(ns, {}).get("snmp", {}).items() if k in SNMP_KEYS}
         out = []
@@ -1097,7 +1251,9 @@ class Tracer:
 
 
 def _tcp_dport(frame: bytes) -> int | None:
-    """Destination port of a plain Ethernet/IPv4/TCP frame (no decoding library)."""
+    """Destination port of a plain Ethernet/IPv4/TCP (or IPv6/TCP) frame (no decoding library)."""
+    if len(frame) >= 58 and frame[12:14] == b"\x86\xdd" and frame[20] == 6:
+        return struct.unpack("!H", frame[56:58])[0]
     if len(frame) < 34 or frame[12:14] != b"\x08\x00" or frame[23] != 6:
         return None
     off = 14 + (frame[14] & 0x0F) * 4
@@ -1140,7 +1296,7 @@ def _indent(text: str, pad: str = "    ") -> str:
 
 # --------------------------------------------------------------------------- entry
 
-def resolve(st, name: str) -> tuple[str, str | None, str]:
+def resolve(st, name: str, family: int | None = None) -> tuple[str, str | None, str]:
     """A lab endpoint name (pod, node, ext, dns) or an address -> (netns, address, label)."""
     from .cmd_lab import _plan_for_state
     from .checks.common import Context
@@ -1150,35 +1306,45 @@ def resolve(st, name: str) -> tuple[str, str | None, str]:
     if name in plan.endpoints:
         t = Context.__new__(Context)
         t.topo, t.plan, t.st = topo, plan, st
-        from .build import attach_addresses
+        from .build import attach_addresses, attach_addresses_all
         t.addresses = attach_addresses(st)
+        t.addresses_all = attach_addresses_all(st)
         tg = t.target(name)
+        if family:
+            if not tg.address_of(family):
+                raise TraceError(f"{name} has no IPv{family} address")
+            return tg.ns, tg.address_of(family), name
         return tg.ns, tg.address, name
     try:
-        socket.inet_aton(name)
-    except OSError:
-        raise TraceError(f"unknown endpoint {name!r}: a pod, node, 'ext', 'dns' or an IPv4 address "
+        a = ipaddress.ip_address(name)
+    except ValueError:
+        raise TraceError(f"unknown endpoint {name!r}: a pod, node, 'ext', 'dns' or an IPv4 or IPv6 address "
                          f"(have: {', '.join(plan.endpoints)})") from None
-    return "", name, name
+    if family and a.version != family:
+        raise TraceError(f"{name} is not an IPv{family} address")
+    return "", str(a), name
 
 
 def trace(st, src: str, dst: str, *, proto: str = "icmp", size: int | None = None, df: bool = False,
           wait: float = 1.0, pcap_dir: str | None = None, nftrace: bool = True,
-          sport: int | None = None, drop_reasons: bool = True) -> TraceResult:
+          sport: int | None = None, drop_reasons: bool = True, family: int | None = None) -> TraceResult:
     p, port = parse_proto(proto)
-    src_ns, src_addr, src_label = resolve(st, src)
-    if not src_ns:
-        raise TraceError("FROM must be a pod, node, 'ext' or 'dns' of the lab (the probe is sent from its namespace)")
-    dst_ns, dst_addr, dst_label = resolve(st, dst)
+    dst_ns, dst_addr, dst_label = resolve(st, dst, family)
     if not dst_addr:
         raise TraceError(f"{dst} has no address")
+    fam = family or (6 if ":" in dst_addr else 4)
+    src_ns, src_addr, src_label = resolve(st, src)
+    if src_addr and (":" in src_addr) != (fam == 6):      # the source's address of the probe's family
+        src_ns, src_addr, src_label = resolve(st, src, fam)
+    if not src_ns:
+        raise TraceError("FROM must be a pod, node, 'ext' or 'dns' of the lab (the probe is sent from its namespace)")
     inv = inventory(st)
     hdr = {"icmp": 8, "udp": 8, "tcp": 20}[p]
     tok = b"NLTRACE-" + os.urandom(4).hex().encode()
-    min_size = 20 + hdr + len(tok)
+    min_size = (40 if fam == 6 else 20) + hdr + len(tok)
     if size is not None and size < min_size:
         raise TraceError(f"--size must be at least {min_size} (IP + {p.upper()} headers + the {len(tok)}-byte trace token)")
-    pr = Probe(p, dst_addr, port, size or max(84, min_size), df, tok, src=src_addr or "",
+    pr = Probe(p, dst_addr, port, size or max(104 if fam == 6 else 84, min_size), df, tok, src=src_addr or "",
                sport=sport or random.randint(33000, 60999), icmp_id=random.randint(1, 65535),
                seq=random.randint(1, 2**32 - 1))
     t = Tracer(st, inv, src_ns, dst_addr, pr, src_name=src_label, dst_name=dst_label, wait=wait, pcap_dir=pcap_dir,

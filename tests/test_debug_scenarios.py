@@ -75,6 +75,19 @@ TRACES = {
                              "kernel: drop reason NETFILTER_DROP in nft_do_chain",
                              "netdev cnilab-impair-eth0-in impair: meta length >= 1000 numgen random mod 10000 < 3000",
                              "(a netlab impairment: netlab impair all show)"], 25),
+    # IPv6 (ADR 0028)
+    "ipv6-pmtu-blackhole.yaml": ("a", "b", ["--size", "1500", "--df"],
+                                 ["verdict: lost after node node1 cni0 (received)",
+                                  "cause: ICMPv6 Packet Too Big is filtered in node node1: icmpv6 type packet-too-big",
+                                  "an IPv6 router never fragments: node node1 must answer with an ICMPv6 Packet Too Big "
+                                  "(mtu 1400)"]),
+    "ipv6-no-default-route.yaml": ("client", "web", ["--proto", "tcp/80", "--family", "6"],
+                                   ["verdict: not sent: pod client has no route to fd00:10:232::10",
+                                    "pod client has no IPv6 default route"]),
+    "ipv6-dad-duplicate.yaml": ("client", "web", ["--proto", "tcp/80", "--family", "6"],
+                                ["verdict: delivered to pod imposter and answered",
+                                 "cause: DAD failed: the destination address fd00:10:233::10/64 on eth0 in pod web is "
+                                 "'tentative dadfailed'", "pod imposter holds it too"]),
 }
 # the kernel's drop reason (skb:kfree_skb) where the kernel has one to give
 KERNEL = {
@@ -91,7 +104,7 @@ def netlab(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
 
 def test_every_scenario_has_a_trace_or_dns_evidence():
     assert len(SCENARIOS) >= 7
-    assert set(TRACES) | {"ndots-amplification.yaml"} == set(SCENARIOS)
+    assert set(TRACES) | {"ndots-amplification.yaml", "aaaa-timeout.yaml"} == set(SCENARIOS)   # DNS: the check's capture
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)

@@ -70,7 +70,7 @@ checks:
     errs = "\n".join(ei.value.errors)
     expected = [
         ("bad.yaml:1: name", "not a valid lab name"),
-        ("bad.yaml:2: underlay.subnet", "not an IPv4 subnet"),
+        ("bad.yaml:2: underlay.subnet", "not an IPv4 or IPv6 subnet"),
         ("bad.yaml:2: underlay.mtu", "between 576 and 9000"),
         ("bad.yaml:5: nodes.n2.colour", "unknown key"),
         ("bad.yaml:7: networks.podnet.type", "must be one of bridge, overlay"),

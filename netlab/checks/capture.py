@@ -27,9 +27,18 @@ def _matches(pkt, layer: str | None, fields: dict) -> bool:
             got = getattr(pkt.getlayer(ln), fn, None)
         else:
             got = getattr(lay, k, None)
-        if got is None or str(got) != str(v):
+        if got is None or (str(got) != str(v) and not _same_address(got, v)):
             return False
     return True
+
+
+def _same_address(a, b) -> bool:
+    """IPv6 addresses compare as addresses (fd00:0::1 is fd00::1), not as text."""
+    import ipaddress
+    try:
+        return ipaddress.ip_address(str(a)) == ipaddress.ip_address(str(b))
+    except ValueError:
+        return False
 
 
 def run(ctx: Context, check) -> CheckResult:

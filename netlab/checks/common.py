@@ -41,16 +41,45 @@ class Target:
     address: str | None
     iface: str
     kind: str
+    addresses: list[str] = field(default_factory=list)   # every family's address, primary first
+
+    @property
+    def families(self) -> list[int]:
+        return [family_of(a) for a in self.addresses]
+
+    def address_of(self, family: int) -> str | None:
+        return next((a for a in self.addresses if family_of(a) == family), None)
+
+    def at(self, family: int | None) -> "Target":
+        """This target seen in one family: ``address`` is that family's (None: it has none)."""
+        if family is None:
+            return self
+        import dataclasses
+        return dataclasses.replace(self, address=self.address_of(family))
+
+
+def family_of(addr: str) -> int:
+    return 6 if ":" in addr else 4
+
+
+def families_between(src: Target, dst: Target, family: int | None) -> list[int]:
+    """The families a check runs in: the one asked for, else every family both
+    ends have (the destination's primary first); a single-family lab gets one."""
+    if family:
+        return [family]
+    both = [f for f in dst.families if f in src.families] if src.addresses else list(dst.families)
+    return both or [family_of(dst.address)] if dst.address else both
 
 
 class Context:
     """A lab as the checks see it: built from the plan and the recorded state."""
 
     def __init__(self, topo, plan, st) -> None:
-        from ..build import attach_addresses
+        from ..build import attach_addresses, attach_addresses_all
         self.topo, self.plan, self.st = topo, plan, st
         self.lab_dir = plan.lab_dir
         self.addresses = attach_addresses(st) if st is not None else {}
+        self.addresses_all = attach_addresses_all(st) if st is not None else {}
         self.evidence_dir = os.path.join(self.lab_dir, "evidence")
         os.makedirs(self.evidence_dir, exist_ok=True)
 
@@ -67,11 +96,15 @@ class Context:
             owner = self.topo.pods[self.topo.pod_netns_owner(name)]
             if owner.mode == "host":
                 addr = self.topo.nodes[owner.node].address
+                addrs = list(self.topo.nodes[owner.node].addresses)
             else:
                 addr = self.addresses.get(owner.name, owner.ip)
+                addrs = list(getattr(self, "addresses_all", {}).get(owner.name) or owner.ips)
+                if addr and addr in addrs:      # primary first
+                    addrs = [addr] + [a for a in addrs if a != addr]
             iface = owner.ifname if owner.mode in ("bridge", "overlay") else ("lo" if owner.mode == "none" else "eth0")
-            return Target(name, ep.netns, addr, iface, "host" if owner.mode == "host" else pod.mode)
-        return Target(name, ep.netns, addr, ep.iface, ep.kind)
+            return Target(name, ep.netns, addr, iface, "host" if owner.mode == "host" else pod.mode, addrs)
+        return Target(name, ep.netns, addr, ep.iface, ep.kind, list(ep.addresses or ([addr] if addr else [])))
 
     def pcap(self, check, suffix: str = "") -> str:
         slug = re.sub(r"[^a-zA-Z0-9]+", "-", check.name).strip("-")[:60]
@@ -129,6 +162,7 @@ class Server:
     """A tiny TCP/UDP responder bound inside a namespace (runs in a setns'd thread)."""
 
     def __init__(self, ns: str, proto: str, port: int, address: str = "0.0.0.0") -> None:
+        # address "::" (or any IPv6 one): an IPv6 socket (IPV6_V6ONLY: it answers IPv6 alone)
         self.ns, self.proto, self.port, self.address = ns, proto, port, address
         self.peers: list[tuple[str, int]] = []
         self._ready = threading.Event()
@@ -155,7 +189,10 @@ class Server:
             finally:
                 os.close(fd)
             kind = socket.SOCK_STREAM if self.proto == "tcp" else socket.SOCK_DGRAM
-            s = socket.socket(socket.AF_INET, kind)
+            v6 = ":" in self.address
+            s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, kind)
+            if v6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind((self.address, self.port))
             if self.proto == "tcp":
@@ -195,7 +232,7 @@ def client(ns: str, proto: str, host: str, port: int, timeout: float = 2) -> tup
     """Connect/send from inside ``ns``; (got the server's reply, text or error)."""
     def go():
         kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
-        s = socket.socket(socket.AF_INET, kind)
+        s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, kind)
         s.settimeout(timeout)
         try:
             if proto == "tcp":

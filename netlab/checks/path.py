@@ -108,18 +108,26 @@ def vxlan_ports(ctx: Context) -> tuple[int, ...]:
     return tuple(sorted(set(VXLAN_PORTS) | {w.port for w in ctx.topo.networks.values() if w.type == "overlay"}))
 
 
-def innermost_ip(pkt, ports: tuple[int, ...]):
-    """The IP header of the packet, looking through VXLAN encapsulation."""
-    from scapy.layers.inet import IP, UDP
-    from scapy.layers.l2 import Ether
+def ip_layer(pkt):
+    """The packet's IPv4 header, else its IPv6 header (None: neither)."""
+    from scapy.layers.inet import IP
+    from scapy.layers.inet6 import IPv6
     ip = pkt.getlayer(IP)
+    return ip if ip is not None else pkt.getlayer(IPv6)
+
+
+def innermost_ip(pkt, ports: tuple[int, ...]):
+    """The IP (v4 or v6) header of the packet, looking through VXLAN encapsulation."""
+    from scapy.layers.inet import UDP
+    from scapy.layers.l2 import Ether
+    ip = ip_layer(pkt)
     for _ in range(3):
         if ip is None or not ip.haslayer(UDP) or ip[UDP].dport not in ports:
             return ip
         raw = bytes(ip[UDP].payload)
         if len(raw) <= 8:
             return None
-        ip = Ether(raw[8:]).getlayer(IP)
+        ip = ip_layer(Ether(raw[8:]))
     return ip
 
 
@@ -127,7 +135,7 @@ class PathCapture:
     """Capture at every point while the probe runs: ``with PathCapture(...) as pc:``."""
 
     def __init__(self, ctx: Context, check, src: Target, dst: Target, bpf: str,
-                 match: Callable[[object], bool]) -> None:
+                 match: Callable[[object], bool], suffix: str = "") -> None:
         self.ctx, self.src, self.dst = ctx, src, dst
         self.points = points(ctx, src, dst)
         self.src_label, self.dst_label = self.points[0].label, self.points[-1].label
@@ -138,7 +146,7 @@ class PathCapture:
         self.pcaps: dict[str, str] = {}
         for p in self.points:
             slug = re.sub(r"[^a-zA-Z0-9]+", "-", p.label).strip("-")
-            pcap = ctx.pcap(check) if p is self.points[-1] else ctx.pcap(check, f"-at-{slug}")
+            pcap = ctx.pcap(check, suffix) if p is self.points[-1] else ctx.pcap(check, f"{suffix}-at-{slug}")
             self.pcaps[p.label] = pcap
             self.caps[p.label] = Capture(p.ns, p.iface, wide, pcap=pcap, count=500,
                                          incoming_only=p.incoming_only)
