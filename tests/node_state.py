@@ -54,6 +54,7 @@ def sysctls(ns: str) -> list[str]:
 
 
 def state(ns: str) -> dict:
+    wait_ipv6_settled(ns)       # else a link-local route may appear between two snapshots
     snap = rootns_guard.snapshot(ns)
     snap["ruleset"] = ruleset(ns)
     snap["qdiscs"] = qdiscs(ns)
