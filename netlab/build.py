@@ -66,7 +66,7 @@ def in_ns(ns: str, argv: list[str], *, timeout: float = 30, check: bool = True) 
     fd = os.open(nsutil.path(ns), os.O_RDONLY | os.O_CLOEXEC)
     try:
         p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                           preexec_fn=lambda: cns._setns(fd))
+                           preexec_fn=lambda: cns.setns(fd))
     finally:
         os.close(fd)
     if check and p.returncode != 0:

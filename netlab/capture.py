@@ -140,7 +140,7 @@ class Capture:
         try:
             fd = os.open(nsutil.path(self.ns), os.O_RDONLY | os.O_CLOEXEC)
             try:
-                cns._setns(fd)   # this thread only; it is never returned to a pool
+                cns.setns(fd)   # this thread only; it is never returned to a pool
             finally:
                 os.close(fd)
             if self.iface:

@@ -16,7 +16,7 @@ import time
 from .exitcodes import FAILED, OK, USAGE as EXIT_USAGE
 
 
-def _lab_opts(p: argparse.ArgumentParser) -> None:
+def lab_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lab", help="lab name (default: the only lab that is up)")
     p.add_argument("--lab-dir", help="the lab's directory (default: $NETLAB_ROOT/<name>)")
 
@@ -36,7 +36,7 @@ def register(sub) -> None:
     p.add_argument("--timeout", "--duration", "-t", dest="timeout", type=float, default=0, metavar="S",
                    help="stop after S seconds (default: Ctrl-C)")
     p.add_argument("-v", "--verbose", action="store_true", help="also print scapy's layer summary")
-    _lab_opts(p)
+    lab_options(p)
     p.set_defaults(func=cmd_capture)
 
     p = sub.add_parser("trace", help="send one probe and follow it through every interface of the lab",
@@ -56,13 +56,13 @@ def register(sub) -> None:
                    help="do not read the kernel's drop reasons (skb:kfree_skb tracepoint)")
     p.add_argument("--pcap-dir", help="save every namespace's capture here (default: <lab dir>/traces/<time>)")
     p.add_argument("--json", action="store_true", help="print the trace as JSON")
-    _lab_opts(p)
+    lab_options(p)
     p.set_defaults(func=cmd_trace)
 
     p = sub.add_parser("graph", help="draw the lab: nodes, pods, bridges, VXLAN devices, addresses, host ports")
     p.add_argument("--format", "-T", choices=("svg", "png", "dot", "mermaid"), default="dot")
     p.add_argument("-o", "--output", help="file to write (default: stdout; svg/png need -o or a pipe)")
-    _lab_opts(p)
+    lab_options(p)
     p.set_defaults(func=cmd_graph)
 
     from .cmd_impair import register as register_impair   # impair, watch
@@ -79,7 +79,7 @@ def register(sub) -> None:
     p.add_argument("--brief", action="store_true", help="one line per call")
     p.add_argument("--failed", action="store_true", help="only calls that did not exit 0")
     p.add_argument("--json", action="store_true", help="the raw JSON lines")
-    _lab_opts(p)
+    lab_options(p)
     p.set_defaults(func=cmd_cni_log)
 
 
@@ -89,9 +89,9 @@ def _err(msg: str) -> None:
     print(f"netlab: {msg}", file=sys.stderr)
 
 
-def _lab(args):
-    from .cmd_lab import _find_lab
-    st = _find_lab(args.lab, os.path.abspath(args.lab_dir) if args.lab_dir else None)
+def lab_from_args(args):
+    from .cmd_lab import find_lab
+    st = find_lab(args.lab, os.path.abspath(args.lab_dir) if args.lab_dir else None)
     if st is None and (args.lab or args.lab_dir):
         _err(f"lab {args.lab or args.lab_dir} is not up")
     return st
@@ -108,8 +108,8 @@ def resolve_capture_target(st, target: str) -> tuple[str, str, bool]:
     if not ns:
         raise ValueError(f"{name!r} is an address; capture needs a pod, node, 'ext', 'dns' or 'underlay'")
     if not iface:
-        from .cmd_lab import _plan_for_state
-        topo, plan = _plan_for_state(st)
+        from .cmd_lab import plan_for_state
+        topo, plan = plan_for_state(st)
         if name in topo.pods:
             owner = topo.pods[topo.pod_netns_owner(name)]
             iface = owner.ifname if owner.mode in ("bridge", "overlay") else ""
@@ -117,11 +117,11 @@ def resolve_capture_target(st, target: str) -> tuple[str, str, bool]:
 
 
 def frame_line(ts: float, frame: bytes, iface: str, direction: str, verbose: bool = False) -> str:
-    from .trace import _decode, _l4
+    from .trace import decode_frame, l4_summary
     stamp = time.strftime("%H:%M:%S", time.localtime(ts)) + f".{int((ts % 1) * 1e6):06d}"
     head = f"{stamp} {iface or '?':<16} {direction:<3} "
     try:
-        d = _decode(frame)
+        d = decode_frame(frame)
     except Exception:  # noqa: BLE001 - an undecodable frame is still shown
         return head + f"{len(frame)} bytes (undecoded)"
     if "arp" in d:
@@ -133,7 +133,7 @@ def frame_line(ts: float, frame: bytes, iface: str, direction: str, verbose: boo
         if "vxlan" in d and "inner" in d:
             inner = d["inner"]
             body = (f"VXLAN vni {d['vxlan']['vni']} {ip['src']} > {ip['dst']} ttl {ip['ttl']} | "
-                    f"{_l4(inner)} ttl {inner['ttl']} len {inner['len']}")
+                    f"{l4_summary(inner)} ttl {inner['ttl']} len {inner['len']}")
         elif "vxlan" in d:
             from scapy.layers.l2 import Ether
             from scapy.layers.vxlan import VXLAN
@@ -141,9 +141,9 @@ def frame_line(ts: float, frame: bytes, iface: str, direction: str, verbose: boo
             inner = p[VXLAN].payload.summary() if p.haslayer(VXLAN) else "?"
             body = f"VXLAN vni {d['vxlan']['vni']} {ip['src']} > {ip['dst']} ttl {ip['ttl']} | {inner}"
         else:
-            body = f"{_l4(ip)} ttl {ip['ttl']} len {ip['len']}" + (" DF" if ip["df"] else "")
+            body = f"{l4_summary(ip)} ttl {ip['ttl']} len {ip['len']}" + (" DF" if ip["df"] else "")
             if ip.get("quoted"):
-                body += f" [about {_l4(ip['quoted'])}]"
+                body += f" [about {l4_summary(ip['quoted'])}]"
         extra = _dns_text(frame)
         if extra:
             body += " " + extra
@@ -177,7 +177,7 @@ def cmd_capture(args) -> int:
     from .capture import Capture, CaptureError
     from . import netns as nsutil
     from .pcapsink import sink_for
-    st = _lab(args)
+    st = lab_from_args(args)
     if st is None:
         return EXIT_USAGE
     targets = []
@@ -278,7 +278,7 @@ def _drain(caps, targets, shown: list[int], pending: list, sink, total: int, cou
 
 def cmd_trace(args) -> int:
     from .trace import TraceError, format_result, trace
-    st = _lab(args)
+    st = lab_from_args(args)
     if st is None:
         return EXIT_USAGE
     pcap_dir = args.pcap_dir or os.path.join(st.lab_dir, "traces", time.strftime("%Y%m%d-%H%M%S"))
@@ -300,11 +300,11 @@ def cmd_trace(args) -> int:
 
 def cmd_graph(args) -> int:
     from .graph import inventory, render
-    st = _lab(args)
+    st = lab_from_args(args)
     if st is None:
         return EXIT_USAGE
-    from .cmd_lab import _plan_for_state
-    topo, _ = _plan_for_state(st)
+    from .cmd_lab import plan_for_state
+    topo, _ = plan_for_state(st)
     inv = inventory(st, topo)
     try:
         data = render(inv, args.format)
@@ -328,7 +328,7 @@ def cmd_graph(args) -> int:
 
 def cmd_cni_log(args) -> int:
     from . import cnilog
-    st = _lab(args)
+    st = lab_from_args(args)
     if st is None:
         return EXIT_USAGE
     calls = cnilog.read(st.lab_dir)

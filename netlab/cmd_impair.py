@@ -16,7 +16,7 @@ EXIT_USAGE = 2
 
 
 def register(sub) -> None:
-    from .cmd_debug import _lab_opts
+    from .cmd_debug import lab_options
     p = sub.add_parser("impair", help="show, set or clear link impairments (loss, duplicate, rate, delay) of a running lab",
                        description="TARGET is a pod (its interface), a node, 'ext' or 'dns' (the uplink), "
                        "underlay:NODE (the switch port facing NODE), optionally TARGET:IFACE, or 'all' "
@@ -27,7 +27,7 @@ def register(sub) -> None:
     p.add_argument("action", choices=("show", "set", "clear"))
     p.add_argument("values", nargs="*", metavar="KEY VALUE")
     p.add_argument("--json", action="store_true", help="show: the recorded impairments as JSON")
-    _lab_opts(p)
+    lab_options(p)
     p.set_defaults(func=cmd_impair)
 
     p = sub.add_parser("watch", help="interface and drop counters of lab namespaces, live",
@@ -39,7 +39,7 @@ def register(sub) -> None:
     p.add_argument("--interval", "-i", type=float, default=1.0, metavar="S", help="seconds between samples (default 1)")
     p.add_argument("--count", "-c", type=int, default=0, metavar="N", help="stop after N samples (default: Ctrl-C)")
     p.add_argument("--all", action="store_true", help="also interfaces whose counters did not move")
-    _lab_opts(p)
+    lab_options(p)
     p.set_defaults(func=cmd_watch)
 
 
@@ -48,12 +48,12 @@ def _err(msg: str) -> None:
 
 
 def _lab_and_plan(args):
-    from .cmd_debug import _lab
-    from .cmd_lab import _plan_for_state
-    st = _lab(args)
+    from .cmd_debug import lab_from_args
+    from .cmd_lab import plan_for_state
+    st = lab_from_args(args)
     if st is None:
         return None, None
-    _, plan = _plan_for_state(st)
+    _, plan = plan_for_state(st)
     return st, plan
 
 

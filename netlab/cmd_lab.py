@@ -122,7 +122,7 @@ def labs_up(root: str | None = None) -> list[statemod.State]:
     return out
 
 
-def _find_lab(name: str | None, lab_dir: str | None) -> statemod.State | None:
+def find_lab(name: str | None, lab_dir: str | None) -> statemod.State | None:
     if lab_dir:
         return statemod.load(lab_dir)
     if name:
@@ -137,7 +137,7 @@ def _find_lab(name: str | None, lab_dir: str | None) -> statemod.State | None:
     return None
 
 
-def _plan_for_state(st: statemod.State, topo_path: str | None = None):
+def plan_for_state(st: statemod.State, topo_path: str | None = None):
     from .plan import make_plan
     topo = _load_topology(topo_path or st.data["topology"], name=st.lab)
     if topo is None:
@@ -498,10 +498,10 @@ def cmd_exec(args) -> int:
     if not cmd:
         _err("give a command after --, e.g. netlab exec POD -- ip addr")
         return USAGE
-    st = _find_lab(args.lab, args.lab_dir)
+    st = find_lab(args.lab, args.lab_dir)
     if st is None:
         return FAILED
-    topo, plan = _plan_for_state(st)
+    topo, plan = plan_for_state(st)
     if plan is None:
         return USAGE
     if args.target == "underlay":
@@ -522,12 +522,12 @@ def cmd_exec(args) -> int:
 
 def cmd_verify(args) -> int:
     name = args.lab or (_name_from_arg(args.file) if args.file and not args.lab_dir else None)
-    st = _find_lab(name, args.lab_dir)
+    st = find_lab(name, args.lab_dir)
     if st is None:
         if name:
             _err(f"lab {name} is not up")
         return FAILED
-    topo, plan = _plan_for_state(st, args.file)
+    topo, plan = plan_for_state(st, args.file)
     if plan is None:
         return USAGE
     results = _run_checks(topo, plan, st, args.json)

@@ -332,7 +332,7 @@ def _nft_in(ns: str, text: str) -> subprocess.CompletedProcess:
     fd = os.open(nsutil.path(ns), os.O_RDONLY | os.O_CLOEXEC)
     try:
         return subprocess.run(["nft", "-f", "-"], input=text, capture_output=True, text=True, timeout=30,
-                              preexec_fn=lambda: cns._setns(fd))
+                              preexec_fn=lambda: cns.setns(fd))
     finally:
         os.close(fd)
 

@@ -754,7 +754,7 @@ def _setns_fn(fd: int):
     from plugins.core import netns as core_netns
 
     def enter() -> None:
-        core_netns._setns(fd)
+        core_netns.setns(fd)
     return enter
 
 

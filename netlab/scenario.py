@@ -246,7 +246,7 @@ def _nft_in(ns: str, text: str) -> None:
     fd = os.open(nsutil.path(ns), os.O_RDONLY | os.O_CLOEXEC)
     try:
         p = subprocess.run(["nft", "-f", "-"], input=text, capture_output=True, text=True, timeout=30,
-                           preexec_fn=lambda: cns._setns(fd))
+                           preexec_fn=lambda: cns.setns(fd))
     finally:
         os.close(fd)
     if p.returncode != 0:
@@ -324,7 +324,7 @@ class Applier:
         fd = os.open(nsutil.path(ns), os.O_RDONLY | os.O_CLOEXEC)
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL, preexec_fn=lambda: cns._setns(fd),
+                                    stderr=subprocess.DEVNULL, preexec_fn=lambda: cns.setns(fd),
                                     start_new_session=True)
         finally:
             os.close(fd)

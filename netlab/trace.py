@@ -244,13 +244,13 @@ class NfTrace:
             try:
                 self.made.append(ns)
                 p = subprocess.run(["nft", "-f", "-"], input=text, capture_output=True, text=True, timeout=30,
-                                   preexec_fn=lambda: cns._setns(fd))
+                                   preexec_fn=lambda: cns.setns(fd))
                 if p.returncode != 0:
                     self.made.remove(ns)
                     continue
                 self.monitors[ns] = subprocess.Popen(["nft", "monitor", "trace"], stdout=subprocess.PIPE,
                                                      stderr=subprocess.DEVNULL, text=True,
-                                                     preexec_fn=lambda: cns._setns(fd))
+                                                     preexec_fn=lambda: cns.setns(fd))
             finally:
                 os.close(fd)
 
@@ -363,7 +363,7 @@ class Obs:
     ts: float = 0.0            # the kernel's capture time (wall clock)
 
 
-def _decode(frame: bytes, vxlan_ports=VXLAN_DEFAULT_PORTS) -> dict:
+def decode_frame(frame: bytes, vxlan_ports=VXLAN_DEFAULT_PORTS) -> dict:
     """Outer and inner headers of a frame, as plain data."""
     from scapy.layers.l2 import ARP, Ether
     from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror, UDPerror
@@ -413,7 +413,7 @@ def _decode(frame: bytes, vxlan_ports=VXLAN_DEFAULT_PORTS) -> dict:
     return d
 
 
-def _l4(x: dict) -> str:
+def l4_summary(x: dict) -> str:
     if "tcp" in x:
         return f"{x['src']}:{x['tcp']['sport']} > {x['dst']}:{x['tcp']['dport']} TCP [{x['tcp']['flags']}]"
     if "udp" in x:
@@ -701,7 +701,7 @@ class Tracer:
                     continue
                 o = Obs(ns, ifn, d, i, fr, ts=ts)
                 if pr.token in fr:
-                    o.info = _decode(fr)
+                    o.info = decode_frame(fr)
                     top = o.info.get("inner") or o.info.get("ip") or {}
                     ic = top.get("icmp")
                     if ic and ic["type"] in (3, 11, 4, 5, 12):
@@ -716,7 +716,7 @@ class Tracer:
                             frag_ids.add((top["src"], top["id"]))
                     obs.append(o)
                     continue
-                info = _decode(fr)
+                info = decode_frame(fr)
                 top = info.get("inner") or info.get("ip") or {}
                 if "arp" in info:
                     o.kind, o.info = "arp", info
@@ -742,8 +742,8 @@ class Tracer:
         res.replies = self._hops(back, reply=True)
         for o in sorted([o for o in obs if o.kind == "icmp-error"], key=lambda o: (-dist.get(o.ns, far), o.ns, o.order)):
             top = o.info.get("inner") or o.info["ip"]
-            res.errors.append(f"{self.label(o.ns)} {o.iface} {o.direction}: {_l4(top)}"
-                              + (f" about {_l4(top['quoted'])}" if top.get("quoted") else ""))
+            res.errors.append(f"{self.label(o.ns)} {o.iface} {o.direction}: {l4_summary(top)}"
+                              + (f" about {l4_summary(top['quoted'])}" if top.get("quoted") else ""))
         # where did it end?
         final = fwd[-1] if fwd else None
         if final is not None:
@@ -802,7 +802,7 @@ class Tracer:
             d = o.info
             top = d.get("inner") or d["ip"]
             h = Hop(o.ns, self.label(o.ns), o.iface, iface_role(self.inv, o.ns, o.iface), o.direction,
-                    _l4(top), top["ttl"], d["len"])
+                    l4_summary(top), top["ttl"], d["len"])
             if "vxlan" in d:
                 ip = d["ip"]
                 h.encap = (f"VXLAN VNI {d['vxlan']['vni']}: outer {ip['src']}:{ip['udp']['sport']} > "
@@ -885,7 +885,7 @@ class Tracer:
                                                                if rule else ""))
             if res.replied:
                 rtop = back[-1].info.get("inner") or back[-1].info["ip"]
-                res.verdict = f"delivered to {where} and answered ({_l4(rtop)})"
+                res.verdict = f"delivered to {where} and answered ({l4_summary(rtop)})"
                 return
             err_home = [e for e in res.errors if e.startswith(self.label(self.src_ns) + " ")]
             res.verdict = f"delivered to {where}; " + ("the answer was lost on the way back" if back else
@@ -1138,17 +1138,13 @@ def _indent(text: str, pad: str = "    ") -> str:
 
 def resolve(st, name: str) -> tuple[str, str | None, str]:
     """A lab endpoint name (pod, node, ext, dns) or an address -> (netns, address, label)."""
-    from .cmd_lab import _plan_for_state
+    from .cmd_lab import plan_for_state
     from .checks.common import Context
-    topo, plan = _plan_for_state(st)
+    topo, plan = plan_for_state(st)
     if plan is None:
         raise TraceError("cannot load the lab's topology")
     if name in plan.endpoints:
-        t = Context.__new__(Context)
-        t.topo, t.plan, t.st = topo, plan, st
-        from .build import attach_addresses
-        t.addresses = attach_addresses(st)
-        tg = t.target(name)
+        tg = Context(topo, plan, st, evidence=False).target(name)
         return tg.ns, tg.address, name
     try:
         socket.inet_aton(name)

@@ -65,9 +65,7 @@ def _ctx(yaml_text: str):
     from netlab.plan import make_plan
     topo = T.loads(yaml_text)
     plan = make_plan(topo, "/nonexistent-lab-dir")
-    ctx = Context.__new__(Context)           # no lab dir, no state: only targets are needed
-    ctx.topo, ctx.plan, ctx.st, ctx.addresses = topo, plan, None, {}
-    return ctx
+    return Context(topo, plan, None, evidence=False)   # no lab dir, no state: only targets are needed
 
 
 TWO_NODES = """name: pt

@@ -21,7 +21,7 @@ from .common import CheckResult, Context, captured, run_in
 SAMPLE_EVERY = 0.05      # seconds between counter samples
 
 
-def _listening_tcp(pid: int, port: int) -> bool:
+def listening_tcp(pid: int, port: int) -> bool:
     try:
         with open(f"/proc/{pid}/net/tcp", encoding="ascii") as f:
             next(f)
@@ -100,7 +100,7 @@ def run(ctx: Context, check) -> CheckResult:
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 5
-        while not _listening_tcp(srv.pid, port) and time.monotonic() < deadline:
+        while not listening_tcp(srv.pid, port) and time.monotonic() < deadline:
             time.sleep(0.02)
         with CounterSampler(srv.pid, dst.iface) as sampler:
             proc, _ = captured(dst.ns, dst.iface, f"tcp port {port}", pcap,

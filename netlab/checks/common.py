@@ -46,13 +46,15 @@ class Target:
 class Context:
     """A lab as the checks see it: built from the plan and the recorded state."""
 
-    def __init__(self, topo, plan, st) -> None:
+    def __init__(self, topo, plan, st, *, evidence: bool = True) -> None:
+        """``evidence=False``: only resolve targets (no evidence directory is made)."""
         from ..build import attach_addresses
         self.topo, self.plan, self.st = topo, plan, st
         self.lab_dir = plan.lab_dir
         self.addresses = attach_addresses(st) if st is not None else {}
         self.evidence_dir = os.path.join(self.lab_dir, "evidence")
-        os.makedirs(self.evidence_dir, exist_ok=True)
+        if evidence:
+            os.makedirs(self.evidence_dir, exist_ok=True)
 
     def target(self, name: str) -> Target:
         if name == "underlay":
@@ -95,7 +97,7 @@ def run_in(ns: str, argv: list[str], *, timeout: float = 30, etc: bool = False) 
     fd = os.open(nsutil.path(ns), os.O_RDONLY | os.O_CLOEXEC)
     try:
         return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                              preexec_fn=lambda: cns._setns(fd))
+                              preexec_fn=lambda: cns.setns(fd))
     finally:
         os.close(fd)
 
@@ -109,7 +111,7 @@ def in_thread(ns: str, fn: Callable[[], Any], timeout: float = 30) -> Any:
         try:
             fd = os.open(nsutil.path(ns), os.O_RDONLY | os.O_CLOEXEC)
             try:
-                cns._setns(fd)
+                cns.setns(fd)
             finally:
                 os.close(fd)
             out["value"] = fn()
@@ -151,7 +153,7 @@ class Server:
         try:
             fd = os.open(nsutil.path(self.ns), os.O_RDONLY | os.O_CLOEXEC)
             try:
-                cns._setns(fd)
+                cns.setns(fd)
             finally:
                 os.close(fd)
             kind = socket.SOCK_STREAM if self.proto == "tcp" else socket.SOCK_DGRAM

@@ -15,7 +15,7 @@ import subprocess
 import time
 
 from .. import netns as nsutil
-from .bandwidth import _listening_tcp, fmt
+from .bandwidth import listening_tcp, fmt
 from .common import CheckResult, Context, captured, run_in
 
 PORT = 5202
@@ -39,7 +39,7 @@ def run(ctx: Context, check) -> CheckResult:
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 5
-        while not _listening_tcp(srv.pid, PORT) and time.monotonic() < deadline:
+        while not listening_tcp(srv.pid, PORT) and time.monotonic() < deadline:
             time.sleep(0.02)
         before = link(dst.ns, dst.iface)
         argv = ["iperf3", "-c", dst.address, "-p", str(PORT), "-t", str(p["seconds"]),

@@ -45,8 +45,8 @@ import time
 from typing import Callable
 
 from . import launcher as proto
+from .netns import setns
 
-CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 PACKAGES = ("plugins", "ipam")          # the code the agent serves (and fingerprints)
 ON_CODE_CHANGE = ("exit", "refuse", "ignore")
@@ -135,12 +135,6 @@ def start_nft_reaper() -> None:
 
     threading.Thread(target=reaper, name="nft-reaper", daemon=True).start()
     _reaper_queue = q
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, f"setns: {os.strerror(e)}")
 
 
 def _recv_exact(conn: socket.socket, n: int) -> bytes:
@@ -404,7 +398,7 @@ class Agent:
     def _serve_call(self, conn: socket.socket, fds: list[int], plugin: str,
                     envb: bytes, stdin: bytes) -> None:
         try:
-            _setns(fds[0])   # this thread only; it ends with the call, nothing to restore
+            setns(fds[0])   # this thread only; it ends with the call, nothing to restore
         except OSError as e:
             why = "not a network namespace" if e.errno == errno.EINVAL else str(e)
             self._refuse(conn, f"cannot enter the caller's network namespace: {why}")
