@@ -238,7 +238,7 @@ def running_agent(scratch: Scratch, processes: int | None = None) -> Iterator[st
     ``--on-code-change ignore``: other people edit the tree while benchmarks
     run; the served counter (``agent_served``) proves calls went through it.
     """
-    from netlab.cmd_agent import start_agent, stop_agent
+    from netlab.agentctl import start_agent, stop_agent
     sock = scratch.path("agent", "agent.sock")
     start_agent(sock, on_code_change="ignore", log_path=scratch.path("agent", "agent.log"),
                 processes=processes)

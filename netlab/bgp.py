@@ -155,7 +155,7 @@ def render_config(*, lab: str, node: str, router_id: str, announce: list[str], c
 
 def announced(topo, node: str) -> list[str]:
     """Pod slices ``node`` announces: one per network with routing bgp."""
-    from .topology import node_slice
+    from .units import node_slice
     n = topo.nodes[node]
     return [str(node_slice(w, n.index)) for w in topo.networks.values() if w.routing == "bgp"]
 
@@ -164,9 +164,8 @@ def enabled(topo) -> bool:
     return any(w.routing == "bgp" for w in topo.networks.values())
 
 
-def plan_steps(topo, lab_dir: str, node_ns: Callable[[str, str], str]) -> list:
-    """One ``bgp`` step per node (after every uplink exists)."""
-    from .plan import Step
+def plan_steps(topo, lab_dir: str, node_ns: Callable[[str, str], str], Step: Callable[..., Any]) -> list:
+    """One ``bgp`` step per node (after every uplink exists); ``Step`` is the plan's step type."""
     if not enabled(topo):
         return []
     cfg = topo.bgp or BGPConfig()
@@ -288,7 +287,7 @@ def parse_routes(text: str) -> dict[str, str | None]:
 
 def learned(ns: str) -> dict[str, str | None]:
     """Routes BIRD installed in the node namespace's kernel table."""
-    from .build import ipn
+    from .netns import ipn
     return parse_routes(ipn(ns, "route", "show", "proto", "bird"))
 
 

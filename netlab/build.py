@@ -24,60 +24,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from . import netns as nsutil
+from .netns import BuildError, in_ns, ipn, ipn_batch, sh, tx_offload_off
 from . import state as statemod
+from .pods import REFERENCE_CNI, detach, plugin_env, runtime_for  # noqa: F401 (build.detach etc. keep working)
+from .state import attach_addresses
 from .plan import Plan, Step
 
-REFERENCE_CNI = "/usr/lib/cni"
 PLUGIN_TYPES = ("bridge", "host-local", "portmap", "bandwidth", "vxlan")
 PAUSE_ENV = "NETLAB_TEST_PAUSE"     # tests only: see Builder._hold_for_a_signal
 ATTACH_WORKERS = int(os.environ.get("NETLAB_ATTACH_WORKERS", "0")) or max(2, os.cpu_count() or 2)
-
-
-class BuildError(Exception):
-    pass
-
-
-def sh(argv: list[str], *, timeout: float = 30) -> str:
-    p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-    if p.returncode != 0:
-        raise BuildError(f"{' '.join(argv)}: {p.stderr.strip() or p.stdout.strip() or 'exit %d' % p.returncode}")
-    return p.stdout
-
-
-def ipn(ns: str, *args: str) -> str:
-    """``ip -n NS ...``: never without a namespace."""
-    if not ns:
-        raise BuildError("refusing to run ip without a namespace")
-    return sh(["ip", "-n", ns, *args])
-
-
-def ipn_batch(ns: str, lines: list[str]) -> None:
-    if not lines:
-        return
-    p = subprocess.run(["ip", "-n", ns, "-batch", "-"], input="\n".join(lines) + "\n",
-                       capture_output=True, text=True, timeout=60)
-    if p.returncode != 0:
-        raise BuildError(f"ip -n {ns} -batch: {p.stderr.strip()}")
-
-
-def in_ns(ns: str, argv: list[str], *, timeout: float = 30, check: bool = True) -> subprocess.CompletedProcess:
-    """Run a command inside the named namespace (setns in the child, no mount games)."""
-    from plugins.core import netns as cns
-    fd = os.open(nsutil.path(ns), os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                           preexec_fn=lambda: cns.setns(fd))
-    finally:
-        os.close(fd)
-    if check and p.returncode != 0:
-        raise BuildError(f"[{ns}] {' '.join(argv)}: {p.stderr.strip() or p.stdout.strip()}")
-    return p
-
-
-def tx_offload_off(ns: str, dev: str) -> None:
-    """Valid checksums in captures: veths otherwise leave them to 'hardware'."""
-    if shutil.which("ethtool"):
-        in_ns(ns, ["ethtool", "-K", dev, "tx", "off"], check=False)
 
 
 # --------------------------------------------------------------------------- plugins
@@ -188,29 +143,10 @@ def needed_types(plan: Plan) -> set[str]:
     return types
 
 
-def plugin_env(lab_dir: str, agent_socket: str | None) -> dict[str, str]:
-    """The environment plugins run with: never a node-wide agent, only the lab's;
-    node lock files in the lab dir (removed with it), not in /run/cnilab."""
-    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-           "CNILAB_RUN_DIR": os.path.join(lab_dir, "run")}
-    if agent_socket:
-        env.update(CNILAB_AGENT="on", CNILAB_AGENT_SOCKET=agent_socket)
-    else:
-        env["CNILAB_AGENT"] = "off"
-    return env
-
-
-def runtime_for(lab_dir: str, node_ns: str, cni_path: str, agent_socket: str | None = None):
-    from .runtime import Runtime
-    return Runtime([cni_path], cache_dir=os.path.join(lab_dir, "cni-cache"),
-                   host_netns=nsutil.path(node_ns), log_path=os.path.join(lab_dir, "cni.log"),
-                   env=plugin_env(lab_dir, agent_socket))
-
-
 def start_lab_agent(lab_dir: str, record: Callable[..., dict], update: Callable[..., None]) -> str:
     """One resident plugin agent per lab (our plugins' fast path, ADR 0010),
     on a socket in the lab dir; recorded so that down stops exactly it."""
-    from .cmd_agent import start_agent
+    from .agentctl import start_agent
     sock = os.path.join(lab_dir, "agent.sock")
     res = record("process", name="plugin agent", pid=0, starttime=None, socket=sock)
     pid = start_agent(sock, log_path=os.path.join(lab_dir, "agent.log"), workers=8)
@@ -473,30 +409,3 @@ class Builder:
             if not itf.get("sandbox") and itf.get("name") and itf.get("mac"):
                 # host-side veths have a MAC and no sandbox; bridges are fine too
                 tx_offload_off(p["node_ns"], itf["name"])
-
-
-def detach(res: dict, st: statemod.State) -> None:
-    """DEL an attachment recorded in the state (also when the pod netns is gone)."""
-    from .runtime import Runtime
-    if not nsutil.exists(os.path.basename(res["node_ns"]) if "/" in res["node_ns"] else res["node_ns"]):
-        return   # the node (and everything the plugins made in it) is already gone
-    cni_path = res.get("cni_path") or st.data.get("cniPath") or REFERENCE_CNI
-    sock = st.data.get("agentSocket")
-    rt = Runtime([cni_path], cache_dir=os.path.join(st.lab_dir, "cni-cache"),
-                 host_netns=nsutil.path(res["node_ns"]), log_path=os.path.join(st.lab_dir, "cni.log"),
-                 env=plugin_env(st.lab_dir, sock if sock and os.path.exists(sock) else None))
-    netns_path = nsutil.path(res["netns"]) if nsutil.exists(res["netns"]) else ""
-    rt.delete(res["conflist"], netns_path, res["container_id"], res["ifname"],
-              capability_args=res.get("capability_args") or {}, cni_args=res.get("cni_args"))
-
-
-def attach_addresses(st: statemod.State) -> dict[str, str]:
-    """pod -> IPv4 address from the recorded ADD results."""
-    out = {}
-    for pod, res in st.attachments().items():
-        for ip in (res.get("result") or {}).get("ips", []):
-            addr = ip.get("address", "")
-            if ":" not in addr and addr:
-                out[pod] = addr.split("/")[0]
-                break
-    return out

@@ -13,12 +13,8 @@ import os
 import sys
 import time
 
+from .cli_common import lab_from_args, lab_options
 from .exitcodes import FAILED, OK, USAGE as EXIT_USAGE
-
-
-def lab_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--lab", help="lab name (default: the only lab that is up)")
-    p.add_argument("--lab-dir", help="the lab's directory (default: $NETLAB_ROOT/<name>)")
 
 
 def register(sub) -> None:
@@ -89,14 +85,6 @@ def _err(msg: str) -> None:
     print(f"netlab: {msg}", file=sys.stderr)
 
 
-def lab_from_args(args):
-    from .cmd_lab import find_lab
-    st = find_lab(args.lab, os.path.abspath(args.lab_dir) if args.lab_dir else None)
-    if st is None and (args.lab or args.lab_dir):
-        _err(f"lab {args.lab or args.lab_dir} is not up")
-    return st
-
-
 def resolve_capture_target(st, target: str) -> tuple[str, str, bool]:
     """TARGET[:IFACE] -> (netns, iface or '' for all, incoming_only)."""
     from .plan import switch_ns
@@ -108,7 +96,7 @@ def resolve_capture_target(st, target: str) -> tuple[str, str, bool]:
     if not ns:
         raise ValueError(f"{name!r} is an address; capture needs a pod, node, 'ext', 'dns' or 'underlay'")
     if not iface:
-        from .cmd_lab import plan_for_state
+        from .labs import plan_for_state
         topo, plan = plan_for_state(st)
         if name in topo.pods:
             owner = topo.pods[topo.pod_netns_owner(name)]
@@ -303,7 +291,7 @@ def cmd_graph(args) -> int:
     st = lab_from_args(args)
     if st is None:
         return EXIT_USAGE
-    from .cmd_lab import plan_for_state
+    from .labs import plan_for_state
     topo, _ = plan_for_state(st)
     inv = inventory(st, topo)
     try:

@@ -16,7 +16,7 @@ EXIT_USAGE = 2
 
 
 def register(sub) -> None:
-    from .cmd_debug import lab_options
+    from .cli_common import lab_options
     p = sub.add_parser("impair", help="show, set or clear link impairments (loss, duplicate, rate, delay) of a running lab",
                        description="TARGET is a pod (its interface), a node, 'ext' or 'dns' (the uplink), "
                        "underlay:NODE (the switch port facing NODE), optionally TARGET:IFACE, or 'all' "
@@ -48,8 +48,8 @@ def _err(msg: str) -> None:
 
 
 def _lab_and_plan(args):
-    from .cmd_debug import lab_from_args
-    from .cmd_lab import plan_for_state
+    from .cli_common import lab_from_args
+    from .labs import plan_for_state
     st = lab_from_args(args)
     if st is None:
         return None, None

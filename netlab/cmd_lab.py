@@ -14,6 +14,8 @@ import sys
 import time
 
 from . import state as statemod
+from .teardown import teardown
+from .labs import find_lab, labs_up, load_topology, plan_for_state  # noqa: F401 (cmd_lab.labs_up keeps working)
 from .exitcodes import FAILED, INTERRUPTED, OK, USAGE
 
 
@@ -78,21 +80,6 @@ def _err(msg: str) -> None:
     print(f"netlab: {msg}", file=sys.stderr)
 
 
-def _load_topology(path: str, name: str | None = None, errors: list[str] | None = None):
-    """The topology, or None after printing its errors (or adding them to ``errors``)."""
-    from .topology import TopologyError, load
-    try:
-        return load(path, name=name)
-    except TopologyError as e:
-        if errors is not None:
-            errors += e.errors
-            return None
-        print(f"{path}: {len(e.errors)} error(s); nothing was built:", file=sys.stderr)
-        for line in e.errors:
-            print(f"  {line}", file=sys.stderr)
-        return None
-
-
 def _name_from_arg(arg: str) -> str:
     """A lab name, or the name inside a topology file."""
     if os.path.isfile(arg) and arg.endswith((".yaml", ".yml")):
@@ -106,43 +93,6 @@ def _name_from_arg(arg: str) -> str:
             pass
         return os.path.splitext(os.path.basename(arg))[0]
     return arg
-
-
-def labs_up(root: str | None = None) -> list[statemod.State]:
-    root = root or statemod.DEFAULT_ROOT
-    out = []
-    try:
-        entries = sorted(os.listdir(root))
-    except OSError:
-        return out
-    for e in entries:
-        st = statemod.load(os.path.join(root, e))
-        if st is not None:
-            out.append(st)
-    return out
-
-
-def find_lab(name: str | None, lab_dir: str | None) -> statemod.State | None:
-    if lab_dir:
-        return statemod.load(lab_dir)
-    if name:
-        return statemod.load(statemod.lab_dir_for(name))
-    up = labs_up()
-    if len(up) == 1:
-        return up[0]
-    if not up:
-        _err("no lab is up")
-    else:
-        _err("several labs are up; name one: " + ", ".join(s.lab for s in up))
-    return None
-
-
-def plan_for_state(st: statemod.State, topo_path: str | None = None):
-    from .plan import make_plan
-    topo = _load_topology(topo_path or st.data["topology"], name=st.lab)
-    if topo is None:
-        return None, None
-    return topo, make_plan(topo, st.lab_dir)
 
 
 def print_report(lab: str, results, *, as_json: bool = False, out=sys.stdout) -> None:
@@ -187,7 +137,7 @@ def _plan_or_refusal(path: str, name: str | None, lab_dir: str | None, plugins: 
     printed (or added to ``errors``): an invalid file, or plugins that cannot attach it."""
     from .build import refuse_plugins
     from .plan import make_plan
-    topo = _load_topology(path, name, errors)
+    topo = load_topology(path, name, errors)
     if topo is None:
         return None, None
     plan = make_plan(topo, os.path.abspath(lab_dir or statemod.lab_dir_for(topo.name)))
@@ -268,14 +218,14 @@ def cmd_up(args) -> int:
         builder.run()
         from .impair import apply_topology   # the topology's link impairments, recorded like the rest
         apply_topology(plan, st, record=builder.record, update=builder.update, progress=say)
-        from .scenario import apply as apply_scenario   # a scenario's faults, if the file has any
+        from .faults import apply as apply_scenario   # a scenario's faults, if the file has any
         scenario = apply_scenario(plan, st, record=builder.record, update=builder.update,
                                   progress=say)
     except BaseException as e:  # noqa: BLE001 - every failure rolls back
         interrupted = isinstance(e, KeyboardInterrupt)
         _err(("interrupted" if interrupted else f"build failed: {e}") + "; removing everything built so far")
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        errors = statemod.teardown(st, detach, log=lambda s: None)
+        errors = teardown(st, detach, log=lambda s: None)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         if errors:
             _err("could not remove everything: " + "; ".join(errors) + f"\n  state kept in {st.path}; retry: netlab down {topo.name}")
@@ -371,7 +321,7 @@ def cmd_down(args) -> int:
     n = sum(1 for r in st.resources if not r.get("removed"))
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # finish the teardown once started
     try:
-        errors = statemod.teardown(st, detach, log=lambda s: None)
+        errors = teardown(st, detach, log=lambda s: None)
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     if errors:
@@ -389,7 +339,7 @@ def cmd_down(args) -> int:
 
 def lab_status(st: statemod.State) -> dict:
     from . import netns as nsutil
-    from .build import attach_addresses
+    from .state import attach_addresses
     from .state import proc_starttime
     addrs = attach_addresses(st)
     nss = [{"name": r["name"], "role": r.get("role", "alias of " + r.get("target", "")),

@@ -123,8 +123,8 @@ def sync(topo, lab: str, addresses: dict[str, str], st=None, record=None, progre
     if not (topo.k8s and topo.k8s.active):
         return
     from plugins.net import sysctl
-    from .checks.common import in_thread
-    from .plan import node_ns
+    from .names import node_ns
+    from .netns import in_thread
     for n in topo.nodes:
         ns = node_ns(lab, n)
         for fam, tab in tables(topo):

@@ -1,13 +1,21 @@
-"""Named network namespaces (``ip netns`` style, under /var/run/netns).
+"""Named network namespaces (``ip netns`` style, under /var/run/netns), and
+running things in them.
 
 The only place netlab and the tests create or delete namespaces. Deletion is
-by exact name and tolerates "already gone".
+by exact name and tolerates "already gone". ``run_in``/``in_ns`` run a command
+in a namespace (setns in the child), ``in_thread`` calls a function in a
+thread that entered one, ``ipn`` is ``ip -n NS``; entering uses
+``plugins.core.netns.setns``. Imports nothing else of netlab.
 """
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
-from typing import Sequence
+import threading
+from typing import Any, Callable, Sequence
+
+from plugins.core import netns as cns
 
 NETNS_DIR = "/var/run/netns"
 
@@ -44,3 +52,86 @@ def run(name: str, argv: Sequence[str], *, check: bool = True, timeout: float = 
         input: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(exec_argv(name, argv), capture_output=True, text=True, check=check,
                           timeout=timeout, input=input)
+
+
+class BuildError(Exception):
+    """A lab command failed (the build step that ran it fails with it)."""
+
+
+def sh(argv: list[str], *, timeout: float = 30) -> str:
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    if p.returncode != 0:
+        raise BuildError(f"{' '.join(argv)}: {p.stderr.strip() or p.stdout.strip() or 'exit %d' % p.returncode}")
+    return p.stdout
+
+
+def ipn(ns: str, *args: str) -> str:
+    """``ip -n NS ...``: never without a namespace."""
+    if not ns:
+        raise BuildError("refusing to run ip without a namespace")
+    return sh(["ip", "-n", ns, *args])
+
+
+def ipn_batch(ns: str, lines: list[str]) -> None:
+    if not lines:
+        return
+    p = subprocess.run(["ip", "-n", ns, "-batch", "-"], input="\n".join(lines) + "\n",
+                       capture_output=True, text=True, timeout=60)
+    if p.returncode != 0:
+        raise BuildError(f"ip -n {ns} -batch: {p.stderr.strip()}")
+
+
+def in_ns(ns: str, argv: list[str], *, timeout: float = 30, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command inside the named namespace (setns in the child, no mount games)."""
+    fd = os.open(path(ns), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                           preexec_fn=lambda: cns.setns(fd))
+    finally:
+        os.close(fd)
+    if check and p.returncode != 0:
+        raise BuildError(f"[{ns}] {' '.join(argv)}: {p.stderr.strip() or p.stdout.strip()}")
+    return p
+
+
+def tx_offload_off(ns: str, dev: str) -> None:
+    """Valid checksums in captures: veths otherwise leave them to 'hardware'."""
+    if shutil.which("ethtool"):
+        in_ns(ns, ["ethtool", "-K", dev, "tx", "off"], check=False)
+
+
+def run_in(ns: str, argv: list[str], *, timeout: float = 30, etc: bool = False) -> subprocess.CompletedProcess:
+    """Run a command in a namespace. ``etc=True`` goes through ``ip netns exec`` so
+    the namespace's /etc/netns/<ns>/resolv.conf and hosts are in place."""
+    if etc:
+        return subprocess.run(exec_argv(ns, argv), capture_output=True, text=True, timeout=timeout)
+    fd = os.open(path(ns), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                              preexec_fn=lambda: cns.setns(fd))
+    finally:
+        os.close(fd)
+
+
+def in_thread(ns: str, fn: Callable[[], Any], timeout: float = 30) -> Any:
+    """Call ``fn`` in a fresh thread that entered ``ns`` first (its sockets live there)."""
+    out: dict[str, Any] = {}
+
+    def body():
+        try:
+            fd = os.open(path(ns), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                cns.setns(fd)
+            finally:
+                os.close(fd)
+            out["value"] = fn()
+        except BaseException as e:  # noqa: BLE001
+            out["error"] = e
+    t = threading.Thread(target=body, daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        raise TimeoutError(f"call in {ns} did not finish in {timeout}s")
+    if "error" in out:
+        raise out["error"]
+    return out.get("value")

@@ -4,13 +4,7 @@ Pure functions only (no system access), so the whole plan is unit-tested
 without root. ``build.py`` applies it step by step, recording each step in the
 state file before doing it.
 
-Naming (several labs at once never clash; the root namespace is never used):
-
-    nl-<lab>-sw        the underlay switch (bridge ``br0``)
-    nl-<lab>-n-<node>  a node            (uplink ``eth0`` on the switch)
-    nl-<lab>-p-<pod>   a pod             (attached by the CNI plugins run in its node)
-    nl-<lab>-dns       the DNS server    (dnsmasq, on the switch)
-    nl-<lab>-ext       a client outside the nodes, on the switch
+Names of namespaces and interfaces: ``netlab.names``.
 """
 from __future__ import annotations
 
@@ -21,39 +15,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .topology import Network, Pod, Topology, gateway, node_slice
-
-SWITCH_BRIDGE = "br0"
-POD_HOSTS = "pods.hosts"
-UPLINK = "eth0"
-
-
-def ns_prefix(lab: str) -> str:
-    return f"nl-{lab}"
-
-
-def switch_ns(lab: str) -> str:
-    return f"nl-{lab}-sw"
-
-
-def node_ns(lab: str, node: str) -> str:
-    return f"nl-{lab}-n-{node}"
-
-
-def pod_ns(lab: str, pod: str) -> str:
-    return f"nl-{lab}-p-{pod}"
-
-
-def dns_ns(lab: str) -> str:
-    return f"nl-{lab}-dns"
-
-
-def ext_ns(lab: str) -> str:
-    return f"nl-{lab}-ext"
-
-
-def container_id(lab: str, pod: str) -> str:
-    return f"netlab-{lab}-{pod}"
+from .names import (POD_HOSTS, SWITCH_BRIDGE, UPLINK, container_id, dns_ns, ext_ns, node_ns,  # noqa: F401
+                    ns_prefix, pod_ns, switch_ns)       # (plan.node_ns etc. keep working for importers)
+from .topology import Network, Pod, Topology
+from .units import gateway, node_slice
 
 
 @dataclass
@@ -326,7 +291,7 @@ def make_plan(topo: Topology, lab_dir: str) -> Plan:
         endpoints[n.name] = Endpoint(n.name, nn, n.address, UPLINK, "node")
 
     from .bgp import plan_steps as bgp_steps   # routing: bgp networks: BIRD in every node
-    steps += bgp_steps(topo, lab_dir, node_ns)
+    steps += bgp_steps(topo, lab_dir, node_ns, Step)
     from . import dhcp
     dhcp.add_steps(topo, lab_dir, lambda node: node_ns(lab, node), Step, steps, namespaces)
 

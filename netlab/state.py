@@ -3,24 +3,20 @@
 ``<lab dir>/state.json`` holds an ordered list of resources. Each is appended
 (and the file atomically rewritten) before the build step creates it, so a
 crash at any point leaves a file that names everything that may exist.
-``teardown`` walks the list backwards and removes exactly those things,
+``netlab.teardown`` walks the list backwards and removes exactly those things,
 tolerating "already gone", so ``netlab down`` is idempotent and works on a
-half-built lab. Nothing is ever removed by pattern.
+half-built lab. Nothing is ever removed by pattern. Imports netlab.netns only.
 """
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
-from . import netns as nsutil
 
 STATE_FILE = "state.json"
 DEFAULT_ROOT = os.environ.get("NETLAB_ROOT", "/var/lib/netlab")
@@ -147,10 +143,7 @@ def _proc_state(pid: int) -> str | None:
         return None
 
 
-# --------------------------------------------------------------------------- teardown
-
-Detacher = Callable[[dict, State], None]
-
+# --------------------------------------------------------------------------- /etc/netns
 
 ETC_NETNS_MARKER = ".made-by-netlab"
 
@@ -179,121 +172,17 @@ def remove_etc_netns_if_ours(parent: str = "/etc/netns") -> None:
             pass
 
 
-def teardown(st: State, detach: Detacher, *, log: Callable[[str], None] = lambda s: None,
-             keep_dir: bool = False, workers: int = 4) -> list[str]:
-    """Remove every recorded resource, newest first. Returns the errors (also kept
-    in the state file, which stays so that ``down`` can be run again)."""
-    errors: list[str] = []
-    if not os.path.exists(st.path):
-        return errors          # already removed completely
-    st.set(status="removing")
-    # pod attachments first, in parallel (each a CNI DEL through its node's plugins)
-    lock = threading.Lock()
-
-    def det(res: dict) -> None:
-        try:
-            detach(res, st)
-            with lock:
-                st.update(res, removed=True)
-            log(f"detached pod {res['pod']}")
-        except Exception as e:  # noqa: BLE001
-            with lock:
-                errors.append(f"attach {res.get('pod')}: {e}")
-    pending = [r for r in reversed(st.resources) if r["kind"] == "attach" and not r.get("removed")]
-    if pending:
-        with ThreadPoolExecutor(max_workers=workers) as ex:
-            list(ex.map(det, pending))
-    # our nftables tables in node namespaces (Services, NetworkPolicy: netlab/k8s.py)
-    for res in reversed(st.resources):
-        if res["kind"] == "nft_table" and not res.get("removed"):
-            try:
-                from .k8s import drop_table
-                drop_table(res)
-                st.update(res, removed=True)
-            except Exception as e:  # noqa: BLE001
-                errors.append(f"nft_table {res.get('family')} {res.get('table')} in {res.get('ns')}: {e}")
-    # then namespaces, in parallel (deleting one takes the links, routes, rules
-    # and qdiscs the plugins made in it)
-    def delns(res: dict) -> None:
-        try:
-            nsutil.delete(res["name"])
-            if nsutil.exists(res["name"]):
-                raise RuntimeError(f"namespace {res['name']} is still there")
-            with lock:
-                st.update(res, removed=True)
-        except Exception as e:  # noqa: BLE001
-            with lock:
-                errors.append(f"{res['kind']} {res.get('name')}: {e}")
-    nss = [r for r in reversed(st.resources) if r["kind"] in ("netns", "netns_alias") and not r.get("removed")]
-    aliases = [r for r in nss if r["kind"] == "netns_alias"]
-    with ThreadPoolExecutor(max_workers=workers) as ex:
-        list(ex.map(delns, aliases))
-        list(ex.map(delns, [r for r in nss if r["kind"] == "netns"]))
-    for res in list(reversed(st.resources)):
-        if res.get("removed") or res["kind"] in ("labdir", "attach"):
-            continue   # attachments done above; the lab directory goes last, below
-        kind = res["kind"]
-        try:
-            if kind == "process":
-                kill_recorded(int(res.get("pid") or 0), res.get("starttime"))
-                log(f"stopped {res.get('name', 'process')} (pid {res.get('pid')})")
-            elif kind in ("netns", "netns_alias"):
-                nsutil.delete(res["name"])
-                if nsutil.exists(res["name"]):
-                    raise RuntimeError(f"namespace {res['name']} is still there")
-                log(f"deleted namespace {res['name']}")
-            elif kind == "etcnetns":
-                d = res["path"]
-                for fn in res.get("files", []):
-                    try:
-                        os.unlink(os.path.join(d, fn))
-                    except FileNotFoundError:
-                        pass
-                if res.get("created_dir"):
-                    try:
-                        os.rmdir(d)
-                    except FileNotFoundError:
-                        pass
-                # /etc/netns itself goes with the last lab's entries if netlab made
-                # it, whichever lab that was (labs come and go in any order)
-                remove_etc_netns_if_ours(os.path.dirname(d))
-            elif kind == "impair":
-                from .impair import remove as remove_impairment
-                errs = remove_impairment(res)      # its namespaces are usually gone already: nothing to do
-                if errs:
-                    raise RuntimeError("; ".join(errs))
-            elif kind == "nft_table":
-                from .k8s import drop_table
-                drop_table(res)
-            elif kind == "file":
-                try:
-                    os.unlink(res["path"])
-                except FileNotFoundError:
-                    pass
-            else:
-                raise RuntimeError(f"unknown resource kind {kind!r}")
-            st.update(res, removed=True)
-        except Exception as e:  # keep going: remove everything we can
-            errors.append(f"{kind} {res.get('name') or res.get('pod') or res.get('path')}: {e}")
-    if errors:
-        st.set(status="remove-failed", errors=errors)
-        return errors
-    ld = st.find("labdir")
-    if ld and ld[0].get("created") and not keep_dir:
-        shutil.rmtree(ld[0]["path"], ignore_errors=True)
-        for parent in ld[0].get("created_parents", []):
-            try:
-                os.rmdir(parent)       # only when empty: other labs may live there
-            except OSError:
-                break
-    else:
-        st.set(status="removed")
-        try:
-            os.unlink(st.path)
-        except FileNotFoundError:
-            pass
-    return errors
-
-
 def run_quiet(argv: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(argv, capture_output=True, text=True)
+
+
+def attach_addresses(st: State) -> dict[str, str]:
+    """pod -> IPv4 address from the recorded ADD results."""
+    out = {}
+    for pod, res in st.attachments().items():
+        for ip in (res.get("result") or {}).get("ips", []):
+            addr = ip.get("address", "")
+            if ":" not in addr and addr:
+                out[pod] = addr.split("/")[0]
+                break
+    return out

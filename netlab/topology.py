@@ -17,6 +17,8 @@ from typing import Any, Callable
 
 import yaml
 
+from .units import default_burst, gateway, node_slice, parse_rate  # noqa: F401 (schema users import them from here too)
+
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 LAB_NAME_MAX = 20
 ITEM_NAME_MAX = 20
@@ -25,8 +27,6 @@ NETWORK_TYPES = ("bridge", "overlay", "routed")   # routed: see netlab/bgp.py
 IPAM_TYPES = ("host-local", "dhcp")
 POD_MODES = ("bridge", "overlay", "host", "none")  # + container:<pod>
 PROTOS = ("icmp", "tcp", "udp")
-RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?)(bit|bps)?\s*$", re.I)
-_MULT = {"": 1, "k": 1_000, "m": 1_000_000, "g": 1_000_000_000}
 
 
 class TopologyError(Exception):
@@ -163,24 +163,6 @@ class Topology:
 
 
 # --------------------------------------------------------------------------- parsing helpers
-
-def parse_rate(v: Any) -> int:
-    """'10mbit', '1.5Gbit', '500k', 10000000 -> bits per second."""
-    if isinstance(v, bool):
-        raise ValueError("must be a rate like 10mbit or an integer (bit/s)")
-    if isinstance(v, int):
-        if v < 0:
-            raise ValueError("must not be negative")
-        return v
-    if isinstance(v, str):
-        m = RATE_RE.match(v)
-        if m:
-            n = float(m.group(1)) * _MULT[m.group(2).lower()]
-            if (m.group(3) or "").lower() == "bps":
-                n *= 8
-            return int(n)
-    raise ValueError(f"must be a rate like 10mbit or an integer (bit/s), got {v!r}")
-
 
 def _line_map(text: str) -> dict[tuple, int]:
     """Map key paths to 1-based line numbers, from the composed YAML tree."""
@@ -750,22 +732,6 @@ def _check_conflist(ctx: _Ctx, conf: Any, path: tuple) -> None:
     for i, pl in enumerate(plugins):
         if not isinstance(pl, dict) or not isinstance(pl.get("type"), str):
             ctx.err(path + ("plugins", i, "type"), "every plugin needs a type")
-
-
-def default_burst(rate: int) -> int:
-    """Bits of burst for a rate: 25 ms worth, at least 12000 bytes (bits *8)."""
-    if not rate:
-        return 0
-    return max(rate // 40, 12000 * 8)
-
-
-def node_slice(w: Network, node_index: int) -> ipaddress.IPv4Network:
-    return list(w.subnet.subnets(new_prefix=w.node_prefix))[node_index] if w.node_prefix > w.subnet.prefixlen else w.subnet
-
-
-def gateway(w: Network, node_index: int) -> ipaddress.IPv4Address:
-    """The node's address on this network (bridge/VXLAN bridge), first of its slice."""
-    return node_slice(w, node_index).network_address + 1
 
 
 # --------------------------------------------------------------------------- checks schema

@@ -101,12 +101,12 @@ def _csum(data: bytes) -> int:
 
 
 def _in_ns(ns: str, fn, timeout: float = 10):
-    from .checks.common import in_thread
+    from .netns import in_thread
     return in_thread(ns, fn, timeout)
 
 
 def run_ns(ns: str, argv: list[str], timeout: float = 10) -> subprocess.CompletedProcess:
-    from .checks.common import run_in
+    from .netns import run_in
     return run_in(ns, argv, timeout=timeout)
 
 
@@ -1138,13 +1138,13 @@ def _indent(text: str, pad: str = "    ") -> str:
 
 def resolve(st, name: str) -> tuple[str, str | None, str]:
     """A lab endpoint name (pod, node, ext, dns) or an address -> (netns, address, label)."""
-    from .cmd_lab import plan_for_state
-    from .checks.common import Context
+    from .labs import plan_for_state, target
+    from .state import attach_addresses
     topo, plan = plan_for_state(st)
     if plan is None:
         raise TraceError("cannot load the lab's topology")
     if name in plan.endpoints:
-        tg = Context(topo, plan, st, evidence=False).target(name)
+        tg = target(topo, plan, attach_addresses(st), name)
         return tg.ns, tg.address, name
     try:
         socket.inet_aton(name)

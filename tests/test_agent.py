@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from netlab import cmd_agent
+from netlab import agentctl
 from plugins.core import agent as ag
 from plugins.core import launcher
 
@@ -230,17 +230,17 @@ def test_loaded_files_are_the_served_packages_only():
 
 
 def test_systemd_unit(tmp_path):
-    text = cmd_agent.unit_text("/run/cnilab/agent.sock", "/opt/venv/bin/python", "/srv/cnilab")
+    text = agentctl.unit_text("/run/cnilab/agent.sock", "/opt/venv/bin/python", "/srv/cnilab")
     assert "ExecStart=/opt/venv/bin/python -m plugins.core.agent --socket " \
            "/run/cnilab/agent.sock" in text
     assert "Restart=always" in text and "RuntimeDirectoryMode=0700" in text
     assert "Environment=PYTHONPATH=/srv/cnilab" in text
-    path = cmd_agent.install_systemd_unit(str(tmp_path), sock="/run/cnilab/agent.sock",
+    path = agentctl.install_systemd_unit(str(tmp_path), sock="/run/cnilab/agent.sock",
                                           python="/opt/venv/bin/python", root="/srv/cnilab")
     assert path == str(tmp_path / "cnilab-agent.service")
     assert open(path).read() == text and stat.S_IMODE(os.stat(path).st_mode) == 0o644
     with pytest.raises(ValueError):
-        cmd_agent.unit_text("relative.sock", "/usr/bin/python3")
+        agentctl.unit_text("relative.sock", "/usr/bin/python3")
 
 
 def test_cli_verbs_are_registered():
@@ -255,11 +255,11 @@ def test_cli_verbs_are_registered():
 @pytest.fixture
 def agent_sock(tmp_path):
     sock = str(tmp_path / "agent" / "agent.sock")
-    cmd_agent.start_agent(sock, on_code_change="ignore")
+    agentctl.start_agent(sock, on_code_change="ignore")
     try:
         yield sock
     finally:
-        cmd_agent.stop_agent(sock, timeout=10)
+        agentctl.stop_agent(sock, timeout=10)
 
 
 @pytest.mark.root
@@ -282,7 +282,7 @@ def test_non_root_peer_is_refused_even_if_the_socket_were_open():
     top = tempfile.mkdtemp(prefix="cnilab-agtest-")
     sock = os.path.join(top, "agent", "agent.sock")
     try:
-        cmd_agent.start_agent(sock, on_code_change="ignore")
+        agentctl.start_agent(sock, on_code_change="ignore")
         os.chmod(top, 0o711)
         os.chmod(os.path.dirname(sock), 0o711)
         os.chmod(sock, 0o666)
@@ -303,7 +303,7 @@ def test_non_root_peer_is_refused_even_if_the_socket_were_open():
             assert time.monotonic() < deadline, "the agent did not log the refusal"
             time.sleep(0.05)
     finally:
-        cmd_agent.stop_agent(sock, timeout=10)
+        agentctl.stop_agent(sock, timeout=10)
         shutil.rmtree(top, ignore_errors=True)
 
 
@@ -347,14 +347,14 @@ def test_status_verb_exit_codes(agent_sock, tmp_path):
 @pytest.mark.root
 def test_start_twice_is_one_agent_and_stop_removes_the_socket(tmp_path):
     sock = str(tmp_path / "a" / "agent.sock")
-    pid = cmd_agent.start_agent(sock, on_code_change="ignore")
+    pid = agentctl.start_agent(sock, on_code_change="ignore")
     try:
-        assert cmd_agent.start_agent(sock, on_code_change="ignore") == pid
+        assert agentctl.start_agent(sock, on_code_change="ignore") == pid
     finally:
-        assert cmd_agent.stop_agent(sock, timeout=10)
+        assert agentctl.stop_agent(sock, timeout=10)
     assert not os.path.exists(sock) and ag.ping(sock) is None
-    assert not os.path.exists(f"/proc/{pid}") or not cmd_agent._is_our_agent(pid, sock)
-    assert cmd_agent.stop_agent(sock, timeout=1) is False
+    assert not os.path.exists(f"/proc/{pid}") or not agentctl.is_our_agent(pid, sock)
+    assert agentctl.stop_agent(sock, timeout=1) is False
 
 
 # ---- lean imports on the in-process path --------------------------------------------------

@@ -76,8 +76,9 @@ def test_judge_wants_the_declared_failures_for_the_declared_reasons():
 
 
 def test_service_ruleset_is_our_table_only():
-    text = scenario._svc_ruleset([{"name": "dns", "vip": "10.96.0.10", "port": 53, "proto": "udp", "pod": "d"}],
-                                 {"d": "10.1.2.3"})
+    from netlab.faults import _svc_ruleset
+    text = _svc_ruleset([{"name": "dns", "vip": "10.96.0.10", "port": 53, "proto": "udp", "pod": "d"}],
+                        {"d": "10.1.2.3"})
     assert "table ip cnilab-svc" in text
     assert "add rule ip cnilab-svc pre ip daddr 10.96.0.10 udp dport 53 dnat to 10.1.2.3:53" in text
     assert "add rule ip cnilab-svc out ip daddr 10.96.0.10 udp dport 53 dnat to 10.1.2.3:53" in text

@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .. import netns as nsutil
+from ..netns import in_thread, run_in
 from ..capture import Capture
+from ..labs import Target, target
 
 REPLY = b"netlab-ok"
 
@@ -34,21 +36,12 @@ class CheckResult:
                 "seconds": self.seconds}
 
 
-@dataclass
-class Target:
-    name: str
-    ns: str
-    address: str | None
-    iface: str
-    kind: str
-
-
 class Context:
     """A lab as the checks see it: built from the plan and the recorded state."""
 
     def __init__(self, topo, plan, st, *, evidence: bool = True) -> None:
         """``evidence=False``: only resolve targets (no evidence directory is made)."""
-        from ..build import attach_addresses
+        from ..state import attach_addresses
         self.topo, self.plan, self.st = topo, plan, st
         self.lab_dir = plan.lab_dir
         self.addresses = attach_addresses(st) if st is not None else {}
@@ -57,23 +50,7 @@ class Context:
             os.makedirs(self.evidence_dir, exist_ok=True)
 
     def target(self, name: str) -> Target:
-        if name == "underlay":
-            from ..plan import switch_ns
-            # all switch ports, incoming frames only (a bridge's own device does
-            # not see unicast frames forwarded between its ports)
-            return Target("underlay", switch_ns(self.topo.name), None, "any", "switch")
-        ep = self.plan.endpoints[name]
-        addr = ep.address
-        if ep.kind == "pod":
-            pod = self.topo.pods[name]
-            owner = self.topo.pods[self.topo.pod_netns_owner(name)]
-            if owner.mode == "host":
-                addr = self.topo.nodes[owner.node].address
-            else:
-                addr = self.addresses.get(owner.name, owner.ip)
-            iface = owner.ifname if owner.mode in ("bridge", "overlay") else ("lo" if owner.mode == "none" else "eth0")
-            return Target(name, ep.netns, addr, iface, "host" if owner.mode == "host" else pod.mode)
-        return Target(name, ep.netns, addr, ep.iface, ep.kind)
+        return target(self.topo, self.plan, self.addresses, name)
 
     def pcap(self, check, suffix: str = "") -> str:
         slug = re.sub(r"[^a-zA-Z0-9]+", "-", check.name).strip("-")[:60]
@@ -87,45 +64,6 @@ class Context:
 
 
 # --------------------------------------------------------------------------- running things
-
-def run_in(ns: str, argv: list[str], *, timeout: float = 30, etc: bool = False) -> subprocess.CompletedProcess:
-    """Run a command in a namespace. ``etc=True`` goes through ``ip netns exec`` so
-    the namespace's /etc/netns/<ns>/resolv.conf and hosts are in place."""
-    if etc:
-        return subprocess.run(nsutil.exec_argv(ns, argv), capture_output=True, text=True, timeout=timeout)
-    from plugins.core import netns as cns
-    fd = os.open(nsutil.path(ns), os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                              preexec_fn=lambda: cns.setns(fd))
-    finally:
-        os.close(fd)
-
-
-def in_thread(ns: str, fn: Callable[[], Any], timeout: float = 30) -> Any:
-    """Call ``fn`` in a fresh thread that entered ``ns`` first (its sockets live there)."""
-    out: dict[str, Any] = {}
-
-    def body():
-        from plugins.core import netns as cns
-        try:
-            fd = os.open(nsutil.path(ns), os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                cns.setns(fd)
-            finally:
-                os.close(fd)
-            out["value"] = fn()
-        except BaseException as e:  # noqa: BLE001
-            out["error"] = e
-    t = threading.Thread(target=body, daemon=True)
-    t.start()
-    t.join(timeout)
-    if t.is_alive():
-        raise TimeoutError(f"call in {ns} did not finish in {timeout}s")
-    if "error" in out:
-        raise out["error"]
-    return out.get("value")
-
 
 class Server:
     """A tiny TCP/UDP responder bound inside a namespace (runs in a setns'd thread)."""

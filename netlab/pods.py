@@ -1,0 +1,48 @@
+"""Pods on the CNI runtime: the plugins' environment in a lab, a runtime for
+one node namespace, and DEL of a recorded attachment (``down``, a replaced
+pod). Used by the builder, by scenario faults and by ``netlab status``.
+
+Imports netlab.netns, netlab.state and the runtime (netlab.runtime).
+"""
+from __future__ import annotations
+
+import os
+
+from . import netns as nsutil
+from . import state as statemod
+
+REFERENCE_CNI = "/usr/lib/cni"
+
+
+def plugin_env(lab_dir: str, agent_socket: str | None) -> dict[str, str]:
+    """The environment plugins run with: never a node-wide agent, only the lab's;
+    node lock files in the lab dir (removed with it), not in /run/cnilab."""
+    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+           "CNILAB_RUN_DIR": os.path.join(lab_dir, "run")}
+    if agent_socket:
+        env.update(CNILAB_AGENT="on", CNILAB_AGENT_SOCKET=agent_socket)
+    else:
+        env["CNILAB_AGENT"] = "off"
+    return env
+
+
+def runtime_for(lab_dir: str, node_ns: str, cni_path: str, agent_socket: str | None = None):
+    from .runtime import Runtime
+    return Runtime([cni_path], cache_dir=os.path.join(lab_dir, "cni-cache"),
+                   host_netns=nsutil.path(node_ns), log_path=os.path.join(lab_dir, "cni.log"),
+                   env=plugin_env(lab_dir, agent_socket))
+
+
+def detach(res: dict, st: statemod.State) -> None:
+    """DEL an attachment recorded in the state (also when the pod netns is gone)."""
+    from .runtime import Runtime
+    if not nsutil.exists(os.path.basename(res["node_ns"]) if "/" in res["node_ns"] else res["node_ns"]):
+        return   # the node (and everything the plugins made in it) is already gone
+    cni_path = res.get("cni_path") or st.data.get("cniPath") or REFERENCE_CNI
+    sock = st.data.get("agentSocket")
+    rt = Runtime([cni_path], cache_dir=os.path.join(st.lab_dir, "cni-cache"),
+                 host_netns=nsutil.path(res["node_ns"]), log_path=os.path.join(st.lab_dir, "cni.log"),
+                 env=plugin_env(st.lab_dir, sock if sock and os.path.exists(sock) else None))
+    netns_path = nsutil.path(res["netns"]) if nsutil.exists(res["netns"]) else ""
+    rt.delete(res["conflist"], netns_path, res["container_id"], res["ifname"],
+              capability_args=res.get("capability_args") or {}, cni_args=res.get("cni_args"))
