@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from .topology import Network, Topology, gateway, node_slice
+from .units import gateway, node_slice
+
+if TYPE_CHECKING:
+    from .topology import Network, Topology
 
 REFERENCE_DHCP = "/usr/lib/cni/dhcp"
 

@@ -25,9 +25,8 @@ import subprocess
 import sys
 import sysconfig
 
-from plugins.core.fsutil import make_dirs
+from plugins.core.fsutil import make_dirs, write_atomic
 
-from .fsutil import write_atomic
 
 PLUGINS = ("bridge", "host-local", "portmap", "bandwidth", "vxlan", "loopback", "firewall",
            "tuning", "dhcp")

@@ -61,7 +61,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
-from . import fsutil
+from plugins.core import fsutil
 
 log = logging.getLogger("cnilab.kube")
 

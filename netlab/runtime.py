@@ -45,7 +45,7 @@ from plugins.core.errors import (CNIError, DECODING_FAILURE, INCOMPATIBLE_VERSIO
 from plugins.core.invoke import find_plugin
 from plugins.core.types import Result
 
-from .fsutil import write_atomic
+from plugins.core.fsutil import write_atomic
 
 CACHE_KIND = "cniCacheV1"
 DEFAULT_CACHE_DIR = "/var/lib/cni"

@@ -407,7 +407,7 @@ def test_guard_is_wired_for_the_whole_session(request):
 def test_installer_and_runtime_cache_dirs_are_never_world_writable(tmp_path):
     """Under umask 0 os.makedirs makes 0777 directories: a world-writable plugin dir
     would let any local user replace what root executes."""
-    from netlab.fsutil import write_atomic
+    from plugins.core.fsutil import write_atomic
     from netlab.install import install
     old = os.umask(0)
     try:
