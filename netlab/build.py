@@ -2,7 +2,7 @@
 file *before* it touches the system, so ``down`` can always undo it.
 
 Pods are attached by running the CNI plugins through netlab's libcni-style
-runtime (``netlab.runtime.Runtime``) with the pod's node namespace as the
+runtime (``cniruntime.runtime.Runtime``) with the pod's node namespace as the
 plugins' host. Our plugin executables are installed into ``<lab dir>/bin``
 with ``netlab.install``, or, with ``--plugins reference``, every type is
 linked to Debian's reference binary in /usr/lib/cni; a lab the reference

@@ -75,7 +75,7 @@ def parse_valid(items: list[str] | None) -> list[tuple[str, str]]:
 
 
 def make_runtime(args: argparse.Namespace):
-    from .runtime import Runtime
+    from cniruntime.runtime import Runtime
     return Runtime(args.cni_path, conf_dir=args.conf_dir, cache_dir=args.cache_dir,
                    host_netns=netns_path(args.host_netns) if args.host_netns else None,
                    log_path=args.log, rollback=not getattr(args, "no_rollback", False))

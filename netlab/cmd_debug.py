@@ -315,7 +315,7 @@ def cmd_graph(args) -> int:
 # --------------------------------------------------------------------------- cni log
 
 def cmd_cni_log(args) -> int:
-    from . import cnilog
+    from cniruntime import cnilog
     st = lab_from_args(args)
     if st is None:
         return EXIT_USAGE

@@ -2,7 +2,7 @@
 one node namespace, and DEL of a recorded attachment (``down``, a replaced
 pod). Used by the builder, by scenario faults and by ``netlab status``.
 
-Imports netlab.netns, netlab.state and the runtime (netlab.runtime).
+Imports netlab.netns, netlab.state and the runtime (cniruntime.runtime).
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def plugin_env(lab_dir: str, agent_socket: str | None) -> dict[str, str]:
 
 
 def runtime_for(lab_dir: str, node_ns: str, cni_path: str, agent_socket: str | None = None):
-    from .runtime import Runtime
+    from cniruntime.runtime import Runtime
     return Runtime([cni_path], cache_dir=os.path.join(lab_dir, "cni-cache"),
                    host_netns=nsutil.path(node_ns), log_path=os.path.join(lab_dir, "cni.log"),
                    env=plugin_env(lab_dir, agent_socket))
@@ -35,7 +35,7 @@ def runtime_for(lab_dir: str, node_ns: str, cni_path: str, agent_socket: str | N
 
 def detach(res: dict, st: statemod.State) -> None:
     """DEL an attachment recorded in the state (also when the pod netns is gone)."""
-    from .runtime import Runtime
+    from cniruntime.runtime import Runtime
     if not nsutil.exists(os.path.basename(res["node_ns"]) if "/" in res["node_ns"] else res["node_ns"]):
         return   # the node (and everything the plugins made in it) is already gone
     cni_path = res.get("cni_path") or st.data.get("cniPath") or REFERENCE_CNI

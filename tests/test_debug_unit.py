@@ -8,7 +8,8 @@ import textwrap
 
 import pytest
 
-from netlab import cnilog, graph, scenario, trace
+from cniruntime import cnilog
+from netlab import graph, scenario, trace
 from netlab.checks.common import CheckResult
 from netlab.topology import TopologyError, loads
 

@@ -1166,7 +1166,7 @@ def test_shipped_conflists_reach_gc_and_status(mode):
     cniVersions it knows: 1.1.0, so GC and STATUS are sent. libcni 1.1.x
     (containerd 1.6/1.7, podman 4) ignores cniVersions and cannot parse a 1.1.0
     result ("unsupported CNI result version"), so cniVersion stays 1.0.0."""
-    from netlab.runtime import conflist_from_dict
+    from cniruntime.runtime import conflist_from_dict
     tpl = ki.load_template_text(configmap()["data"][f"{mode}.conflist.json"])
     assert tpl["cniVersion"] == "1.0.0" and "1.1.0" in tpl["cniVersions"]
     plugins = [{"type": p["type"]} for p in tpl["plugins"]]

@@ -1,4 +1,4 @@
-"""netlab.runtime: libcni semantics with recording fake plugins (no root), then
+"""cniruntime.runtime: libcni semantics with recording fake plugins (no root), then
 the reference plugins from /usr/lib/cni inside throwaway node namespaces (root)."""
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from netlab import runtime as rtm
-from netlab.runtime import Runtime
+from cniruntime import runtime as rtm
+from cniruntime.runtime import Runtime
 from plugins.core import errors
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -202,7 +202,7 @@ def test_path_tricks_are_refused_before_anything_is_touched(lab):
 
 
 def test_runtime_refuses_plugin_types_with_paths(tmp_path):
-    from netlab.runtime import conflist_from_dict
+    from cniruntime.runtime import conflist_from_dict
     from plugins.core.errors import CNIError
     from plugins.core.invoke import find_plugin
     for t in ("../evil", "/bin/sh", "..", "."):
@@ -321,7 +321,7 @@ def _foreign(ns) -> list[str]:
 
 @pytest.mark.root
 def test_nftables_changes_stay_in_our_tables(lab, tmp_path):
-    from netlab.runtime import Runtime
+    from cniruntime.runtime import Runtime
     node = lab["node"]
     subprocess.run(["ip", "netns", "exec", node.name, "nft", "-f", "-"], input=FOREIGN,
                    text=True, check=True)

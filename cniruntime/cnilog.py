@@ -1,6 +1,6 @@
 """The CNI call log of a lab: every plugin exec netlab's runtime made.
 
-The runtime (``netlab.runtime.Runtime(log_path=...)``) appends one JSON line
+The runtime (``cniruntime.runtime.Runtime(log_path=...)``) appends one JSON line
 per plugin exec to ``<lab dir>/cni.log``: plugin, command, CNI_* env, stdin
 (the config the plugin got, with prevResult and runtimeConfig), stdout,
 stderr, exit status and duration. This module reads it back, filters it by
