@@ -4,7 +4,7 @@ file *before* it touches the system, so ``down`` can always undo it.
 Pods are attached by running the CNI plugins through netlab's libcni-style
 runtime (``cniruntime.runtime.Runtime``) with the pod's node namespace as the
 plugins' host. Our plugin executables are installed into ``<lab dir>/bin``
-with ``netlab.install``, or, with ``--plugins reference``, every type is
+with ``cninode.install``, or, with ``--plugins reference``, every type is
 linked to Debian's reference binary in /usr/lib/cni; a lab the reference
 cannot attach (it has no vxlan plugin) is refused before anything is built.
 There is no mixing and no fallback: the choice is recorded and printed, and a
@@ -63,7 +63,7 @@ def refuse_plugins(plan: Plan, choice: str) -> str | None:
 def prepare_plugins(lab_dir: str, needed: set[str], choice: str = "ours") -> tuple[str, dict[str, str]]:
     """Fill ``<lab dir>/bin`` and return (CNI_PATH, {type: 'ours'|'reference'}).
 
-    choice: ``ours`` (our executables, installed with netlab.install) or
+    choice: ``ours`` (our executables, installed with cninode.install) or
     ``reference`` (Debian's Go plugins, every type; see ``refuse_plugins``).
     """
     if choice not in PLUGIN_CHOICES:
@@ -72,12 +72,12 @@ def prepare_plugins(lab_dir: str, needed: set[str], choice: str = "ours") -> tup
     os.makedirs(bindir, exist_ok=True)
     which: dict[str, str] = {}
     if choice == "ours":
-        from .install import install
+        from cninode.install import install
         install(bindir)
     for t in sorted(needed | {"host-local"}):
         if choice == "ours":
             if not os.access(os.path.join(bindir, t), os.X_OK):
-                raise BuildError(f"netlab.install put no {t} executable in {bindir}: {t} is not one of our plugins")
+                raise BuildError(f"cninode.install put no {t} executable in {bindir}: {t} is not one of our plugins")
             which[t] = "ours"
             continue
         ref = os.path.join(REFERENCE_CNI, t)
@@ -146,7 +146,7 @@ def needed_types(plan: Plan) -> set[str]:
 def start_lab_agent(lab_dir: str, record: Callable[..., dict], update: Callable[..., None]) -> str:
     """One resident plugin agent per lab (our plugins' fast path, ADR 0010),
     on a socket in the lab dir; recorded so that down stops exactly it."""
-    from .agentctl import start_agent
+    from cninode.agentctl import start_agent
     sock = os.path.join(lab_dir, "agent.sock")
     res = record("process", name="plugin agent", pid=0, starttime=None, socket=sock)
     pid = start_agent(sock, log_path=os.path.join(lab_dir, "agent.log"), workers=8)

@@ -9,9 +9,9 @@
 The socket defaults to $CNILAB_AGENT_SOCKET, else /run/cnilab/agent.sock.
 Labs and tests use a socket of their own (e.g. in the lab directory), so they
 never touch a node-wide agent. Plugin executables find the agent through the
-same variable (see plugins/core/launcher.py).
+same variable (see cninode/launcher.py).
 
-The operations themselves (start, stop, the unit) are netlab.agentctl.
+The operations themselves (start, stop, the unit) are cninode.agentctl.
 """
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ import json
 import os
 import sys
 
-from plugins.core import launcher
+from cninode import launcher
 
-from .agentctl import agent_module, install_systemd_unit, start_agent, stop_agent, unit_text
+from cninode.agentctl import agent_module, install_systemd_unit, start_agent, stop_agent, unit_text
 from .exitcodes import FAILED, NOT_RUNNING, OK
 
 def _socket(args: argparse.Namespace) -> str:

@@ -207,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_install(args: argparse.Namespace) -> int:
-    from .install import install
+    from cninode.install import install
     try:
         written = install(args.dir, force=args.force)
     except (CNIError, OSError, ValueError) as e:

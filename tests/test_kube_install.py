@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from ipam import config as ipam_config
-from netlab import kube_install as ki
+from cninode import kube_install as ki
 from plugins import bridge as br, portmap as pm, vxlan as vx
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,7 +148,7 @@ def test_daemonset_shape():
     assert agent["command"][0] == f"/opt/cnilab/current/bin/{ki.WRAPPER_NAME}"
     assert agent["command"][1:5] == ["-m", "netlab", "agent", "run"]
     from netlab import cmd_agent
-    from plugins.core import launcher
+    from cninode import launcher
     sock = agent["command"][agent["command"].index("--socket") + 1]
     assert sock == launcher.DEFAULT_SOCKET and sock.startswith(am[host["/run/cnilab"]] + "/")
     agent_cli = __import__("argparse").ArgumentParser()
@@ -166,7 +166,7 @@ def test_daemonset_shape():
     assert len(images) == 1
     for c in (init, conts["sync"]):
         assert c["command"][0] == f"{src}/bin/{ki.WRAPPER_NAME}"
-        assert c["command"][1:3] == ["-m", "netlab.kube_install"]
+        assert c["command"][1:3] == ["-m", "cninode.kube_install"]
         ki.build_parser().parse_args([c["command"][3]])  # a real subcommand
 
 
@@ -214,10 +214,10 @@ def test_containerfile_consistent_with_manifest():
     # the tree the init container copies is the one the image builds, with the
     # wrapper made by our own code, and the native libraries where it looks
     assert f"tar -xz -C {src} " in text
-    assert f"-m netlab.kube_install wrapper \\\n      --output {src}/bin/{ki.WRAPPER_NAME}" in text
+    assert f"-m cninode.kube_install wrapper \\\n      --output {src}/bin/{ki.WRAPPER_NAME}" in text
     assert f"{src}/{ki.NATIVE_LIB_DIR}/" in text
     assert "libnftables.so.1" in text
-    assert f'ENTRYPOINT ["{src}/bin/{ki.WRAPPER_NAME}", "-m", "netlab.kube_install"]' in text
+    assert f'ENTRYPOINT ["{src}/bin/{ki.WRAPPER_NAME}", "-m", "cninode.kube_install"]' in text
 
 
 @pytest.mark.parametrize("mode", ["bridge", "vxlan"])
@@ -771,8 +771,8 @@ def test_install_plugins_binds_launchers_to_the_wrapper(tmp_path):
     rt = fake_runtime(tmp_path)
     wrapper = str(rt / "bin" / ki.WRAPPER_NAME)
     bin_dir = tmp_path / "cni-bin"
-    paths = ki.install_plugins(bin_dir, python=wrapper)  # netlab.install verifies each one
-    from netlab.install import PLUGINS
+    paths = ki.install_plugins(bin_dir, python=wrapper)  # cninode.install verifies each one
+    from cninode.install import PLUGINS
     assert sorted(os.path.basename(p) for p in paths) == sorted(PLUGINS)
     assert {"bridge", "host-local", "portmap", "bandwidth", "vxlan", "loopback"} <= set(PLUGINS)
     for p in paths:
@@ -959,7 +959,7 @@ def test_foreign_plugins_backed_up_replaced_and_restored(tmp_path):
     conf_dir.mkdir()
     (conf_dir / ki.CONFLIST_NAME).write_text(json.dumps(template("bridge")))
     done = ki.uninstall(bin_dir, conf_dir / ki.CONFLIST_NAME, backup)
-    from netlab.install import PLUGINS
+    from cninode.install import PLUGINS
     assert f"restored {bin_dir / 'bridge'}" in done and len(done) == 1 + len(PLUGINS), done
     assert f"restored {bin_dir / 'loopback'}" in done
     assert (bin_dir / "bridge").read_bytes() == b"\x7fELF reference bridge"

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from netlab.install import install
+from cninode.install import install
 from cniruntime.runtime import Runtime
 from plugins.core.errors import CNIError
 from plugins.net import tc

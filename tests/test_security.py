@@ -408,7 +408,7 @@ def test_installer_and_runtime_cache_dirs_are_never_world_writable(tmp_path):
     """Under umask 0 os.makedirs makes 0777 directories: a world-writable plugin dir
     would let any local user replace what root executes."""
     from plugins.core.fsutil import write_atomic
-    from netlab.install import install
+    from cninode.install import install
     old = os.umask(0)
     try:
         install(str(tmp_path / "opt" / "cni" / "bin"), verify=False)

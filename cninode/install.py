@@ -2,7 +2,7 @@
 
 Each executable is a few lines of Python bound to this project's interpreter
 by absolute path (a container runtime execs it with a minimal environment: no
-PATH, any working directory) that calls ``plugins.core.launcher.main(name)``.
+PATH, any working directory) that calls ``cninode.launcher.main(name)``.
 
 Start-up: the shebang is ``python -IS`` (isolated: no PYTHON* variables, no
 user site; no ``site``: no scan of site-packages and its .pth files, which
@@ -72,7 +72,7 @@ def script_text(plugin: str, *, python: str | None = None, mode: str = "-IS",
         lines.append(f"sys.path[:0] = {extra!r}")
     else:
         lines.append(f"sys.path.insert(0, {root!r})")
-    lines += ["from plugins.core.launcher import main", f"main({plugin!r})", ""]
+    lines += ["from cninode.launcher import main", f"main({plugin!r})", ""]
     return "\n".join(lines)
 
 

@@ -2,7 +2,7 @@
 
 A runtime execs ``bridge`` (or any of our plugins); the executable calls
 ``main("bridge")``. The launcher first offers the call to the resident node
-agent (plugins/core/agent.py) over a root-only unix socket, passing the
+agent (cninode/agent.py) over a root-only unix socket, passing the
 environment, stdin and its own network namespace (an fd, SCM_RIGHTS). The
 agent runs the very same dispatcher (skel.dispatch) in a worker thread that
 entered that namespace, with pyroute2 and libnftables already loaded, and
@@ -66,12 +66,12 @@ class AgentLost(Exception):
 
 
 def code_root() -> str:
-    """The directory holding the ``plugins`` package this launcher belongs to."""
+    """The directory holding the ``plugins`` package and this ``cninode`` package."""
     here = __file__
     if not here.startswith("/"):
         import os
         here = os.path.abspath(here)
-    return here.rsplit("/", 3)[0]
+    return here.rsplit("/", 2)[0]
 
 
 def _getenv(name: str, env=None) -> str:
@@ -243,13 +243,13 @@ def run_in_process(plugin: str, env, stdin: bytes) -> tuple[str, int]:
     if env.get("CNI_COMMAND") != "VERSION" and env.get("CNILAB_LEAN_IMPORTS", "1") != "0":
         for package in _SHORTCUTS:
             lean_package(package)
-    from .skel import dispatch
+    from plugins.core.skel import dispatch
     return dispatch(plugin, env, stdin, log=sys.stderr.write)
 
 
 def _lost_error(plugin: str, command: str, stdin: bytes, why: str) -> str:
-    from .errors import CNIError, TRY_AGAIN_LATER
-    from .skel import error_version
+    from plugins.core.errors import CNIError, TRY_AGAIN_LATER
+    from plugins.core.skel import error_version
     err = CNIError(TRY_AGAIN_LATER,
                    f"the cnilab node agent stopped answering during {plugin} {command}",
                    f"{why}; the agent may have applied part of the call: DEL and retry")

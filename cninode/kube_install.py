@@ -6,7 +6,7 @@ It does on a real node what flannel's and kindnet's DaemonSets do, for our plugi
 1. ``install`` (init container): copy the self-contained runtime from the image
    to the host (``/opt/cnilab/releases/<version>`` + an atomically swapped
    ``current`` link), install the plugin executables into ``/opt/cni/bin``
-   through :func:`netlab.install.install` run under that host copy (keeping
+   through :func:`cninode.install.install` run under that host copy (keeping
    foreign files of the same names in ``/opt/cnilab/replaced``), wait for the
    node's podCIDR and write its conflist atomically into ``/etc/cni/net.d``.
 2. ``sync``: watch the node list and rewrite the conflist when nodes join or
@@ -889,14 +889,14 @@ def write_wrapper(path: str | os.PathLike, python_name: str = "python3") -> Path
 
 def install_plugins(bin_dir: str | os.PathLike, python: str | None = None, *,
                     backup_dir: str | os.PathLike | None = None) -> list[str]:
-    """Install our executables with netlab.install (the one installer; not duplicated).
+    """Install our executables with cninode.install (the one installer; not duplicated).
 
     ``python``: the interpreter the launchers' ``#!`` names (the host runtime's
-    wrapper). netlab.install binds the launchers to the running interpreter
+    wrapper). cninode.install binds the launchers to the running interpreter
     and its code/site dirs, so this must run *under* the host runtime copy
     (cmd_install re-executes itself there); ``python`` only swaps the
     interpreter path for the wrapper beside it. Each launcher is verified by
-    netlab.install (a VERSION call), which exercises the wrapper too.
+    cninode.install (a VERSION call), which exercises the wrapper too.
 
     ``backup_dir``: kubeadm's kubernetes-cni package and kind's node image put
     the reference plugins under the same names into /opt/cni/bin. Ours are
@@ -965,7 +965,7 @@ def uninstall(bin_dir: str | os.PathLike, conf_path: str | os.PathLike,
 
 
 # ---------------------------------------------------------------------------
-# CLI: python -m netlab.kube_install {install,sync,render}
+# CLI: python -m cninode.kube_install {install,sync,render}
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -996,10 +996,10 @@ def cmd_install(args: argparse.Namespace, stop: threading.Event | None = None) -
         rel = install_runtime(args.runtime_src, args.host_runtime_dir, args.release)
         host_python = str(Path(args.host_runtime_dir) / "current" / "bin" / WRAPPER_NAME)
         log.info("runtime %s installed; installing plugins with %s", rel, host_python)
-        # netlab.install binds launchers to the interpreter that runs it: run it
+        # cninode.install binds launchers to the interpreter that runs it: run it
         # under the host copy so the launchers name host paths only.
         import subprocess
-        argv = [host_python, "-m", "netlab.kube_install", "install-plugins",
+        argv = [host_python, "-m", "cninode.kube_install", "install-plugins",
                 "--bin-dir", args.bin_dir, "--python", host_python]
         if args.replace_existing:
             argv += ["--backup-dir", str(Path(args.host_runtime_dir) / "replaced")]
@@ -1070,7 +1070,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m netlab.kube_install",
+    p = argparse.ArgumentParser(prog="python -m cninode.kube_install",
                                 description="install cnilab on a Kubernetes node and keep its conflist in sync")
     sub = p.add_subparsers(dest="cmd", required=True)
     for name in ("install", "sync", "render"):
@@ -1101,7 +1101,7 @@ def build_parser() -> argparse.ArgumentParser:
                             help="replace foreign plugins of the same names (e.g. the reference "
                                  "plugins kubeadm/kind install), keeping them in "
                                  "HOST_RUNTIME_DIR/replaced for uninstall")
-    sp = sub.add_parser("install-plugins", help="netlab.install with the launchers bound to --python")
+    sp = sub.add_parser("install-plugins", help="cninode.install with the launchers bound to --python")
     sp.add_argument("--bin-dir", required=True)
     sp.add_argument("--python", help="interpreter for the launchers' #! line")
     sp.add_argument("--backup-dir", help="replace foreign files, keeping them here")

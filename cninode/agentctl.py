@@ -2,7 +2,7 @@
 
 ``start_agent``/``stop_agent`` are what netlab uses to run one agent for a
 lab (and the benchmarks for theirs); ``install_systemd_unit`` is what
-`netlab cni install --systemd` calls. The agent itself is plugins.core.agent.
+`netlab cni install --systemd` calls. The agent itself is cninode.agent.
 Imports the standard library and plugins.core only.
 """
 from __future__ import annotations
@@ -13,20 +13,20 @@ import subprocess
 import sys
 import time
 
-from plugins.core import launcher
+from cninode import launcher
 
 UNIT_NAME = "cnilab-agent.service"
 DEFAULT_UNIT_DIR = "/etc/systemd/system"
 
 
 def agent_module():
-    from plugins.core import agent
+    from cninode import agent
     return agent
 
 
 def _agent_argv(python: str, sock: str, *, workers: int = 64, call_timeout: float = 120.0,
                 on_code_change: str = "exit", processes: int | None = None) -> list[str]:
-    argv = [python, "-m", "plugins.core.agent", "--socket", sock, "--workers", str(workers),
+    argv = [python, "-m", "cninode.agent", "--socket", sock, "--workers", str(workers),
             "--call-timeout", f"{call_timeout:g}", "--on-code-change", on_code_change]
     if processes:
         argv += ["--processes", str(processes)]
@@ -51,7 +51,7 @@ def is_our_agent(pid: int, sock: str) -> bool:
             argv = f.read().split(b"\0")
     except OSError:
         return False
-    return b"plugins.core.agent" in argv and sock.encode() in argv
+    return b"cninode.agent" in argv and sock.encode() in argv
 
 
 def start_agent(sock: str, *, log_path: str | None = None, wait: float = 15.0,

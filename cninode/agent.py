@@ -45,10 +45,10 @@ import time
 from typing import Callable
 
 from . import launcher as proto
-from .netns import setns
+from plugins.core.netns import setns
 
 _libc = ctypes.CDLL(None, use_errno=True)
-PACKAGES = ("plugins", "ipam")          # the code the agent serves (and fingerprints)
+PACKAGES = ("plugins", "ipam", "cninode")          # the code the agent serves (and fingerprints)
 ON_CODE_CHANGE = ("exit", "refuse", "ignore")
 EXIT_STALE = 75                          # EX_TEMPFAIL: restart me on the new code
 EXIT_WEDGED = 70                         # EX_SOFTWARE: a call overran call_timeout
@@ -222,7 +222,7 @@ class Agent:
     def warm_up(self) -> None:
         """Import everything a call may need, once: the dispatcher, every
         plugin module, pyroute2 and libnftables."""
-        from . import skel
+        from plugins.core import skel
         self._dispatch = self._dispatch or skel.dispatch
         if not self.warm:
             return
@@ -609,7 +609,7 @@ def default_processes() -> int:
 
 
 def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    p = p or argparse.ArgumentParser(prog="python -m plugins.core.agent",
+    p = p or argparse.ArgumentParser(prog="python -m cninode.agent",
                                      description="cnilab resident node agent (foreground)")
     p.add_argument("--socket", default=None,
                    help=f"unix socket path (default: ${proto.SOCKET_ENV} or {proto.DEFAULT_SOCKET})")
