@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from netlab import netns as nsutil          # noqa: E402
+from netlab.base import namespaces as nsutil          # noqa: E402
 from plugins.core import netns as core_netns  # noqa: E402
 
 REF_DIR = "/usr/lib/cni"

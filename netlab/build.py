@@ -23,11 +23,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
-from . import netns as nsutil
-from .netns import BuildError, in_ns, ipn, ipn_batch, sh, tx_offload_off
-from . import state as statemod
+from .base import namespaces as nsutil
+from .base.namespaces import BuildError, in_ns, ipn, ipn_batch, sh, tx_offload_off
+from .base import state as statemod
 from .pods import REFERENCE_CNI, detach, plugin_env, runtime_for  # noqa: F401 (build.detach etc. keep working)
-from .state import attach_addresses
+from .base.state import attach_addresses
 from .plan import Plan, Step
 
 PLUGIN_TYPES = ("bridge", "host-local", "portmap", "bandwidth", "vxlan")
@@ -375,7 +375,7 @@ class Builder:
         self.progress(f"      bird pid {pid} (birdc -s {s.params['files']['socket']})")
 
     def do_dhcp_server(self, s: Step) -> None:
-        from .proc import start_recorded
+        from .base.proc import start_recorded
         p = s.params
         start_recorded(p["ns"], p["argv"], "dnsmasq-dhcp", p["log"],
                        lambda pid: os.path.exists(p["pidfile"]),
@@ -383,7 +383,7 @@ class Builder:
 
     def do_dhcp_daemon(self, s: Step) -> None:
         from . import dhcp
-        from .proc import start_recorded
+        from .base.proc import start_recorded
         p = s.params
         start_recorded(p["ns"], dhcp.daemon_argv(self.plugins, p["socket"]), "dhcp daemon",
                        p["log"], lambda pid: os.path.exists(p["socket"]), cwd=dhcp.code_root(),

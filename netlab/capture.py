@@ -24,7 +24,7 @@ import threading
 import time
 from typing import Any
 
-from . import netns as nsutil
+from .base import namespaces as nsutil
 
 ETH_P_ALL = 0x0003
 SO_ATTACH_FILTER = 26

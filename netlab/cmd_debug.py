@@ -163,7 +163,7 @@ def _dns_text(frame: bytes) -> str:
 
 def cmd_capture(args) -> int:
     from .capture import Capture, CaptureError
-    from . import netns as nsutil
+    from .base import namespaces as nsutil
     from .pcapsink import sink_for
     st = lab_from_args(args)
     if st is None:

@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 
-from . import state as statemod
+from .base import state as statemod
 from .teardown import teardown
 from .labs import find_lab, labs_up, load_topology, plan_for_state  # noqa: F401 (cmd_lab.labs_up keeps working)
 from .exitcodes import FAILED, INTERRUPTED, OK, USAGE
@@ -338,9 +338,9 @@ def cmd_down(args) -> int:
 # --------------------------------------------------------------------------- status
 
 def lab_status(st: statemod.State) -> dict:
-    from . import netns as nsutil
-    from .state import attach_addresses
-    from .state import proc_starttime
+    from .base import namespaces as nsutil
+    from .base.state import attach_addresses
+    from .base.state import proc_starttime
     addrs = attach_addresses(st)
     nss = [{"name": r["name"], "role": r.get("role", "alias of " + r.get("target", "")),
             "exists": nsutil.exists(r["name"])} for r in st.resources
@@ -372,7 +372,7 @@ def lab_status(st: statemod.State) -> dict:
 
 def cni_check(st: statemod.State) -> dict[str, str]:
     """CNI CHECK of every recorded attachment: 'ok' or the plugin's error."""
-    from . import netns as nsutil
+    from .base import namespaces as nsutil
     from .build import runtime_for
     out = {}
     sock = st.data.get("agentSocket")
@@ -441,7 +441,7 @@ def cmd_status(args) -> int:
 # --------------------------------------------------------------------------- exec / verify
 
 def cmd_exec(args) -> int:
-    from . import netns as nsutil
+    from .base import namespaces as nsutil
     cmd = list(args.cmd)
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]

@@ -18,7 +18,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Callable
 
-from .units import gateway, node_slice
+from .base.units import gateway, node_slice
 
 if TYPE_CHECKING:
     from .topology import Network, Topology

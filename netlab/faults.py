@@ -21,12 +21,12 @@ from typing import Callable
 from plugins.core import netns as cns
 
 from . import k8s
-from . import netns as nsutil
-from .names import node_ns
-from .netns import BuildError, tx_offload_off
+from .base import namespaces as nsutil
+from .base.names import node_ns
+from .base.namespaces import BuildError, tx_offload_off
 from .pods import detach, runtime_for
 from .scenario import SVC_TABLE, Scenario, load
-from .state import attach_addresses, proc_starttime
+from .base.state import attach_addresses, proc_starttime
 
 
 def _target_ns(plan, name: str) -> str:

@@ -16,7 +16,7 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import netns as nsutil
+from .base import namespaces as nsutil
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Labs that are up: finding them, their topology and plan again, and where
 their endpoints live (what the CLI, checks and debugging tools share).
 
-Imports netlab.state, netlab.names, netlab.topology and netlab.plan.
+Imports netlab.base.state, netlab.base.names, netlab.topology and netlab.plan.
 """
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
-from . import state as statemod
-from .names import switch_ns
+from .base import state as statemod
+from .base.names import switch_ns
 
 
 def _err(msg: str) -> None:
@@ -84,7 +84,7 @@ class Target:
 
 def target(topo, plan, addresses: dict[str, str], name: str) -> Target:
     """Where a lab endpoint (pod, node, 'ext', 'dns', 'underlay') lives and its address;
-    ``addresses`` are the pods' recorded ones (netlab.state.attach_addresses)."""
+    ``addresses`` are the pods' recorded ones (netlab.base.state.attach_addresses)."""
     if name == "underlay":
         # all switch ports, incoming frames only (a bridge's own device does
         # not see unicast frames forwarded between its ports)

@@ -4,7 +4,7 @@ Pure functions only (no system access), so the whole plan is unit-tested
 without root. ``build.py`` applies it step by step, recording each step in the
 state file before doing it.
 
-Names of namespaces and interfaces: ``netlab.names``.
+Names of namespaces and interfaces: ``netlab.base.names``.
 """
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .names import (POD_HOSTS, SWITCH_BRIDGE, UPLINK, container_id, dns_ns, ext_ns, node_ns,  # noqa: F401
-                    ns_prefix, pod_ns, switch_ns)       # (plan.node_ns etc. keep working for importers)
+from .base.names import (POD_HOSTS, SWITCH_BRIDGE, UPLINK, container_id, dns_ns, ext_ns, node_ns, ns_prefix,
+                         pod_ns, switch_ns)       # (plan.node_ns etc. keep working for importers)
 from .topology import Network, Pod, Topology
-from .units import gateway, node_slice
+from .base.units import gateway, node_slice
 
 
 @dataclass

@@ -2,14 +2,14 @@
 one node namespace, and DEL of a recorded attachment (``down``, a replaced
 pod). Used by the builder, by scenario faults and by ``netlab status``.
 
-Imports netlab.netns, netlab.state and the runtime (cniruntime.runtime).
+Imports netlab.base.namespaces, netlab.base.state and the runtime (cniruntime.runtime).
 """
 from __future__ import annotations
 
 import os
 
-from . import netns as nsutil
-from . import state as statemod
+from .base import namespaces as nsutil
+from .base import state as statemod
 
 REFERENCE_CNI = "/usr/lib/cni"
 

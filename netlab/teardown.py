@@ -4,7 +4,7 @@ Pod attachments first (a CNI DEL each, in parallel), then our nftables tables,
 the namespaces (taking what the plugins made in them), processes by pid and
 start time, files; the lab directory last. What is already gone is fine;
 every error is collected and kept in the state file so ``down`` can run again.
-Imports netlab.state, netlab.netns and the removers of netlab.k8s and netlab.impair.
+Imports netlab.base.state, netlab.base.namespaces and the removers of netlab.k8s and netlab.impair.
 """
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
-from . import netns as nsutil
+from .base import namespaces as nsutil
 from .impair import remove as remove_impairment
 from .k8s import drop_table
-from .state import State, kill_recorded, remove_etc_netns_if_ours
+from .base.state import State, kill_recorded, remove_etc_netns_if_ours
 
 Detacher = Callable[[dict, State], None]
 

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import yaml
 
-from .units import default_burst, gateway, node_slice, parse_rate  # noqa: F401 (schema users import them from here too)
+from .base.units import (default_burst, gateway, node_slice, parse_rate)  # noqa: F401 (schema users import them from here too)
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 LAB_NAME_MAX = 20

@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import netns as nsutil
+from .base import namespaces as nsutil
 from .capture import Capture
 from .graph import Inventory, inventory
 
@@ -101,12 +101,12 @@ def _csum(data: bytes) -> int:
 
 
 def _in_ns(ns: str, fn, timeout: float = 10):
-    from .netns import in_thread
+    from .base.namespaces import in_thread
     return in_thread(ns, fn, timeout)
 
 
 def run_ns(ns: str, argv: list[str], timeout: float = 10) -> subprocess.CompletedProcess:
-    from .netns import run_in
+    from .base.namespaces import run_in
     return run_in(ns, argv, timeout=timeout)
 
 
@@ -1139,7 +1139,7 @@ def _indent(text: str, pad: str = "    ") -> str:
 def resolve(st, name: str) -> tuple[str, str | None, str]:
     """A lab endpoint name (pod, node, ext, dns) or an address -> (netns, address, label)."""
     from .labs import plan_for_state, target
-    from .state import attach_addresses
+    from .base.state import attach_addresses
     topo, plan = plan_for_state(st)
     if plan is None:
         raise TraceError("cannot load the lab's topology")

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from netlab import netns as nsutil
+from netlab.base import namespaces as nsutil
 
 IS_ROOT = os.geteuid() == 0
 HAVE_IP = shutil.which("ip") is not None

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from netlab import netns as nsutil
+from netlab.base import namespaces as nsutil
 from cninode.install import site_dirs
 from cninode import agent as ag
 from cninode import launcher

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from netlab import netns as nsutil
+from netlab.base import namespaces as nsutil
 from cniruntime.runtime import Runtime
 from plugins.core import netns as cns
 from plugins.core.skel import dispatch

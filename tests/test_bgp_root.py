@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from netlab import bgp, state as statemod
+from netlab import bgp
+from netlab.base import state as statemod
 from tests.test_netlab_labs import lab_name, leftovers, netlab
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]

@@ -92,7 +92,7 @@ def lab(tmp_path_factory):
 
 
 def _st(lab):
-    from netlab import state
+    from netlab.base import state
     return state.load(lab["dir"])
 
 

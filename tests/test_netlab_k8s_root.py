@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from netlab import netns as nsutil
+from netlab.base import namespaces as nsutil
 from netlab import services as S
 from tests.test_netlab_labs import REPO, lab_name, leftovers, netlab
 

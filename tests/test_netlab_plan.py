@@ -6,7 +6,7 @@ import os
 
 
 from netlab import plan as P
-from netlab import state as S
+from netlab.base import state as S
 from netlab.teardown import teardown
 from netlab import topology as T
 

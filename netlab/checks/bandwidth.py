@@ -15,7 +15,7 @@ import subprocess
 import threading
 import time
 
-from .. import netns as nsutil
+from ..base import namespaces as nsutil
 from .common import CheckResult, Context, captured, run_in
 
 SAMPLE_EVERY = 0.05      # seconds between counter samples

@@ -11,8 +11,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .. import netns as nsutil
-from ..netns import in_thread, run_in
+from ..base import namespaces as nsutil
+from ..base.namespaces import in_thread, run_in
 from ..capture import Capture
 from ..labs import Target, target
 
@@ -41,7 +41,7 @@ class Context:
 
     def __init__(self, topo, plan, st, *, evidence: bool = True) -> None:
         """``evidence=False``: only resolve targets (no evidence directory is made)."""
-        from ..state import attach_addresses
+        from ..base.state import attach_addresses
         self.topo, self.plan, self.st = topo, plan, st
         self.lab_dir = plan.lab_dir
         self.addresses = attach_addresses(st) if st is not None else {}

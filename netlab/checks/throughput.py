@@ -14,7 +14,7 @@ import json
 import subprocess
 import time
 
-from .. import netns as nsutil
+from ..base import namespaces as nsutil
 from .bandwidth import listening_tcp, fmt
 from .common import CheckResult, Context, captured, run_in
 

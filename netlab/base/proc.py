@@ -10,7 +10,7 @@ import subprocess
 import time
 from typing import Callable
 
-from . import netns as nsutil
+from . import namespaces as nsutil
 from .state import proc_starttime
 
 
