@@ -272,17 +272,17 @@ class Builder:
             signal.pause()          # SIGINT/SIGTERM raise KeyboardInterrupt out of here
 
     def sync_k8s(self) -> None:
-        """Services and NetworkPolicies (netlab/k8s.py): our tables in every node."""
-        from . import k8s
+        """Services and NetworkPolicies (netlab/features/k8s.py): our tables in every node."""
+        from .features import k8s
         k8s.sync(self.plan.topology, self.plan.lab, attach_addresses(self.st), st=self.st,
                  record=self.record, progress=self.progress)
 
     def publish_late_records(self) -> None:
         """DNS records for pods whose address came from IPAM (and host/container pods)."""
-        from . import dns
+        from .features import dns
         from .plan import POD_HOSTS, late_records
         procs = [r for r in self.st.find("process") if r.get("name") == "dnsmasq"]
-        from .k8s import dns_records as service_records
+        from .features.k8s import dns_records as service_records
         addrs = attach_addresses(self.st)
         recs = late_records(self.plan.topology, addrs) + service_records(self.plan.topology, addrs)
         if not procs or not recs:
@@ -358,7 +358,7 @@ class Builder:
                 f.write(text)
 
     def do_dnsmasq(self, s: Step) -> None:
-        from . import dns
+        from .features import dns
         from .plan import POD_HOSTS
         dns.write_hosts(os.path.join(self.plan.lab_dir, POD_HOSTS), [])
         pid, start = dns.start(s.params["ns"], s.params["argv"], s.params["address"],
@@ -367,7 +367,7 @@ class Builder:
         self.progress(f"      dnsmasq pid {pid} answering")
 
     def do_bgp(self, s: Step) -> None:
-        from .bgp import BGPError, start
+        from .features.bgp import BGPError, start
         try:
             pid = start(s.params["ns"], s.params, self.record, self.update)
         except BGPError as e:
@@ -382,7 +382,7 @@ class Builder:
                        record=lambda **kw: self.record("process", **kw))
 
     def do_dhcp_daemon(self, s: Step) -> None:
-        from . import dhcp
+        from .features import dhcp
         from .base.proc import start_recorded
         p = s.params
         start_recorded(p["ns"], dhcp.daemon_argv(self.plugins, p["socket"]), "dhcp daemon",

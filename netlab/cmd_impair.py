@@ -60,7 +60,7 @@ def _lab_and_plan(args):
 # --------------------------------------------------------------------------- impair
 
 def cmd_impair(args) -> int:
-    from . import impair
+    from .features import impair
     st, plan = _lab_and_plan(args)
     if st is None or plan is None:
         return EXIT_USAGE
@@ -97,7 +97,7 @@ def cmd_impair(args) -> int:
 
 
 def _show(st, where, as_json: bool) -> int:
-    from . import impair
+    from .features import impair
     recs = impair.recorded(st, where)
     if as_json:
         print(json.dumps([{"target": r["target"], "ns": r["ns"], "dev": r["dev"], "spec": r["spec"],

@@ -184,7 +184,7 @@ def cmd_up(args) -> int:
     if os.geteuid() != 0:
         _err("netlab up needs root (it creates network namespaces); try: sudo netlab up ...")
         return FAILED
-    from .impair import preflight     # impairments this kernel cannot make: refused before building
+    from .features.impair import preflight     # impairments this kernel cannot make: refused before building
     why = preflight(topo)
     if why:
         _err(why)
@@ -216,7 +216,7 @@ def cmd_up(args) -> int:
     prev_term = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         builder.run()
-        from .impair import apply_topology   # the topology's link impairments, recorded like the rest
+        from .features.impair import apply_topology   # the topology's link impairments, recorded like the rest
         apply_topology(plan, st, record=builder.record, update=builder.update, progress=say)
         from .faults import apply as apply_scenario   # a scenario's faults, if the file has any
         scenario = apply_scenario(plan, st, record=builder.record, update=builder.update,
@@ -428,7 +428,7 @@ def cmd_status(args) -> int:
                 print(f"        {ifn:<16} rx {c['rx_packets']:>8} pkts {c['rx_bytes']:>11} B   "
                       f"tx {c['tx_packets']:>8} pkts {c['tx_bytes']:>11} B" + (f"   {bad}" if bad else ""))
         for m in i.get("impairments", []):
-            from .impair import Impairment
+            from .features.impair import Impairment
             print(f"  impair {m['target']} ({m['dev']} in {m['ns']}): {Impairment.from_dict(m['spec']).describe()}")
         for p in i["processes"]:
             print(f"  proc  {p['name']} pid {p['pid']} {'running' if p['running'] else 'NOT RUNNING'}")

@@ -20,7 +20,7 @@ from typing import Callable
 
 from plugins.core import netns as cns
 
-from . import k8s
+from .features import k8s
 from .base import namespaces as nsutil
 from .base.names import node_ns
 from .base.namespaces import BuildError, tx_offload_off

@@ -277,9 +277,9 @@ def render_mermaid(inv: Inventory) -> str:
 
 def read_services(inv: Inventory) -> list[dict]:
     """Services and their endpoints as the first node's ``ip cnilab-services``
-    table has them (netlab/services.py): [{name, vip, proto, port, nodePort,
+    table has them (netlab/features/services.py): [{name, vip, proto, port, nodePort,
     endpoints: [(pod netns | None, ifname | None, address, port)]}]."""
-    from .services import FAMILY, TABLE
+    from .features.services import FAMILY, TABLE
     for n in sorted(inv.namespaces.values(), key=lambda x: x.name):
         if n.role != "node":
             continue

@@ -290,9 +290,9 @@ def make_plan(topo: Topology, lab_dir: str) -> Plan:
             "resolv.conf": resolv_conf(topo, None), "hosts": hosts_file(n.name, n.address)}}))
         endpoints[n.name] = Endpoint(n.name, nn, n.address, UPLINK, "node")
 
-    from .bgp import plan_steps as bgp_steps   # routing: bgp networks: BIRD in every node
+    from .features.bgp import plan_steps as bgp_steps   # routing: bgp networks: BIRD in every node
     steps += bgp_steps(topo, lab_dir, node_ns, Step)
-    from . import dhcp
+    from .features import dhcp
     dhcp.add_steps(topo, lab_dir, lambda node: node_ns(lab, node), Step, steps, namespaces)
 
     side_routes = [{"dst": c, "via": via} for c, via, _ in slices]

@@ -4,7 +4,7 @@ Pod attachments first (a CNI DEL each, in parallel), then our nftables tables,
 the namespaces (taking what the plugins made in them), processes by pid and
 start time, files; the lab directory last. What is already gone is fine;
 every error is collected and kept in the state file so ``down`` can run again.
-Imports netlab.base.state, netlab.base.namespaces and the removers of netlab.k8s and netlab.impair.
+Imports netlab.base.state, netlab.base.namespaces and the removers of netlab.features.k8s and netlab.features.impair.
 """
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from .base import namespaces as nsutil
-from .impair import remove as remove_impairment
-from .k8s import drop_table
+from .features.impair import remove as remove_impairment
+from .features.k8s import drop_table
 from .base.state import State, kill_recorded, remove_etc_netns_if_ours
 
 Detacher = Callable[[dict, State], None]
@@ -46,7 +46,7 @@ def teardown(st: State, detach: Detacher, *, log: Callable[[str], None] = lambda
     if pending:
         with ThreadPoolExecutor(max_workers=workers) as ex:
             list(ex.map(det, pending))
-    # our nftables tables in node namespaces (Services, NetworkPolicy: netlab/k8s.py)
+    # our nftables tables in node namespaces (Services, NetworkPolicy: netlab/features/k8s.py)
     for res in reversed(st.resources):
         if res["kind"] == "nft_table" and not res.get("removed"):
             try:

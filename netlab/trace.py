@@ -537,8 +537,8 @@ def _owner_of(inv: Inventory, addr: str) -> str | None:
 
 
 def _bgp_causes(st, ns: str, dst: str) -> list[str]:
-    """A BGP node's missing route, explained (netlab/bgp.py); nothing otherwise."""
-    from .bgp import missing_route_cause
+    """A BGP node's missing route, explained (netlab/features/bgp.py); nothing otherwise."""
+    from .features.bgp import missing_route_cause
     return missing_route_cause(st, ns, dst)
 
 
@@ -1232,13 +1232,13 @@ _K8S_RULE = re.compile(r'trace id \S+ (\S+) (\S+) (\S+) rule (.*?)(?: comment "(
 
 
 def k8s_notes(lines: dict[str, list[str]], label) -> list[str]:
-    """What our Services and NetworkPolicy tables (netlab/k8s.py) did to the probe,
+    """What our Services and NetworkPolicy tables (netlab/features/k8s.py) did to the probe,
     from the nft trace: the Service DNAT (VIP -> endpoint), the masquerade, a
     reject for a Service without endpoints, and the policy rule that allowed or
     dropped it (rules carry their meaning in their comments). A drop or reject
     is a cause; the rest are notes (``note: `` prefix)."""
-    from .policy import TABLE as POLICY_TABLE
-    from .services import TABLE as SERVICES_TABLE
+    from .features.policy import TABLE as POLICY_TABLE
+    from .features.services import TABLE as SERVICES_TABLE
     out: list[str] = []
     for ns, lns in lines.items():
         for ln in lns:

@@ -1,5 +1,5 @@
 """BGP-routed networks without root: schema, plan, BIRD config rendering (and
-BIRD's own parser on it), birdc/ip output parsing (netlab/bgp.py, ADR 0024)."""
+BIRD's own parser on it), birdc/ip output parsing (netlab/features/bgp.py, ADR 0024)."""
 from __future__ import annotations
 
 import os
@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from netlab import bgp
+from netlab.features import bgp
 from netlab.plan import make_plan
 from netlab.topology import TopologyError, loads
 

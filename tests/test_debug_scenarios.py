@@ -42,7 +42,7 @@ TRACES = {
                                  "cnilab-portmap hostports: tcp dport 9100 dnat to 10.239.0.2:9100",
                                  "verdict: delivered to pod web and answered",
                                  "note:  addressed to exporter (192.168.127.11:9100) but delivered to pod web"]),
-    # Services and NetworkPolicy (netlab/k8s.py, ADR 0022)
+    # Services and NetworkPolicy (netlab/features/k8s.py, ADR 0022)
     "service-selector-mismatch.yaml": ("client", "10.96.0.20", ["--proto", "tcp/80"],
                                        ["cause: Service rule in node node1: no endpoints: tcp reset -> rejected"]),
     "service-wrong-targetport.yaml": ("client", "10.96.0.20", ["--proto", "tcp/80"],

@@ -334,7 +334,7 @@ def test_rate_is_measured_on_the_wire(lab, target, direction):
 
 @pytest.mark.slow
 def test_delay_is_refused_in_one_line_naming_sch_netem(lab):
-    from netlab import impair
+    from netlab.features import impair
     if impair.kernel_has_netem():
         pytest.skip("this kernel has netem: nothing to refuse")
     p = _imp(lab, "a", "set", "delay", "20ms")
@@ -413,7 +413,7 @@ def test_underlay_port_impairment_show_status_watch_and_down(lab):
 
 
 def test_up_refuses_delay_before_building_anything(tmp_path):
-    from netlab import impair
+    from netlab.features import impair
     if impair.kernel_has_netem():
         pytest.skip("this kernel has netem: nothing to refuse")
     name = unique_name("kdr").replace("_", "-")[:20].lower().strip("-")

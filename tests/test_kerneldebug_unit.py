@@ -161,7 +161,7 @@ def test_sinks(tmp_path):
 
 # --------------------------------------------------------------------------- impairments
 
-from netlab import impair  # noqa: E402
+from netlab.features import impair  # noqa: E402
 
 
 def test_impair_parse_values_and_errors():

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from .. import bgp
+from ..features import bgp
 from ..plan import node_ns
 from .common import CheckResult, Context
 

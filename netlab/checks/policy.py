@@ -8,7 +8,7 @@ the pod; a ``deny`` must show it reaching a node, never the pod, and a
 ``default deny`` rule counting it."""
 from __future__ import annotations
 
-from .. import policy as polmod
+from ..features import policy as polmod
 from ..capture import Capture
 from .common import CheckResult, Context, Server, client
 

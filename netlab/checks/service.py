@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 
-from .. import services as svcmod
+from ..features import services as svcmod
 from ..capture import Capture
 from .common import CheckResult, Context, Server, client
 

@@ -521,5 +521,5 @@ def plan_table(cfg: ServiceConfig, node: str, eps: dict[tuple[str, str], list[En
 def apply_in(ns: str, cmds: list[dict], what: str) -> None:
     """One libnftables transaction inside the named namespace (a thread of its own enters it)."""
     from plugins.net.nft import Nft
-    from .base.namespaces import in_thread
+    from ..base.namespaces import in_thread
     in_thread(ns, lambda: Nft().apply(cmds, what=what), timeout=60)

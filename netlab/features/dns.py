@@ -14,7 +14,7 @@ import os
 import time
 from typing import Callable
 
-from .base.state import proc_starttime
+from ..base.state import proc_starttime
 
 
 class DNSError(Exception):
@@ -42,7 +42,7 @@ def listening_udp(pid: int, address: str, port: int = 53) -> bool:
 def start(ns: str, argv: list[str], address: str, out_path: str, *,
           record: Callable[..., dict], timeout: float = 5.0) -> tuple[int, str | None]:
     """Start dnsmasq in ``ns``; returns (pid, starttime) once it answers on :53."""
-    from .base.proc import StartError, start_recorded
+    from ..base.proc import StartError, start_recorded
     try:
         pid = start_recorded(ns, argv, "dnsmasq", out_path,
                              lambda pid: listening_udp(pid, address), record=record,

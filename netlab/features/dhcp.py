@@ -18,10 +18,10 @@ import os
 import sys
 from typing import TYPE_CHECKING, Callable
 
-from .base.units import gateway, node_slice
+from ..base.units import gateway, node_slice
 
 if TYPE_CHECKING:
-    from .topology import Network, Topology
+    from ..topology import Network, Topology
 
 REFERENCE_DHCP = "/usr/lib/cni/dhcp"
 

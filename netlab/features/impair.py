@@ -148,7 +148,7 @@ def parse_size(v: Any) -> int:
 
 def parse(data: Any) -> tuple[Impairment, list[tuple[str, str]]]:
     """A topology's ``impair`` mapping -> (Impairment, [(key, problem)])."""
-    from .base.units import parse_rate
+    from ..base.units import parse_rate
     errs: list[tuple[str, str]] = []
     imp = Impairment()
     if not isinstance(data, dict):
@@ -285,7 +285,7 @@ def _nft_dup(ns: str, dev: str, pct: float, min_size: int = 0) -> Part:
 
 def default_burst(rate_bits: int) -> int:
     """Bytes of burst for a rate (the topology's default for shaping)."""
-    from .base.units import default_burst as bits
+    from ..base.units import default_burst as bits
     return bits(rate_bits) // 8
 
 
@@ -327,7 +327,7 @@ def plan(imp: Impairment, ns: str, dev: str, peer: tuple[str, str] | None, *, ne
 
 def _nft_in(ns: str, text: str) -> subprocess.CompletedProcess:
     import os
-    from .base import namespaces as nsutil
+    from ..base import namespaces as nsutil
     from plugins.core import netns as cns
     fd = os.open(nsutil.path(ns), os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -341,7 +341,7 @@ def _with_tc(ns: str, fn: Callable) -> Any:
     """fn(Tc) in a thread inside ``ns`` (pyroute2 binds to the thread's namespace)."""
     from plugins.net.link import open_iproute
     from plugins.net.tc import Tc
-    from .base.namespaces import in_thread
+    from ..base.namespaces import in_thread
 
     def go():
         ipr = open_iproute()
@@ -405,7 +405,7 @@ def make(part: Part) -> None:
 
 def unmake(part: dict) -> None:
     """Remove one recorded part; what is already gone (or whose namespace is) is fine."""
-    from .base import namespaces as nsutil
+    from ..base import namespaces as nsutil
     ns = part["ns"]
     if not nsutil.exists(ns):
         return
@@ -439,7 +439,7 @@ def resolve(plan_, target: str) -> Where:
     """TARGET[:IFACE] of a lab -> namespace and interface. Pods default to their
     interface, nodes/ext/dns to their uplink; ``underlay:NAME`` is the switch port
     that faces node/ext/dns NAME (or a port name, e.g. underlay:n0)."""
-    from .base.names import UPLINK, switch_ns
+    from ..base.names import UPLINK, switch_ns
     name, _, iface = target.partition(":")
     topo = plan_.topology
     if name in ("underlay", "switch"):
@@ -467,7 +467,7 @@ def resolve(plan_, target: str) -> Where:
 
 def switch_ports(plan_) -> dict[str, str]:
     """node/ext/dns name -> its switch port (from the plan's uplink steps)."""
-    from .base.names import dns_ns, ext_ns, node_ns
+    from ..base.names import dns_ns, ext_ns, node_ns
     names = {node_ns(plan_.lab, n): n for n in plan_.topology.nodes}
     names[ext_ns(plan_.lab)] = "ext"
     names[dns_ns(plan_.lab)] = "dns"
@@ -596,7 +596,7 @@ def apply_topology(plan_, st, *, record, update, progress=print) -> int:
 
 def kernel_view(res: dict) -> list[str]:
     """What the kernel has for each recorded part: the nft rule with its counter, the qdisc."""
-    from .base.namespaces import run_in
+    from ..base.namespaces import run_in
     out = []
     for part in res.get("parts", []):
         where = f"{part['dev']} in {part['ns']}"

@@ -119,7 +119,7 @@ def render_config(*, lab: str, node: str, router_id: str, announce: list[str], c
     """bird.conf for one node. ``peers``: node -> (underlay address, its ASN as we expect it)."""
     deny = cfg.node(node).export_deny
     asn = cfg.local_asn(node)
-    lines = [f"# netlab lab {lab}, node {node}: written by netlab (netlab/bgp.py), do not edit",
+    lines = [f"# netlab lab {lab}, node {node}: written by netlab (netlab/features/bgp.py), do not edit",
              f'log "{log_path}" all;',
              f"router id {router_id};",
              "",
@@ -155,7 +155,7 @@ def render_config(*, lab: str, node: str, router_id: str, announce: list[str], c
 
 def announced(topo, node: str) -> list[str]:
     """Pod slices ``node`` announces: one per network with routing bgp."""
-    from .base.units import node_slice
+    from ..base.units import node_slice
     n = topo.nodes[node]
     return [str(node_slice(w, n.index)) for w in topo.networks.values() if w.routing == "bgp"]
 
@@ -197,8 +197,8 @@ def start(ns: str, p: dict, record: Callable[..., dict], update: Callable[..., N
 
     The process is recorded in the lab state (kind ``process``) so ``netlab down``
     stops exactly it, by pid and start time."""
-    from .base import namespaces as nsutil
-    from .base.state import proc_starttime
+    from ..base import namespaces as nsutil
+    from ..base.state import proc_starttime
     f = p["files"]
     os.makedirs(f["dir"], exist_ok=True)
     with open(f["conf"], "w", encoding="utf-8") as fh:
@@ -287,7 +287,7 @@ def parse_routes(text: str) -> dict[str, str | None]:
 
 def learned(ns: str) -> dict[str, str | None]:
     """Routes BIRD installed in the node namespace's kernel table."""
-    from .base.namespaces import ipn
+    from ..base.namespaces import ipn
     return parse_routes(ipn(ns, "route", "show", "proto", "bird"))
 
 

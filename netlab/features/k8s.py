@@ -1,5 +1,5 @@
-"""The Kubernetes objects of a lab beyond pods: Services (netlab/services.py),
-namespaces with labels and NetworkPolicies (netlab/policy.py).
+"""The Kubernetes objects of a lab beyond pods: Services (netlab/features/services.py),
+namespaces with labels and NetworkPolicies (netlab/features/policy.py).
 
 ``parse`` is called by ``netlab.topology`` (errors go to its context, with
 file:line:path); ``sync`` writes both nftables tables of every node, one
@@ -123,8 +123,8 @@ def sync(topo, lab: str, addresses: dict[str, str], st=None, record=None, progre
     if not (topo.k8s and topo.k8s.active):
         return
     from plugins.net import sysctl
-    from .base.names import node_ns
-    from .base.namespaces import in_thread
+    from ..base.names import node_ns
+    from ..base.namespaces import in_thread
     for n in topo.nodes:
         ns = node_ns(lab, n)
         for fam, tab in tables(topo):
@@ -153,7 +153,7 @@ def dns_records(topo, addresses: dict[str, str]) -> list[tuple[str, str]]:
 
 def drop_table(res: dict) -> None:
     """``down``: delete one recorded table (gone with its namespace is fine)."""
-    from .base import namespaces as nsutil
+    from ..base import namespaces as nsutil
     if not nsutil.exists(res["ns"]):
         return
     svcmod.apply_in(res["ns"], [{"add": {"table": {"family": res["family"], "name": res["table"]}}},

@@ -402,7 +402,7 @@ def plan_table(cfg: PolicyConfig, pods: dict, addresses: dict[str, str], node: s
 def counters(ns: str, family: str, table: str) -> dict[str, int]:
     """comment -> packets of every counted rule of one of our tables (empty if absent)."""
     from plugins.net.nft import Nft
-    from .base.namespaces import in_thread
+    from ..base.namespaces import in_thread
     out: dict[str, int] = {}
 
     def go():
