@@ -87,7 +87,7 @@ def _err(msg: str) -> None:
 
 def resolve_capture_target(st, target: str) -> tuple[str, str, bool]:
     """TARGET[:IFACE] -> (netns, iface or '' for all, incoming_only)."""
-    from .plan import switch_ns
+    from .lab.plan import switch_ns
     name, _, iface = target.partition(":")
     if name in ("underlay", "switch"):
         return switch_ns(st.lab), iface, not iface
@@ -96,7 +96,7 @@ def resolve_capture_target(st, target: str) -> tuple[str, str, bool]:
     if not ns:
         raise ValueError(f"{name!r} is an address; capture needs a pod, node, 'ext', 'dns' or 'underlay'")
     if not iface:
-        from .labs import plan_for_state
+        from .lab.labs import plan_for_state
         topo, plan = plan_for_state(st)
         if name in topo.pods:
             owner = topo.pods[topo.pod_netns_owner(name)]
@@ -291,7 +291,7 @@ def cmd_graph(args) -> int:
     st = lab_from_args(args)
     if st is None:
         return EXIT_USAGE
-    from .labs import plan_for_state
+    from .lab.labs import plan_for_state
     topo, _ = plan_for_state(st)
     inv = inventory(st, topo)
     try:

@@ -49,7 +49,7 @@ def _err(msg: str) -> None:
 
 def _lab_and_plan(args):
     from .cli_common import lab_from_args
-    from .labs import plan_for_state
+    from .lab.labs import plan_for_state
     st = lab_from_args(args)
     if st is None:
         return None, None
@@ -117,7 +117,7 @@ def _show(st, where, as_json: bool) -> int:
 
 def watch_targets(st, plan, targets: list[str]) -> list[tuple[str, str, str]]:
     """TARGET[:IFACE] -> (label, namespace, interface or '' for all)."""
-    from .plan import switch_ns
+    from .lab.plan import switch_ns
     out = []
     for t in targets:
         name, _, iface = t.partition(":")

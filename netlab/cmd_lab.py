@@ -14,8 +14,8 @@ import sys
 import time
 
 from .base import state as statemod
-from .teardown import teardown
-from .labs import find_lab, labs_up, load_topology, plan_for_state  # noqa: F401 (cmd_lab.labs_up keeps working)
+from .lab.teardown import teardown
+from .lab.labs import (find_lab, labs_up, load_topology, plan_for_state)  # noqa: F401 (cmd_lab.labs_up keeps working)
 from .exitcodes import FAILED, INTERRUPTED, OK, USAGE
 
 
@@ -135,8 +135,8 @@ def _run_checks(topo, plan, st, as_json: bool, quiet: bool = False):
 def _plan_or_refusal(path: str, name: str | None, lab_dir: str | None, plugins: str, errors: list[str] | None = None):
     """(topology, plan) ready to build, or (None, None) after the reasons were
     printed (or added to ``errors``): an invalid file, or plugins that cannot attach it."""
-    from .build import refuse_plugins
-    from .plan import make_plan
+    from .lab.build import refuse_plugins
+    from .lab.plan import make_plan
     topo = load_topology(path, name, errors)
     if topo is None:
         return None, None
@@ -173,7 +173,7 @@ def cmd_validate(args) -> int:
 
 
 def cmd_up(args) -> int:
-    from .build import Builder, detach
+    from .lab.build import Builder, detach
     topo, plan = _plan_or_refusal(args.file, args.name, args.lab_dir, args.plugins)
     if plan is None:
         return USAGE
@@ -218,7 +218,7 @@ def cmd_up(args) -> int:
         builder.run()
         from .features.impair import apply_topology   # the topology's link impairments, recorded like the rest
         apply_topology(plan, st, record=builder.record, update=builder.update, progress=say)
-        from .faults import apply as apply_scenario   # a scenario's faults, if the file has any
+        from .lab.faults import apply as apply_scenario   # a scenario's faults, if the file has any
         scenario = apply_scenario(plan, st, record=builder.record, update=builder.update,
                                   progress=say)
     except BaseException as e:  # noqa: BLE001 - every failure rolls back
@@ -259,7 +259,7 @@ def cmd_up(args) -> int:
 
 def _judge_scenario(scenario, results, *, quiet: bool) -> int:
     """A lab broken on purpose succeeds when its checks fail exactly as declared."""
-    from .scenario import judge
+    from .lab.scenario import judge
     problems = judge(scenario, results)
     if not quiet:
         if problems:
@@ -288,7 +288,7 @@ def _raise_interrupt(signum, frame):
 # --------------------------------------------------------------------------- down
 
 def cmd_down(args) -> int:
-    from .build import detach
+    from .lab.build import detach
     as_json = getattr(args, "json", False)
 
     def report(rc: int, lab: str | None, lab_dir: str | None, removed: int, errors: list[str], text: str) -> int:
@@ -373,7 +373,7 @@ def lab_status(st: statemod.State) -> dict:
 def cni_check(st: statemod.State) -> dict[str, str]:
     """CNI CHECK of every recorded attachment: 'ok' or the plugin's error."""
     from .base import namespaces as nsutil
-    from .build import runtime_for
+    from .lab.build import runtime_for
     out = {}
     sock = st.data.get("agentSocket")
     for pod, res in st.attachments().items():
@@ -455,7 +455,7 @@ def cmd_exec(args) -> int:
     if plan is None:
         return USAGE
     if args.target == "underlay":
-        from .plan import switch_ns
+        from .lab.plan import switch_ns
         ns = switch_ns(st.lab)
     elif args.target in plan.endpoints:
         ns = plan.endpoints[args.target].netns

@@ -104,7 +104,7 @@ def read_links(ns: str) -> tuple[dict[str, Link], dict[int, str]]:
 
 def lab_namespaces(st) -> dict[str, tuple[str, str, str | None]]:
     """netns name -> (role, label, node netns) from the state file and the plan names."""
-    from .plan import ns_prefix
+    from .lab.plan import ns_prefix
     pre = ns_prefix(st.lab)
     out: dict[str, tuple[str, str, str | None]] = {}
     att = {r["netns"]: r for r in st.find("attach") if not r.get("removed")}
@@ -161,7 +161,7 @@ def inventory(st, topo=None) -> Inventory:
             ports.append({"node_ns": r["node_ns"], "pod": r["pod"], **pm})
     sharing: dict[str, list[str]] = {}
     if topo is not None:
-        from .plan import node_ns, pod_ns
+        from .lab.plan import node_ns, pod_ns
         for p in topo.pods.values():
             if p.mode == "host":
                 sharing.setdefault(node_ns(st.lab, p.node), []).append(f"{p.name} (host network)")

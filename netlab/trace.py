@@ -1138,7 +1138,7 @@ def _indent(text: str, pad: str = "    ") -> str:
 
 def resolve(st, name: str) -> tuple[str, str | None, str]:
     """A lab endpoint name (pod, node, ext, dns) or an address -> (netns, address, label)."""
-    from .labs import plan_for_state, target
+    from .lab.labs import plan_for_state, target
     from .base.state import attach_addresses
     topo, plan = plan_for_state(st)
     if plan is None:

@@ -9,8 +9,8 @@ import subprocess
 import pytest
 
 from netlab.features import bgp
-from netlab.plan import make_plan
-from netlab.topology import TopologyError, loads
+from netlab.lab.plan import make_plan
+from netlab.lab.topology import TopologyError, loads
 
 BASE = """
 name: b
@@ -161,7 +161,7 @@ def test_proto_names_are_identifiers():
 
 
 def test_shipped_bgp_topology_validates():
-    from netlab.topology import load
+    from netlab.lab.topology import load
     t = load(os.path.join(os.path.dirname(__file__), "..", "topologies", "bgp.yaml"))
     assert t.bgp.mesh == "full" and {c.type for c in t.checks} == {"bgp", "reach"}
 

@@ -91,7 +91,7 @@ def test_every_scenario_has_a_trace_or_dns_evidence():
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_scenario_shows_its_symptom(scenario, tmp_path):
-    from netlab import scenario as sc_mod
+    from netlab.lab import scenario as sc_mod
     from netlab.checks.common import CheckResult
     path = os.path.join(REPO, "topologies", "scenarios", scenario)
     sc = sc_mod.load(path)

@@ -9,9 +9,10 @@ import textwrap
 import pytest
 
 from cniruntime import cnilog
-from netlab import graph, scenario, trace
+from netlab import graph, trace
+from netlab.lab import scenario
 from netlab.checks.common import CheckResult
-from netlab.topology import TopologyError, loads
+from netlab.lab.topology import TopologyError, loads
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -77,7 +78,7 @@ def test_judge_wants_the_declared_failures_for_the_declared_reasons():
 
 
 def test_service_ruleset_is_our_table_only():
-    from netlab.faults import _svc_ruleset
+    from netlab.lab.faults import _svc_ruleset
     text = _svc_ruleset([{"name": "dns", "vip": "10.96.0.10", "port": 53, "proto": "udp", "pod": "d"}],
                         {"d": "10.1.2.3"})
     assert "table ip cnilab-svc" in text

@@ -15,9 +15,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from netlab import cli, topology as T
+from netlab import cli
+from netlab.lab import topology as T
 from netlab.checks.common import Context
-from netlab.plan import make_plan
+from netlab.lab.plan import make_plan
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

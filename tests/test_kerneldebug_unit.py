@@ -228,7 +228,7 @@ def test_impair_needs_a_wire_for_loss():
 
 
 def test_preflight_refuses_delay_with_the_real_probe_faked(monkeypatch):
-    from netlab.topology import loads
+    from netlab.lab.topology import loads
     t = loads("name: x\nnodes: {n1: {impair: {delay: 10ms}}}\n")
     monkeypatch.setattr(impair, "kernel_has_netem", lambda: False)
     assert "nodes.n1.impair: delay needs the kernel's netem qdisc (module sch_netem)" in impair.preflight(t)
@@ -237,7 +237,7 @@ def test_preflight_refuses_delay_with_the_real_probe_faked(monkeypatch):
 
 
 def test_topology_impair_keys():
-    from netlab.topology import TopologyError, loads
+    from netlab.lab.topology import TopologyError, loads
     t = loads("""
 name: x
 underlay: {impair: {n2: {loss: 1%}, ext: {rate: 1mbit}}}
@@ -259,7 +259,7 @@ pods: {a: {node: n1, network: w, impair: {rate: 2mbit, direction: ingress}}}
 
 
 def test_reach_loss_expectation():
-    from netlab.topology import TopologyError, loads
+    from netlab.lab.topology import TopologyError, loads
     base = "name: x\nnodes: {n1: {}, n2: {}}\nchecks:\n  - {type: reach, from: n1, to: n2, %s}\n"
     t = loads(base % "count: 200, size: 1400, expect: {loss: 5%, tolerance: 2%}")
     assert t.checks[0].params["expect"] == {"loss": 5.0, "tolerance": 2.0} and t.checks[0].params["size"] == 1400

@@ -60,9 +60,9 @@ def test_pcap_writer_roundtrip(tmp_path):
 # ---- where a probe went (checks/path.py) ------------------------------------------
 
 def _ctx(yaml_text: str):
-    from netlab import topology as T
+    from netlab.lab import topology as T
     from netlab.checks.common import Context
-    from netlab.plan import make_plan
+    from netlab.lab.plan import make_plan
     topo = T.loads(yaml_text)
     plan = make_plan(topo, "/nonexistent-lab-dir")
     return Context(topo, plan, None, evidence=False)   # no lab dir, no state: only targets are needed

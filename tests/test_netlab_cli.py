@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-from netlab import build, cli, exitcodes
+from netlab.lab import build
+from netlab import cli, exitcodes
 from netlab.completion import script, walk
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

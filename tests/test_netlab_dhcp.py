@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from netlab import plan as P
-from netlab import topology as T
+from netlab.lab import plan as P
+from netlab.lab import topology as T
 from tests.conftest import unique_name
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -10,7 +10,7 @@ import pytest
 from netlab.features import k8s
 from netlab.features import policy as P
 from netlab.features import services as S
-from netlab import topology as T
+from netlab.lab import topology as T
 
 BASE = """
 name: k1

@@ -5,10 +5,10 @@ import json
 import os
 
 
-from netlab import plan as P
+from netlab.lab import plan as P
 from netlab.base import state as S
-from netlab.teardown import teardown
-from netlab import topology as T
+from netlab.lab.teardown import teardown
+from netlab.lab import topology as T
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

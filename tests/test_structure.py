@@ -117,7 +117,7 @@ def test_the_cycle_finder_finds_a_cycle_through_a_function_local_import():
 
 def test_the_graph_counts_function_local_imports():
     # plan imports bgp only inside make_plan
-    assert "netlab.features.bgp" in import_graph()["netlab.plan"]
+    assert "netlab.features.bgp" in import_graph()["netlab.lab.plan"]
 
 
 def test_no_import_cycles():

@@ -3,7 +3,7 @@
 ``<lab dir>/state.json`` holds an ordered list of resources. Each is appended
 (and the file atomically rewritten) before the build step creates it, so a
 crash at any point leaves a file that names everything that may exist.
-``netlab.teardown`` walks the list backwards and removes exactly those things,
+``netlab.lab.teardown`` walks the list backwards and removes exactly those things,
 tolerating "already gone", so ``netlab down`` is idempotent and works on a
 half-built lab. Nothing is ever removed by pattern. Imports netlab.base.namespaces only.
 """

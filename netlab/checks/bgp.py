@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 from ..features import bgp
-from ..plan import node_ns
+from ..lab.plan import node_ns
 from .common import CheckResult, Context
 
 

@@ -14,7 +14,7 @@ from typing import Any, Callable
 from ..base import namespaces as nsutil
 from ..base.namespaces import in_thread, run_in
 from ..capture import Capture
-from ..labs import Target, target
+from ..lab.labs import Target, target
 
 REPLY = b"netlab-ok"
 

@@ -26,12 +26,12 @@ def _nodes(ctx: Context, src_name: str, dst_pod) -> list[str]:
 
 
 def counters(ctx: Context, node: str) -> dict[str, int]:
-    from ..plan import node_ns
+    from ..lab.plan import node_ns
     return polmod.counters(node_ns(ctx.topo.name, node), polmod.FAMILY, polmod.TABLE)
 
 
 def run(ctx: Context, check) -> CheckResult:
-    from ..plan import node_ns
+    from ..lab.plan import node_ns
     p = check.params
     proto, port = p["proto"], p["port"]
     src, dst = ctx.target(p["from"]), ctx.target(p["to"])

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Callable
 from ..base.units import gateway, node_slice
 
 if TYPE_CHECKING:
-    from ..topology import Network, Topology
+    from ..lab.topology import Network, Topology
 
 REFERENCE_DHCP = "/usr/lib/cni/dhcp"
 

@@ -1,7 +1,7 @@
 """The Kubernetes objects of a lab beyond pods: Services (netlab/features/services.py),
 namespaces with labels and NetworkPolicies (netlab/features/policy.py).
 
-``parse`` is called by ``netlab.topology`` (errors go to its context, with
+``parse`` is called by ``netlab.lab.topology`` (errors go to its context, with
 file:line:path); ``sync`` writes both nftables tables of every node, one
 libnftables transaction per node, after the pods are attached and again
 whenever a pod is replaced; ``dns_records`` are the Service names for the

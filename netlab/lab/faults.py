@@ -1,5 +1,5 @@
 """Applying a scenario's faults to a built lab (the schema and the judge are
-netlab.scenario): sysctls turned off, a kube-proxy stand-in (a DNAT from a
+netlab.lab.scenario): sysctls turned off, a kube-proxy stand-in (a DNAT from a
 virtual IP to a pod in our own table ``ip cnilab-svc``, re-pointed on
 ``replace`` without touching conntrack), a UDP flow that is already running,
 a pod replaced (DEL + ADD with a new container ID), waits.
@@ -20,13 +20,13 @@ from typing import Callable
 
 from plugins.core import netns as cns
 
-from .features import k8s
-from .base import namespaces as nsutil
-from .base.names import node_ns
-from .base.namespaces import BuildError, tx_offload_off
+from ..features import k8s
+from ..base import namespaces as nsutil
+from ..base.names import node_ns
+from ..base.namespaces import BuildError, tx_offload_off
 from .pods import detach, runtime_for
 from .scenario import SVC_TABLE, Scenario, load
-from .base.state import attach_addresses, proc_starttime
+from ..base.state import attach_addresses, proc_starttime
 
 
 def _target_ns(plan, name: str) -> str:

@@ -15,10 +15,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .base.names import (POD_HOSTS, SWITCH_BRIDGE, UPLINK, container_id, dns_ns, ext_ns, node_ns, ns_prefix,
-                         pod_ns, switch_ns)       # (plan.node_ns etc. keep working for importers)
+from ..base.names import (POD_HOSTS, SWITCH_BRIDGE, UPLINK, container_id, dns_ns, ext_ns, node_ns, ns_prefix,
+                          pod_ns, switch_ns)       # (plan.node_ns etc. keep working for importers)
 from .topology import Network, Pod, Topology
-from .base.units import gateway, node_slice
+from ..base.units import gateway, node_slice
 
 
 @dataclass
@@ -290,9 +290,9 @@ def make_plan(topo: Topology, lab_dir: str) -> Plan:
             "resolv.conf": resolv_conf(topo, None), "hosts": hosts_file(n.name, n.address)}}))
         endpoints[n.name] = Endpoint(n.name, nn, n.address, UPLINK, "node")
 
-    from .features.bgp import plan_steps as bgp_steps   # routing: bgp networks: BIRD in every node
+    from ..features.bgp import plan_steps as bgp_steps   # routing: bgp networks: BIRD in every node
     steps += bgp_steps(topo, lab_dir, node_ns, Step)
-    from .features import dhcp
+    from ..features import dhcp
     dhcp.add_steps(topo, lab_dir, lambda node: node_ns(lab, node), Step, steps, namespaces)
 
     side_routes = [{"dst": c, "via": via} for c, via, _ in slices]

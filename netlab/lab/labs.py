@@ -1,7 +1,7 @@
 """Labs that are up: finding them, their topology and plan again, and where
 their endpoints live (what the CLI, checks and debugging tools share).
 
-Imports netlab.base.state, netlab.base.names, netlab.topology and netlab.plan.
+Imports netlab.base.state, netlab.base.names, netlab.lab.topology and netlab.lab.plan.
 """
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
-from .base import state as statemod
-from .base.names import switch_ns
+from ..base import state as statemod
+from ..base.names import switch_ns
 
 
 def _err(msg: str) -> None:

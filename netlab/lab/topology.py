@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import yaml
 
-from .base.units import (default_burst, gateway, node_slice, parse_rate)  # noqa: F401 (schema users import them from here too)
+from ..base.units import (default_burst, gateway, node_slice, parse_rate)  # noqa: F401 (schema users import them from here too)
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 LAB_NAME_MAX = 20
@@ -302,7 +302,7 @@ def _dns_name(v: str) -> str | None:
 
 TOP_KEYS = ("name", "description", "underlay", "nodes", "networks", "pods", "dns", "checks", "external",
             "scenario", "bgp",
-            "serviceCIDR", "services", "namespaces", "networkPolicies")   # netlab/features/k8s.py   # scenario: broken-on-purpose labs, validated by netlab/scenario.py
+            "serviceCIDR", "services", "namespaces", "networkPolicies")   # netlab/features/k8s.py   # scenario: broken-on-purpose labs, validated by netlab/lab/scenario.py
 
 
 def load(path: str, *, name: str | None = None) -> Topology:
@@ -603,7 +603,7 @@ def _build(ctx: _Ctx, data: Any, path: str, base_dir: str, name_override: str | 
                           _impair(ctx, o, p))
         if pods[pname].impair and mode not in ("bridge", "overlay"):
             ctx.err(p + ("impair",), f"a pod in mode {mode} has no interface of its own to impair")
-        from .features.services import parse_container_ports, parse_labels
+        from ..features.services import parse_container_ports, parse_labels
         pods[pname].labels = parse_labels(o, "labels")
         pods[pname].container_ports = parse_container_ports(o, _Obj)
     # container chains: no cycles, same node
@@ -627,7 +627,7 @@ def _build(ctx: _Ctx, data: Any, path: str, base_dir: str, name_override: str | 
                 ctx.err(("pods", pod.name, "ports", j, "hostPort"), f"{pm.protocol}/{pm.host_port} on node {pod.node} is already taken by pod {seen_ports[key]}")
             seen_ports[key] = pod.name
 
-    from .features.k8s import parse as _parse_k8s      # Services, namespaces, NetworkPolicies
+    from ..features.k8s import parse as _parse_k8s      # Services, namespaces, NetworkPolicies
     k8s = _parse_k8s(ctx, data, pods, list(networks.values()), underlay, _Obj)
 
     # checks
@@ -655,7 +655,7 @@ def _build(ctx: _Ctx, data: Any, path: str, base_dir: str, name_override: str | 
 
 
 def _k8s_check_keys(ctype: str) -> tuple[str, ...]:
-    from .features.k8s import CHECK_KEYS
+    from ..features.k8s import CHECK_KEYS
     return CHECK_KEYS[ctype]
 
 
@@ -663,7 +663,7 @@ def _impair(ctx: _Ctx, o: _Obj, path: tuple, key: str | None = "impair") -> dict
     """An ``impair`` mapping, validated by netlab/features/impair.py; stored as its plain dict."""
     if not o.has("impair"):
         return None
-    from .features.impair import parse
+    from ..features.impair import parse
     imp, errs = parse(o.data["impair"])
     where = path + ((key,) if key else ())
     for k, msg in errs:
@@ -673,7 +673,7 @@ def _impair(ctx: _Ctx, o: _Obj, path: tuple, key: str | None = "impair") -> dict
 
 def _loss_expect(ctx: _Ctx, exp: dict, path: tuple, params: dict) -> dict:
     """reach ``expect: {loss: 5%, tolerance: 3%}``: the share of probes that go unanswered."""
-    from .features.impair import parse_percent
+    from ..features.impair import parse_percent
     eo = _Obj(ctx, exp, path, ("loss", "tolerance"))
     out: dict[str, float] = {}
     for k in ("loss", "tolerance"):
@@ -702,7 +702,7 @@ def pod_mode_of(w: Network) -> str:
 
 
 def _routing(ctx: _Ctx, o: _Obj, wtype: str) -> str | None:
-    from .features.bgp import ROUTING_KINDS
+    from ..features.bgp import ROUTING_KINDS
     routing = o.get("routing", str, "bgp" if wtype == "routed" else "static",
                     check=lambda v: None if v in ROUTING_KINDS else f"must be one of {', '.join(ROUTING_KINDS)}, got {v!r}")
     if routing == "bgp" and wtype == "overlay":
@@ -712,7 +712,7 @@ def _routing(ctx: _Ctx, o: _Obj, wtype: str) -> str | None:
 
 def _bgp(ctx: _Ctx, data: dict, nodes: dict, networks: dict):
     """The top-level ``bgp`` key (netlab/features/bgp.py); a default when a network routes by BGP."""
-    from .features import bgp
+    from ..features import bgp
     uses = any(w.routing == "bgp" for w in networks.values())
     if data.get("bgp") is None:
         return bgp.BGPConfig() if uses else None
@@ -751,7 +751,7 @@ def _check(ctx: _Ctx, c: Any, p: tuple, j: int, nodes: dict, pods: dict, dns: DN
     # only keys a check reads are accepted: anything else is an error, never ignored
     common = ("type", "name") + (() if ctype == "bandwidth" else ("expect",))
     if ctype in ("service", "policy"):
-        from .features.k8s import check_params
+        from ..features.k8s import check_params
         targets = set(nodes) | set(pods) | ({"ext"} if external else set()) | ({"dns"} if dns.enabled else set())
         params, name = check_params(ctx, c, p, ctype, _Obj(ctx, c, p, common + _k8s_check_keys(ctype)),
                                     pods, nodes, targets, k8s)
@@ -911,7 +911,7 @@ def _check(ctx: _Ctx, c: Any, p: tuple, j: int, nodes: dict, pods: dict, dns: DN
                     "fail: give min >= 1, or max (e.g. max: 0 for 'no such packet')")
         name = name or f"capture at {on}"
     elif ctype == "bgp":
-        from .features.bgp import check_params
+        from ..features.bgp import check_params
         params = check_params(o, ctx.err, nodes, exp)
         name = name or f"bgp on {params['node']}"
     return Check(ctype, j, name, params)

@@ -14,10 +14,10 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
-from .base import namespaces as nsutil
-from .features.impair import remove as remove_impairment
-from .features.k8s import drop_table
-from .base.state import State, kill_recorded, remove_etc_netns_if_ours
+from ..base import namespaces as nsutil
+from ..features.impair import remove as remove_impairment
+from ..features.k8s import drop_table
+from ..base.state import State, kill_recorded, remove_etc_netns_if_ours
 
 Detacher = Callable[[dict, State], None]
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 
-from .base import namespaces as nsutil
-from .base import state as statemod
+from ..base import namespaces as nsutil
+from ..base import state as statemod
 
 REFERENCE_CNI = "/usr/lib/cni"
 

@@ -24,9 +24,9 @@ our own table ``ip cnilab-svc``; on ``replace`` it is re-pointed to the new
 pod address the way kube-proxy re-syncs, *without* touching conntrack).
 
 This module is the schema and the judge: ``validate`` is called from
-``netlab.topology`` (every error at once, before anything is built), ``judge``
+``netlab.lab.topology`` (every error at once, before anything is built), ``judge``
 compares check results with ``failing``. It imports nothing of netlab.
-Applying the faults is netlab.faults.
+Applying the faults is netlab.lab.faults.
 """
 from __future__ import annotations
 

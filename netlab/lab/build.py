@@ -23,11 +23,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
-from .base import namespaces as nsutil
-from .base.namespaces import BuildError, in_ns, ipn, ipn_batch, sh, tx_offload_off
-from .base import state as statemod
+from ..base import namespaces as nsutil
+from ..base.namespaces import BuildError, in_ns, ipn, ipn_batch, sh, tx_offload_off
+from ..base import state as statemod
 from .pods import REFERENCE_CNI, detach, plugin_env, runtime_for  # noqa: F401 (build.detach etc. keep working)
-from .base.state import attach_addresses
+from ..base.state import attach_addresses
 from .plan import Plan, Step
 
 PLUGIN_TYPES = ("bridge", "host-local", "portmap", "bandwidth", "vxlan")
@@ -273,16 +273,16 @@ class Builder:
 
     def sync_k8s(self) -> None:
         """Services and NetworkPolicies (netlab/features/k8s.py): our tables in every node."""
-        from .features import k8s
+        from ..features import k8s
         k8s.sync(self.plan.topology, self.plan.lab, attach_addresses(self.st), st=self.st,
                  record=self.record, progress=self.progress)
 
     def publish_late_records(self) -> None:
         """DNS records for pods whose address came from IPAM (and host/container pods)."""
-        from .features import dns
+        from ..features import dns
         from .plan import POD_HOSTS, late_records
         procs = [r for r in self.st.find("process") if r.get("name") == "dnsmasq"]
-        from .features.k8s import dns_records as service_records
+        from ..features.k8s import dns_records as service_records
         addrs = attach_addresses(self.st)
         recs = late_records(self.plan.topology, addrs) + service_records(self.plan.topology, addrs)
         if not procs or not recs:
@@ -358,7 +358,7 @@ class Builder:
                 f.write(text)
 
     def do_dnsmasq(self, s: Step) -> None:
-        from .features import dns
+        from ..features import dns
         from .plan import POD_HOSTS
         dns.write_hosts(os.path.join(self.plan.lab_dir, POD_HOSTS), [])
         pid, start = dns.start(s.params["ns"], s.params["argv"], s.params["address"],
@@ -367,7 +367,7 @@ class Builder:
         self.progress(f"      dnsmasq pid {pid} answering")
 
     def do_bgp(self, s: Step) -> None:
-        from .features.bgp import BGPError, start
+        from ..features.bgp import BGPError, start
         try:
             pid = start(s.params["ns"], s.params, self.record, self.update)
         except BGPError as e:
@@ -375,15 +375,15 @@ class Builder:
         self.progress(f"      bird pid {pid} (birdc -s {s.params['files']['socket']})")
 
     def do_dhcp_server(self, s: Step) -> None:
-        from .base.proc import start_recorded
+        from ..base.proc import start_recorded
         p = s.params
         start_recorded(p["ns"], p["argv"], "dnsmasq-dhcp", p["log"],
                        lambda pid: os.path.exists(p["pidfile"]),
                        record=lambda **kw: self.record("process", **kw))
 
     def do_dhcp_daemon(self, s: Step) -> None:
-        from .features import dhcp
-        from .base.proc import start_recorded
+        from ..features import dhcp
+        from ..base.proc import start_recorded
         p = s.params
         start_recorded(p["ns"], dhcp.daemon_argv(self.plugins, p["socket"]), "dhcp daemon",
                        p["log"], lambda pid: os.path.exists(p["socket"]), cwd=dhcp.code_root(),
