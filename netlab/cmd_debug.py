@@ -91,7 +91,7 @@ def resolve_capture_target(st, target: str) -> tuple[str, str, bool]:
     name, _, iface = target.partition(":")
     if name in ("underlay", "switch"):
         return switch_ns(st.lab), iface, not iface
-    from .trace import resolve
+    from .debug.trace import resolve
     ns, _, _ = resolve(st, name)
     if not ns:
         raise ValueError(f"{name!r} is an address; capture needs a pod, node, 'ext', 'dns' or 'underlay'")
@@ -105,7 +105,7 @@ def resolve_capture_target(st, target: str) -> tuple[str, str, bool]:
 
 
 def frame_line(ts: float, frame: bytes, iface: str, direction: str, verbose: bool = False) -> str:
-    from .trace import decode_frame, l4_summary
+    from .debug.trace import decode_frame, l4_summary
     stamp = time.strftime("%H:%M:%S", time.localtime(ts)) + f".{int((ts % 1) * 1e6):06d}"
     head = f"{stamp} {iface or '?':<16} {direction:<3} "
     try:
@@ -162,9 +162,9 @@ def _dns_text(frame: bytes) -> str:
 # --------------------------------------------------------------------------- capture
 
 def cmd_capture(args) -> int:
-    from .capture import Capture, CaptureError
+    from .debug.capture import Capture, CaptureError
     from .base import namespaces as nsutil
-    from .pcapsink import sink_for
+    from .debug.pcapsink import sink_for
     st = lab_from_args(args)
     if st is None:
         return EXIT_USAGE
@@ -265,7 +265,7 @@ def _drain(caps, targets, shown: list[int], pending: list, sink, total: int, cou
 # --------------------------------------------------------------------------- trace
 
 def cmd_trace(args) -> int:
-    from .trace import TraceError, format_result, trace
+    from .debug.trace import TraceError, format_result, trace
     st = lab_from_args(args)
     if st is None:
         return EXIT_USAGE
@@ -287,7 +287,7 @@ def cmd_trace(args) -> int:
 # --------------------------------------------------------------------------- graph
 
 def cmd_graph(args) -> int:
-    from .graph import inventory, render
+    from .debug.graph import inventory, render
     st = lab_from_args(args)
     if st is None:
         return EXIT_USAGE

@@ -156,7 +156,7 @@ def _bytes(n: float) -> str:
 
 
 def cmd_watch(args) -> int:
-    from .trace import SNMP_KEYS, link_stats, snmp
+    from .debug.trace import SNMP_KEYS, link_stats, snmp
     from .base import namespaces as nsutil
     st, plan = _lab_and_plan(args)
     if st is None or plan is None:

@@ -357,7 +357,7 @@ def lab_status(st: statemod.State) -> dict:
         report = {"ok": rep["ok"], "passed": sum(c["ok"] for c in rep["checks"]), "total": len(rep["checks"])}
     except (OSError, ValueError, KeyError):
         pass
-    from .trace import link_stats      # per-interface counters of every namespace that exists
+    from .debug.trace import link_stats      # per-interface counters of every namespace that exists
     for n in nss:
         if n["exists"] and n["role"].split()[0] != "alias":
             n["interfaces"] = {k: v for k, v in link_stats(n["name"]).items() if k != "lo"}

@@ -108,7 +108,7 @@ def test_scenario_shows_its_symptom(scenario, tmp_path):
         assert sc_mod.judge(sc, results) == [], json.dumps(report["checks"], indent=1)
         if scenario in TRACES:
             src, dst, opts, wants, *tries = TRACES[scenario]
-            from netlab import dropmon
+            from netlab.debug import dropmon
             if scenario in KERNEL and not dropmon.support():
                 wants = wants + [KERNEL[scenario]]
             for _ in range(tries[0] if tries else 1):

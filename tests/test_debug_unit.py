@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 from cniruntime import cnilog
-from netlab import graph, trace
+from netlab.debug import graph, trace
 from netlab.lab import scenario
 from netlab.checks.common import CheckResult
 from netlab.lab.topology import TopologyError, loads

@@ -7,8 +7,8 @@ import struct
 
 import pytest
 
-from netlab import dropmon, pcapng
-from netlab.dropmon import Drop
+from netlab.debug import dropmon, pcapng
+from netlab.debug.dropmon import Drop
 
 TRACE = """# tracer: nop
 #
@@ -141,7 +141,7 @@ def test_pcapng_read_by_scapy_names_interfaces(tmp_path):
 
 
 def test_sinks(tmp_path):
-    from netlab.pcapsink import sink_for
+    from netlab.debug.pcapsink import sink_for
     f = tmp_path / "one.pcap"
     s = sink_for(str(f), several=False)
     s.add("web", "eth0", "in", 3.000001, b"\x00" * 60)
@@ -299,7 +299,7 @@ def test_watch_rate_lines():
 
 
 def test_netdev_drop_rules_are_named_and_the_kernel_line_is_printed():
-    from netlab.trace import Probe, TraceResult, format_result, parse_netdev_drops
+    from netlab.debug.trace import Probe, TraceResult, format_result, parse_netdev_drops
     text = """table netdev cnilab-impair-eth0-in {
 	chain impair {
 		type filter hook ingress device "eth0" priority -500; policy accept;

@@ -6,7 +6,7 @@ from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
 
-from netlab.capture import write_pcap
+from netlab.debug.capture import write_pcap
 from netlab.checks.capture import _matches
 from netlab.checks.dns import parse_dns
 

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from ..base import namespaces as nsutil
 from ..base.namespaces import in_thread, run_in
-from ..capture import Capture
+from ..debug.capture import Capture
 from ..lab.labs import Target, target
 
 REPLY = b"netlab-ok"

@@ -15,7 +15,7 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..capture import Capture
+from ..debug.capture import Capture
 from .common import Context, Target, run_in
 
 VXLAN_PORTS = (4789,)

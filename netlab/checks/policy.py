@@ -9,7 +9,7 @@ the pod; a ``deny`` must show it reaching a node, never the pod, and a
 from __future__ import annotations
 
 from ..features import policy as polmod
-from ..capture import Capture
+from ..debug.capture import Capture
 from .common import CheckResult, Context, Server, client
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 
 from ..features import services as svcmod
-from ..capture import Capture
+from ..debug.capture import Capture
 from .common import CheckResult, Context, Server, client
 
 

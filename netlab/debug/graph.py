@@ -16,7 +16,7 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Any
 
-from .base import namespaces as nsutil
+from ..base import namespaces as nsutil
 
 
 @dataclass
@@ -104,7 +104,7 @@ def read_links(ns: str) -> tuple[dict[str, Link], dict[int, str]]:
 
 def lab_namespaces(st) -> dict[str, tuple[str, str, str | None]]:
     """netns name -> (role, label, node netns) from the state file and the plan names."""
-    from .lab.plan import ns_prefix
+    from ..lab.plan import ns_prefix
     pre = ns_prefix(st.lab)
     out: dict[str, tuple[str, str, str | None]] = {}
     att = {r["netns"]: r for r in st.find("attach") if not r.get("removed")}
@@ -161,7 +161,7 @@ def inventory(st, topo=None) -> Inventory:
             ports.append({"node_ns": r["node_ns"], "pod": r["pod"], **pm})
     sharing: dict[str, list[str]] = {}
     if topo is not None:
-        from .lab.plan import node_ns, pod_ns
+        from ..lab.plan import node_ns, pod_ns
         for p in topo.pods.values():
             if p.mode == "host":
                 sharing.setdefault(node_ns(st.lab, p.node), []).append(f"{p.name} (host network)")
@@ -279,7 +279,7 @@ def read_services(inv: Inventory) -> list[dict]:
     """Services and their endpoints as the first node's ``ip cnilab-services``
     table has them (netlab/features/services.py): [{name, vip, proto, port, nodePort,
     endpoints: [(pod netns | None, ifname | None, address, port)]}]."""
-    from .features.services import FAMILY, TABLE
+    from ..features.services import FAMILY, TABLE
     for n in sorted(inv.namespaces.values(), key=lambda x: x.name):
         if n.role != "node":
             continue

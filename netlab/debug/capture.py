@@ -10,7 +10,7 @@ bound (the sniffer is ready), so a probe sent afterwards is never missed.
 Frames are written to a pcap file (Wireshark-readable) and decoded with
 scapy on demand.
 
-Also runnable: ``python -m netlab.capture NS IFACE [BPF] -w FILE -c N -t SECONDS``.
+Also runnable: ``python -m netlab.debug.capture NS IFACE [BPF] -w FILE -c N -t SECONDS``.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import threading
 import time
 from typing import Any
 
-from .base import namespaces as nsutil
+from ..base import namespaces as nsutil
 
 ETH_P_ALL = 0x0003
 SO_ATTACH_FILTER = 26
@@ -240,7 +240,7 @@ def summary_lines(packets: list, limit: int = 20) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
-    ap = argparse.ArgumentParser(prog="python -m netlab.capture")
+    ap = argparse.ArgumentParser(prog="python -m netlab.debug.capture")
     ap.add_argument("ns")
     ap.add_argument("iface")
     ap.add_argument("filter", nargs="?", default="")

@@ -4,7 +4,7 @@ How it works (see docs/adr/0009-namespace-and-capture-mechanics.md):
 
 1. The lab is read from the kernel (``graph.inventory``): every namespace,
    interface, veth peer, bridge port and VXLAN device.
-2. One capture socket per lab namespace (``netlab.capture.Capture`` with no
+2. One capture socket per lab namespace (``netlab.debug.capture.Capture`` with no
    interface: an unbound AF_PACKET socket, so the frames of one namespace
    come out in the kernel's order, each with the interface it was seen on).
    All are listening before anything is sent.
@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .base import namespaces as nsutil
+from ..base import namespaces as nsutil
 from .capture import Capture
 from .graph import Inventory, inventory
 
@@ -101,12 +101,12 @@ def _csum(data: bytes) -> int:
 
 
 def _in_ns(ns: str, fn, timeout: float = 10):
-    from .base.namespaces import in_thread
+    from ..base.namespaces import in_thread
     return in_thread(ns, fn, timeout)
 
 
 def run_ns(ns: str, argv: list[str], timeout: float = 10) -> subprocess.CompletedProcess:
-    from .base.namespaces import run_in
+    from ..base.namespaces import run_in
     return run_in(ns, argv, timeout=timeout)
 
 
@@ -538,7 +538,7 @@ def _owner_of(inv: Inventory, addr: str) -> str | None:
 
 def _bgp_causes(st, ns: str, dst: str) -> list[str]:
     """A BGP node's missing route, explained (netlab/features/bgp.py); nothing otherwise."""
-    from .features.bgp import missing_route_cause
+    from ..features.bgp import missing_route_cause
     return missing_route_cause(st, ns, dst)
 
 
@@ -1138,8 +1138,8 @@ def _indent(text: str, pad: str = "    ") -> str:
 
 def resolve(st, name: str) -> tuple[str, str | None, str]:
     """A lab endpoint name (pod, node, ext, dns) or an address -> (netns, address, label)."""
-    from .lab.labs import plan_for_state, target
-    from .base.state import attach_addresses
+    from ..lab.labs import plan_for_state, target
+    from ..base.state import attach_addresses
     topo, plan = plan_for_state(st)
     if plan is None:
         raise TraceError("cannot load the lab's topology")
@@ -1237,8 +1237,8 @@ def k8s_notes(lines: dict[str, list[str]], label) -> list[str]:
     reject for a Service without endpoints, and the policy rule that allowed or
     dropped it (rules carry their meaning in their comments). A drop or reject
     is a cause; the rest are notes (``note: `` prefix)."""
-    from .features.policy import TABLE as POLICY_TABLE
-    from .features.services import TABLE as SERVICES_TABLE
+    from ..features.policy import TABLE as POLICY_TABLE
+    from ..features.services import TABLE as SERVICES_TABLE
     out: list[str] = []
     for ns, lns in lines.items():
         for ln in lns:
