@@ -243,7 +243,7 @@ def test_systemd_unit(tmp_path):
 
 
 def test_cli_verbs_are_registered():
-    from netlab.cli import build_parser
+    from netlab.cli.main import build_parser
     p = build_parser()
     for verb in ("run", "start", "stop", "status", "unit"):
         args = p.parse_args(["agent", verb, "--socket", "/tmp/x.sock"])

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from netlab import cli
+from netlab.cli import main as cli
 from netlab.lab import topology as T
 from netlab.checks.common import Context
 from netlab.lab.plan import make_plan

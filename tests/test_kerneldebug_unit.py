@@ -288,7 +288,7 @@ def test_loss_judge_and_echo_seqs():
 
 
 def test_watch_rate_lines():
-    from netlab.cmd_impair import rate_lines
+    from netlab.cli.cmd_impair import rate_lines
     z = {"rx_packets": 0, "rx_bytes": 0, "tx_packets": 0, "tx_bytes": 0, "rx_dropped": 0, "tx_dropped": 0,
          "rx_errors": 0, "tx_errors": 0}
     after = {"eth0": dict(z, rx_packets=20, rx_bytes=2000, rx_dropped=3), "cni0": dict(z), "lo": dict(z, rx_packets=5)}

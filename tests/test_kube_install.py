@@ -147,7 +147,7 @@ def test_daemonset_shape():
     assert am[host["/opt/cnilab"]] == "/opt/cnilab"
     assert agent["command"][0] == f"/opt/cnilab/current/bin/{ki.WRAPPER_NAME}"
     assert agent["command"][1:5] == ["-m", "netlab", "agent", "run"]
-    from netlab import cmd_agent
+    from netlab.cli import cmd_agent
     from cninode import launcher
     sock = agent["command"][agent["command"].index("--socket") + 1]
     assert sock == launcher.DEFAULT_SOCKET and sock.startswith(am[host["/run/cnilab"]] + "/")

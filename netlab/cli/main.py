@@ -2,7 +2,7 @@
 
 Each command module exposes ``register(subparsers)`` and sets ``func`` (a
 callable taking the parsed args and returning an exit status from
-``netlab.exitcodes``) on its parsers. Every module is imported for real: an
+``netlab.cli.exitcodes``) on its parsers. Every module is imported for real: an
 import error is a bug and is never turned into a missing verb.
 """
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Sequence
 from . import exitcodes
 
 # Order matters: cmd_cni first, so later modules can add `netlab cni ...` verbs
-# through netlab.cmd_cni.add_cni_command (e.g. `cni log` from cmd_debug).
-COMMAND_MODULES = ("netlab.cmd_cni", "netlab.cmd_lab", "netlab.cmd_debug", "netlab.cmd_agent")
+# through netlab.cli.cmd_cni.add_cni_command (e.g. `cni log` from cmd_debug).
+COMMAND_MODULES = ("netlab.cli.cmd_cni", "netlab.cli.cmd_lab", "netlab.cli.cmd_debug", "netlab.cli.cmd_agent")
 
 
 def version_text() -> str:

@@ -12,8 +12,8 @@ CNI_IFNAME, CNI_ARGS, CAP_ARGS); the container ID defaults to a hash of the
 netns path, like cnitool's.
 
 Other modules add verbs under `netlab cni` with ``add_cni_command``
-(netlab.cmd_debug adds `netlab cni log`, which reads the files written by
-``--log``). Exit statuses are netlab.exitcodes.
+(netlab.cli.cmd_debug adds `netlab cni log`, which reads the files written by
+``--log``). Exit statuses are netlab.cli.exitcodes.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ _cni_subparsers: Any = None
 def add_cni_command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
     """Add a verb under `netlab cni` (call from your module's ``register``)."""
     if _cni_subparsers is None:
-        raise RuntimeError("netlab.cmd_cni.register() has not run yet")
+        raise RuntimeError("netlab.cli.cmd_cni.register() has not run yet")
     return _cni_subparsers.add_parser(name, **kwargs)
 
 
@@ -145,7 +145,7 @@ def register(subparsers) -> None:
                    help="also write the node agent's systemd unit (default dir "
                         "/etc/systemd/system); enable it with systemctl")
     p.set_defaults(func=run_install)
-    # `netlab cni log` is added by netlab.cmd_debug via add_cni_command.
+    # `netlab cni log` is added by netlab.cli.cmd_debug via add_cni_command.
 
 
 def _error_obj(e: BaseException) -> dict:

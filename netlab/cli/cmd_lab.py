@@ -1,7 +1,7 @@
 """`netlab up | down | status | exec | verify`: the lab verbs.
 
-``register(subparsers)`` is called by netlab/cli.py. Exit statuses are
-netlab.exitcodes: FAILED for a build, check or teardown failure, USAGE for an
+``register(subparsers)`` is called by netlab/cli/main.py. Exit statuses are
+netlab.cli.exitcodes: FAILED for a build, check or teardown failure, USAGE for an
 invalid topology or a refused choice, INTERRUPTED for Ctrl-C during a build.
 """
 from __future__ import annotations
@@ -13,9 +13,9 @@ import signal
 import sys
 import time
 
-from .base import state as statemod
-from .lab.teardown import teardown
-from .lab.labs import (find_lab, labs_up, load_topology, plan_for_state)  # noqa: F401 (cmd_lab.labs_up keeps working)
+from ..base import state as statemod
+from ..lab.teardown import teardown
+from ..lab.labs import (find_lab, labs_up, load_topology, plan_for_state)  # noqa: F401 (cmd_lab.labs_up keeps working)
 from .exitcodes import FAILED, INTERRUPTED, OK, USAGE
 
 
@@ -117,7 +117,7 @@ def print_report(lab: str, results, *, as_json: bool = False, out=sys.stdout) ->
 
 
 def _run_checks(topo, plan, st, as_json: bool, quiet: bool = False):
-    from .checks import Context, run_checks
+    from ..checks import Context, run_checks
     ctx = Context(topo, plan, st)
 
     def prog(r):
@@ -135,8 +135,8 @@ def _run_checks(topo, plan, st, as_json: bool, quiet: bool = False):
 def _plan_or_refusal(path: str, name: str | None, lab_dir: str | None, plugins: str, errors: list[str] | None = None):
     """(topology, plan) ready to build, or (None, None) after the reasons were
     printed (or added to ``errors``): an invalid file, or plugins that cannot attach it."""
-    from .lab.build import refuse_plugins
-    from .lab.plan import make_plan
+    from ..lab.build import refuse_plugins
+    from ..lab.plan import make_plan
     topo = load_topology(path, name, errors)
     if topo is None:
         return None, None
@@ -173,7 +173,7 @@ def cmd_validate(args) -> int:
 
 
 def cmd_up(args) -> int:
-    from .lab.build import Builder, detach
+    from ..lab.build import Builder, detach
     topo, plan = _plan_or_refusal(args.file, args.name, args.lab_dir, args.plugins)
     if plan is None:
         return USAGE
@@ -184,7 +184,7 @@ def cmd_up(args) -> int:
     if os.geteuid() != 0:
         _err("netlab up needs root (it creates network namespaces); try: sudo netlab up ...")
         return FAILED
-    from .features.impair import preflight     # impairments this kernel cannot make: refused before building
+    from ..features.impair import preflight     # impairments this kernel cannot make: refused before building
     why = preflight(topo)
     if why:
         _err(why)
@@ -216,9 +216,9 @@ def cmd_up(args) -> int:
     prev_term = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         builder.run()
-        from .features.impair import apply_topology   # the topology's link impairments, recorded like the rest
+        from ..features.impair import apply_topology   # the topology's link impairments, recorded like the rest
         apply_topology(plan, st, record=builder.record, update=builder.update, progress=say)
-        from .lab.faults import apply as apply_scenario   # a scenario's faults, if the file has any
+        from ..lab.faults import apply as apply_scenario   # a scenario's faults, if the file has any
         scenario = apply_scenario(plan, st, record=builder.record, update=builder.update,
                                   progress=say)
     except BaseException as e:  # noqa: BLE001 - every failure rolls back
@@ -259,7 +259,7 @@ def cmd_up(args) -> int:
 
 def _judge_scenario(scenario, results, *, quiet: bool) -> int:
     """A lab broken on purpose succeeds when its checks fail exactly as declared."""
-    from .lab.scenario import judge
+    from ..lab.scenario import judge
     problems = judge(scenario, results)
     if not quiet:
         if problems:
@@ -288,7 +288,7 @@ def _raise_interrupt(signum, frame):
 # --------------------------------------------------------------------------- down
 
 def cmd_down(args) -> int:
-    from .lab.build import detach
+    from ..lab.build import detach
     as_json = getattr(args, "json", False)
 
     def report(rc: int, lab: str | None, lab_dir: str | None, removed: int, errors: list[str], text: str) -> int:
@@ -338,9 +338,9 @@ def cmd_down(args) -> int:
 # --------------------------------------------------------------------------- status
 
 def lab_status(st: statemod.State) -> dict:
-    from .base import namespaces as nsutil
-    from .base.state import attach_addresses
-    from .base.state import proc_starttime
+    from ..base import namespaces as nsutil
+    from ..base.state import attach_addresses
+    from ..base.state import proc_starttime
     addrs = attach_addresses(st)
     nss = [{"name": r["name"], "role": r.get("role", "alias of " + r.get("target", "")),
             "exists": nsutil.exists(r["name"])} for r in st.resources
@@ -357,7 +357,7 @@ def lab_status(st: statemod.State) -> dict:
         report = {"ok": rep["ok"], "passed": sum(c["ok"] for c in rep["checks"]), "total": len(rep["checks"])}
     except (OSError, ValueError, KeyError):
         pass
-    from .debug.trace import link_stats      # per-interface counters of every namespace that exists
+    from ..debug.trace import link_stats      # per-interface counters of every namespace that exists
     for n in nss:
         if n["exists"] and n["role"].split()[0] != "alias":
             n["interfaces"] = {k: v for k, v in link_stats(n["name"]).items() if k != "lo"}
@@ -372,8 +372,8 @@ def lab_status(st: statemod.State) -> dict:
 
 def cni_check(st: statemod.State) -> dict[str, str]:
     """CNI CHECK of every recorded attachment: 'ok' or the plugin's error."""
-    from .base import namespaces as nsutil
-    from .lab.build import runtime_for
+    from ..base import namespaces as nsutil
+    from ..lab.build import runtime_for
     out = {}
     sock = st.data.get("agentSocket")
     for pod, res in st.attachments().items():
@@ -428,7 +428,7 @@ def cmd_status(args) -> int:
                 print(f"        {ifn:<16} rx {c['rx_packets']:>8} pkts {c['rx_bytes']:>11} B   "
                       f"tx {c['tx_packets']:>8} pkts {c['tx_bytes']:>11} B" + (f"   {bad}" if bad else ""))
         for m in i.get("impairments", []):
-            from .features.impair import Impairment
+            from ..features.impair import Impairment
             print(f"  impair {m['target']} ({m['dev']} in {m['ns']}): {Impairment.from_dict(m['spec']).describe()}")
         for p in i["processes"]:
             print(f"  proc  {p['name']} pid {p['pid']} {'running' if p['running'] else 'NOT RUNNING'}")
@@ -441,7 +441,7 @@ def cmd_status(args) -> int:
 # --------------------------------------------------------------------------- exec / verify
 
 def cmd_exec(args) -> int:
-    from .base import namespaces as nsutil
+    from ..base import namespaces as nsutil
     cmd = list(args.cmd)
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
@@ -455,7 +455,7 @@ def cmd_exec(args) -> int:
     if plan is None:
         return USAGE
     if args.target == "underlay":
-        from .lab.plan import switch_ns
+        from ..lab.plan import switch_ns
         ns = switch_ns(st.lab)
     elif args.target in plan.endpoints:
         ns = plan.endpoints[args.target].netns
@@ -486,7 +486,7 @@ def cmd_verify(args) -> int:
 
 
 def main(argv=None) -> int:
-    """Stand-alone entry (the real one is netlab/cli.py)."""
+    """Stand-alone entry (the real one is netlab/cli/main.py)."""
     ap = argparse.ArgumentParser(prog="netlab")
     sub = ap.add_subparsers(dest="command", required=True)
     register(sub)

@@ -5,7 +5,7 @@ import argparse
 import os
 import sys
 
-from .lab.labs import find_lab
+from ..lab.labs import find_lab
 
 
 def lab_options(p: argparse.ArgumentParser) -> None:

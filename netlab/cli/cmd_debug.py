@@ -1,8 +1,8 @@
 """`netlab capture | trace | graph | cni log`: packet-level debugging of a lab.
 
-``register(subparsers)`` is called by netlab/cli.py (after netlab.cmd_cni, so
+``register(subparsers)`` is called by netlab/cli/main.py (after netlab.cli.cmd_cni, so
 ``cni log`` can be added under the existing ``netlab cni`` group).
-Exit statuses are netlab.exitcodes (for trace, FAILED is a probe that got no
+Exit statuses are netlab.cli.exitcodes (for trace, FAILED is a probe that got no
 answer; USAGE an unknown lab, target or option).
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import os
 import sys
 import time
 
-from .cli_common import lab_from_args, lab_options
+from .common import lab_from_args, lab_options
 from .exitcodes import FAILED, OK, USAGE as EXIT_USAGE
 
 
@@ -87,16 +87,16 @@ def _err(msg: str) -> None:
 
 def resolve_capture_target(st, target: str) -> tuple[str, str, bool]:
     """TARGET[:IFACE] -> (netns, iface or '' for all, incoming_only)."""
-    from .lab.plan import switch_ns
+    from ..lab.plan import switch_ns
     name, _, iface = target.partition(":")
     if name in ("underlay", "switch"):
         return switch_ns(st.lab), iface, not iface
-    from .debug.trace import resolve
+    from ..debug.trace import resolve
     ns, _, _ = resolve(st, name)
     if not ns:
         raise ValueError(f"{name!r} is an address; capture needs a pod, node, 'ext', 'dns' or 'underlay'")
     if not iface:
-        from .lab.labs import plan_for_state
+        from ..lab.labs import plan_for_state
         topo, plan = plan_for_state(st)
         if name in topo.pods:
             owner = topo.pods[topo.pod_netns_owner(name)]
@@ -105,7 +105,7 @@ def resolve_capture_target(st, target: str) -> tuple[str, str, bool]:
 
 
 def frame_line(ts: float, frame: bytes, iface: str, direction: str, verbose: bool = False) -> str:
-    from .debug.trace import decode_frame, l4_summary
+    from ..debug.trace import decode_frame, l4_summary
     stamp = time.strftime("%H:%M:%S", time.localtime(ts)) + f".{int((ts % 1) * 1e6):06d}"
     head = f"{stamp} {iface or '?':<16} {direction:<3} "
     try:
@@ -162,9 +162,9 @@ def _dns_text(frame: bytes) -> str:
 # --------------------------------------------------------------------------- capture
 
 def cmd_capture(args) -> int:
-    from .debug.capture import Capture, CaptureError
-    from .base import namespaces as nsutil
-    from .debug.pcapsink import sink_for
+    from ..debug.capture import Capture, CaptureError
+    from ..base import namespaces as nsutil
+    from ..debug.pcapsink import sink_for
     st = lab_from_args(args)
     if st is None:
         return EXIT_USAGE
@@ -265,7 +265,7 @@ def _drain(caps, targets, shown: list[int], pending: list, sink, total: int, cou
 # --------------------------------------------------------------------------- trace
 
 def cmd_trace(args) -> int:
-    from .debug.trace import TraceError, format_result, trace
+    from ..debug.trace import TraceError, format_result, trace
     st = lab_from_args(args)
     if st is None:
         return EXIT_USAGE
@@ -287,11 +287,11 @@ def cmd_trace(args) -> int:
 # --------------------------------------------------------------------------- graph
 
 def cmd_graph(args) -> int:
-    from .debug.graph import inventory, render
+    from ..debug.graph import inventory, render
     st = lab_from_args(args)
     if st is None:
         return EXIT_USAGE
-    from .lab.labs import plan_for_state
+    from ..lab.labs import plan_for_state
     topo, _ = plan_for_state(st)
     inv = inventory(st, topo)
     try:

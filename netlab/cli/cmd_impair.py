@@ -1,6 +1,6 @@
 """`netlab impair` and `netlab watch`: change a running lab's links, watch its counters.
 
-``register(subparsers)`` is called from netlab/cmd_debug.py. Exit codes: 0
+``register(subparsers)`` is called from netlab/cli/cmd_debug.py. Exit codes: 0
 success, 1 a kernel failure, 2 usage (unknown lab or target, a bad value, an
 impairment this kernel cannot make: nothing was changed).
 """
@@ -16,7 +16,7 @@ EXIT_USAGE = 2
 
 
 def register(sub) -> None:
-    from .cli_common import lab_options
+    from .common import lab_options
     p = sub.add_parser("impair", help="show, set or clear link impairments (loss, duplicate, rate, delay) of a running lab",
                        description="TARGET is a pod (its interface), a node, 'ext' or 'dns' (the uplink), "
                        "underlay:NODE (the switch port facing NODE), optionally TARGET:IFACE, or 'all' "
@@ -48,8 +48,8 @@ def _err(msg: str) -> None:
 
 
 def _lab_and_plan(args):
-    from .cli_common import lab_from_args
-    from .lab.labs import plan_for_state
+    from .common import lab_from_args
+    from ..lab.labs import plan_for_state
     st = lab_from_args(args)
     if st is None:
         return None, None
@@ -60,7 +60,7 @@ def _lab_and_plan(args):
 # --------------------------------------------------------------------------- impair
 
 def cmd_impair(args) -> int:
-    from .features import impair
+    from ..features import impair
     st, plan = _lab_and_plan(args)
     if st is None or plan is None:
         return EXIT_USAGE
@@ -97,7 +97,7 @@ def cmd_impair(args) -> int:
 
 
 def _show(st, where, as_json: bool) -> int:
-    from .features import impair
+    from ..features import impair
     recs = impair.recorded(st, where)
     if as_json:
         print(json.dumps([{"target": r["target"], "ns": r["ns"], "dev": r["dev"], "spec": r["spec"],
@@ -117,7 +117,7 @@ def _show(st, where, as_json: bool) -> int:
 
 def watch_targets(st, plan, targets: list[str]) -> list[tuple[str, str, str]]:
     """TARGET[:IFACE] -> (label, namespace, interface or '' for all)."""
-    from .lab.plan import switch_ns
+    from ..lab.plan import switch_ns
     out = []
     for t in targets:
         name, _, iface = t.partition(":")
@@ -156,8 +156,8 @@ def _bytes(n: float) -> str:
 
 
 def cmd_watch(args) -> int:
-    from .debug.trace import SNMP_KEYS, link_stats, snmp
-    from .base import namespaces as nsutil
+    from ..debug.trace import SNMP_KEYS, link_stats, snmp
+    from ..base import namespaces as nsutil
     st, plan = _lab_and_plan(args)
     if st is None or plan is None:
         return EXIT_USAGE
