@@ -7,7 +7,7 @@ import ast
 import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACKAGES = ("plugins", "ipam", "netlab")
+PACKAGES = ("plugins", "ipam", "cniruntime", "cninode", "netlab")
 
 
 def _modules() -> dict[str, str]:
@@ -26,13 +26,26 @@ def _modules() -> dict[str, str]:
 MODULES = _modules()
 
 
-def _imports(mod: str) -> list[tuple[str, str | None, int, ast.AST]]:
-    """(target module, imported name or None, line, node) of every import, anywhere in the module."""
+def _type_checking_only(tree: ast.AST) -> set[int]:
+    """ids of import nodes inside ``if TYPE_CHECKING:`` (annotations only, never run)."""
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            out |= {id(n) for b in node.body for n in ast.walk(b)}
+    return out
+
+
+def _imports(mod: str, *, runtime_only: bool = False) -> list[tuple[str, str | None, int, ast.AST]]:
+    """(target module, imported name or None, line, node) of every import, anywhere in the module
+    (``runtime_only``: without those under ``if TYPE_CHECKING:``)."""
     path = MODULES[mod]
     tree = ast.parse(open(path, encoding="utf-8").read(), path)
     pkg = mod if path.endswith("__init__.py") else mod.rpartition(".")[0]
+    skip = _type_checking_only(tree) if runtime_only else set()
     out = []
     for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
         if isinstance(node, ast.Import):
             out += [(a.name, None, node.lineno, node) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -154,3 +167,68 @@ def _private_uses(mod: str) -> list[str]:
 def test_no_private_names_across_modules():
     found = [u for m in sorted(MODULES) for u in _private_uses(m)]
     assert not found, "private names used by other modules (make them public):\n" + "\n".join(found)
+
+
+# Packages from the bottom up: a module may import its own package and those
+# listed for it (ADR 0029, docs/architecture.md). Sub-packages not listed
+# belong to their parent (plugins.net -> plugins).
+LAYERS = {
+    "plugins.core": set(),
+    "plugins": {"plugins.core", "ipam"},
+    "ipam": {"plugins.core"},
+    "cniruntime": {"plugins.core"},
+    "cninode": {"plugins", "plugins.core", "ipam"},
+    "netlab.cri": {"plugins", "plugins.core"},
+    "netlab.base": {"plugins.core"},
+    "netlab.features": {"netlab.base", "cniruntime", "plugins", "plugins.core"},
+    "netlab.lab": {"netlab.features", "netlab.base", "cniruntime", "cninode", "plugins", "plugins.core"},
+    "netlab.debug": {"netlab.lab", "netlab.features", "netlab.base", "cniruntime", "plugins", "plugins.core"},
+    "netlab.checks": {"netlab.debug", "netlab.lab", "netlab.features", "netlab.base", "cniruntime",
+                      "plugins", "plugins.core"},
+    "netlab.cli": {"netlab.checks", "netlab.debug", "netlab.lab", "netlab.features", "netlab.base",
+                   "cniruntime", "cninode", "plugins", "plugins.core"},
+    "netlab": {"netlab.cli", "netlab.checks", "netlab.debug", "netlab.lab", "netlab.features", "netlab.base",
+               "cniruntime", "cninode", "plugins", "plugins.core"},
+}
+
+
+def layer_of(mod: str) -> str:
+    best = ""
+    for name in LAYERS:
+        if (mod == name or mod.startswith(name + ".")) and len(name) > len(best):
+            best = name
+    assert best, f"{mod} belongs to no package of LAYERS: add it (and say what it may import)"
+    return best
+
+
+def test_the_layer_rule_catches_an_upward_import():
+    assert layer_of("netlab.lab.build") == "netlab.lab" and layer_of("plugins.net.tc") == "plugins"
+    assert "netlab.cli" not in LAYERS[layer_of("netlab.lab.plan")]
+
+
+def test_imports_only_point_down():
+    bad = []
+    for mod in sorted(MODULES):
+        own = layer_of(mod)
+        for target, name, line, _ in _imports(mod, runtime_only=True):
+            dep = _resolve(target, name)
+            if dep is None:
+                continue
+            other = layer_of(dep)
+            if other != own and other not in LAYERS[own]:
+                bad.append(f"{mod}:{line} imports {dep} ({own} may import: {', '.join(sorted(LAYERS[own]))})")
+    assert not bad, "imports pointing up or sideways:\n" + "\n".join(bad)
+
+
+def test_packages_are_small_and_say_what_they_own():
+    for d, dirs, files in os.walk(ROOT):
+        dirs[:] = [x for x in dirs if not x.startswith((".", "__")) and x not in ("tests", "benchmarks", "docs")]
+        rel = os.path.relpath(d, ROOT)
+        if rel.split(os.sep)[0] not in PACKAGES or "__init__.py" not in files:
+            continue
+        modules = [f for f in files if f.endswith(".py") and f not in ("__init__.py", "__main__.py")]
+        assert len(modules) <= 13, f"{rel} holds {len(modules)} modules directly: split it by concern"
+        doc = ast.get_docstring(ast.parse(open(os.path.join(d, "__init__.py"), encoding="utf-8").read()))
+        assert doc, f"{rel}/__init__.py has no docstring saying what the package owns"
+        if rel.split(os.sep)[0] in ("cniruntime", "cninode") or rel.startswith("netlab" + os.sep):
+            assert "import" in doc.lower(), f"{rel}/__init__.py does not say what it may import"
