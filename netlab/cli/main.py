@@ -19,6 +19,9 @@ from . import exitcodes
 COMMAND_MODULES = ("netlab.cli.cmd_cni", "netlab.cli.cmd_lab", "netlab.cli.cmd_debug", "netlab.cli.cmd_agent")
 
 
+LAB_EXTRA = ("scapy", "yaml")      # setup.cfg [lab]: captures and topology files
+
+
 def version_text() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -67,6 +70,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         rc = func(args)
     except KeyboardInterrupt:
         rc = exitcodes.INTERRUPTED
+    except ModuleNotFoundError as e:
+        if e.name not in LAB_EXTRA:
+            raise
+        # a node install (no [lab] extra): the agent and cni verbs work, labs do not
+        print(f"netlab: this needs {e.name}, which is not installed: labs need the lab extra "
+              f"(pip install 'cnilab[lab]', or make setup)", file=sys.stderr)
+        rc = exitcodes.FAILED
     sys.exit(rc or exitcodes.OK)
 
 
