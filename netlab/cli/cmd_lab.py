@@ -173,7 +173,7 @@ def cmd_validate(args) -> int:
 
 
 def cmd_up(args) -> int:
-    from ..lab.build import Builder, detach
+    from ..lab import lifecycle
     topo, plan = _plan_or_refusal(args.file, args.name, args.lab_dir, args.plugins)
     if plan is None:
         return USAGE
@@ -184,48 +184,26 @@ def cmd_up(args) -> int:
     if os.geteuid() != 0:
         _err("netlab up needs root (it creates network namespaces); try: sudo netlab up ...")
         return FAILED
-    from ..features.impair import preflight     # impairments this kernel cannot make: refused before building
-    why = preflight(topo)
-    if why:
-        _err(why)
-        return USAGE
-    old = statemod.load(lab_dir)
-    if old is not None:
-        _err(f"lab {topo.name} is already up (state in {lab_dir}); remove it first: netlab down {topo.name}"
-             + (f" --lab-dir {lab_dir}" if args.lab_dir else ""))
-        return FAILED
-    if os.path.isdir(lab_dir) and os.listdir(lab_dir):
-        _err(f"{lab_dir} exists and is not empty (and holds no lab state): refusing to use it")
-        return FAILED
+    why = lifecycle.refusal(topo, plan)
+    if why is not None:
+        _err(str(why) + (f" --lab-dir {lab_dir}" if args.lab_dir and str(why).startswith("lab ") else ""))
+        return USAGE if why.usage else FAILED
     quiet = args.quiet
     # with --json, stdout carries only the report: progress goes to stderr
     out = sys.stderr if args.json else sys.stdout
     say = (lambda s: None) if quiet else (lambda s: print(s, file=out, flush=True))
     t0 = time.monotonic()
-    parents = []          # directories above the lab dir that we create (e.g. /var/lib/netlab)
-    d = os.path.dirname(lab_dir)
-    while d and d != "/" and not os.path.isdir(d):
-        parents.append(d)
-        d = os.path.dirname(d)
-    os.makedirs(lab_dir, mode=0o755, exist_ok=True)
-    st = statemod.create(lab_dir, topo.name, args.file)
-    # we own the lab dir now (it was absent or empty)
-    st.record("labdir", path=lab_dir, created=True, created_parents=parents)
+    st = lifecycle.create_state(plan, args.file)
     say(f"netlab: bringing up lab {topo.name} ({len(topo.nodes)} nodes, {len(topo.pods)} pods) in {lab_dir}")
-    builder = Builder(plan, st, plugins=args.plugins, progress=say)
     prev_term = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        builder.run()
-        from ..features.impair import apply_topology   # the topology's link impairments, recorded like the rest
-        apply_topology(plan, st, record=builder.record, update=builder.update, progress=say)
-        from ..lab.faults import apply as apply_scenario   # a scenario's faults, if the file has any
-        scenario = apply_scenario(plan, st, record=builder.record, update=builder.update,
-                                  progress=say)
+        # the plan's steps, then the topology's link impairments and a scenario's faults
+        builder, scenario = lifecycle.build(plan, st, plugins=args.plugins, progress=say)
     except BaseException as e:  # noqa: BLE001 - every failure rolls back
         interrupted = isinstance(e, KeyboardInterrupt)
         _err(("interrupted" if interrupted else f"build failed: {e}") + "; removing everything built so far")
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        errors = teardown(st, detach, log=lambda s: None)
+        errors = lifecycle.take_down(st)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         if errors:
             _err("could not remove everything: " + "; ".join(errors) + f"\n  state kept in {st.path}; retry: netlab down {topo.name}")
