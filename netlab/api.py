@@ -144,7 +144,7 @@ class Lab:
     def trace(self, src: str, dst: str, **options):
         """Follow one probe from ``src`` to ``dst`` (a pod, node, 'ext', 'dns' or an
         address) through every namespace; options as netlab.debug.trace.trace
-        (proto="udp:53", size=1400, df=True, ...). ``format_trace`` prints it."""
+        (proto="udp/53", size=1400, df=True, ...). ``format_trace`` prints it."""
         from .debug.trace import trace
         return trace(self._state(), src, dst, **options)
 
