@@ -5,7 +5,7 @@
 crash at any point leaves a file that names everything that may exist.
 ``netlab.lab.teardown`` walks the list backwards and removes exactly those things,
 tolerating "already gone", so ``netlab down`` is idempotent and works on a
-half-built lab. Nothing is ever removed by pattern. Imports netlab.base.namespaces only.
+half-built lab. Nothing is ever removed by pattern. Imports nothing of netlab.
 """
 from __future__ import annotations
 
