@@ -29,7 +29,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as H  # noqa: E402
 
-from netlab.runtime import Runtime  # noqa: E402
+from cniruntime.runtime import Runtime  # noqa: E402
 
 SUBNET, GW = "10.64.0.0/24", "10.64.0.1"
 UP_NODE, UP_PEER = "10.63.0.1", "10.63.0.2"

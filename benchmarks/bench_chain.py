@@ -2,7 +2,7 @@
 """A pod's full chain through the runtime: ours vs the Go reference, side by side.
 
 Per pod: ADD then DEL of the conflist bridge (+ host-local IPAM) + portmap +
-bandwidth, driven by netlab's libcni-compatible runtime (netlab/runtime.py:
+bandwidth, driven by netlab's libcni-compatible runtime (cniruntime/runtime.py:
 one exec per plugin, prevResult threading, runtimeConfig from capabilities,
 result cache) inside a throwaway node namespace, for three variants
 alternated in one run:
@@ -57,7 +57,7 @@ def caps(i: int) -> dict:
 class Variant:
     def __init__(self, name: str, scratch: H.Scratch, bin_dir: str, sock: str,
                  chain: tuple[str, ...]) -> None:
-        from netlab.runtime import Runtime
+        from cniruntime.runtime import Runtime
         self.name = name
         self.scratch = scratch
         self.node = scratch.netns(f"{name}-n")
@@ -155,7 +155,7 @@ def run(n: int, par: int, json_path: str | None, agent_processes: int | None = N
             served = H.agent_served(sock) - served0
     med = {v: {k: H.median(x) for k, x in s.items()} for v, s in samples.items()}
     print(f"bench_chain: per pod ADD+DEL of {' + '.join(chain)} (+ host-local) through "
-          f"netlab.runtime; medians of {n} runs, variants alternated")
+          f"cniruntime.runtime; medians of {n} runs, variants alternated")
     print(f"machine: {H.machine_description()}")
     rows = []
     for phase in ("add", "del", "total"):

@@ -51,7 +51,7 @@ def env(cmd: str, cid: str) -> dict:
 def make_ours_exe(d: str) -> str:
     exe = os.path.join(d, "host-local")
     with open(exe, "w") as f:
-        f.write(f"#!{sys.executable}\nfrom plugins.core.launcher import main; main('host-local')\n")
+        f.write(f"#!{sys.executable}\nfrom cninode.launcher import main; main('host-local')\n")
     os.chmod(exe, 0o755)
     return exe
 

@@ -24,7 +24,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from netlab import netns as nsutil  # noqa: E402
+from netlab.base import namespaces as nsutil  # noqa: E402
 
 
 def topology(name: str, pods_per_node: int, nodes: int, sample: int, seed: int = 1) -> str:

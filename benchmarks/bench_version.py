@@ -28,7 +28,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from netlab import install as inst  # noqa: E402
+from cninode import install as inst  # noqa: E402
 
 REFERENCE = "/usr/lib/cni/bridge"
 

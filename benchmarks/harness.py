@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from netlab import netns as nsutil          # noqa: E402
+from netlab.base import namespaces as nsutil          # noqa: E402
 from plugins.core import netns as core_netns  # noqa: E402
 
 REF_DIR = "/usr/lib/cni"
@@ -102,7 +102,7 @@ class Scratch:
 
 def install_ours(directory: str) -> str:
     """Our executables, exactly as `netlab cni install` writes them."""
-    from netlab.install import install
+    from cninode.install import install
     install(directory)
     return directory
 
@@ -238,7 +238,7 @@ def running_agent(scratch: Scratch, processes: int | None = None) -> Iterator[st
     ``--on-code-change ignore``: other people edit the tree while benchmarks
     run; the served counter (``agent_served``) proves calls went through it.
     """
-    from netlab.cmd_agent import start_agent, stop_agent
+    from cninode.agentctl import start_agent, stop_agent
     sock = scratch.path("agent", "agent.sock")
     start_agent(sock, on_code_change="ignore", log_path=scratch.path("agent", "agent.log"),
                 processes=processes)
@@ -257,7 +257,7 @@ def children_cpu() -> float:
 
 def agent_cpu(sock: str) -> float:
     """CPU seconds used so far by the agent's processes (master and workers)."""
-    from plugins.core import agent
+    from cninode import agent
     st = agent.ping(sock)
     if st is None:
         return float("nan")
@@ -274,7 +274,7 @@ def agent_cpu(sock: str) -> float:
 
 
 def agent_served(sock: str) -> int:
-    from plugins.core import agent
+    from cninode import agent
     st = agent.ping(sock)
     return -1 if st is None else int(st["served"])
 

@@ -9,7 +9,11 @@ from plugins.core.errors import ADDRESS_UNAVAILABLE, CNIError, POOL_EXHAUSTED
 from plugins.core.undo import quietly
 
 from .ranges import IPAddress, Range, RangeSet, set_capacity, set_contains, set_str
-from .store import Owner, Store
+from .store import Owner
+
+TYPE_CHECKING = False      # typing stays out of the plugin's imports (a few ms per exec)
+if TYPE_CHECKING:
+    from .protocol import Store
 
 
 PROBES_BEFORE_LISTING = 32

@@ -13,7 +13,11 @@ from plugins.core.types import IPConfig, Result
 
 from . import allocator, config
 from .ranges import set_contains, set_str
-from .store import DiskStore, Owner, Store
+from .store import DiskStore, Owner
+
+TYPE_CHECKING = False      # typing stays out of the plugin's imports (a few ms per exec)
+if TYPE_CHECKING:
+    from .protocol import Store
 
 # Tests may swap in a store factory (e.g. returning a MemoryStore).
 store_factory = DiskStore

@@ -1,4 +1,5 @@
-"""Reservation stores: the protocol, the disk store and an in-memory fake.
+"""Reservation stores: the disk store and an in-memory fake (the protocol
+both satisfy is ``ipam.protocol.Store``).
 
 Disk layout (byte-compatible with the reference host-local, so a node can
 switch between the two plugins in either direction):
@@ -79,26 +80,6 @@ def parse_ip_name(name: str) -> IPAddress | None:
         return ipaddress.ip_address(name)
     except ValueError:
         return None
-
-
-class Store:
-    """The protocol the allocator needs (structural: implementations need not
-    inherit). Every call except ``writable_problem`` happens inside
-    ``with store.session():`` which, on disk, holds the flock.
-
-    session()                      context manager: lock + consistent view
-    reserve(ip, owner, set_index)  create the reservation; False if taken;
-                                   records ip as last reserved of the set
-    release(ip)                    drop a reservation (missing is fine)
-    owner_of(ip)                   Owner or None
-    find(owner)                    addresses of an attachment (cheap; legacy
-                                   files of the container ID when no exact match)
-    reservations()                 {ip: Owner} of the whole network (a scan)
-    reserved_addresses()           [ip] of the whole network (a listing)
-    reserved_ints(version)         {int} of one family (a listing, fast path)
-    last_reserved(set_index)       ip or None
-    writable_problem()             why nothing could be stored, or None
-    """
 
 
 def _match(found: dict, owner: Owner) -> list:

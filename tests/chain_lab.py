@@ -119,7 +119,7 @@ def exec_plugin(node, plugin, command, config, cid="c1", netns="", ifname="eth0"
                 exe=None):
     """Exec a plugin process inside ``node`` (ours via the launcher, or a reference binary)."""
     argv = [exe] if exe else [sys.executable, "-c",
-                              f"from plugins.core.launcher import main; main({plugin!r})"]
+                              f"from cninode.launcher import main; main({plugin!r})"]
     e = dict(os.environ, **env(command, cid, netns, ifname))
     e["PYTHONPATH"] = REPO
     p = subprocess.run(["ip", "netns", "exec", node.name, *argv], input=json.dumps(config),

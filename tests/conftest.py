@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from netlab import netns as nsutil
+from netlab.base import namespaces as nsutil
 
 IS_ROOT = os.geteuid() == 0
 HAVE_IP = shutil.which("ip") is not None
@@ -111,7 +111,7 @@ def pod(make_netns) -> NS:
 @pytest.fixture(scope="session")
 def installed_plugins(tmp_path_factory) -> str:
     """A tmp dir holding the five plugin executables, as `netlab cni install DIR` writes them."""
-    from netlab.install import install
+    from cninode.install import install
     d = tmp_path_factory.mktemp("cni-bin")
     install(str(d))
     return str(d)

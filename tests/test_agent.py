@@ -16,16 +16,16 @@ import time
 
 import pytest
 
-from netlab import cmd_agent
-from plugins.core import agent as ag
-from plugins.core import launcher
+from cninode import agentctl
+from cninode import agent as ag
+from cninode import launcher
 
 ROOT = launcher.code_root()
 IS_ROOT = os.geteuid() == 0
 
 
 def run_launcher(plugin: str, env: dict, stdin: bytes = b"", timeout: float = 60):
-    code = ("import sys; sys.path.insert(0, %r); from plugins.core.launcher import main; "
+    code = ("import sys; sys.path.insert(0, %r); from cninode.launcher import main; "
             "main(%r)" % (ROOT, plugin))
     return subprocess.run([sys.executable, "-IS", "-c", code], env=env, input=stdin,
                           capture_output=True, timeout=timeout, cwd="/")
@@ -66,7 +66,7 @@ def test_socket_path_and_switch_from_env():
 def test_launcher_imports_only_the_standard_library():
     """The fast path must not drag in the dispatcher, json, socket.py or pyroute2."""
     code = ("import sys; sys.path.insert(0, %r); before = set(sys.modules); "
-            "import plugins.core.launcher as l; "
+            "import cninode.launcher as l; "
             "print(sorted(set(sys.modules) - before))" % ROOT)
     p = subprocess.run([sys.executable, "-IS", "-c", code], capture_output=True, text=True,
                        check=True)
@@ -74,8 +74,7 @@ def test_launcher_imports_only_the_standard_library():
     heavy = {"json", "socket", "selectors", "enum", "typing", "dataclasses", "re",
              "plugins.core.skel", "plugins.core.config", "pyroute2", "nftables", "scapy"}
     assert not new & heavy, new & heavy
-    assert {m for m in new if m.startswith("plugins")} == {
-        "plugins", "plugins.core", "plugins.core.launcher"}
+    assert {m for m in new if m.startswith(("plugins", "cninode"))} == {"cninode", "cninode.launcher"}
 
 
 def test_no_agent_falls_back_in_process_with_identical_output(tmp_path):
@@ -224,27 +223,27 @@ def test_stale_code_is_detected(tmp_path):
 
 def test_loaded_files_are_the_served_packages_only():
     files = ag.loaded_files(ROOT)
-    assert any(f.endswith("plugins/core/agent.py") for f in files)
-    assert all(f.startswith((os.path.join(ROOT, "plugins"), os.path.join(ROOT, "ipam")))
+    assert any(f.endswith("cninode/agent.py") for f in files)
+    assert all(f.startswith((os.path.join(ROOT, "plugins"), os.path.join(ROOT, "ipam"), os.path.join(ROOT, "cninode")))
                for f in files)
 
 
 def test_systemd_unit(tmp_path):
-    text = cmd_agent.unit_text("/run/cnilab/agent.sock", "/opt/venv/bin/python", "/srv/cnilab")
-    assert "ExecStart=/opt/venv/bin/python -m plugins.core.agent --socket " \
+    text = agentctl.unit_text("/run/cnilab/agent.sock", "/opt/venv/bin/python", "/srv/cnilab")
+    assert "ExecStart=/opt/venv/bin/python -m cninode.agent --socket " \
            "/run/cnilab/agent.sock" in text
     assert "Restart=always" in text and "RuntimeDirectoryMode=0700" in text
     assert "Environment=PYTHONPATH=/srv/cnilab" in text
-    path = cmd_agent.install_systemd_unit(str(tmp_path), sock="/run/cnilab/agent.sock",
+    path = agentctl.install_systemd_unit(str(tmp_path), sock="/run/cnilab/agent.sock",
                                           python="/opt/venv/bin/python", root="/srv/cnilab")
     assert path == str(tmp_path / "cnilab-agent.service")
     assert open(path).read() == text and stat.S_IMODE(os.stat(path).st_mode) == 0o644
     with pytest.raises(ValueError):
-        cmd_agent.unit_text("relative.sock", "/usr/bin/python3")
+        agentctl.unit_text("relative.sock", "/usr/bin/python3")
 
 
 def test_cli_verbs_are_registered():
-    from netlab.cli import build_parser
+    from netlab.cli.main import build_parser
     p = build_parser()
     for verb in ("run", "start", "stop", "status", "unit"):
         args = p.parse_args(["agent", verb, "--socket", "/tmp/x.sock"])
@@ -255,11 +254,11 @@ def test_cli_verbs_are_registered():
 @pytest.fixture
 def agent_sock(tmp_path):
     sock = str(tmp_path / "agent" / "agent.sock")
-    cmd_agent.start_agent(sock, on_code_change="ignore")
+    agentctl.start_agent(sock, on_code_change="ignore")
     try:
         yield sock
     finally:
-        cmd_agent.stop_agent(sock, timeout=10)
+        agentctl.stop_agent(sock, timeout=10)
 
 
 @pytest.mark.root
@@ -282,13 +281,13 @@ def test_non_root_peer_is_refused_even_if_the_socket_were_open():
     top = tempfile.mkdtemp(prefix="cnilab-agtest-")
     sock = os.path.join(top, "agent", "agent.sock")
     try:
-        cmd_agent.start_agent(sock, on_code_change="ignore")
+        agentctl.start_agent(sock, on_code_change="ignore")
         os.chmod(top, 0o711)
         os.chmod(os.path.dirname(sock), 0o711)
         os.chmod(sock, 0o666)
         served = ag.ping(sock)["served"]
         code = ("import os, sys, _socket; sys.path.insert(0, %r); "
-                "from plugins.core import launcher as l; os.setgid(65534); os.setuid(65534); "
+                "from cninode import launcher as l; os.setgid(65534); os.setuid(65534); "
                 "r = l.call_agent(%r, 'bridge', {b'CNI_COMMAND': b'DEL'}, b'{}', "
                 "ack_timeout=5, result_timeout=5); print(r)" % (ROOT, sock))
         p = subprocess.run([sys.executable, "-IS", "-c", code], capture_output=True, text=True,
@@ -303,7 +302,7 @@ def test_non_root_peer_is_refused_even_if_the_socket_were_open():
             assert time.monotonic() < deadline, "the agent did not log the refusal"
             time.sleep(0.05)
     finally:
-        cmd_agent.stop_agent(sock, timeout=10)
+        agentctl.stop_agent(sock, timeout=10)
         shutil.rmtree(top, ignore_errors=True)
 
 
@@ -347,14 +346,14 @@ def test_status_verb_exit_codes(agent_sock, tmp_path):
 @pytest.mark.root
 def test_start_twice_is_one_agent_and_stop_removes_the_socket(tmp_path):
     sock = str(tmp_path / "a" / "agent.sock")
-    pid = cmd_agent.start_agent(sock, on_code_change="ignore")
+    pid = agentctl.start_agent(sock, on_code_change="ignore")
     try:
-        assert cmd_agent.start_agent(sock, on_code_change="ignore") == pid
+        assert agentctl.start_agent(sock, on_code_change="ignore") == pid
     finally:
-        assert cmd_agent.stop_agent(sock, timeout=10)
+        assert agentctl.stop_agent(sock, timeout=10)
     assert not os.path.exists(sock) and ag.ping(sock) is None
-    assert not os.path.exists(f"/proc/{pid}") or not cmd_agent._is_our_agent(pid, sock)
-    assert cmd_agent.stop_agent(sock, timeout=1) is False
+    assert not os.path.exists(f"/proc/{pid}") or not agentctl.is_our_agent(pid, sock)
+    assert agentctl.stop_agent(sock, timeout=1) is False
 
 
 # ---- lean imports on the in-process path --------------------------------------------------
@@ -362,7 +361,7 @@ def test_lean_packages_load_only_what_is_used_and_stay_complete():
     code = """
 import sys
 sys.path.insert(0, %r)
-from plugins.core import launcher
+from cninode import launcher
 assert launcher.lean_package("pyroute2") and launcher.lean_package("unittest")
 assert not launcher.lean_package("pyroute2")          # once only
 from pyroute2 import IPRoute

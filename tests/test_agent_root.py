@@ -19,10 +19,10 @@ import time
 
 import pytest
 
-from netlab import netns as nsutil
-from netlab.install import site_dirs
-from plugins.core import agent as ag
-from plugins.core import launcher
+from netlab.base import namespaces as nsutil
+from cninode.install import site_dirs
+from cninode import agent as ag
+from cninode import launcher
 
 pytestmark = pytest.mark.root
 ROOT = launcher.code_root()
@@ -53,7 +53,7 @@ def delete(call):
 
 # ---- helpers --------------------------------------------------------------------------
 AGENT_CODE = ("import os, sys; sys.path[:0] = [{root!r}]; os.environ['PROBE_IN_AGENT'] = '1'; "
-              "from plugins.core import skel, agent; skel.PLUGINS['probe'] = {probe!r}; "
+              "from plugins.core import skel; from cninode import agent; skel.PLUGINS['probe'] = {probe!r}; "
               "sys.exit(agent.main(sys.argv[1:]))")
 
 
@@ -123,7 +123,7 @@ def probe_exe(tmp_path):
     path.write_text(f"#!{sys.executable} -IS\nimport sys\nsys.path[:0] = {paths!r}\n"
                     "from plugins.core import skel\n"
                     f"skel.PLUGINS['probe'] = {PROBE!r}\n"
-                    "from plugins.core.launcher import main\nmain('probe')\n")
+                    "from cninode.launcher import main\nmain('probe')\n")
     path.chmod(0o755)
     return str(path)
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from netlab import netns as nsutil
-from netlab.runtime import Runtime
+from netlab.base import namespaces as nsutil
+from cniruntime.runtime import Runtime
 from plugins.core import netns as cns
 from plugins.core.skel import dispatch
 from tests import node_state

@@ -1,4 +1,4 @@
-"""Root tests: BGP-routed pod networks (netlab/bgp.py, ADR 0024) on real BIRD
+"""Root tests: BGP-routed pod networks (netlab/features/bgp.py, ADR 0024) on real BIRD
 daemons in lab namespaces: sessions come up through a route reflector, pod
 routes are learned (proto bird, via the announcing node, not the reflector),
 pods reach each other across nodes, a stopped daemon's routes are withdrawn,
@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from netlab import bgp, state as statemod
+from netlab.features import bgp
+from netlab.base import state as statemod
 from tests.test_netlab_labs import lab_name, leftovers, netlab
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]

@@ -1,5 +1,5 @@
 """BGP-routed networks without root: schema, plan, BIRD config rendering (and
-BIRD's own parser on it), birdc/ip output parsing (netlab/bgp.py, ADR 0024)."""
+BIRD's own parser on it), birdc/ip output parsing (netlab/features/bgp.py, ADR 0024)."""
 from __future__ import annotations
 
 import os
@@ -8,9 +8,9 @@ import subprocess
 
 import pytest
 
-from netlab import bgp
-from netlab.plan import make_plan
-from netlab.topology import TopologyError, loads
+from netlab.features import bgp
+from netlab.lab.plan import make_plan
+from netlab.lab.topology import TopologyError, loads
 
 BASE = """
 name: b
@@ -161,7 +161,7 @@ def test_proto_names_are_identifiers():
 
 
 def test_shipped_bgp_topology_validates():
-    from netlab.topology import load
+    from netlab.lab.topology import load
     t = load(os.path.join(os.path.dirname(__file__), "..", "topologies", "bgp.yaml"))
     assert t.bgp.mesh == "full" and {c.type for c in t.checks} == {"bgp", "reach"}
 

@@ -203,7 +203,7 @@ def test_masquerade_rules_appear_work_and_disappear(node, make_netns, data_dir):
 
 
 def test_del_removes_masquerade_when_the_netns_is_gone(node, make_netns, data_dir):
-    from netlab import netns as nsutil
+    from netlab.base import namespaces as nsutil
     pod = make_netns("pod")
     c = conf(data_dir, "1.0.0", ipMasq=True, isGateway=True)
     ok(call(node, "ADD", c, netns=pod.path))

@@ -166,7 +166,7 @@ def node(request, tmp_path_factory, installed_plugins):
     if not IS_ROOT:
         pytest.skip("needs root")
     pytest.importorskip("grpc", reason="grpcio is not installed (make setup installs it)")
-    from netlab import netns as nsutil
+    from netlab.base import namespaces as nsutil
     from netlab.cri import Containerd, ContainerdOptions, PodSpec
     suite = request.param
     bin_dir = installed_plugins if suite == "ours" else REFERENCE_DIR

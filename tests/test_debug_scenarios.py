@@ -42,7 +42,7 @@ TRACES = {
                                  "cnilab-portmap hostports: tcp dport 9100 dnat to 10.239.0.2:9100",
                                  "verdict: delivered to pod web and answered",
                                  "note:  addressed to exporter (192.168.127.11:9100) but delivered to pod web"]),
-    # Services and NetworkPolicy (netlab/k8s.py, ADR 0022)
+    # Services and NetworkPolicy (netlab/features/k8s.py, ADR 0022)
     "service-selector-mismatch.yaml": ("client", "10.96.0.20", ["--proto", "tcp/80"],
                                        ["cause: Service rule in node node1: no endpoints: tcp reset -> rejected"]),
     "service-wrong-targetport.yaml": ("client", "10.96.0.20", ["--proto", "tcp/80"],
@@ -109,7 +109,7 @@ def test_every_scenario_has_a_trace_or_dns_evidence():
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_scenario_shows_its_symptom(scenario, tmp_path):
-    from netlab import scenario as sc_mod
+    from netlab.lab import scenario as sc_mod
     from netlab.checks.common import CheckResult
     path = os.path.join(REPO, "topologies", "scenarios", scenario)
     sc = sc_mod.load(path)
@@ -126,7 +126,7 @@ def test_scenario_shows_its_symptom(scenario, tmp_path):
         assert sc_mod.judge(sc, results) == [], json.dumps(report["checks"], indent=1)
         if scenario in TRACES:
             src, dst, opts, wants, *tries = TRACES[scenario]
-            from netlab import dropmon
+            from netlab.debug import dropmon
             if scenario in KERNEL and not dropmon.support():
                 wants = wants + [KERNEL[scenario]]
             for _ in range(tries[0] if tries else 1):

@@ -8,9 +8,11 @@ import textwrap
 
 import pytest
 
-from netlab import cnilog, graph, scenario, trace
+from cniruntime import cnilog
+from netlab.debug import graph, trace
+from netlab.lab import scenario
 from netlab.checks.common import CheckResult
-from netlab.topology import TopologyError, loads
+from netlab.lab.topology import TopologyError, loads
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -76,8 +78,9 @@ def test_judge_wants_the_declared_failures_for_the_declared_reasons():
 
 
 def test_service_ruleset_is_our_table_only():
-    text = scenario._svc_ruleset([{"name": "dns", "vip": "10.96.0.10", "port": 53, "proto": "udp", "pod": "d"}],
-                                 {"d": "10.1.2.3"})
+    from netlab.lab.faults import _svc_ruleset
+    text = _svc_ruleset([{"name": "dns", "vip": "10.96.0.10", "port": 53, "proto": "udp", "pod": "d"}],
+                        {"d": "10.1.2.3"})
     assert "table ip cnilab-svc" in text
     assert "add rule ip cnilab-svc pre ip daddr 10.96.0.10 udp dport 53 dnat to 10.1.2.3:53" in text
     assert "add rule ip cnilab-svc out ip daddr 10.96.0.10 udp dport 53 dnat to 10.1.2.3:53" in text
@@ -156,12 +159,12 @@ def test_decode_vxlan_frame_and_icmp_error():
     from scapy.layers.vxlan import VXLAN
     inner = Ether() / IP(src="10.1.0.5", dst="10.1.1.7", ttl=63) / ICMP(type=8, id=5) / b"NLTRACE-abcdabcd"
     outer = Ether() / IP(src="192.168.1.11", dst="192.168.1.12", flags="DF") / UDP(sport=5555, dport=4789) / VXLAN(vni=42) / inner
-    d = trace._decode(bytes(outer))
+    d = trace.decode_frame(bytes(outer))
     assert d["vxlan"]["vni"] == 42 and d["ip"]["udp"]["dport"] == 4789 and d["ip"]["df"]
     assert d["inner"]["src"] == "10.1.0.5" and d["inner"]["ttl"] == 63 and d["inner"]["icmp"]["type"] == 8
     err = Ether() / IP(src="10.1.1.7", dst="10.1.0.5") / ICMP(type=3, code=3) / IP(src="10.1.0.5", dst="10.1.1.7") / UDP(sport=40000, dport=53)
-    e = trace._decode(bytes(err))
-    assert trace._l4(e["ip"]) == "10.1.1.7 > 10.1.0.5 ICMP unreachable (port)"
-    assert trace._l4(e["ip"]["quoted"]) == "10.1.0.5:40000 > 10.1.1.7:53 UDP"
+    e = trace.decode_frame(bytes(err))
+    assert trace.l4_summary(e["ip"]) == "10.1.1.7 > 10.1.0.5 ICMP unreachable (port)"
+    assert trace.l4_summary(e["ip"]["quoted"]) == "10.1.0.5:40000 > 10.1.1.7:53 UDP"
     fn = Ether() / IP(src="10.1.0.1", dst="10.1.0.5") / ICMP(type=3, code=4, nexthopmtu=1400)
-    assert "fragmentation needed, next-hop MTU 1400" in trace._l4(trace._decode(bytes(fn))["ip"])
+    assert "fragmentation needed, next-hop MTU 1400" in trace.l4_summary(trace.decode_frame(bytes(fn))["ip"])

@@ -15,9 +15,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from netlab import cli, topology as T
+from netlab.cli import main as cli
+from netlab.lab import topology as T
 from netlab.checks.common import Context
-from netlab.plan import make_plan
+from netlab.lab.plan import make_plan
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,7 +49,8 @@ def _evidence_names(topo) -> set[str]:
     names = {os.path.basename(Context.pcap(ctx, c)) for c in topo.checks}
     names |= {os.path.basename(Context.pcap(ctx, c, "-arp")) for c in topo.checks
               if c.type == "service" and c.params.get("via") == "loadBalancer"}
-    from netlab import loadbalancer, scenario
+    from netlab.features import loadbalancer
+    from netlab.lab import scenario
     sc = scenario.load(topo.path)
     if sc and any(kind == "link-down" for kind, _ in sc.faults):     # the takeover capture of the fault
         names.add(loadbalancer.FAILOVER_PCAP)

@@ -24,7 +24,7 @@ import time
 
 import pytest
 
-from netlab.runtime import Runtime
+from cniruntime.runtime import Runtime
 from tests import node_state
 
 pytestmark = [pytest.mark.root]

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from netlab.runtime import Runtime
+from cniruntime.runtime import Runtime
 from tests.test_portmap_chain_runtime import (HAVE_REF, REF, UP_CLIENT, UP_NODE, conflist,  # noqa: F401
                                               observe, ours, uplink)
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from netlab import install as inst
+from cninode import install as inst
 
 PLUGINS = inst.PLUGINS
 SPEC_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")

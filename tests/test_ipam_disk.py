@@ -265,7 +265,7 @@ def test_concurrent_adds_threads_and_processes(tmp_path):
         results = list(pool.map(lambda i: ours("ADD", cfg, cid=f"t{i}"), range(32)))
     assert all(rc == 0 for _, rc in results), results
     exe = tmp_path / "host-local"
-    exe.write_text(f"#!{sys.executable}\nfrom plugins.core.launcher import main; main('host-local')\n")
+    exe.write_text(f"#!{sys.executable}\nfrom cninode.launcher import main; main('host-local')\n")
     exe.chmod(0o755)
     stdin = json.dumps(cfg).encode()
     procs = [subprocess.Popen([str(exe)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,

@@ -334,3 +334,11 @@ def test_long_taken_run_switches_to_one_listing():
     st.last[0] = ip("10.1.0.1")
     assert str(alloc(st, ss, A)[0].ip) == "10.1.0.202"
     assert st.reserve_calls == allocator.PROBES_BEFORE_LISTING + 1
+
+
+def test_both_stores_satisfy_the_store_protocol(tmp_path):
+    from ipam.protocol import Store
+    from ipam.store import DiskStore, MemoryStore
+    assert isinstance(MemoryStore(), Store)
+    assert isinstance(DiskStore(str(tmp_path), "net"), Store)
+    assert not isinstance(object(), Store)

@@ -39,7 +39,7 @@ def netlab(*args: str, timeout: float = 240, **kw) -> subprocess.CompletedProces
 
 def _tracefs_state() -> dict:
     """Mounts of tracefs and, when one is mounted, its global state."""
-    from netlab import dropmon
+    from netlab.debug import dropmon
     mounts = dropmon.tracefs_mounts()
     return {"mounts": mounts, "state": dropmon.snapshot(mounts[0]) if mounts else None}
 
@@ -47,7 +47,7 @@ def _tracefs_state() -> dict:
 # --------------------------------------------------------------------------- drop reasons
 
 def test_nft_drop_rule_is_reported_as_netfilter_drop_and_tracing_is_left_alone(make_netns):
-    from netlab import dropmon
+    from netlab.debug import dropmon
     if dropmon.support():
         pytest.skip(dropmon.support())
     ns = make_netns("dr")
@@ -92,7 +92,7 @@ def lab(tmp_path_factory):
 
 
 def _st(lab):
-    from netlab import state
+    from netlab.base import state
     return state.load(lab["dir"])
 
 
@@ -105,7 +105,7 @@ def _addr(lab, pod):
 
 @pytest.mark.slow
 def test_trace_names_the_kernel_reason_of_an_nft_drop(lab):
-    from netlab import dropmon
+    from netlab.debug import dropmon
     if dropmon.support():
         pytest.skip(dropmon.support())
     ns = f"nl-{lab['name']}-p-b"
@@ -126,7 +126,7 @@ def test_trace_names_the_kernel_reason_of_an_nft_drop(lab):
 
 @pytest.mark.slow
 def test_trace_json_carries_the_kernel_drops(lab):
-    from netlab import dropmon
+    from netlab.debug import dropmon
     if dropmon.support():
         pytest.skip(dropmon.support())
     ns = f"nl-{lab['name']}-p-b"
@@ -144,8 +144,8 @@ def test_trace_json_carries_the_kernel_drops(lab):
 
 @pytest.mark.slow
 def test_trace_without_drop_reasons_says_so_in_one_line_and_still_works(lab, monkeypatch):
-    from netlab import dropmon
-    from netlab.trace import format_result, trace
+    from netlab.debug import dropmon
+    from netlab.debug.trace import format_result, trace
     monkeypatch.setattr(dropmon, "support", lambda root=None: "the kernel has no tracefs")
     r = trace(_st(lab), "a", "b")
     out = format_result(r)
@@ -196,7 +196,7 @@ def test_capture_streams_pcap_to_stdout_into_tcpdump(lab, tmp_path):
 @pytest.mark.slow
 def test_capture_several_targets_writes_one_pcapng_merged_by_time(lab, tmp_path):
     from scapy.utils import rdpcap
-    from netlab import pcapng
+    from netlab.debug import pcapng
     f = tmp_path / "both.pcapng"
     cap = _start_capture(lab, "a", "b", "node1", "-w", str(f), "--filter", "icmp", "--timeout", "20",
                          "--count", "12")
@@ -228,7 +228,7 @@ def _imp(lab, *args):
 
 def _echo_counts(lab, src, dst, n, *, size=None):
     """(request seqs that left src, request frames that arrived at dst, their distinct seqs, answered seqs)."""
-    from netlab.capture import Capture
+    from netlab.base.capture import Capture
     from netlab.checks.common import ping
     from netlab.checks.loss import echo_seqs
     d = _addr(lab, dst)
@@ -334,7 +334,7 @@ def test_rate_is_measured_on_the_wire(lab, target, direction):
 
 @pytest.mark.slow
 def test_delay_is_refused_in_one_line_naming_sch_netem(lab):
-    from netlab import impair
+    from netlab.features import impair
     if impair.kernel_has_netem():
         pytest.skip("this kernel has netem: nothing to refuse")
     p = _imp(lab, "a", "set", "delay", "20ms")
@@ -413,7 +413,7 @@ def test_underlay_port_impairment_show_status_watch_and_down(lab):
 
 
 def test_up_refuses_delay_before_building_anything(tmp_path):
-    from netlab import impair
+    from netlab.features import impair
     if impair.kernel_has_netem():
         pytest.skip("this kernel has netem: nothing to refuse")
     name = unique_name("kdr").replace("_", "-")[:20].lower().strip("-")

@@ -7,8 +7,8 @@ import struct
 
 import pytest
 
-from netlab import dropmon, pcapng
-from netlab.dropmon import Drop
+from netlab.debug import dropmon, pcapng
+from netlab.debug.dropmon import Drop
 
 TRACE = """# tracer: nop
 #
@@ -141,7 +141,7 @@ def test_pcapng_read_by_scapy_names_interfaces(tmp_path):
 
 
 def test_sinks(tmp_path):
-    from netlab.pcapsink import sink_for
+    from netlab.debug.pcapsink import sink_for
     f = tmp_path / "one.pcap"
     s = sink_for(str(f), several=False)
     s.add("web", "eth0", "in", 3.000001, b"\x00" * 60)
@@ -161,7 +161,7 @@ def test_sinks(tmp_path):
 
 # --------------------------------------------------------------------------- impairments
 
-from netlab import impair  # noqa: E402
+from netlab.features import impair  # noqa: E402
 
 
 def test_impair_parse_values_and_errors():
@@ -228,7 +228,7 @@ def test_impair_needs_a_wire_for_loss():
 
 
 def test_preflight_refuses_delay_with_the_real_probe_faked(monkeypatch):
-    from netlab.topology import loads
+    from netlab.lab.topology import loads
     t = loads("name: x\nnodes: {n1: {impair: {delay: 10ms}}}\n")
     monkeypatch.setattr(impair, "kernel_has_netem", lambda: False)
     assert "nodes.n1.impair: delay needs the kernel's netem qdisc (module sch_netem)" in impair.preflight(t)
@@ -237,7 +237,7 @@ def test_preflight_refuses_delay_with_the_real_probe_faked(monkeypatch):
 
 
 def test_topology_impair_keys():
-    from netlab.topology import TopologyError, loads
+    from netlab.lab.topology import TopologyError, loads
     t = loads("""
 name: x
 underlay: {impair: {n2: {loss: 1%}, ext: {rate: 1mbit}}}
@@ -259,7 +259,7 @@ pods: {a: {node: n1, network: w, impair: {rate: 2mbit, direction: ingress}}}
 
 
 def test_reach_loss_expectation():
-    from netlab.topology import TopologyError, loads
+    from netlab.lab.topology import TopologyError, loads
     base = "name: x\nnodes: {n1: {}, n2: {}}\nchecks:\n  - {type: reach, from: n1, to: n2, %s}\n"
     t = loads(base % "count: 200, size: 1400, expect: {loss: 5%, tolerance: 2%}")
     assert t.checks[0].params["expect"] == {"loss": 5.0, "tolerance": 2.0} and t.checks[0].params["size"] == 1400
@@ -288,7 +288,7 @@ def test_loss_judge_and_echo_seqs():
 
 
 def test_watch_rate_lines():
-    from netlab.cmd_impair import rate_lines
+    from netlab.cli.cmd_impair import rate_lines
     z = {"rx_packets": 0, "rx_bytes": 0, "tx_packets": 0, "tx_bytes": 0, "rx_dropped": 0, "tx_dropped": 0,
          "rx_errors": 0, "tx_errors": 0}
     after = {"eth0": dict(z, rx_packets=20, rx_bytes=2000, rx_dropped=3), "cni0": dict(z), "lo": dict(z, rx_packets=5)}
@@ -299,7 +299,7 @@ def test_watch_rate_lines():
 
 
 def test_netdev_drop_rules_are_named_and_the_kernel_line_is_printed():
-    from netlab.trace import Probe, TraceResult, format_result, parse_netdev_drops
+    from netlab.debug.trace import Probe, TraceResult, format_result, parse_netdev_drops
     text = """table netdev cnilab-impair-eth0-in {
 	chain impair {
 		type filter hook ingress device "eth0" priority -500; policy accept;

@@ -9,6 +9,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import pytest
 import yaml
 
 from ipam import config as ipam_config
-from netlab import kube_install as ki
+from cninode import kube_install as ki
 from plugins import bridge as br, portmap as pm, vxlan as vx
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,8 +149,8 @@ def test_daemonset_shape():
     assert am[host["/opt/cnilab"]] == "/opt/cnilab"
     assert agent["command"][0] == f"/opt/cnilab/current/bin/{ki.WRAPPER_NAME}"
     assert agent["command"][1:5] == ["-m", "netlab", "agent", "run"]
-    from netlab import cmd_agent
-    from plugins.core import launcher
+    from netlab.cli import cmd_agent
+    from cninode import launcher
     sock = agent["command"][agent["command"].index("--socket") + 1]
     assert sock == launcher.DEFAULT_SOCKET and sock.startswith(am[host["/run/cnilab"]] + "/")
     agent_cli = __import__("argparse").ArgumentParser()
@@ -166,7 +168,7 @@ def test_daemonset_shape():
     assert len(images) == 1
     for c in (init, conts["sync"]):
         assert c["command"][0] == f"{src}/bin/{ki.WRAPPER_NAME}"
-        assert c["command"][1:3] == ["-m", "netlab.kube_install"]
+        assert c["command"][1:3] == ["-m", "cninode.kube_install"]
         ki.build_parser().parse_args([c["command"][3]])  # a real subcommand
 
 
@@ -214,10 +216,10 @@ def test_containerfile_consistent_with_manifest():
     # the tree the init container copies is the one the image builds, with the
     # wrapper made by our own code, and the native libraries where it looks
     assert f"tar -xz -C {src} " in text
-    assert f"-m netlab.kube_install wrapper \\\n      --output {src}/bin/{ki.WRAPPER_NAME}" in text
+    assert f"-m cninode.kube_install wrapper \\\n      --output {src}/bin/{ki.WRAPPER_NAME}" in text
     assert f"{src}/{ki.NATIVE_LIB_DIR}/" in text
     assert "libnftables.so.1" in text
-    assert f'ENTRYPOINT ["{src}/bin/{ki.WRAPPER_NAME}", "-m", "netlab.kube_install"]' in text
+    assert f'ENTRYPOINT ["{src}/bin/{ki.WRAPPER_NAME}", "-m", "cninode.kube_install"]' in text
 
 
 @pytest.mark.parametrize("mode", ["bridge", "vxlan"])
@@ -771,8 +773,8 @@ def test_install_plugins_binds_launchers_to_the_wrapper(tmp_path):
     rt = fake_runtime(tmp_path)
     wrapper = str(rt / "bin" / ki.WRAPPER_NAME)
     bin_dir = tmp_path / "cni-bin"
-    paths = ki.install_plugins(bin_dir, python=wrapper)  # netlab.install verifies each one
-    from netlab.install import PLUGINS
+    paths = ki.install_plugins(bin_dir, python=wrapper)  # cninode.install verifies each one
+    from cninode.install import PLUGINS
     assert sorted(os.path.basename(p) for p in paths) == sorted(PLUGINS)
     assert {"bridge", "host-local", "portmap", "bandwidth", "vxlan", "loopback"} <= set(PLUGINS)
     for p in paths:
@@ -959,7 +961,7 @@ def test_foreign_plugins_backed_up_replaced_and_restored(tmp_path):
     conf_dir.mkdir()
     (conf_dir / ki.CONFLIST_NAME).write_text(json.dumps(template("bridge")))
     done = ki.uninstall(bin_dir, conf_dir / ki.CONFLIST_NAME, backup)
-    from netlab.install import PLUGINS
+    from cninode.install import PLUGINS
     assert f"restored {bin_dir / 'bridge'}" in done and len(done) == 1 + len(PLUGINS), done
     assert f"restored {bin_dir / 'loopback'}" in done
     assert (bin_dir / "bridge").read_bytes() == b"\x7fELF reference bridge"
@@ -1166,10 +1168,56 @@ def test_shipped_conflists_reach_gc_and_status(mode):
     cniVersions it knows: 1.1.0, so GC and STATUS are sent. libcni 1.1.x
     (containerd 1.6/1.7, podman 4) ignores cniVersions and cannot parse a 1.1.0
     result ("unsupported CNI result version"), so cniVersion stays 1.0.0."""
-    from netlab.runtime import conflist_from_dict
+    from cniruntime.runtime import conflist_from_dict
     tpl = ki.load_template_text(configmap()["data"][f"{mode}.conflist.json"])
     assert tpl["cniVersion"] == "1.0.0" and "1.1.0" in tpl["cniVersions"]
     plugins = [{"type": p["type"]} for p in tpl["plugins"]]
     net = conflist_from_dict({"name": "cnilab", "cniVersion": tpl["cniVersion"],
                               "cniVersions": tpl["cniVersions"], "plugins": plugins})
     assert net.cni_version == "1.1.0"
+
+
+# ---- the node side installs without the lab's dependencies -----------------------------
+
+_BLOCK = """
+import runpy, sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("scapy", "yaml"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name.split(".")[0])
+sys.meta_path.insert(0, Block())
+sys.argv = sys.argv[1:]
+runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+"""
+
+
+def _without_lab_extra(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", _BLOCK, *argv], capture_output=True, text=True,
+                          cwd=str(ROOT), timeout=120)
+
+
+def test_node_side_runs_without_scapy_and_pyyaml(tmp_path):
+    """What the DaemonSet runs works on an install without the [lab] extra."""
+    p = _without_lab_extra("cninode.kube_install", "--help")
+    assert p.returncode == 0 and "install" in p.stdout, p.stderr
+    p = _without_lab_extra("netlab", "agent", "status", "--socket", str(tmp_path / "none.sock"))
+    assert p.returncode == 3 and "no agent answers" in p.stdout, p.stderr     # NOT_RUNNING
+    p = _without_lab_extra("cninode.agent", "--help")
+    assert p.returncode == 0, p.stderr
+    # and the blocker really blocks: a lab verb says what is missing, in one line
+    p = _without_lab_extra("netlab", "validate", str(ROOT / "topologies" / "default.yaml"))
+    assert p.returncode == 1 and "labs need the lab extra" in p.stderr, (p.stdout, p.stderr)
+    assert "Traceback" not in p.stderr
+
+
+def test_lab_dependencies_are_an_extra_the_image_does_not_install():
+    import configparser
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    required = cfg["options"]["install_requires"].lower()
+    lab = cfg["options.extras_require"]["lab"].lower()
+    assert "scapy" not in required and "pyyaml" not in required
+    assert "scapy" in lab and "pyyaml" in lab
+    text = (DEPLOY / "Containerfile").read_text()
+    assert "-m pip install --no-cache-dir --no-compile /src " in text and "[lab]" not in text
+    assert ".[lab,test]" in (ROOT / "Makefile").read_text()

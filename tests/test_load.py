@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from netlab.runtime import Runtime
+from cniruntime.runtime import Runtime
 from tests import node_state
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.e2e]

@@ -49,7 +49,7 @@ def test_speaker_failover_hand_back_and_teardown(tmp_path):
         assert any(d.startswith("takeover: ") and "from node2" in d for d in lb["details"]), lb["details"]
         assert any("down: node1 (uplink eth0 is down" in d for d in lb["details"]), lb["details"]
         # the takeover on the wire: gratuitous ARPs for the address, from node2's MAC only
-        from netlab import loadbalancer as LB
+        from netlab.features import loadbalancer as LB
         macs = json.loads(subprocess.run(["ip", "-n", f"nl-{name}-n-node2", "-j", "link", "show", "eth0"],
                                          capture_output=True, text=True).stdout)[0]["address"]
         garps = [g for g in LB.garps_in(os.path.join(lab_dir, "evidence", LB.FAILOVER_PCAP)) if g["psrc"] == ADDR]

@@ -9,10 +9,10 @@ import re
 
 import pytest
 
-from netlab import lbspeaker
-from netlab import loadbalancer as LB
-from netlab import services as S
-from netlab import topology as T
+from netlab.features import lbspeaker
+from netlab.features import loadbalancer as LB
+from netlab.features import services as S
+from netlab.lab import topology as T
 
 BASE = """
 name: lb1

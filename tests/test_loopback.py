@@ -56,7 +56,7 @@ def ours(installed_plugins) -> str:
 # ---- no root -------------------------------------------------------------------------------
 
 def test_registered_everywhere():
-    from netlab import install
+    from cninode import install
     from plugins.core import skel
     assert skel.PLUGINS["loopback"] == "plugins.loopback"
     assert "loopback" in install.PLUGINS

@@ -1,9 +1,9 @@
-"""netlab.capture: sniffing inside a namespace from a setns'd thread (root)."""
+"""netlab.base.capture: sniffing inside a namespace from a setns'd thread (root)."""
 from __future__ import annotations
 
 import pytest
 
-from netlab.capture import Capture, CaptureError, compile_bpf
+from netlab.base.capture import Capture, CaptureError, compile_bpf
 
 pytestmark = pytest.mark.root
 

@@ -6,7 +6,7 @@ from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
 
-from netlab.capture import write_pcap
+from netlab.base.capture import write_pcap
 from netlab.checks.capture import _matches
 from netlab.checks.dns import parse_dns
 
@@ -60,14 +60,12 @@ def test_pcap_writer_roundtrip(tmp_path):
 # ---- where a probe went (checks/path.py) ------------------------------------------
 
 def _ctx(yaml_text: str):
-    from netlab import topology as T
+    from netlab.lab import topology as T
     from netlab.checks.common import Context
-    from netlab.plan import make_plan
+    from netlab.lab.plan import make_plan
     topo = T.loads(yaml_text)
     plan = make_plan(topo, "/nonexistent-lab-dir")
-    ctx = Context.__new__(Context)           # no lab dir, no state: only targets are needed
-    ctx.topo, ctx.plan, ctx.st, ctx.addresses = topo, plan, None, {}
-    return ctx
+    return Context(topo, plan, None, evidence=False)   # no lab dir, no state: only targets are needed
 
 
 TWO_NODES = """name: pt

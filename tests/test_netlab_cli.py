@@ -11,8 +11,9 @@ import sys
 
 import pytest
 
-from netlab import build, cli, exitcodes
-from netlab.completion import script, walk
+from netlab.lab import build
+from netlab.cli import main as cli, exitcodes
+from netlab.cli.completion import script, walk
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -68,8 +69,8 @@ def test_the_exit_status_table_is_the_one_documented_and_used():
     for n, name in exitcodes.TABLE:
         assert getattr(exitcodes, name) == n
     # verbs return the names, never bare numbers
-    for f in ("cli.py", "cmd_lab.py", "cmd_cni.py", "cmd_debug.py", "cmd_agent.py"):
-        src = open(os.path.join(REPO, "netlab", f), encoding="utf-8").read()
+    for f in ("main.py", "cmd_lab.py", "cmd_cni.py", "cmd_debug.py", "cmd_agent.py", "cmd_impair.py"):
+        src = open(os.path.join(REPO, "netlab", "cli", f), encoding="utf-8").read()
         assert not re.findall(r"\breturn \d+\b", src), f
 
 

@@ -98,9 +98,9 @@ def task_pids(ctd: dict) -> list[int]:
 
 
 def test_containerd_lab_up_checks_cri_and_down_leaves_nothing(tmp_path):
-    from netlab.build import detach
+    from netlab.lab.pods import detach
     from netlab.cri import RuntimeClient
-    from netlab.state import load
+    from netlab.base.state import load
     name, lab_dir = lab_name(), str(tmp_path / "lab")
     ctd = sandboxes = None
     pids: list[int] = []

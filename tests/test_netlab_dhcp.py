@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-from netlab import plan as P
-from netlab import topology as T
+from netlab.lab import plan as P
+from netlab.lab import topology as T
 from tests.conftest import unique_name
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,23 +68,15 @@ def running(pid: int) -> bool:
         return False
 
 
-def netlab(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "netlab", *args], capture_output=True, text=True,
-                          cwd=REPO, timeout=240)
-
-
 @pytest.mark.root
 @pytest.mark.slow
 def test_lab_leases_match_pod_addresses_and_down_stops_the_processes(tmp_path):
+    import netlab as nl
     name = unique_name("t").replace("_", "-")[:20].lower().strip("-")
     lab_dir = str(tmp_path / "lab")
     pids: list[int] = []
-    try:
-        up = netlab("up", "topologies/dhcp.yaml", "--name", name, "--lab-dir", lab_dir, "-q", "--no-checks")
-        assert up.returncode == 0, up.stderr[-3000:]
-        st = json.load(open(os.path.join(lab_dir, "state.json")))
-        procs = [r for r in st["resources"] if r.get("kind") == "process"
-                 and r.get("name") in ("dnsmasq-dhcp", "dhcp daemon")]
+    with nl.Lab(os.path.join(REPO, "topologies/dhcp.yaml"), name=name, lab_dir=lab_dir) as lab:
+        procs = [r for r in lab.st.find("process") if r.get("name") in ("dnsmasq-dhcp", "dhcp daemon")]
         assert sorted(r["name"] for r in procs) == ["dhcp daemon"] * 2 + ["dnsmasq-dhcp"] * 2
         pids = [int(r["pid"]) for r in procs]
         assert all(running(p) for p in pids)
@@ -96,11 +86,9 @@ def test_lab_leases_match_pod_addresses_and_down_stops_the_processes(tmp_path):
                 leased |= {ln.split()[2] for ln in fh if ln.strip()}
         addrs = {}
         for pod in ("a1", "a2", "b1"):
-            out = netlab("exec", "--lab-dir", lab_dir, pod, "--", "ip", "-4", "-j", "addr", "show", "eth0")
-            assert out.returncode == 0, out.stderr
+            out = lab.exec(pod, ["ip", "-4", "-j", "addr", "show", "eth0"], check=True)
             addrs[pod] = json.loads(out.stdout)[0]["addr_info"][0]["local"]
+            assert lab.address(pod) == addrs[pod]
         assert set(addrs.values()) == leased, (addrs, leased)
-    finally:
-        d = netlab("down", "--lab-dir", lab_dir)
-    assert d.returncode == 0, d.stderr
+    assert not os.path.exists(lab_dir)
     assert not [p for p in pids if running(p)]

@@ -314,7 +314,7 @@ def test_trace_decodes_icmpv6_and_neighbour_discovery():
 
 
 def test_new_fault_kinds_validate():
-    from netlab import scenario
+    from netlab.lab import faults, scenario
     base = DUAL + "checks: [{type: reach, from: a, to: b, name: ab}]\n"
     ok = base + """scenario:
   symptom: s
@@ -342,13 +342,13 @@ def test_new_fault_kinds_validate():
                  "faults[3].address.address: 'not-an-address' is not an ADDRESS/PREFIX"):
         assert want in errs, (want, errs)
     # the QTYPE of a query for w.default.svc.cluster.local sits after UDP (8), DNS (12) and the name (29)
-    assert scenario.dns_qtype_offset("w.default.svc.cluster.local.") == 8 * (8 + 12 + 29)
-    hook, rule = scenario.fault_rule_text("drop-dns", {"qtype": "AAAA", "name": "w.default.svc.cluster.local"})
+    assert faults.dns_qtype_offset("w.default.svc.cluster.local.") == 8 * (8 + 12 + 29)
+    hook, rule = faults.fault_rule_text("drop-dns", {"qtype": "AAAA", "name": "w.default.svc.cluster.local"})
     assert hook == "forward" and rule.startswith(f"udp dport 53 @th,{8 * 49},16 28 counter drop")
 
 
 def test_capture_lines_for_ipv6():
-    from netlab.cmd_debug import frame_line
+    from netlab.cli.cmd_debug import frame_line
     from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6ND_NS
     ns = bytes(Ether() / IPv6(src="fd00:1::1", dst="ff02::1:ff00:7") / ICMPv6ND_NS(tgt="fd00:1::7"))
     na = bytes(Ether(src="aa:bb:cc:00:00:07") / IPv6(src="fd00:1::7", dst="fd00:1::1") / ICMPv6ND_NA(tgt="fd00:1::7"))
@@ -361,7 +361,7 @@ def test_capture_lines_for_ipv6():
 
 
 def test_graph_labels_show_the_dad_state_of_ipv6_addresses():
-    from netlab.graph import Link, _label
+    from netlab.debug.graph import Link, _label
     l = Link("ns", "eth0", 2, "veth", 1500, addrs=["10.0.0.5/24", "fd00::5/64"],
              addr_flags={"fd00::5/64": ["tentative", "dadfailed"]})
     assert "\\nfd00::5/64 (tentative dadfailed)" in _label(l) and "\\n10.0.0.5/24\\n" in _label(l)

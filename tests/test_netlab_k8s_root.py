@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from netlab import netns as nsutil
-from netlab import services as S
+from netlab.base import namespaces as nsutil
+from netlab.features import services as S
 from tests.test_netlab_labs import REPO, lab_name, leftovers, netlab
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]

@@ -7,10 +7,10 @@ import re
 
 import pytest
 
-from netlab import k8s
-from netlab import policy as P
-from netlab import services as S
-from netlab import topology as T
+from netlab.features import k8s
+from netlab.features import policy as P
+from netlab.features import services as S
+from netlab.lab import topology as T
 
 BASE = """
 name: k1

@@ -5,9 +5,10 @@ import json
 import os
 
 
-from netlab import plan as P
-from netlab import state as S
-from netlab import topology as T
+from netlab.lab import plan as P
+from netlab.base import state as S
+from netlab.lab.teardown import teardown
+from netlab.lab import topology as T
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -161,16 +162,16 @@ def test_state_teardown_is_idempotent_and_keeps_going(tmp_path):
         if res["pod"] == "b" and calls.count("b") == 1:
             raise RuntimeError("plugin failed")
 
-    errs = S.teardown(st, detach)
+    errs = teardown(st, detach)
     assert sorted(calls) == ["a", "b"] and len(errs) == 1 and "plugin failed" in errs[0]
     assert not f1.exists()                    # kept going past the error
     st2 = S.load(str(lab))
     assert st2.data["status"] == "remove-failed"
     assert [r.get("removed", False) for r in st2.resources] == [False, True, True, False]
-    errs = S.teardown(st2, detach)            # run again: only what is left
+    errs = teardown(st2, detach)            # run again: only what is left
     assert errs == [] and sorted(calls) == ["a", "b", "b"]
     assert not lab.exists()
-    assert S.teardown(st2, detach) == []      # and again: nothing to do
+    assert teardown(st2, detach) == []      # and again: nothing to do
 
 
 def test_state_records_before_use_survive_a_crash(tmp_path):

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from netlab import topology as T
+from netlab.lab import topology as T
 from tests.conftest import unique_name
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from netlab import topology as T
+from netlab.lab import topology as T
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED = sorted(glob.glob(os.path.join(REPO, "topologies", "*.yaml")))

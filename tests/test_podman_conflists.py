@@ -20,7 +20,7 @@ import tempfile
 
 import pytest
 
-from netlab.runtime import Runtime
+from cniruntime.runtime import Runtime
 from tests import node_state
 from tests.conftest import unique_name
 

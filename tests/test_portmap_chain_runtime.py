@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from netlab.install import install
-from netlab.runtime import Runtime
+from cninode.install import install
+from cniruntime.runtime import Runtime
 from plugins.core.errors import CNIError
 from plugins.net import tc
 from tests.chain_lab import Server, reach

@@ -1,4 +1,4 @@
-"""netlab.runtime: libcni semantics with recording fake plugins (no root), then
+"""cniruntime.runtime: libcni semantics with recording fake plugins (no root), then
 the reference plugins from /usr/lib/cni inside throwaway node namespaces (root)."""
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from netlab import runtime as rtm
-from netlab.runtime import Runtime
+from cniruntime import runtime as rtm
+from cniruntime.runtime import Runtime
 from plugins.core import errors
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -502,8 +502,8 @@ def test_cli_help_and_hook():
     p = cli("cni", "--help")
     for verb in ("add", "del", "check", "gc", "status", "install"):
         assert verb in p.stdout
-    from netlab import cli as cli_mod, cmd_cni
-    parser = cli_mod.build_parser(("netlab.cmd_cni",))
+    from netlab.cli import main as cli_mod, cmd_cni
+    parser = cli_mod.build_parser(("netlab.cli.cmd_cni",))
     extra = cmd_cni.add_cni_command("frob", help="test hook")
     extra.set_defaults(func=lambda a: 7)
     args = parser.parse_args(["cni", "frob"])
@@ -511,15 +511,15 @@ def test_cli_help_and_hook():
 
 
 def test_cli_command_modules_are_never_optional(tmp_path, monkeypatch):
-    from netlab import cli as cli_mod
+    from netlab.cli import main as cli_mod
     # a missing command module and an import error inside one are both errors, never a missing verb
     with pytest.raises(ModuleNotFoundError) as e:
-        cli_mod.build_parser(("netlab.cmd_cni", "netlab.cmd_cnilab_absent"))
+        cli_mod.build_parser(("netlab.cli.cmd_cni", "netlab.cmd_cnilab_absent"))
     assert e.value.name == "netlab.cmd_cnilab_absent"
     (tmp_path / "cnilab_cmd_broken.py").write_text("import cnilab_missing_dependency\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(ModuleNotFoundError) as e:
-        cli_mod.build_parser(("netlab.cmd_cni", "cnilab_cmd_broken"))
+        cli_mod.build_parser(("netlab.cli.cmd_cni", "cnilab_cmd_broken"))
     assert e.value.name == "cnilab_missing_dependency"
 
 

@@ -202,7 +202,7 @@ def test_path_tricks_are_refused_before_anything_is_touched(lab):
 
 
 def test_runtime_refuses_plugin_types_with_paths(tmp_path):
-    from netlab.runtime import conflist_from_dict
+    from cniruntime.runtime import conflist_from_dict
     from plugins.core.errors import CNIError
     from plugins.core.invoke import find_plugin
     for t in ("../evil", "/bin/sh", "..", "."):
@@ -321,7 +321,7 @@ def _foreign(ns) -> list[str]:
 
 @pytest.mark.root
 def test_nftables_changes_stay_in_our_tables(lab, tmp_path):
-    from netlab.runtime import Runtime
+    from cniruntime.runtime import Runtime
     node = lab["node"]
     subprocess.run(["ip", "netns", "exec", node.name, "nft", "-f", "-"], input=FOREIGN,
                    text=True, check=True)
@@ -407,8 +407,8 @@ def test_guard_is_wired_for_the_whole_session(request):
 def test_installer_and_runtime_cache_dirs_are_never_world_writable(tmp_path):
     """Under umask 0 os.makedirs makes 0777 directories: a world-writable plugin dir
     would let any local user replace what root executes."""
-    from netlab.fsutil import write_atomic
-    from netlab.install import install
+    from plugins.core.fsutil import write_atomic
+    from cninode.install import install
     old = os.umask(0)
     try:
         install(str(tmp_path / "opt" / "cni" / "bin"), verify=False)

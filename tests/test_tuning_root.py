@@ -141,7 +141,7 @@ def test_del_after_the_pod_is_gone_forgets_the_state(make_netns, node, run_dir):
     c = cl.conf("tuning", NET, "1.0.0", prev=p.prev_result(), mtu=1400)
     assert cl.call(node, "tuning", "ADD", c, netns=gone.path)[1] == 0
     path = gone.path
-    from netlab import netns as nsutil
+    from netlab.base import namespaces as nsutil
     nsutil.delete(gone.name)
     assert cl.call(node, "tuning", "DEL", c, netns=path) == (None, 0)
     assert cl.call(node, "tuning", "DEL", c, netns="") == (None, 0)

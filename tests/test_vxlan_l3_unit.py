@@ -254,7 +254,7 @@ def test_capture_expectation_list():
 
 
 def test_daemonset_refuses_a_mode_l3_template():
-    from netlab import kube_install as ki
+    from cninode import kube_install as ki
     nodes = {"a": ki.Node("a", ("10.0.0.1",), ("10.244.0.0/24",))}
     tmpl = {"cniVersion": "1.1.0", "name": "k", "plugins": [
         {"type": "vxlan", "mode": "l3", "vni": 1, "peers": "{{peers}}"}]}

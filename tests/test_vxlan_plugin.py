@@ -226,7 +226,7 @@ def test_failed_add_rolls_back(nodes, make_netns):
     a, _ = nodes
     gone = make_netns("pgone")
     path = gone.path
-    from netlab import netns as nsutil
+    from netlab.base import namespaces as nsutil
     nsutil.delete(gone.name)
     rc, err = a.cni("ADD", a.conf(), "ctr-gone", path)
     assert rc == 1, err

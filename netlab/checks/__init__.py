@@ -2,6 +2,11 @@
 
 ``run_checks(ctx, checks)`` runs them in order and returns CheckResults; a
 check never raises (an unexpected error is a failed result saying why).
+One module per check type; ``common`` holds the context, targets, small
+servers/clients and capture helpers they share.
+
+May import: netlab.debug (captures, drop reasons: the evidence),
+netlab.lab, netlab.features, netlab.base, plugins.core. Never cli.
 """
 from __future__ import annotations
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import time
 
-from .. import bgp
-from ..plan import node_ns
+from ..features import bgp
+from ..lab.plan import node_ns
 from .common import CheckResult, Context
 
 

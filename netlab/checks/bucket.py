@@ -16,7 +16,7 @@ from __future__ import annotations
 import subprocess
 import time
 
-from .. import netns as nsutil
+from ..base import namespaces as nsutil
 from . import iperf
 from .common import Context
 

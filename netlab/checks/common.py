@@ -11,8 +11,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .. import netns as nsutil
-from ..capture import Capture
+from ..base import namespaces as nsutil
+from ..base.namespaces import in_thread, run_in
+from ..base.capture import Capture
+from ..lab.labs import Target, families_between, family_of, target
 
 REPLY = b"netlab-ok"
 
@@ -34,77 +36,22 @@ class CheckResult:
                 "seconds": self.seconds}
 
 
-@dataclass
-class Target:
-    name: str
-    ns: str
-    address: str | None
-    iface: str
-    kind: str
-    addresses: list[str] = field(default_factory=list)   # every family's address, primary first
-
-    @property
-    def families(self) -> list[int]:
-        return [family_of(a) for a in self.addresses]
-
-    def address_of(self, family: int) -> str | None:
-        return next((a for a in self.addresses if family_of(a) == family), None)
-
-    def at(self, family: int | None) -> "Target":
-        """This target seen in one family: ``address`` is that family's (None: it has none)."""
-        if family is None:
-            return self
-        import dataclasses
-        return dataclasses.replace(self, address=self.address_of(family))
-
-
-def family_of(addr: str) -> int:
-    return 6 if ":" in addr else 4
-
-
-def families_between(src: Target, dst: Target, family: int | None) -> list[int]:
-    """The families a check runs in: the one asked for, else every family both
-    ends have (the destination's primary first); a single-family lab gets one."""
-    if family:
-        return [family]
-    both = [f for f in dst.families if f in src.families] if src.addresses else list(dst.families)
-    return both or [family_of(dst.address)] if dst.address else both
-
-
 class Context:
     """A lab as the checks see it: built from the plan and the recorded state."""
 
-    def __init__(self, topo, plan, st) -> None:
-        from ..build import attach_addresses, attach_addresses_all
+    def __init__(self, topo, plan, st, *, evidence: bool = True) -> None:
+        """``evidence=False``: only resolve targets (no evidence directory is made)."""
+        from ..base.state import attach_addresses, attach_addresses_all
         self.topo, self.plan, self.st = topo, plan, st
         self.lab_dir = plan.lab_dir
         self.addresses = attach_addresses(st) if st is not None else {}
         self.addresses_all = attach_addresses_all(st) if st is not None else {}
         self.evidence_dir = os.path.join(self.lab_dir, "evidence")
-        os.makedirs(self.evidence_dir, exist_ok=True)
+        if evidence:
+            os.makedirs(self.evidence_dir, exist_ok=True)
 
     def target(self, name: str) -> Target:
-        if name == "underlay":
-            from ..plan import switch_ns
-            # all switch ports, incoming frames only (a bridge's own device does
-            # not see unicast frames forwarded between its ports)
-            return Target("underlay", switch_ns(self.topo.name), None, "any", "switch")
-        ep = self.plan.endpoints[name]
-        addr = ep.address
-        if ep.kind == "pod":
-            pod = self.topo.pods[name]
-            owner = self.topo.pods[self.topo.pod_netns_owner(name)]
-            if owner.mode == "host":
-                addr = self.topo.nodes[owner.node].address
-                addrs = list(self.topo.nodes[owner.node].addresses)
-            else:
-                addr = self.addresses.get(owner.name, owner.ip)
-                addrs = list(getattr(self, "addresses_all", {}).get(owner.name) or owner.ips)
-                if addr and addr in addrs:      # primary first
-                    addrs = [addr] + [a for a in addrs if a != addr]
-            iface = owner.ifname if owner.mode in ("bridge", "overlay") else ("lo" if owner.mode == "none" else "eth0")
-            return Target(name, ep.netns, addr, iface, "host" if owner.mode == "host" else pod.mode, addrs)
-        return Target(name, ep.netns, addr, ep.iface, ep.kind, list(ep.addresses or ([addr] if addr else [])))
+        return target(self.topo, self.plan, self.addresses, name, self.addresses_all)
 
     def pcap(self, check, suffix: str = "") -> str:
         slug = re.sub(r"[^a-zA-Z0-9]+", "-", check.name).strip("-")[:60]
@@ -118,45 +65,6 @@ class Context:
 
 
 # --------------------------------------------------------------------------- running things
-
-def run_in(ns: str, argv: list[str], *, timeout: float = 30, etc: bool = False) -> subprocess.CompletedProcess:
-    """Run a command in a namespace. ``etc=True`` goes through ``ip netns exec`` so
-    the namespace's /etc/netns/<ns>/resolv.conf and hosts are in place."""
-    if etc:
-        return subprocess.run(nsutil.exec_argv(ns, argv), capture_output=True, text=True, timeout=timeout)
-    from plugins.core import netns as cns
-    fd = os.open(nsutil.path(ns), os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                              preexec_fn=lambda: cns._setns(fd))
-    finally:
-        os.close(fd)
-
-
-def in_thread(ns: str, fn: Callable[[], Any], timeout: float = 30) -> Any:
-    """Call ``fn`` in a fresh thread that entered ``ns`` first (its sockets live there)."""
-    out: dict[str, Any] = {}
-
-    def body():
-        from plugins.core import netns as cns
-        try:
-            fd = os.open(nsutil.path(ns), os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                cns._setns(fd)
-            finally:
-                os.close(fd)
-            out["value"] = fn()
-        except BaseException as e:  # noqa: BLE001
-            out["error"] = e
-    t = threading.Thread(target=body, daemon=True)
-    t.start()
-    t.join(timeout)
-    if t.is_alive():
-        raise TimeoutError(f"call in {ns} did not finish in {timeout}s")
-    if "error" in out:
-        raise out["error"]
-    return out.get("value")
-
 
 class Server:
     """A tiny TCP/UDP responder bound inside a namespace (runs in a setns'd thread)."""
@@ -185,7 +93,7 @@ class Server:
         try:
             fd = os.open(nsutil.path(self.ns), os.O_RDONLY | os.O_CLOEXEC)
             try:
-                cns._setns(fd)
+                cns.setns(fd)
             finally:
                 os.close(fd)
             kind = socket.SOCK_STREAM if self.proto == "tcp" else socket.SOCK_DGRAM

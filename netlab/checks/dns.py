@@ -138,7 +138,7 @@ def run(ctx: Context, check) -> CheckResult:
     e = p["expect"]
     extra_at: list[float] = []
 
-    from ..capture import Capture
+    from ..base.capture import Capture
     cap = Capture(pod.ns, "" if iface == "any" else iface, "udp port 53", pcap=pcap)
 
     def proven() -> bool:

@@ -9,7 +9,7 @@ import subprocess
 import time
 from typing import Callable, Iterator
 
-from .. import netns as nsutil
+from ..base import namespaces as nsutil
 from .common import captured, run_in
 
 

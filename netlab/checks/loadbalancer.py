@@ -19,8 +19,8 @@ from __future__ import annotations
 import os
 import subprocess
 
-from .. import loadbalancer as lbmod
-from ..capture import Capture
+from ..features import loadbalancer as lbmod
+from ..base.capture import Capture
 from .common import CheckResult, Context
 
 
@@ -32,7 +32,7 @@ def service_or_lb(ctx: Context, check) -> CheckResult:
 
 
 def run(ctx: Context, check) -> CheckResult:
-    from ..plan import switch_ns
+    from ..base.names import switch_ns
     from . import service
     p = check.params
     topo = ctx.topo

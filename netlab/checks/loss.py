@@ -13,7 +13,7 @@ import socket
 import struct
 import time
 
-from ..capture import Capture
+from ..base.capture import Capture
 from .common import CheckResult, Context, ping
 
 

@@ -15,7 +15,7 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..capture import Capture
+from ..base.capture import Capture
 from .common import Context, Target, run_in
 
 VXLAN_PORTS = (4789,)
@@ -84,7 +84,7 @@ def points(ctx: Context, src: Target, dst: Target) -> list[Point]:
     the destination always have their own (they may be one namespace, e.g. a
     pod reaching itself through its node); a node or the underlay in between
     is listed once and not when it is the source's or destination's namespace."""
-    from ..plan import node_ns, switch_ns
+    from ..lab.plan import node_ns, switch_ns
     lab = ctx.topo.name
     sn, dn = _node_of(ctx, src), _node_of(ctx, dst)
     middle = []

@@ -8,8 +8,8 @@ the pod; a ``deny`` must show it reaching a node, never the pod, and a
 ``default deny`` rule counting it."""
 from __future__ import annotations
 
-from .. import policy as polmod
-from ..capture import Capture
+from ..features import policy as polmod
+from ..base.capture import Capture
 from .common import CheckResult, Context, Server, client
 
 
@@ -26,12 +26,12 @@ def _nodes(ctx: Context, src_name: str, dst_pod) -> list[str]:
 
 
 def counters(ctx: Context, node: str) -> dict[str, int]:
-    from ..plan import node_ns
+    from ..lab.plan import node_ns
     return polmod.counters(node_ns(ctx.topo.name, node), polmod.FAMILY, polmod.TABLE)
 
 
 def run(ctx: Context, check) -> CheckResult:
-    from ..plan import node_ns
+    from ..lab.plan import node_ns
     p = check.params
     proto, port = p["proto"], p["port"]
     src, dst = ctx.target(p["from"]), ctx.target(p["to"])

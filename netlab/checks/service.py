@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import contextlib
 
-from .. import services as svcmod
-from ..capture import Capture
+from ..features import services as svcmod
+from ..base.capture import Capture
 from .common import CheckResult, Context, Server, client
 
 

@@ -26,7 +26,7 @@ class NetnsGone(CNIError):
         self.path = path
 
 
-def _setns(fd: int) -> None:
+def setns(fd: int) -> None:
     if _libc.setns(fd, CLONE_NEWNET) != 0:
         e = ctypes.get_errno()
         raise OSError(e, f"setns: {os.strerror(e)}")
@@ -74,7 +74,7 @@ def entered(path: str) -> Iterator[None]:
     own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         try:
-            _setns(target)
+            setns(target)
         except OSError as e:
             if e.errno == errno.EINVAL:
                 raise NetnsGone(path, "is not a network namespace") from None
@@ -83,7 +83,7 @@ def entered(path: str) -> Iterator[None]:
             yield
         finally:
             try:
-                _setns(own)
+                setns(own)
             except OSError:
                 # Staying in the wrong namespace would make every later step lie.
                 os._exit(70)

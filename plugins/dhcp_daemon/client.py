@@ -30,7 +30,7 @@ class DHCPFailed(Exception):
     """No usable answer from a DHCP server (timeout, NAK, bad reply)."""
 
 
-def _log(msg: str) -> None:
+def log(msg: str) -> None:
     sys.stderr.write(f"dhcp daemon: {msg}\n")
     sys.stderr.flush()
 
@@ -159,12 +159,12 @@ class Lease:
                 continue
             try:
                 self._renew(rebind=since >= t2)
-                _log(f"renewed {self.ack.address} for {self.client_id}")
+                log(f"renewed {self.ack.address} for {self.client_id}")
             except (DHCPFailed, OSError) as e:
                 if since >= lease:
-                    _log(f"lease {self.ack.address} of {self.client_id} expired: {e}")
+                    log(f"lease {self.ack.address} of {self.client_id} expired: {e}")
                 else:
-                    _log(f"renewal of {self.ack.address} for {self.client_id} failed: {e}")
+                    log(f"renewal of {self.ack.address} for {self.client_id} failed: {e}")
                 self._stop.wait(min(30.0, max(1.0, (lease - since) / 4)))
 
     def stop(self) -> str:
@@ -183,12 +183,12 @@ class Lease:
                 # The runtime deleted the interface before IPAM DEL (the bridge
                 # plugin does, in this order, as the reference): the container
                 # cannot reach the server any more, the daemon's own namespace may.
-                _log(f"DHCPRELEASE for {self.ack.yiaddr} from the container failed "
+                log(f"DHCPRELEASE for {self.ack.yiaddr} from the container failed "
                      f"({e.strerror or e}); sending it from the daemon's namespace")
                 why = _release_from_here(rel, self.ack.server_id)
                 if why:
                     why = f"DHCPRELEASE for {self.ack.yiaddr} not sent: {why}"
-                    _log(why)
+                    log(why)
         self.sock.close()
         return why
 

@@ -21,7 +21,7 @@ from plugins.core.errors import CHECK_FAILED, CNIError, INVALID_NETWORK_CONFIG, 
 from plugins.core.config import Fields
 
 from . import packet as P
-from .client import DHCPFailed, Lease, _log
+from .client import DHCPFailed, Lease, log
 
 DEFAULT_SOCKET = "/run/cni/dhcp.sock"
 DEFAULT_TIMEOUT = 10.0
@@ -72,7 +72,7 @@ class Daemon:
                 if lease is not None:
                     del self.leases[cid]
                     lease.stop()
-                    _log(f"released {lease.ack.address if lease.ack else '?'} of {cid}")
+                    log(f"released {lease.ack.address if lease.ack else '?'} of {cid}")
                 return {}
             if method == "check":
                 if lease is None or lease.ack is None:
@@ -95,7 +95,7 @@ class Daemon:
                 raise CNIError(IO_FAILURE, f"dhcp: no lease for {f.str('ifname')}: {e}") from None
             lease.start()
             self.leases[cid] = lease
-            _log(f"leased {ack.address} to {cid} from {ack.server_id}")
+            log(f"leased {ack.address} to {cid} from {ack.server_id}")
             return {"result": result_of(ack, priority)}
 
 
@@ -143,13 +143,13 @@ def serve(socket_path: str, timeout: float, pidfile: str = "") -> None:
             fh.write(f"{os.getpid()}\n")
     import signal
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=srv.shutdown).start())
-    _log(f"listening on {socket_path}")
+    log(f"listening on {socket_path}")
     try:
         srv.serve_forever()
     finally:
         for cid, lease in list(srv.daemon.leases.items()):   # type: ignore[attr-defined]
             lease.stop()
-            _log(f"released {cid} on exit")
+            log(f"released {cid} on exit")
         srv.server_close()
         try:
             os.unlink(socket_path)
