@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import threading
@@ -74,10 +73,30 @@ def in_ns(ns: str, argv: list[str], *, timeout: float = 30, check: bool = True) 
     return p
 
 
+SIOCETHTOOL = 0x8946
+ETHTOOL_STXCSUM = 0x17
+
+
 def tx_offload_off(ns: str, dev: str) -> None:
-    """Valid checksums in captures: veths otherwise leave them to 'hardware'."""
-    if shutil.which("ethtool"):
-        in_ns(ns, ["ethtool", "-K", dev, "tx", "off"], check=False)
+    """Valid checksums in captures: veths otherwise leave them to 'hardware'.
+
+    ``ethtool -K DEV tx off`` as one ioctl from this thread (no process per
+    device): ETHTOOL_STXCSUM clears the device's checksum features, and the
+    kernel drops the features that need them (TSO, ...), as ethtool does."""
+    import ctypes
+    import fcntl
+    import socket
+    import struct
+    from plugins.core import netns as cns
+    value = ctypes.create_string_buffer(struct.pack("=II", ETHTOOL_STXCSUM, 0), 8)
+    ifreq = struct.pack("16sP", dev.encode()[:15], ctypes.addressof(value)).ljust(40, b"\0")
+    try:
+        with cns.entered(nsutil.path(ns)):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)   # bound to that namespace
+        with s:
+            fcntl.ioctl(s.fileno(), SIOCETHTOOL, ifreq)
+    except (OSError, cns.NetnsGone):
+        pass        # as before with ethtool: a device that cannot do it keeps its offloads
 
 
 # --------------------------------------------------------------------------- plugins
@@ -204,7 +223,7 @@ def runtime_for(lab_dir: str, node_ns: str, cni_path: str, agent_socket: str | N
     from .runtime import Runtime
     return Runtime([cni_path], cache_dir=os.path.join(lab_dir, "cni-cache"),
                    host_netns=nsutil.path(node_ns), log_path=os.path.join(lab_dir, "cni.log"),
-                   env=plugin_env(lab_dir, agent_socket))
+                   env=plugin_env(lab_dir, agent_socket), agent_direct=True)
 
 
 def start_lab_agent(lab_dir: str, record: Callable[..., dict], update: Callable[..., None]) -> str:
@@ -238,9 +257,9 @@ class Builder:
         with self.lock:
             return self.st.record(kind, **fields)
 
-    def update(self, res: dict, **fields) -> None:
+    def update(self, res: dict, *, flush: bool = True, **fields) -> None:
         with self.lock:
-            self.st.update(res, **fields)
+            self.st.update(res, flush=flush, **fields)
 
     def _timed(self, s: Step) -> None:
         t0 = time.monotonic()
@@ -277,13 +296,40 @@ class Builder:
         if errors:
             raise errors[0]
 
+    def _prepare_attach(self, out: dict) -> None:
+        """Plugin executables and the lab's agent (its warm-up is ~1 s of imports):
+        on a thread of its own, while the namespaces are made."""
+        t0 = time.monotonic()
+        try:
+            self.cni_path, self.which = prepare_plugins(self.plan.lab_dir, needed_types(self.plan), self.plugins)
+            if self.agent and "ours" in self.which.values():
+                try:
+                    self.agent_socket = start_lab_agent(self.plan.lab_dir, self.record, self.update)
+                except (RuntimeError, OSError) as e:   # the agent is only a fast path
+                    out["note"] = f"      plugin agent not started ({e}); plugins run in-process"
+        except BaseException as e:  # noqa: BLE001 - raised by run()
+            out["error"] = e
+        out["seconds"] = time.monotonic() - t0
+
     def run(self) -> None:
+        steps = self.plan.steps
+        attach = [s for s in steps if s.kind == "attach"]
+        prep: dict = {}
+        early = threading.Thread(target=self._prepare_attach, args=(prep,), name="prepare-plugins")
+        if attach:
+            early.start()
+        try:
+            self._run(attach, early, prep)
+        finally:
+            if early.is_alive():
+                early.join()        # a failed build tears down only after it recorded its agent
+
+    def _run(self, attach: list[Step], early: threading.Thread, prep: dict) -> None:
         steps = self.plan.steps
         total = len(steps)
         counter = [0]
         infra = [s for s in steps if not s.params.get("pod")]
         pods = [s for s in steps if s.params.get("pod") and s.kind != "attach"]
-        attach = [s for s in steps if s.kind == "attach"]
         for s in infra:
             self._timed(s)
             counter[0] += 1
@@ -299,7 +345,12 @@ class Builder:
         self._parallel(joiners, self._timed, counter)
         if attach:
             t0 = time.monotonic()
-            self.cni_path, self.which = prepare_plugins(self.plan.lab_dir, needed_types(self.plan), self.plugins)
+            early.join()
+            if "error" in prep:
+                raise prep["error"]
+            if prep.get("note"):
+                self.progress(prep["note"])
+            self.timings["plugins+agent (overlapped)"] = round(prep["seconds"], 3)
             if "reference" in self.which.values():
                 probe = runtime_for(self.plan.lab_dir, attach[0].params["node_ns"], self.cni_path)
                 cache: dict[str, list[str]] = {}
@@ -309,11 +360,6 @@ class Builder:
                     return cache[t]
                 for note in negotiate_generated_versions(self.plan, versions_of):
                     self.progress("      " + note)
-            if self.agent and "ours" in self.which.values():
-                try:
-                    self.agent_socket = start_lab_agent(self.plan.lab_dir, self.record, self.update)
-                except (RuntimeError, OSError) as e:   # the agent is only a fast path
-                    self.progress(f"      plugin agent not started ({e}); plugins run in-process")
             self.st.set(cniPath=self.cni_path, plugins=self.which, agentSocket=self.agent_socket)
             self.progress("      plugins: " + ", ".join(f"{k}={v}" for k, v in sorted(self.which.items()))
                           + (f" (agent {self.agent_socket})" if self.agent_socket else ""))
@@ -322,6 +368,8 @@ class Builder:
                 self._hold_for_a_signal()
                 attach = attach[1:]
             self._parallel([[s] for s in attach], self.do_attach, counter)
+            with self.lock:
+                self.st.save()            # the ADD results, kept in memory until now
             self.timings["attach"] = time.monotonic() - t0
         self.sync_k8s()
         self.publish_late_records()
@@ -467,7 +515,9 @@ class Builder:
         t0 = time.monotonic()
         result = rt.add(p["conflist"], nsutil.path(p["netns"]), p["container_id"], p["ifname"],
                         capability_args=p["capability_args"], cni_args=p["cni_args"])
-        self.update(res, result=result, seconds=round(time.monotonic() - t0, 3))
+        # in memory: the next record (or the end of the build) writes it; down needs
+        # only what was recorded before the ADD
+        self.update(res, result=result, seconds=round(time.monotonic() - t0, 3), flush=False)
         tx_offload_off(p["netns"], p["ifname"])
         for itf in result.get("interfaces", []):
             if not itf.get("sandbox") and itf.get("name") and itf.get("mac"):
@@ -484,7 +534,8 @@ def detach(res: dict, st: statemod.State) -> None:
     sock = st.data.get("agentSocket")
     rt = Runtime([cni_path], cache_dir=os.path.join(st.lab_dir, "cni-cache"),
                  host_netns=nsutil.path(res["node_ns"]), log_path=os.path.join(st.lab_dir, "cni.log"),
-                 env=plugin_env(st.lab_dir, sock if sock and os.path.exists(sock) else None))
+                 env=plugin_env(st.lab_dir, sock if sock and os.path.exists(sock) else None),
+                 agent_direct=True)
     netns_path = nsutil.path(res["netns"]) if nsutil.exists(res["netns"]) else ""
     rt.delete(res["conflist"], netns_path, res["container_id"], res["ifname"],
               capability_args=res.get("capability_args") or {}, cni_args=res.get("cni_args"))

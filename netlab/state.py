@@ -49,8 +49,11 @@ class State:
 
     def save(self) -> None:
         tmp = self.path + ".tmp"
+        # json.dumps, not json.dump: dump() streams through the pure-Python
+        # encoder, ~10x slower than the C one, and a big lab saves hundreds of times
+        text = json.dumps(self.data, separators=(",", ":"))
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.data, f, separators=(",", ":"))
+            f.write(text)
         # rename is atomic: a crashed netlab always leaves a complete file. (No
         # fsync: surviving a power cut is pointless, the namespaces would not.)
         os.replace(tmp, self.path)
@@ -61,9 +64,12 @@ class State:
         self.save()
         return res
 
-    def update(self, res: dict, **fields: Any) -> None:
+    def update(self, res: dict, *, flush: bool = True, **fields: Any) -> None:
+        """``flush=False``: change it in memory only, the next save writes it (for
+        facts that ``down`` does not need, or that it finds out again itself)."""
         res.update(fields)
-        self.save()
+        if flush:
+            self.save()
 
     def set(self, **fields: Any) -> None:
         self.data.update(fields)
@@ -190,11 +196,14 @@ def teardown(st: State, detach: Detacher, *, log: Callable[[str], None] = lambda
     # pod attachments first, in parallel (each a CNI DEL through its node's plugins)
     lock = threading.Lock()
 
+    # "removed" marks are saved once per phase, not once per resource (each save
+    # rewrites the whole file): a crash in between leaves resources marked present
+    # that are gone, which a second down tolerates ("already gone")
     def det(res: dict) -> None:
         try:
             detach(res, st)
             with lock:
-                st.update(res, removed=True)
+                st.update(res, removed=True, flush=False)
             log(f"detached pod {res['pod']}")
         except Exception as e:  # noqa: BLE001
             with lock:
@@ -203,6 +212,7 @@ def teardown(st: State, detach: Detacher, *, log: Callable[[str], None] = lambda
     if pending:
         with ThreadPoolExecutor(max_workers=workers) as ex:
             list(ex.map(det, pending))
+        st.save()
     # our nftables tables in node namespaces (Services, NetworkPolicy: netlab/k8s.py)
     for res in reversed(st.resources):
         if res["kind"] == "nft_table" and not res.get("removed"):
@@ -220,7 +230,7 @@ def teardown(st: State, detach: Detacher, *, log: Callable[[str], None] = lambda
             if nsutil.exists(res["name"]):
                 raise RuntimeError(f"namespace {res['name']} is still there")
             with lock:
-                st.update(res, removed=True)
+                st.update(res, removed=True, flush=False)
         except Exception as e:  # noqa: BLE001
             with lock:
                 errors.append(f"{res['kind']} {res.get('name')}: {e}")
@@ -229,6 +239,7 @@ def teardown(st: State, detach: Detacher, *, log: Callable[[str], None] = lambda
     with ThreadPoolExecutor(max_workers=workers) as ex:
         list(ex.map(delns, aliases))
         list(ex.map(delns, [r for r in nss if r["kind"] == "netns"]))
+    st.save()
     for res in list(reversed(st.resources)):
         if res.get("removed") or res["kind"] in ("labdir", "attach"):
             continue   # attachments done above; the lab directory goes last, below
@@ -272,9 +283,11 @@ def teardown(st: State, detach: Detacher, *, log: Callable[[str], None] = lambda
                     pass
             else:
                 raise RuntimeError(f"unknown resource kind {kind!r}")
-            st.update(res, removed=True)
+            # files are marked in memory (saved below); processes and the rest at once
+            st.update(res, removed=True, flush=kind not in ("etcnetns", "file"))
         except Exception as e:  # keep going: remove everything we can
             errors.append(f"{kind} {res.get('name') or res.get('pod') or res.get('path')}: {e}")
+    st.save()
     if errors:
         st.set(status="remove-failed", errors=errors)
         return errors

@@ -760,7 +760,13 @@ def default_burst(rate: int) -> int:
 
 
 def node_slice(w: Network, node_index: int) -> ipaddress.IPv4Network:
-    return list(w.subnet.subnets(new_prefix=w.node_prefix))[node_index] if w.node_prefix > w.subnet.prefixlen else w.subnet
+    if w.node_prefix <= w.subnet.prefixlen:
+        return w.subnet
+    # arithmetic, not list(subnets())[i]: a /16 cut into /24s built 256 objects per call
+    if not 0 <= node_index < 1 << (w.node_prefix - w.subnet.prefixlen):
+        raise IndexError(f"node slice {node_index} is outside {w.subnet} cut into /{w.node_prefix}")
+    size = 1 << (w.subnet.max_prefixlen - w.node_prefix)
+    return ipaddress.ip_network((int(w.subnet.network_address) + node_index * size, w.node_prefix))
 
 
 def gateway(w: Network, node_index: int) -> ipaddress.IPv4Address:
