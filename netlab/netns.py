@@ -53,19 +53,19 @@ _CLONE_NEWNET = 0x40000000
 _MS_BIND = 0x1000
 _MNT_DETACH = 2
 _SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
-_mounted: list[bool] = []
+_cache: dict = {}          # "libc": the C library; "mounted": NETNS_DIR seen as a mount point
 
 
 def _libc():
-    import ctypes
-    if not _mounted[1:]:
-        _mounted[1:] = [ctypes.CDLL(None, use_errno=True)]
-    return _mounted[1]
+    if "libc" not in _cache:
+        import ctypes
+        _cache["libc"] = ctypes.CDLL(None, use_errno=True)
+    return _cache["libc"]
 
 
 def _netns_dir_mounted() -> bool:
     """Is NETNS_DIR a mount point already (made shared by an earlier ``ip netns add``)?"""
-    if _mounted[:1] == [True]:
+    if _cache.get("mounted"):
         return True
     want = {os.path.realpath(NETNS_DIR), NETNS_DIR}
     try:
@@ -73,8 +73,7 @@ def _netns_dir_mounted() -> bool:
             ok = any(line.split()[4] in want for line in f)
     except OSError:
         ok = False
-    if ok:
-        _mounted[:1] = [True]
+    _cache["mounted"] = ok
     return ok
 
 
