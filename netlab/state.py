@@ -240,6 +240,21 @@ def teardown(st: State, detach: Detacher, *, log: Callable[[str], None] = lambda
         list(ex.map(delns, aliases))
         list(ex.map(delns, [r for r in nss if r["kind"] == "netns"]))
     st.save()
+    # the lab's processes (DNS, agent, daemons) stop independently of each other:
+    # signal and wait for all of them at once instead of one after the other
+    def stop(res: dict) -> None:
+        try:
+            kill_recorded(int(res.get("pid") or 0), res.get("starttime"))
+            with lock:
+                st.update(res, removed=True, flush=False)
+            log(f"stopped {res.get('name', 'process')} (pid {res.get('pid')})")
+        except Exception as e:  # noqa: BLE001
+            with lock:
+                errors.append(f"process {res.get('name')}: {e}")
+    procs = [r for r in reversed(st.resources) if r["kind"] == "process" and not r.get("removed")]
+    if procs:
+        with ThreadPoolExecutor(max_workers=min(8, len(procs))) as ex:
+            list(ex.map(stop, procs))
     for res in list(reversed(st.resources)):
         if res.get("removed") or res["kind"] in ("labdir", "attach"):
             continue   # attachments done above; the lab directory goes last, below
