@@ -165,7 +165,6 @@ def breakdown(probe: Probe, wall: float, pods: int, agent: dict, title: str) -> 
 
 
 def profile_lab(pods: int, nodes: int, workdir: str) -> tuple[list[str], dict]:
-    from netlab import build
     name = f"prof{os.getpid() % 1000}"
     f = os.path.join(workdir, f"{name}.yaml")
     with open(f, "w") as fh:
@@ -202,7 +201,6 @@ def profile_lab(pods: int, nodes: int, workdir: str) -> tuple[list[str], dict]:
         probe.restore()
         if os.path.exists(os.path.join(lab_dir, "state.json")):
             run_cli(["down", "--lab-dir", lab_dir])
-    _ = build
     return out, fig
 
 
@@ -235,7 +233,6 @@ def profile_agent_side(n: int, workdir: str) -> list[str]:
     import warnings
 
     from netlab import netns as nsutil
-    from netlab.plan import Network, generated_conflist  # noqa: F401
     from netlab.runtime import Runtime
     from plugins.core import netns as cns
     from plugins.core.skel import dispatch
@@ -287,7 +284,6 @@ def profile_agent_side(n: int, workdir: str) -> list[str]:
         # one warm-up pod (imports, the bridge itself), not counted
         rt.add(conf, nsutil.path(pods[0]), f"{tag}c0", "eth0")
         wrap_agent_side(probe)
-        calls = collections.defaultdict(float)
         t_add = t_del = 0.0
         for i, p in enumerate(pods[1:], 1):
             t0 = time.perf_counter()
@@ -306,7 +302,6 @@ def profile_agent_side(n: int, workdir: str) -> list[str]:
             lines.append(f"  {cat:44} {probe.count[cat] / n:9.1f} {1000 * s / n:8.1f}")
         rest = t_add + t_del - sum(probe.secs.values())
         lines.append(f"  {'python (plugins, IPAM store, result cache)':44} {'':>9} {1000 * rest / n:8.1f}")
-        _ = calls
     finally:
         probe.restore()
         for ns in reversed(created):

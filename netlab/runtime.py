@@ -841,15 +841,6 @@ def _thread_in_netns(fd: int | None):
         os.close(own)
 
 
-def _setns_fn(fd: int):
-    """A preexec_fn: enter the host netns in the child, before exec."""
-    from plugins.core import netns as core_netns
-
-    def enter() -> None:
-        core_netns._setns(fd)
-    return enter
-
-
 def _plugin_failure(plugin: str, command: str, status: int | None, out: str, err: str) -> PluginError:
     try:
         obj = json.loads(out)
