@@ -24,9 +24,11 @@ The result cache uses libcni's layout and format, so tools that read
 "networkName", "netns", "cniArgs", "capabilityArgs", "result"}``.
 
 Two netlab extras: ``host_netns`` runs every plugin process inside that
-network namespace (the child calls setns(2) before exec), which is how a lab
-"node" hosts its plugins; ``log_path`` appends one JSON line per plugin exec
-(read by ``netlab cni log``).
+network namespace (the spawning thread enters it, so the child starts there),
+which is how a lab "node" hosts its plugins; ``log_path`` appends one JSON
+line per plugin exec (read by ``netlab cni log``). With ``agent_direct``
+(netlab's own labs) a call for one of our launchers goes straight to the
+node agent the launcher would have used, without its process (ADR 0030).
 """
 from __future__ import annotations
 
@@ -743,8 +745,8 @@ class Runtime:
             reply = launcher.call_agent(
                 launcher.socket_path(env), plugin, environb, stdin, netns_fd=host_fd,
                 ack_timeout=_env_float(env, launcher.ACK_TIMEOUT_ENV, launcher.DEFAULT_ACK_TIMEOUT),
-                result_timeout=_env_float(env, launcher.RESULT_TIMEOUT_ENV,
-                                          launcher.DEFAULT_RESULT_TIMEOUT))
+                result_timeout=min(self.timeout, _env_float(env, launcher.RESULT_TIMEOUT_ENV,
+                                                            launcher.DEFAULT_RESULT_TIMEOUT)))
         except launcher.AgentLost as e:
             if command in launcher.REDO_SAFE:
                 return None
