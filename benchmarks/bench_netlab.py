@@ -49,15 +49,16 @@ def timed(argv: list[str], **kw) -> tuple[float, subprocess.CompletedProcess]:
     return time.monotonic() - t0, p
 
 
-def bench_netlab(plugins: str, pods: int, nodes: int, sample: int, workdir: str) -> dict:
-    name = f"bench-{plugins[:3]}{os.getpid() % 1000}"
+def bench_netlab(plugins: str, pods: int, nodes: int, sample: int, workdir: str,
+                 repo: str = REPO, label: str = "") -> dict:
+    name = f"bench-{(label or plugins)[:3]}{os.getpid() % 1000}"
     f = os.path.join(workdir, f"{name}.yaml")
     with open(f, "w") as fh:
         fh.write(topology(name, pods, nodes, sample))
     lab_dir = os.path.join(workdir, name)
     py = [sys.executable, "-m", "netlab"]
-    up_s, up = timed(py + ["up", f, "--lab-dir", lab_dir, "--no-checks", "-q", "--plugins", plugins], cwd=REPO)
-    out: dict = {"what": f"netlab ({plugins} plugins)", "hosts": pods * nodes}
+    up_s, up = timed(py + ["up", f, "--lab-dir", lab_dir, "--no-checks", "-q", "--plugins", plugins], cwd=repo)
+    out: dict = {"what": f"netlab ({label or plugins + ' plugins'})", "hosts": pods * nodes}
     try:
         if up.returncode != 0:
             out["error"] = up.stderr[-500:]
@@ -67,12 +68,12 @@ def bench_netlab(plugins: str, pods: int, nodes: int, sample: int, workdir: str)
         out["up"] = up_s
         out["timings"] = st.get("timings", {})
         out["attach_mean"] = sum(attach) / len(attach) if attach else None
-        v_s, v = timed(py + ["verify", "--lab-dir", lab_dir, "--json"], cwd=REPO)
+        v_s, v = timed(py + ["verify", "--lab-dir", lab_dir, "--json"], cwd=repo)
         rep = json.loads(v.stdout) if v.stdout.strip().startswith("{") else {"checks": []}
         out["verify"] = v_s
         out["verify_ok"] = f"{sum(c['ok'] for c in rep['checks'])}/{len(rep['checks'])}"
     finally:
-        down_s, down = timed(py + ["down", "--lab-dir", lab_dir], cwd=REPO)
+        down_s, down = timed(py + ["down", "--lab-dir", lab_dir], cwd=repo)
         out["down"] = down_s
         if down.returncode != 0:
             out["error"] = down.stderr[-500:]
@@ -140,37 +141,70 @@ def bench_mininet(hosts: int, sample: int) -> dict:
     return out
 
 
+def median_row(rs: list[dict]) -> dict:
+    """The run with the median ``up`` time, with up/verify/down each the median of the runs."""
+    ok = [r for r in rs if "up" in r] or rs
+    out = dict(sorted(ok, key=lambda r: r.get("up", 0))[len(ok) // 2])
+    for k in ("up", "verify", "down"):
+        xs = sorted(r[k] for r in ok if isinstance(r.get(k), (int, float)))
+        if xs:
+            out[k] = xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
+    errs = [r["error"] for r in rs if r.get("error")]
+    if errs:
+        out["error"] = f"{len(errs)} of {len(rs)} run(s) failed: {errs[0]}"
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pods", type=int, default=50, help="pods per node")
     ap.add_argument("--nodes", type=int, default=2)
     ap.add_argument("--sample", type=int, default=10, help="reach checks in the verify sample")
     ap.add_argument("--skip", action="append", default=[], choices=("ours", "reference", "mininet"))
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each variant (medians are shown)")
+    ap.add_argument("--baseline", default=None, metavar="DIR",
+                    help="also run our plugins with the code tree in DIR (e.g. `git archive` of an "
+                         "older commit), for before/after in one run")
     a = ap.parse_args()
     if os.geteuid() != 0:
         print("run as root (namespaces)", file=sys.stderr)
         return 1
-    rows = []
+    variants = [v for v in ("ours", "reference", "mininet") if v not in a.skip]
+    if a.baseline:
+        variants.insert(1, "baseline")
+    runs: dict[str, list[dict]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory(prefix="bench-netlab-") as work:
-        for plugins in ("ours", "reference"):
-            if plugins not in a.skip:
-                rows.append(bench_netlab(plugins, a.pods, a.nodes, a.sample, work))
-                print(json.dumps(rows[-1]), file=sys.stderr)
-    if "mininet" not in a.skip:
-        rows.append(bench_mininet(a.pods * a.nodes, a.sample))
-        print(json.dumps(rows[-1]), file=sys.stderr)
-
+        for i in range(a.repeat):           # the order rotates, so none always goes first
+            for v in variants[i % len(variants):] + variants[:i % len(variants)]:
+                if v == "mininet":
+                    r = bench_mininet(a.pods * a.nodes, a.sample)
+                elif v == "baseline":
+                    r = bench_netlab("ours", a.pods, a.nodes, a.sample, work, repo=os.path.abspath(a.baseline),
+                                     label="ours, baseline tree")
+                else:
+                    r = bench_netlab(v, a.pods, a.nodes, a.sample, work)
+                runs[v].append(r)
+                print(json.dumps(r), file=sys.stderr)
+    rows = [median_row(runs[v]) for v in variants]
+    print(f"netlab at scale: {a.nodes} nodes x {a.pods} pods, medians of {a.repeat} run(s), variants alternated")
     def f(v):
-        return f"{v:7.1f}s" if isinstance(v, (int, float)) else f"{'-':>8}"
-    print(f"\n{'':28} {'hosts':>5} {'up':>8} {'verify':>8} {'down':>8}  sample  per-pod attach")
+        return f"{v:7.2f}s" if isinstance(v, (int, float)) else f"{'-':>8}"
+    mn = next((r for r in rows if r["what"].startswith("mininet") and "up" in r), None)
+
+    def ratio(r, k):
+        if mn is None or not isinstance(r.get(k), (int, float)) or not mn.get(k):
+            return f"{'-':>7}"
+        return f"{r[k] / mn[k]:6.2f}x"
+    print(f"\n{'':28} {'hosts':>5} {'up':>8} {'verify':>8} {'down':>8}  sample  {'up/mn':>7} {'down/mn':>7}  per-pod attach")
     for r in rows:
         per = f"{r['attach_mean'] * 1000:6.0f} ms" if r.get("attach_mean") else ""
         print(f"{r['what']:28} {r['hosts']:>5} {f(r.get('up'))} {f(r.get('verify'))} {f(r.get('down'))}  "
-              f"{r.get('verify_ok', '-'):>6}  {per}")
+              f"{r.get('verify_ok', '-'):>6}  {ratio(r, 'up')} {ratio(r, 'down')}  {per}")
         if r.get("error"):
             print(f"    error: {r['error'].strip()[:300]}")
         if r.get("timings"):
-            print("    up breakdown: " + ", ".join(f"{k} {v:.1f}s" for k, v in sorted(r["timings"].items(), key=lambda kv: -kv[1])))
+            print("    up breakdown: " + ", ".join(f"{k} {v:.2f}s" for k, v in sorted(r["timings"].items(), key=lambda kv: -kv[1]) if v >= 0.005))
+    print("(up/mn, down/mn: the ratio to mininet's time in this run; up is `netlab up --no-checks`)")
     return 0
 
 

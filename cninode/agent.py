@@ -537,7 +537,7 @@ class Agent:
             except InterruptedError:
                 continue
             if pid == 0:
-                time.sleep(0.2)
+                self.stopping.wait(0.2)      # SIGTERM sets it: stop at once, not at the next tick
                 continue
             row = self.children.pop(pid, None)
             if row is None:

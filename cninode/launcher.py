@@ -123,12 +123,13 @@ def _recv_exact(s, n: int) -> bytes:
 
 
 def call_agent(path: str, plugin: str, environb, stdin: bytes, *,
-               ack_timeout: float, result_timeout: float):
+               ack_timeout: float, result_timeout: float, netns_fd=None):
     """Run one call through the agent.
 
     Returns (rc, stdout bytes, stderr bytes), or None when the agent did not
     take the call (nothing was done: fall back). Raises AgentLost when the
-    agent took the call and then failed to answer.
+    agent took the call and then failed to answer. ``netns_fd``: the network
+    namespace the call runs in (default: this process's own).
     """
     import _socket
     s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
@@ -136,14 +137,16 @@ def call_agent(path: str, plugin: str, environb, stdin: bytes, *,
         try:
             s.settimeout(ack_timeout)
             s.connect(path)
-            fd = posix.open("/proc/self/ns/net", posix.O_RDONLY | posix.O_CLOEXEC)
+            fd = netns_fd if netns_fd is not None else posix.open("/proc/self/ns/net",
+                                                                 posix.O_RDONLY | posix.O_CLOEXEC)
             try:
                 req = encode_request(KIND_CALL, plugin, code_root(), env_block(environb), stdin)
                 sent = s.sendmsg([req[:HEADER_LEN]],
                                  [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
                                    fd.to_bytes(4, sys.byteorder, signed=True))])
             finally:
-                posix.close(fd)
+                if netns_fd is None:
+                    posix.close(fd)
             s.sendall(req[sent:])
             status = _recv_exact(s, 1)
             if status != b"A":
@@ -247,7 +250,7 @@ def run_in_process(plugin: str, env, stdin: bytes) -> tuple[str, int]:
     return dispatch(plugin, env, stdin, log=sys.stderr.write)
 
 
-def _lost_error(plugin: str, command: str, stdin: bytes, why: str) -> str:
+def lost_error(plugin: str, command: str, stdin: bytes, why: str) -> str:
     from plugins.core.errors import CNIError, TRY_AGAIN_LATER
     from plugins.core.skel import error_version
     err = CNIError(TRY_AGAIN_LATER,
@@ -281,7 +284,7 @@ def main(plugin: str) -> None:
                                                          DEFAULT_RESULT_TIMEOUT))
         except AgentLost as e:
             if command not in REDO_SAFE:
-                sys.stdout.write(_lost_error(plugin, command, stdin, str(e)) + "\n")
+                sys.stdout.write(lost_error(plugin, command, stdin, str(e)) + "\n")
                 sys.stdout.flush()
                 sys.exit(1)
             reply = None         # safe to redo: do it here

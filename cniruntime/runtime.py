@@ -24,13 +24,16 @@ The result cache uses libcni's layout and format, so tools that read
 "networkName", "netns", "cniArgs", "capabilityArgs", "result"}``.
 
 Two netlab extras: ``host_netns`` runs every plugin process inside that
-network namespace (the child calls setns(2) before exec), which is how a lab
-"node" hosts its plugins; ``log_path`` appends one JSON line per plugin exec
-(read by ``netlab cni log``).
+network namespace (the spawning thread enters it, so the child starts there),
+which is how a lab "node" hosts its plugins; ``log_path`` appends one JSON
+line per plugin exec (read by ``netlab cni log``). With ``agent_direct``
+(netlab's own labs) a call for one of our launchers goes straight to the
+node agent the launcher would have used, without its process (ADR 0030).
 """
 from __future__ import annotations
 
 import base64
+import contextlib
 import fcntl
 import json
 import os
@@ -298,7 +301,7 @@ class Runtime:
                  conf_dir: str = DEFAULT_CONF_DIR, cache_dir: str = DEFAULT_CACHE_DIR,
                  host_netns: str | None = None, log_path: str | None = None,
                  env: Mapping[str, str] | None = None, timeout: float = DEFAULT_TIMEOUT,
-                 rollback: bool = True) -> None:
+                 rollback: bool = True, agent_direct: bool = False) -> None:
         if isinstance(cni_path, str):
             cni_path = [p for p in cni_path.split(os.pathsep) if p]
         self.cni_path = [os.path.abspath(p) for p in cni_path]
@@ -309,6 +312,7 @@ class Runtime:
         self.base_env = dict(os.environ if env is None else env)
         self.timeout = timeout
         self.rollback = rollback
+        self.agent_direct = agent_direct
 
     # ---- configuration --------------------------------------------------------
     def network(self, network: "str | Mapping | NetworkConfigList") -> NetworkConfigList:
@@ -688,11 +692,17 @@ class Runtime:
         start = time.monotonic()
         status: int | None = None
         out = err = ""
+        via_agent = False
         try:
+            reply = self._offer_to_agent(exe, plugin, command, env, stdin, host_fd)
+            if reply is not None:
+                via_agent = True
+                status, out, err = reply
+                return self._checked(plugin, command, status, out, err)
             try:
-                p = subprocess.run([exe], input=stdin, env=env, capture_output=True,
-                                   timeout=self.timeout, cwd="/",
-                                   preexec_fn=_setns_fn(host_fd) if host_fd is not None else None)
+                with _thread_in_netns(host_fd):
+                    p = subprocess.run([exe], input=stdin, env=env, capture_output=True,
+                                       timeout=self.timeout, cwd="/")
             except subprocess.TimeoutExpired as e:
                 err = (e.stderr or b"").decode(errors="replace")
                 raise PluginError(INTERNAL, f"timed out after {self.timeout:g}s", plugin=plugin,
@@ -708,10 +718,43 @@ class Runtime:
                 os.close(host_fd)
             self._log(plugin=plugin, path=exe, command=command, env=env, stdin=conf,
                       stdout=out, stderr=err, status=status, duration=time.monotonic() - start,
-                      network=net, container_id=container_id, ifname=ifname, netns=netns)
+                      network=net, container_id=container_id, ifname=ifname, netns=netns,
+                      agent=via_agent)
+        return self._checked(plugin, command, status, out, err)
+
+    @staticmethod
+    def _checked(plugin: str, command: str, status: int | None, out: str, err: str) -> str:
         if status != 0:
             raise _plugin_failure(plugin, command, status, out, err)
         return out
+
+    def _offer_to_agent(self, exe: str, plugin: str, command: str, env: Mapping[str, str],
+                        stdin: bytes, host_fd: int | None) -> tuple[int, str, str] | None:
+        """With ``agent_direct``: hand the call to the node agent ourselves, exactly
+        as the exec'd launcher would (same env, stdin and netns, same agent), and
+        skip its process; None: exec it (agent off, absent, busy, refused, not our
+        launcher, VERSION). An ADD the agent accepted and then lost is error 11,
+        as from the launcher; the launcher redoes other calls, so does this."""
+        from cninode import launcher
+        if (not self.agent_direct or command == "VERSION" or host_fd is None
+                or not launcher.agent_enabled(env) or not _is_our_launcher(exe)):
+            return None
+        environb = {k.encode("utf-8", "surrogateescape"): v.encode("utf-8", "surrogateescape")
+                    for k, v in env.items()}
+        try:
+            reply = launcher.call_agent(
+                launcher.socket_path(env), plugin, environb, stdin, netns_fd=host_fd,
+                ack_timeout=_env_float(env, launcher.ACK_TIMEOUT_ENV, launcher.DEFAULT_ACK_TIMEOUT),
+                result_timeout=min(self.timeout, _env_float(env, launcher.RESULT_TIMEOUT_ENV,
+                                                            launcher.DEFAULT_RESULT_TIMEOUT)))
+        except launcher.AgentLost as e:
+            if command in launcher.REDO_SAFE:
+                return None
+            return 1, launcher.lost_error(plugin, command, stdin, str(e)), ""
+        if reply is None:
+            return None
+        rc, outb, errb = reply
+        return rc, outb.decode(errors="replace"), errb.decode(errors="replace")
 
     def _log(self, **entry: Any) -> None:
         if not self.log_path:
@@ -734,6 +777,8 @@ class Runtime:
             "exit_status": entry["status"],
             "duration_ms": round(entry["duration"] * 1000, 3),
         }
+        if entry.get("agent"):
+            line["via"] = "agent"      # handed to the node agent directly, no process
         data = (json.dumps(line) + "\n").encode()
         try:
             parent = os.path.dirname(self.log_path)
@@ -749,13 +794,53 @@ class Runtime:
             pass   # a log must never break the call it records
 
 
-def _setns_fn(fd: int):
-    """A preexec_fn: enter the host netns in the child, before exec."""
-    from plugins.core import netns as core_netns
+_OUR_LAUNCHERS: dict[tuple[str, float], bool] = {}
 
-    def enter() -> None:
+
+def _is_our_launcher(exe: str) -> bool:
+    """Is ``exe`` one of our launcher scripts (cninode.install)? Cached per file version."""
+    try:
+        key = (exe, os.stat(exe).st_mtime)
+    except OSError:
+        return False
+    if key not in _OUR_LAUNCHERS:
+        from cninode.install import is_ours
+        _OUR_LAUNCHERS[key] = is_ours(exe)
+    return _OUR_LAUNCHERS[key]
+
+
+def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
+    try:
+        v = float(env.get(name, ""))
+        return v if v > 0 else default
+    except ValueError:
+        return default
+
+
+@contextlib.contextmanager
+def _thread_in_netns(fd: int | None):
+    """Run the block with this thread in the host netns ``fd`` (None: stay).
+
+    setns(2) is per thread, and a child inherits the namespaces of the thread
+    that spawns it; so the plugin starts in the host netns without a
+    ``preexec_fn``, and subprocess can vfork instead of forking (copying the
+    page tables of) this whole process for each plugin exec."""
+    if fd is None:
+        yield
+        return
+    from plugins.core import netns as core_netns
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
         core_netns.setns(fd)
-    return enter
+        try:
+            yield
+        finally:
+            try:
+                core_netns.setns(own)
+            except OSError:
+                os._exit(70)      # a thread left in the wrong namespace would make every later step lie
+    finally:
+        os.close(own)
 
 
 def _plugin_failure(plugin: str, command: str, status: int | None, out: str, err: str) -> PluginError:

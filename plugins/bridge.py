@@ -183,10 +183,9 @@ def add(call: Call) -> Result:
                            [ip.address for ip in result.ips])
         elif not c.disable_container_interface:
             attach.pod_link_up(a.netns, a.ifname)
-        if not c.disable_container_interface:
-            attach.wait_port_up(spec.host_name)
-        attach.refresh_macs(att, spec)
-        result.interfaces[0] = attach.bridge_interface(c.bridge)   # MAC may follow ports/addresses
+        # MACs may follow ports/addresses: read after the port is up
+        result.interfaces[0] = attach.settle_and_read(att, c.bridge,
+                                                      wait_up=not c.disable_container_interface)
         if after_ipam_hook is not None:
             after_ipam_hook()
         if not call.conf.dns.is_empty():

@@ -176,7 +176,7 @@ LAYERS = {
     "plugins.core": set(),
     "plugins": {"plugins.core", "ipam"},
     "ipam": {"plugins.core"},
-    "cniruntime": {"plugins.core"},
+    "cniruntime": {"plugins.core", "cninode"},   # the node agent fast path (ADR 0030)
     "cninode": {"plugins", "plugins.core", "ipam"},
     "netlab.cri": {"plugins", "plugins.core"},
     "netlab.base": {"plugins.core"},

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import threading
@@ -185,9 +184,9 @@ class Builder:
         with self.lock:
             return self.st.record(kind, **fields)
 
-    def update(self, res: dict, **fields) -> None:
+    def update(self, res: dict, *, flush: bool = True, **fields) -> None:
         with self.lock:
-            self.st.update(res, **fields)
+            self.st.update(res, flush=flush, **fields)
 
     def _timed(self, s: Step) -> None:
         t0 = time.monotonic()
@@ -224,7 +223,35 @@ class Builder:
         if errors:
             raise errors[0]
 
+    def _prepare_attach(self, out: dict) -> None:
+        """Plugin executables and the lab's agent (its warm-up is ~1 s of imports):
+        on a thread of its own, while the namespaces are made."""
+        t0 = time.monotonic()
+        try:
+            self.cni_path, self.which = prepare_plugins(self.plan.lab_dir, needed_types(self.plan), self.plugins)
+            if self.agent and "ours" in self.which.values():
+                try:
+                    self.agent_socket = start_lab_agent(self.plan.lab_dir, self.record, self.update)
+                except (RuntimeError, OSError) as e:   # the agent is only a fast path
+                    out["note"] = f"      plugin agent not started ({e}); plugins run in-process"
+        except BaseException as e:  # noqa: BLE001 - raised by run()
+            out["error"] = e
+        out["seconds"] = time.monotonic() - t0
+
     def run(self) -> None:
+        steps = self.plan.steps
+        attach = [s for s in steps if s.kind in ("attach", "sandbox", "containerd")]
+        prep: dict = {}
+        early = threading.Thread(target=self._prepare_attach, args=(prep,), name="prepare-plugins")
+        if attach:          # plugins (and the agent) are needed by pods and containerd nodes
+            early.start()
+        try:
+            self._run(attach, early, prep)
+        finally:
+            if early.is_alive():
+                early.join()        # a failed build tears down only after it recorded its agent
+
+    def _run(self, attach: list[Step], early: threading.Thread, prep: dict) -> None:
         steps = self.plan.steps
         total = len(steps)
         counter = [0]
@@ -247,7 +274,12 @@ class Builder:
         self._parallel(joiners, self._timed, counter)
         if attach or ctds:
             t0 = time.monotonic()
-            self.cni_path, self.which = prepare_plugins(self.plan.lab_dir, needed_types(self.plan), self.plugins)
+            early.join()
+            if "error" in prep:
+                raise prep["error"]
+            if prep.get("note"):
+                self.progress(prep["note"])
+            self.timings["plugins+agent (overlapped)"] = round(prep["seconds"], 3)
             plain = [s for s in attach if s.kind == "attach"]
             if "reference" in self.which.values() and plain:
                 probe = runtime_for(self.plan.lab_dir, plain[0].params["node_ns"], self.cni_path)
@@ -258,11 +290,6 @@ class Builder:
                     return cache[t]
                 for note in negotiate_generated_versions(self.plan, versions_of):
                     self.progress("      " + note)
-            if self.agent and "ours" in self.which.values():
-                try:
-                    self.agent_socket = start_lab_agent(self.plan.lab_dir, self.record, self.update)
-                except (RuntimeError, OSError) as e:   # the agent is only a fast path
-                    self.progress(f"      plugin agent not started ({e}); plugins run in-process")
             self.st.set(cniPath=self.cni_path, plugins=self.which, agentSocket=self.agent_socket)
             self.progress("      plugins: " + ", ".join(f"{k}={v}" for k, v in sorted(self.which.items()))
                           + (f" (agent {self.agent_socket})" if self.agent_socket else ""))
@@ -276,6 +303,8 @@ class Builder:
                 self._hold_for_a_signal()
                 attach = attach[1:]
             self._parallel([[s] for s in attach], self._attach_or_sandbox, counter)
+            with self.lock:
+                self.st.save()            # the ADD results, kept in memory until now
             self.timings["attach"] = time.monotonic() - t0
             self.settle_ipv6()
         self.sync_k8s()
@@ -544,7 +573,9 @@ class Builder:
         t0 = time.monotonic()
         result = rt.add(p["conflist"], nsutil.path(p["netns"]), p["container_id"], p["ifname"],
                         capability_args=p["capability_args"], cni_args=p["cni_args"])
-        self.update(res, result=result, seconds=round(time.monotonic() - t0, 3))
+        # in memory: the next record (or the end of the build) writes it; down needs
+        # only what was recorded before the ADD
+        self.update(res, result=result, seconds=round(time.monotonic() - t0, 3), flush=False)
         tx_offload_off(p["netns"], p["ifname"])
         for itf in result.get("interfaces", []):
             if not itf.get("sandbox") and itf.get("name") and itf.get("mac"):

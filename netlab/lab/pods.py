@@ -31,7 +31,7 @@ def runtime_for(lab_dir: str, node_ns: str, cni_path: str, agent_socket: str | N
     from cniruntime.runtime import Runtime
     return Runtime([cni_path], cache_dir=os.path.join(lab_dir, "cni-cache"),
                    host_netns=nsutil.path(node_ns), log_path=os.path.join(lab_dir, "cni.log"),
-                   env=plugin_env(lab_dir, agent_socket))
+                   env=plugin_env(lab_dir, agent_socket), agent_direct=True)
 
 
 def detach(res: dict, st: statemod.State) -> None:
@@ -46,7 +46,8 @@ def detach(res: dict, st: statemod.State) -> None:
     sock = st.data.get("agentSocket")
     rt = Runtime([cni_path], cache_dir=os.path.join(st.lab_dir, "cni-cache"),
                  host_netns=nsutil.path(res["node_ns"]), log_path=os.path.join(st.lab_dir, "cni.log"),
-                 env=plugin_env(st.lab_dir, sock if sock and os.path.exists(sock) else None))
+                 env=plugin_env(st.lab_dir, sock if sock and os.path.exists(sock) else None),
+                 agent_direct=True)
     netns_path = nsutil.path(res["netns"]) if nsutil.exists(res["netns"]) else ""
     rt.delete(res["conflist"], netns_path, res["container_id"], res["ifname"],
               capability_args=res.get("capability_args") or {}, cni_args=res.get("cni_args"))

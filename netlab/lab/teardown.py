@@ -33,11 +33,14 @@ def teardown(st: State, detach: Detacher, *, log: Callable[[str], None] = lambda
     # pod attachments first, in parallel (each a CNI DEL through its node's plugins)
     lock = threading.Lock()
 
+    # "removed" marks are saved once per phase, not once per resource (each save
+    # rewrites the whole file): a crash in between leaves resources marked present
+    # that are gone, which a second down tolerates ("already gone")
     def det(res: dict) -> None:
         try:
             detach(res, st)
             with lock:
-                st.update(res, removed=True)
+                st.update(res, removed=True, flush=False)
             log(f"detached pod {res['pod']}")
         except Exception as e:  # noqa: BLE001
             with lock:
@@ -46,6 +49,7 @@ def teardown(st: State, detach: Detacher, *, log: Callable[[str], None] = lambda
     if pending:
         with ThreadPoolExecutor(max_workers=workers) as ex:
             list(ex.map(det, pending))
+        st.save()
     # our nftables tables in node namespaces (Services, NetworkPolicy: netlab/features/k8s.py)
     for res in reversed(st.resources):
         if res["kind"] == "nft_table" and not res.get("removed"):
@@ -62,7 +66,7 @@ def teardown(st: State, detach: Detacher, *, log: Callable[[str], None] = lambda
             if nsutil.exists(res["name"]):
                 raise RuntimeError(f"namespace {res['name']} is still there")
             with lock:
-                st.update(res, removed=True)
+                st.update(res, removed=True, flush=False)
         except Exception as e:  # noqa: BLE001
             with lock:
                 errors.append(f"{res['kind']} {res.get('name')}: {e}")
@@ -71,6 +75,24 @@ def teardown(st: State, detach: Detacher, *, log: Callable[[str], None] = lambda
     with ThreadPoolExecutor(max_workers=workers) as ex:
         list(ex.map(delns, aliases))
         list(ex.map(delns, [r for r in nss if r["kind"] == "netns"]))
+    st.save()
+    # the lab's processes (DNS, agent, daemons) stop independently of each other:
+    # signal and wait for all of them at once instead of one after the other
+    def stop(res: dict) -> None:
+        try:
+            kill_recorded(int(res.get("pid") or 0), res.get("starttime"))
+            with lock:
+                st.update(res, removed=True, flush=False)
+            log(f"stopped {res.get('name', 'process')} (pid {res.get('pid')})")
+        except Exception as e:  # noqa: BLE001
+            with lock:
+                errors.append(f"process {res.get('name')}: {e}")
+    # (a containerd node's record is not one of these: it is stopped through CRI below)
+    procs = [r for r in reversed(st.resources) if r["kind"] == "process" and not r.get("removed")
+             and not r.get("containerd")]
+    if procs:
+        with ThreadPoolExecutor(max_workers=min(8, len(procs))) as ex:
+            list(ex.map(stop, procs))
     for res in list(reversed(st.resources)):
         if res.get("removed") or res["kind"] in ("labdir", "attach"):
             continue   # attachments done above; the lab directory goes last, below
@@ -128,9 +150,11 @@ def teardown(st: State, detach: Detacher, *, log: Callable[[str], None] = lambda
                     pass
             else:
                 raise RuntimeError(f"unknown resource kind {kind!r}")
-            st.update(res, removed=True)
+            # files are marked in memory (saved below); processes and the rest at once
+            st.update(res, removed=True, flush=kind not in ("etcnetns", "file"))
         except Exception as e:  # keep going: remove everything we can
             errors.append(f"{kind} {res.get('name') or res.get('pod') or res.get('path')}: {e}")
+    st.save()
     if errors:
         st.set(status="remove-failed", errors=errors)
         return errors

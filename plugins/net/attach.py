@@ -242,6 +242,29 @@ def refresh_macs(att: Attached, spec: VethSpec) -> None:
         att.host.mac = host.mac
 
 
+def settle_and_read(att: Attached, bridge: str, *, wait_up: bool,
+                    timeout: float = 2.5) -> Interface:
+    """``wait_port_up`` (when ``wait_up``), ``refresh_macs`` and
+    ``bridge_interface(bridge)`` on one netlink socket, the host end by its
+    known index: the end of a bridge ADD in two lookups instead of four
+    lookups and three sockets. Returns the bridge's Interface."""
+    ipr = link.open_iproute()
+    try:
+        host_name = att.host.name
+        if wait_up:
+            host = link.wait_operstate_up(ipr, att.host_index, timeout, host_name)
+        else:
+            host = link.get_link(ipr, index=att.host_index)
+        if host is not None:
+            att.host.mac = host.mac
+        br = link.get_link(ipr, bridge)
+    finally:
+        ipr.close()
+    if br is None:
+        raise CNIError(IO_FAILURE, f"bridge {bridge!r} vanished")
+    return Interface(name=br.name, mac=br.mac)
+
+
 def wait_port_up(host_name: str, timeout: float = 2.5) -> None:
     ipr = link.open_iproute()
     try:

@@ -426,7 +426,9 @@ def ensure_bridge(ipr, name: str, *, mtu: int = 0, promisc: bool = False,
     if cur.kind != "bridge":
         raise CNIError(LINK_EXISTS, f"{name!r} already exists but is not a bridge",
                        f"it is a {cur.kind or 'device without a kind'}")
+    touched = False
     if vlan_filtering and not cur.data.get("IFLA_BR_VLAN_FILTERING"):
+        touched = True
         try:
             ipr.link("set", index=cur.index, kind="bridge", br_vlan_filtering=1)
         except Exception as e:  # noqa: BLE001
@@ -447,6 +449,8 @@ def ensure_bridge(ipr, name: str, *, mtu: int = 0, promisc: bool = False,
             ipr.link("set", index=cur.index, flags=IFF_PROMISC, change=IFF_PROMISC)
     except Exception as e:  # noqa: BLE001
         raise kernel_error(e, f"configuring bridge {name!r}") from None
+    if not (touched or changes or (promisc and not cur.promisc)):
+        return cur, created        # nothing changed since the lookup: no second one
     return get_link(ipr, index=cur.index) or cur, created
 
 
