@@ -230,7 +230,7 @@ def _echo_counts(lab, src, dst, n, *, size=None):
     """(request seqs that left src, request frames that arrived at dst, their distinct seqs, answered seqs)."""
     from netlab.base.capture import Capture
     from netlab.checks.common import ping
-    from netlab.checks.loss import echo_seqs
+    from netlab.checks.traffic.loss import echo_seqs
     d = _addr(lab, dst)
     a = Capture(f"nl-{lab['name']}-p-{src}", "eth0", f"icmp and host {d}")
     b = Capture(f"nl-{lab['name']}-p-{dst}", "eth0", f"icmp and host {d}")

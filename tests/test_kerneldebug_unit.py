@@ -272,7 +272,7 @@ def test_reach_loss_expectation():
 
 
 def test_loss_judge_and_echo_seqs():
-    from netlab.checks.loss import echo_seqs, judge
+    from netlab.checks.traffic.loss import echo_seqs, judge
     assert judge(100, 72, 0.0, 1.0) == (False, 28.0)
     assert judge(300, 210, 30.0, 10.0) == (True, 30.0)
     assert judge(0, 0, 0.0, 100.0)[0] is False            # nothing sent proves nothing

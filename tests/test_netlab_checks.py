@@ -168,7 +168,7 @@ def test_mtu_frag_needed_and_contradictions():
 # ---- bandwidth: the wire counter corroborates iperf3 ------------------------------
 
 def test_wire_rate_uses_only_the_transfer():
-    from netlab.checks.bandwidth import wire_rate
+    from netlab.checks.traffic.bandwidth import wire_rate
     idle = [(t * 0.05, 1000) for t in range(10)]
     # 10 intervals of 125000 bytes per 0.05 s = 20 Mbit/s, with partial intervals at both ends
     moving, b = [], 1000
@@ -184,6 +184,6 @@ def test_wire_rate_uses_only_the_transfer():
 
 def test_rx_bytes_reads_a_namespace_counter_through_a_pid():
     import os
-    from netlab.checks.bandwidth import rx_bytes
+    from netlab.checks.traffic.bandwidth import rx_bytes
     assert isinstance(rx_bytes(os.getpid(), "lo"), int)
     assert rx_bytes(os.getpid(), "no-such-if0") is None

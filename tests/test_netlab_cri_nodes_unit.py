@@ -5,9 +5,9 @@ import os
 
 import pytest
 
-from netlab import build as B
-from netlab import plan as P
-from netlab import topology as T
+from netlab.lab import build as B
+from netlab.lab import plan as P
+from netlab.lab import topology as T
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

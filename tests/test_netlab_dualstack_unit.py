@@ -13,8 +13,8 @@ from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, ICMPv6PacketT
 from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
 
-from netlab import plan as P
-from netlab import topology as T
+from netlab.lab import plan as P
+from netlab.lab import topology as T
 from netlab.checks.dns import sending_of, wire_queries
 from netlab.checks.mtu import mtu_evidence6
 from netlab.checks.path import innermost_ip
@@ -285,31 +285,31 @@ def test_one_proof_of_parallel_sending_decides():
 def test_trace_decodes_icmpv6_and_neighbour_discovery():
     from scapy.layers.inet import TCP
     from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6ND_NA, ICMPv6ND_NS, IPerror6
-    from netlab import trace
+    from netlab.debug import trace
     pr = trace.Probe("icmp", "fd00:1::7", None, 104, False, b"NLTRACE-00000000")
     assert pr.v6 and len(pr.payload()) == 104 - 48 and pr.describe().startswith("ICMPv6 echo request")
     echo = Ether() / IPv6(src="fd00:1::5", dst="fd00:1::7", hlim=63) / ICMPv6EchoRequest(id=9, seq=1) / b"NLTRACE-x"
-    d = trace._decode(bytes(echo))
+    d = trace.decode_frame(bytes(echo))
     assert d["ip"]["icmp"]["type"] == 8 and d["ip"]["ttl"] == 63 and d["ip"]["len"] == len(bytes(echo)) - 14
-    assert trace._l4(d["ip"]) == "fd00:1::5 > fd00:1::7 ICMPv6 echo request"
+    assert trace.l4_summary(d["ip"]) == "fd00:1::5 > fd00:1::7 ICMPv6 echo request"
     ptb = Ether() / IPv6(src="fd00:1::1", dst="fd00:1::5") / ICMPv6PacketTooBig(mtu=1400) / IPerror6(
         src="fd00:1::5", dst="fd00:1::7") / UDP(sport=40000, dport=53)
-    p = trace._decode(bytes(ptb))["ip"]
+    p = trace.decode_frame(bytes(ptb))["ip"]
     assert p["icmp"]["type"] == 3 and p["icmp"]["code"] == 4 and p["icmp"]["mtu"] == 1400   # as ICMP frag-needed
-    assert trace._l4(p) == "fd00:1::1 > fd00:1::5 ICMPv6 Packet Too Big (mtu 1400)"
-    assert trace._l4(p["quoted"]) == "fd00:1::5:40000 > fd00:1::7:53 UDP"
+    assert trace.l4_summary(p) == "fd00:1::1 > fd00:1::5 ICMPv6 Packet Too Big (mtu 1400)"
+    assert trace.l4_summary(p["quoted"]) == "fd00:1::5:40000 > fd00:1::7:53 UDP"
     un = Ether() / IPv6(src="fd00:1::7", dst="fd00:1::5") / ICMPv6DestUnreach(code=4) / IPerror6(src="fd00:1::5", dst="fd00:1::7")
-    assert trace._l4(trace._decode(bytes(un))["ip"]).endswith("ICMPv6 destination unreachable (port unreachable)")
-    ns = trace._decode(bytes(Ether(src="aa:bb:cc:00:00:01") / IPv6(src="fd00:1::1", dst="ff02::1:ff00:7")
+    assert trace.l4_summary(trace.decode_frame(bytes(un))["ip"]).endswith("ICMPv6 destination unreachable (port unreachable)")
+    ns = trace.decode_frame(bytes(Ether(src="aa:bb:cc:00:00:01") / IPv6(src="fd00:1::1", dst="ff02::1:ff00:7")
                              / ICMPv6ND_NS(tgt="fd00:1::7")))
-    na = trace._decode(bytes(Ether() / IPv6(src="fd00:1::7", dst="fd00:1::1") / ICMPv6ND_NA(tgt="fd00:1::7")))
+    na = trace.decode_frame(bytes(Ether() / IPv6(src="fd00:1::7", dst="fd00:1::1") / ICMPv6ND_NA(tgt="fd00:1::7")))
     assert ns["arp"] == {"op": "request", "psrc": "fd00:1::1", "pdst": "fd00:1::7", "hwsrc": "aa:bb:cc:00:00:01", "nd": True}
     assert na["arp"]["op"] == "reply" and na["arp"]["psrc"] == "fd00:1::7"
     syn = Ether() / IPv6(src="fd00:1::5", dst="fd00:1::7") / TCP(sport=1, dport=8080)
     assert trace._tcp_dport(bytes(syn)) == 8080
     vx = Ether() / IPv6(src="fd00:7::b", dst="fd00:7::c") / UDP(sport=5, dport=4789) / VXLAN(vni=9) / Ether() / IPv6(
         src="fd00:2::2", dst="fd00:2::10") / ICMPv6EchoReply()
-    dv = trace._decode(bytes(vx))
+    dv = trace.decode_frame(bytes(vx))
     assert dv["vxlan"]["vni"] == 9 and dv["inner"]["icmp"]["type"] == 0 and dv["ip"]["dst"] == "fd00:7::c"
 
 

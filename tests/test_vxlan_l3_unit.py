@@ -7,8 +7,8 @@ import gzip
 
 import pytest
 
-from netlab import plan as P
-from netlab import topology as T
+from netlab.lab import plan as P
+from netlab.lab import topology as T
 from plugins import vxlan
 from plugins.core.errors import (CNIError, INVALID_NETWORK_CONFIG, NOT_IMPLEMENTED,
                                  NOT_SUPPORTED_BY_KERNEL)

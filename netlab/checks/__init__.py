@@ -2,7 +2,7 @@
 
 ``run_checks(ctx, checks)`` runs them in order and returns CheckResults; a
 check never raises (an unexpected error is a failed result saying why).
-One module per check type; ``common`` holds the context, targets, small
+One module per check type (``traffic``: the ones that measure rates); ``common`` holds the context, targets, small
 servers/clients and capture helpers they share.
 
 May import: netlab.debug (captures, drop reasons: the evidence),
@@ -20,7 +20,8 @@ RUNNERS = {}
 
 def _runners():
     if not RUNNERS:
-        from . import bandwidth, bgp, capture, dns, loadbalancer, mtu, policy, port, reach, service, throughput
+        from . import bgp, capture, dns, loadbalancer, mtu, policy, port, reach, service
+        from .traffic import bandwidth, throughput
         RUNNERS.update(reach=reach.run, mtu=mtu.run, dns=dns.run, port=port.run,
                        bandwidth=bandwidth.run, capture=capture.run, service=loadbalancer.service_or_lb,
                        policy=policy.run,

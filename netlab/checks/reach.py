@@ -54,7 +54,7 @@ def judge_fail(ev, observed_ok: bool) -> tuple[bool, str]:
 def run(ctx: Context, check) -> CheckResult:
     p = check.params
     if isinstance(p["expect"], dict):          # expect: {loss, tolerance}: measured on the wire
-        from .loss import run as run_loss
+        from .traffic.loss import run as run_loss
         return run_loss(ctx, check)
     src, dst = ctx.target(p["from"]), ctx.target(p["to"])
     fams = families_between(src, dst, p.get("family"))

@@ -13,8 +13,8 @@ import socket
 import struct
 import time
 
-from ..base.capture import Capture
-from .common import CheckResult, Context, ping
+from ...base.capture import Capture
+from ..common import CheckResult, Context, ping
 
 
 def echo_seqs(frames: list[tuple[float, bytes]], directions: list[str], *, icmp_type: int, src: str | None,

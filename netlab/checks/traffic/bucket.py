@@ -16,9 +16,9 @@ from __future__ import annotations
 import subprocess
 import time
 
-from ..base import namespaces as nsutil
+from ...base import namespaces as nsutil
 from . import iperf
-from .common import Context
+from ..common import Context
 
 
 def drain(ctx: Context, p: dict, src, dst, port: int) -> tuple[int, str | None, str | None]:

@@ -9,8 +9,8 @@ import subprocess
 import time
 from typing import Callable, Iterator
 
-from ..base import namespaces as nsutil
-from .common import captured, run_in
+from ...base import namespaces as nsutil
+from ..common import captured, run_in
 
 
 def listening_tcp(pid: int, port: int) -> bool:

@@ -14,7 +14,7 @@ import json
 
 from . import iperf
 from .bandwidth import fmt
-from .common import CheckResult, Context, run_in
+from ..common import CheckResult, Context, run_in
 
 PORT = 5202
 # headers on the wire per segment (Ethernet 14 + IP 20 + TCP 32 with timestamps),

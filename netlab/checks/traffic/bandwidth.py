@@ -15,7 +15,7 @@ import threading
 import time
 
 from . import iperf
-from .common import CheckResult, Context
+from ..common import CheckResult, Context
 
 SAMPLE_EVERY = 0.05      # seconds between counter samples
 
