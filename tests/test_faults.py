@@ -34,7 +34,7 @@ BR = "cnilab-flt0"
 SUBNET = "10.95.0.0/24"
 BW = {"ingressRate": 20_000_000, "ingressBurst": 2_000_000,
       "egressRate": 20_000_000, "egressBurst": 2_000_000}
-KILL_BUDGET_S = 25.0
+KILL_BUDGET_S = 15.0
 MAX_KILLS = 60
 MIN_KILLS = 10         # kills that must land inside an ADD for the test to mean anything
 MAX_ITERATIONS = 400
