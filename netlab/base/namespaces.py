@@ -265,3 +265,13 @@ def wait_not_tentative(namespaces: list[str], timeout: float = 10.0) -> dict[str
             return left
         pending = list(left)
         time.sleep(0.05)
+
+
+def nft_in(ns: str, text: str) -> subprocess.CompletedProcess:
+    """``nft -f -`` with ``text`` inside namespace ``ns`` (setns in the child)."""
+    fd = os.open(path(ns), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return subprocess.run(["nft", "-f", "-"], input=text, capture_output=True, text=True, timeout=30,
+                              preexec_fn=lambda: cns.setns(fd))
+    finally:
+        os.close(fd)

@@ -14,6 +14,13 @@ from . import namespaces as nsutil
 from .state import proc_starttime
 
 
+def code_root() -> str:
+    """The directory holding the ``plugins`` and ``netlab`` packages: the working
+    directory of ``python -m ...`` processes a lab starts (dhcp daemon, LB speakers)."""
+    import os
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
 class StartError(RuntimeError):
     pass
 

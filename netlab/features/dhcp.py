@@ -94,9 +94,3 @@ def daemon_argv(plugins_choice: str, sock: str) -> list[str]:
     if plugins_choice == "reference":
         return [REFERENCE_DHCP, "daemon", "-socketpath", sock]
     return [sys.executable, "-m", "plugins.dhcp_daemon.server", "-socketpath", sock]
-
-
-def code_root() -> str:
-    """The directory holding the ``plugins`` package (for ``python -m plugins.dhcp_daemon.server``)."""
-    import plugins
-    return os.path.dirname(os.path.dirname(os.path.abspath(plugins.__file__)))

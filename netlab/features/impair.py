@@ -326,15 +326,8 @@ def plan(imp: Impairment, ns: str, dev: str, peer: tuple[str, str] | None, *, ne
 # --------------------------------------------------------------------------- apply / remove
 
 def _nft_in(ns: str, text: str) -> subprocess.CompletedProcess:
-    import os
-    from ..base import namespaces as nsutil
-    from plugins.core import netns as cns
-    fd = os.open(nsutil.path(ns), os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        return subprocess.run(["nft", "-f", "-"], input=text, capture_output=True, text=True, timeout=30,
-                              preexec_fn=lambda: cns.setns(fd))
-    finally:
-        os.close(fd)
+    from ..base.namespaces import nft_in
+    return nft_in(ns, text)
 
 
 def _with_tc(ns: str, fn: Callable) -> Any:

@@ -256,10 +256,6 @@ def speaker_argv(lab_dir: str, node: str) -> list[str]:
             "--status", status_path(lab_dir, node)]
 
 
-def code_root() -> str:
-    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
 def active(topo) -> bool:
     k = topo.k8s
     return bool(k and any(s.type == "LoadBalancer" for s in k.services.services))
@@ -272,7 +268,7 @@ def sync(topo, lab: str, lab_dir: str, addresses: dict[str, str], st=None, recor
     if not active(topo):
         return
     from ..base.names import node_ns
-    from ..base.proc import start_recorded
+    from ..base.proc import code_root, start_recorded
     from ..base.state import proc_starttime
     os.makedirs(lb_dir(lab_dir), exist_ok=True)
     cfg = speaker_config(topo, addresses)

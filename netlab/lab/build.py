@@ -456,10 +456,10 @@ class Builder:
 
     def do_dhcp_daemon(self, s: Step) -> None:
         from ..features import dhcp
-        from ..base.proc import start_recorded
+        from ..base.proc import code_root, start_recorded
         p = s.params
         start_recorded(p["ns"], dhcp.daemon_argv(self.plugins, p["socket"]), "dhcp daemon",
-                       p["log"], lambda pid: os.path.exists(p["socket"]), cwd=dhcp.code_root(),
+                       p["log"], lambda pid: os.path.exists(p["socket"]), cwd=code_root(),
                        record=lambda **kw: self.record("process", **kw))
 
     def _attach_or_sandbox(self, s: Step) -> None:

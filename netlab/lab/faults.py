@@ -59,12 +59,7 @@ def _svc_ruleset(services: list[dict], addrs: dict[str, str]) -> str:
 
 
 def _nft_in(ns: str, text: str) -> None:
-    fd = os.open(nsutil.path(ns), os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        p = subprocess.run(["nft", "-f", "-"], input=text, capture_output=True, text=True, timeout=30,
-                           preexec_fn=lambda: cns.setns(fd))
-    finally:
-        os.close(fd)
+    p = nsutil.nft_in(ns, text)
     if p.returncode != 0:
         raise BuildError(f"[{ns}] nft: {p.stderr.strip()}")
 
