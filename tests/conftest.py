@@ -43,11 +43,35 @@ def root_namespace_untouched():
         pytest.fail("tests changed the root network namespace:\n  " + "\n  ".join(changes[:50]))
 
 
+# `make test` runs the suite on several pytest-xdist workers (--dist loadgroup).
+# Tests are independent (unique names, own namespaces), with two exceptions that
+# share one worker each (a group runs its tests one after another):
+# - modules whose module-scoped fixture builds a lab or starts containerd: the
+#   fixture is built once, not once per worker;
+# - real engines (containerd, podman): libcni's cache dir /var/lib/cni is the
+#   one place they share, and each removes it when it made it and it is empty.
+ONE_WORKER_PER_MODULE = {"test_debug_tools", "test_kerneldebug_root", "test_bad_input",
+                         "test_portmap_chain_runtime"}
+REAL_ENGINES = {"test_containerd", "test_netlab_containerd_lab", "test_podman",
+                "test_podman_conflists"}
+
+
+def xdist_group_of(module: str, nodeid: str) -> str | None:
+    if module in REAL_ENGINES or "containerd.yaml" in nodeid:
+        return "real-engines"
+    if module in ONE_WORKER_PER_MODULE:
+        return module
+    return None
+
+
 def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="needs root and iproute2 to create network namespaces")
     for item in items:
         if "root" in item.keywords and not (IS_ROOT and HAVE_IP):
             item.add_marker(skip)
+        group = xdist_group_of(item.module.__name__.rpartition(".")[2], item.nodeid)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 def unique_name(prefix: str) -> str:
@@ -106,6 +130,21 @@ def node(make_netns) -> NS:
 @pytest.fixture
 def pod(make_netns) -> NS:
     return make_netns("pod")
+
+
+@pytest.fixture
+def short_tmp_path():
+    """A fresh directory with a short path (removed afterwards), for labs whose
+    unix sockets (containerd's, 108 bytes at most) live in the lab directory:
+    pytest's tmp_path under an xdist worker (``.../popen-gwN/<test name>N/``)
+    can be too long for them."""
+    import pathlib
+    import tempfile
+    d = tempfile.mkdtemp(prefix="nlt-")
+    try:
+        yield pathlib.Path(d)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

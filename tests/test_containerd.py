@@ -327,6 +327,7 @@ def _iperf(node, st, *, reverse: bool) -> float:
         _reaps([server])
 
 
+@pytest.mark.serial     # iperf3 rates: alone, not beside other tests
 def test_bandwidth_annotations_shape_both_directions(node):
     needs_go_keys(node)
     from netlab.cri import PodSpec

@@ -118,6 +118,7 @@ def everything_left(node, pod, data_dir: str) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.serial     # kills land on a time budget: alone, not beside other tests
 def test_kill_9_during_add_then_del_leaves_nothing(tmp_path, make_netns, installed_plugins):
     node, pod = make_netns("fnode"), make_netns("fpod")
     data_dir = str(tmp_path / "ipam")
@@ -426,6 +427,7 @@ def shared_links(node) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_kill_9_during_vxlan_add_then_del_leaves_nothing(tmp_path, make_netns,
                                                          installed_plugins):
     """vxlan: a kill at any moment of ADD, then DEL: no per-attachment artefact (veth,

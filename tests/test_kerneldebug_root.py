@@ -37,11 +37,20 @@ def netlab(*args: str, timeout: float = 240, **kw) -> subprocess.CompletedProces
                           cwd=REPO, timeout=timeout, **kw)
 
 
-def _tracefs_state() -> dict:
-    """Mounts of tracefs and, when one is mounted, its global state."""
+def _tracefs_state(own: str) -> dict:
+    """Mounts of tracefs and, when one is mounted, its global state. Other
+    netlab traces (other tests running beside this one) make and remove their
+    own ``netlab-<tag>`` instances and private mounts meanwhile: only ``own``'s
+    are judged among those."""
     from netlab.debug import dropmon
-    mounts = dropmon.tracefs_mounts()
-    return {"mounts": mounts, "state": dropmon.snapshot(mounts[0]) if mounts else None}
+    mounts = [m for m in dropmon.tracefs_mounts()
+              if not os.path.basename(m).startswith(dropmon.PRIVATE_MOUNT_PREFIX)
+              or os.path.basename(m).startswith(f"{dropmon.PRIVATE_MOUNT_PREFIX}{own}-")]
+    state = dropmon.snapshot(mounts[0]) if mounts else None
+    if state:
+        state["instances"] = [i for i in state["instances"]
+                              if not i.startswith("netlab-") or i == f"netlab-{own}"]
+    return {"mounts": mounts, "state": state}
 
 
 # --------------------------------------------------------------------------- drop reasons
@@ -54,8 +63,9 @@ def test_nft_drop_rule_is_reported_as_netfilter_drop_and_tracing_is_left_alone(m
     ns.run("ip", "link", "set", "lo", "up")
     ns.run("nft", "add table ip t; add chain ip t c { type filter hook input priority 0; }; "
            "add rule ip t c icmp type echo-request drop")
-    before = _tracefs_state()
-    m = dropmon.DropMonitor(unique_name("t").replace(".", "-")[-12:])
+    tag = unique_name("t").replace(".", "-")[-12:]
+    before = _tracefs_state(tag)
+    m = dropmon.DropMonitor(tag)
     m.start()
     try:
         sent = time.time()
@@ -63,7 +73,7 @@ def test_nft_drop_rule_is_reported_as_netfilter_drop_and_tracing_is_left_alone(m
     finally:
         drops = m.stop()
     assert m.error == ""
-    assert _tracefs_state() == before         # no instance, mount, enable or filter left behind
+    assert _tracefs_state(tag) == before         # no instance, mount, enable or filter left behind
     mine = [d for d in drops if d.reason == "NETFILTER_DROP" and d.function == "nft_do_chain"]
     assert mine, drops
     assert all(d.protocol == 0x0800 for d in drops)
@@ -104,6 +114,7 @@ def _addr(lab, pod):
 
 
 @pytest.mark.slow
+@pytest.mark.serial     # judges the machine-wide tracefs state: no other trace may run meanwhile
 def test_trace_names_the_kernel_reason_of_an_nft_drop(lab):
     from netlab.debug import dropmon
     if dropmon.support():
@@ -313,6 +324,7 @@ def _iperf(lab, src, dst, secs=2):
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 @pytest.mark.skipif(shutil.which("iperf3") is None, reason="iperf3 is not installed")
 @pytest.mark.parametrize("target,direction", [("a", "egress"), ("b", "ingress")])
 def test_rate_is_measured_on_the_wire(lab, target, direction):

@@ -64,6 +64,12 @@ def test_tracefs_mounts_and_filesystems(tmp_path):
     assert dropmon.tracefs_mounts(str(m)) == ["/sys/kernel/tracing"]
     m.write_text("proc /proc proc rw 0 0\n")
     assert dropmon.tracefs_mounts(str(m)) == []
+    # another trace's private mount goes away when that trace ends: never used by a second one
+    m.write_text("nodev /tmp/netlab-tracefs-ab12-x1 tracefs rw 0 0\nnodev /sys/kernel/tracing tracefs rw 0 0\n")
+    assert dropmon.tracefs_mounts(str(m)) == ["/tmp/netlab-tracefs-ab12-x1", "/sys/kernel/tracing"]
+    assert dropmon.shared_tracefs_mounts(str(m)) == ["/sys/kernel/tracing"]
+    m.write_text("nodev /tmp/netlab-tracefs-ab12-x1 tracefs rw 0 0\n")
+    assert dropmon.shared_tracefs_mounts(str(m)) == []
     fs = tmp_path / "fs"
     fs.write_text("nodev\tsysfs\nnodev\ttracefs\n")
     assert dropmon.kernel_has_tracefs(str(fs))

@@ -16,7 +16,7 @@ import pytest
 from cniruntime.runtime import Runtime
 from tests import node_state
 
-pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.e2e]
+pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.e2e, pytest.mark.serial]
 
 PODS = 100
 SUBNET = "10.96.0.0/24"

@@ -97,7 +97,8 @@ def task_pids(ctd: dict) -> list[int]:
     return pids
 
 
-def test_containerd_lab_up_checks_cri_and_down_leaves_nothing(tmp_path):
+def test_containerd_lab_up_checks_cri_and_down_leaves_nothing(short_tmp_path):
+    tmp_path = short_tmp_path
     from netlab.lab.pods import detach
     from netlab.cri import RuntimeClient
     from netlab.base.state import load
@@ -161,7 +162,8 @@ def test_containerd_lab_up_checks_cri_and_down_leaves_nothing(tmp_path):
     assert netlab("down", "--lab-dir", lab_dir).returncode == 0          # idempotent
 
 
-def test_down_after_containerd_died_still_removes_everything(tmp_path):
+def test_down_after_containerd_died_still_removes_everything(short_tmp_path):
+    tmp_path = short_tmp_path
     name, lab_dir = lab_name(), str(tmp_path / "lab")
     ctd = sandboxes = None
     pids: list[int] = []
@@ -198,7 +200,8 @@ pods:
 """
 
 
-def test_a_broken_conflist_fails_up_with_the_plugins_error_and_leaves_nothing(tmp_path):
+def test_a_broken_conflist_fails_up_with_the_plugins_error_and_leaves_nothing(short_tmp_path):
+    tmp_path = short_tmp_path
     name, lab_dir = lab_name(), str(tmp_path / "lab")
     topo = tmp_path / "broken.yaml"
     topo.write_text(BROKEN.format(name=name))

@@ -30,6 +30,9 @@ ON_REFERENCE = [t for t in SHIPPED if t not in SAME_PLUGIN_CALLS]
 # containerd.yaml: up, every check, CRI's view and down are asserted (more closely)
 # by tests/test_netlab_containerd_lab.py; it runs here on the reference plugins only
 ON_OURS = [t for t in SHIPPED if t != "containerd.yaml"]
+# labs whose checks measure a rate (iperf3 through a shaper) run in the serial part of `make test`
+MEASURES_RATES = {"throughput.yaml"}
+ON_OURS = [pytest.param(t, marks=pytest.mark.serial) if t in MEASURES_RATES else t for t in ON_OURS]
 
 pytestmark = pytest.mark.root
 
@@ -253,11 +256,11 @@ def test_exec_runs_in_the_pod_with_its_resolv_conf(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("topo", ON_REFERENCE)
-def test_every_lab_on_the_reference_plugins_passes_or_is_refused(topo, tmp_path):
+def test_every_lab_on_the_reference_plugins_passes_or_is_refused(topo, short_tmp_path):
     """netlab is a plain CNI runtime: the Go reference plugins pass the same checks,
     or the lab is refused before anything is built, saying which plugin is missing."""
     name = lab_name()
-    lab_dir = str(tmp_path / "lab")
+    lab_dir = str(short_tmp_path / "lab")          # containerd.yaml's sockets live in it
     try:
         p = netlab("up", f"topologies/{topo}", "--name", name, "--lab-dir", lab_dir, "-q",
                    "--plugins", "reference", "--json")

@@ -166,6 +166,17 @@ def tracefs_mounts(mounts_file: str = "/proc/self/mounts") -> list[str]:
     return out
 
 
+PRIVATE_MOUNT_PREFIX = "netlab-tracefs-"
+
+
+def shared_tracefs_mounts(mounts_file: str = "/proc/self/mounts") -> list[str]:
+    """The tracefs mounts a monitor may use: not another monitor's private
+    mount (``netlab-tracefs-<tag>-*``), which its owner unmounts when its trace
+    ends, whatever other traces still read through it."""
+    return [m for m in tracefs_mounts(mounts_file)
+            if not os.path.basename(m).startswith(PRIVATE_MOUNT_PREFIX)]
+
+
 def kernel_has_tracefs(filesystems: str = "/proc/filesystems") -> bool:
     try:
         with open(filesystems, encoding="utf-8") as f:
@@ -262,10 +273,10 @@ class DropMonitor:
 
     # ---- helpers -----------------------------------------------------------------
     def _tracefs(self) -> str:
-        have = tracefs_mounts()
+        have = shared_tracefs_mounts()
         if have:
             return have[0]
-        d = tempfile.mkdtemp(prefix=f"netlab-tracefs-{self.tag}-")
+        d = tempfile.mkdtemp(prefix=f"{PRIVATE_MOUNT_PREFIX}{self.tag}-")
         p = subprocess.run(["mount", "-t", "tracefs", "nodev", d], capture_output=True, text=True, timeout=30)
         if p.returncode != 0:
             os.rmdir(d)
