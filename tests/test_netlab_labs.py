@@ -25,11 +25,14 @@ SHIPPED = sorted(os.path.basename(p) for p in glob.glob(os.path.join(REPO, "topo
 # NetworkPolicy and LoadBalancer tables, BIRD), the same whichever plugins ran, so
 # the reference run of them would repeat a reference run already made. Every other
 # lab runs on the reference plugins too (or is refused, overlay labs).
-SAME_PLUGIN_CALLS = {"services.yaml", "network-policy.yaml", "loadbalancer.yaml", "bgp.yaml"}
+SAME_PLUGIN_CALLS = {"services.yaml", "network-policy.yaml", "loadbalancer.yaml", "bgp.yaml",
+                     "bgp-dual-stack.yaml", "bgp-ipv6-only.yaml"}
 ON_REFERENCE = [t for t in SHIPPED if t not in SAME_PLUGIN_CALLS]
 # containerd.yaml: up, every check, CRI's view and down are asserted (more closely)
 # by tests/test_netlab_containerd_lab.py; it runs here on the reference plugins only
-ON_OURS = [t for t in SHIPPED if t != "containerd.yaml"]
+# bgp-ipv6-only.yaml: up, its checks, routes, status, trace and down are asserted by
+# tests/test_bgp_root.py
+ON_OURS = [t for t in SHIPPED if t not in ("containerd.yaml", "bgp-ipv6-only.yaml")]
 
 pytestmark = pytest.mark.root
 

@@ -131,7 +131,8 @@ def family_of(prefix: str) -> int:
 
 
 # per family: static protocol, kernel protocol, export filter, session template, channel
-_NAMES = {4: ("pods", "kernel4", "announce", "underlay", "ipv4"),
+# (the IPv4 kernel protocol stays unnamed, BIRD calls it kernel1, as before IPv6 came)
+_NAMES = {4: ("pods", "", "announce", "underlay", "ipv4"),
           6: ("pods6", "kernel6", "announce6", "underlay6", "ipv6")}
 
 
@@ -158,7 +159,7 @@ def render_config(*, lab: str, node: str, router_id: str, announce: list[str], c
         lines += [f"  route {p} unreachable;" for p in announce if family_of(p) == fam]
         lines += ["}", "",
                   f"# learned IPv{fam} routes go to the kernel (ip -{fam} route ... proto bird); nothing is read from it",
-                  f"protocol kernel {kernel} {{",
+                  f"protocol kernel {kernel + ' ' if kernel else ''}{{",
                   f"  {chan} {{ import none; export where source = RTS_BGP; }};",
                   "}", "",
                   f"filter {filt} {{"]
