@@ -50,7 +50,7 @@ def run(ctx: Context, check) -> CheckResult:
     observed = "pass" if not problems else "fail"
     nsess = sum(1 for peer in peers for fam in fams if topo.nodes[peer].address_of(fam))
     text = (f"{observed}: " + ("; ".join(problems) if problems else
-            f"{nsess} session(s) Established ({_fam_text(fams)}), {len(routes)} route(s) proto bird"))
+            f"{nsess} session(s) Established{_fam_text(fams)}, {len(routes)} route(s) proto bird"))
     details = [f"{node}: peers {', '.join(peers) or 'none'}; expects routes of {', '.join(others) or 'none'}"]
     for peer in peers:
         for fam in fams:
@@ -61,7 +61,8 @@ def run(ctx: Context, check) -> CheckResult:
 
 
 def _fam_text(fams: list[int]) -> str:
-    return " and ".join(f"IPv{f}" for f in fams)
+    """`` (IPv4 and IPv6)``, `` (IPv6)``; nothing for an IPv4-only lab (its text as before)."""
+    return "" if fams == [4] else " (" + " and ".join(f"IPv{f}" for f in fams) + ")"
 
 
 def _problems(topo, ns: str, sock: str, peers: list[str], others: list[str],
