@@ -25,6 +25,9 @@ SHIPPED = sorted(os.path.basename(p) for p in glob.glob(os.path.join(REPO, "topo
 # NetworkPolicy and LoadBalancer tables, BIRD), the same whichever plugins ran, so
 # the reference run of them would repeat a reference run already made. Every other
 # lab runs on the reference plugins too (or is refused, overlay labs).
+# The two IPv6 BGP labs too: bgp-ipv6-only.yaml's chain is ipv6-only.yaml's;
+# bgp-dual-stack.yaml passed on the reference plugins by hand and is left out
+# for time (ADR 0035).
 SAME_PLUGIN_CALLS = {"services.yaml", "network-policy.yaml", "loadbalancer.yaml", "bgp.yaml",
                      "bgp-dual-stack.yaml", "bgp-ipv6-only.yaml"}
 ON_REFERENCE = [t for t in SHIPPED if t not in SAME_PLUGIN_CALLS]
