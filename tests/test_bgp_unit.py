@@ -115,7 +115,7 @@ def test_bird_parses_every_rendered_config(extra, tmp_path):
     ("bgp: {mesh: star}\n", "bgp.mesh: must be one of full, reflector"),
     ("bgp: {reflector: node1}\n", "only with mesh: reflector"),
     ("bgp: {asn: 0}\n", "bgp.asn: must be between 1"),
-    ("bgp: {nodes: {node1: {exportDeny: [10.0.0.1/8]}}}\n", "is not an IPv4 prefix"),
+    ("bgp: {nodes: {node1: {exportDeny: [10.0.0.1/8]}}}\n", "is not an IPv4 or IPv6 prefix"),
     ("bgp: {nodes: {node7: {asn: 1}}}\n", "bgp.nodes.node7: unknown node"),
     ("bgp: {nodes: {node1: {color: red}}}\n", "unknown key"),
     ("checks: [{type: bgp, node: nodex}]\n", "unknown node 'nodex'"),

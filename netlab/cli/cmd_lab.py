@@ -342,10 +342,12 @@ def lab_status(st: statemod.State) -> dict:
     impairs = [{"target": r["target"], "ns": r["ns"], "dev": r["dev"], "spec": r["spec"]}
                for r in st.find("impair") if not r.get("removed")]
     healthy = all(n["exists"] for n in nss) and all(p["running"] for p in procs)
+    from ..features.bgp import peer_status     # BGP sessions and learned prefixes per peer (ADR 0035)
+    bgp_peers = peer_status(st)
     return {"lab": st.lab, "labDir": st.lab_dir, "status": st.data.get("status"), "healthy": healthy,
             "topology": st.data.get("topology"), "created": st.data.get("created"),
             "plugins": st.data.get("plugins", {}), "namespaces": nss, "processes": procs,
-            "pods": pods, "lastCheck": report, "impairments": impairs}
+            "pods": pods, "lastCheck": report, "impairments": impairs, "bgp": bgp_peers}
 
 
 def _sandbox_state(res: dict) -> str:
@@ -427,6 +429,12 @@ def cmd_status(args) -> int:
             print(f"  impair {m['target']} ({m['dev']} in {m['ns']}): {Impairment.from_dict(m['spec']).describe()}")
         for p in i["processes"]:
             print(f"  proc  {p['name']} pid {p['pid']} {'running' if p['running'] else 'NOT RUNNING'}")
+        for b in i.get("bgp", []):
+            if b["session"] is None:
+                print(f"  bgp   {b['node']}: {b['error']}")
+            else:
+                print(f"  bgp   {b['node']} {b['session']} (IPv{b['family']}) {b['info'] or b['state']}: "
+                      f"{len(b['prefixes'])} prefix(es) learned {' '.join(b['prefixes'])}".rstrip())
         for p in i["pods"]:
             print(f"  pod   {p['pod']:<16} {p['address'] or '-':<16} {p['network']:<10} netns {p['netns']}"
                   + (f"  CNI CHECK: {p['cniCheck']}" if "cniCheck" in p else ""))

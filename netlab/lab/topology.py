@@ -602,13 +602,13 @@ def _build(ctx: _Ctx, data: Any, path: str, base_dir: str, name_override: str | 
                     ctx.err(p + ("subnet",), f"{wn} overlaps the underlay {un}")
         routing = _routing(ctx, o, wtype)
         vxmode = _overlay_options(ctx, o, wtype)
-        if routing == "bgp" and any(wn.version == 6 for wn in wsubs):
-            ctx.err(p + ("routing",), "BGP-routed networks are IPv4 only (netlab/bgp.py): use routing static")
         wipam = o.get("ipam", str, "host-local", check=lambda v: None if v in IPAM_TYPES else f"must be one of {', '.join(IPAM_TYPES)}, got {v!r}")
         if wipam == "dhcp" and wtype != "bridge":
             ctx.err(p + ("ipam",), f"ipam dhcp needs a bridge network (a DHCP server per node segment), not {wtype}")
         if wipam == "dhcp" and any(wn.version == 6 for wn in wsubs):
-            ctx.err(p + ("ipam",), "ipam dhcp leases IPv4 only (DHCPv6 is not implemented)")
+            ctx.err(p + ("ipam",), "ipam dhcp leases IPv4 only, like the reference dhcp plugin (DHCPv4); "
+                    "Kubernetes pod networks do not use DHCPv6: give the IPv6 subnet to a host-local network "
+                    "(docs/netlab/ipv6.md)")
         if wsub is not None and nprefix is not None:
             networks[wname] = Network(wname, i, wtype, wsub, nprefix, mtu, vni or 0, port or 4789,
                                       copy.deepcopy(conflist) if conflist is not None else None, source,
