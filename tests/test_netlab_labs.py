@@ -25,11 +25,15 @@ SHIPPED = sorted(os.path.basename(p) for p in glob.glob(os.path.join(REPO, "topo
 # NetworkPolicy and LoadBalancer tables, BIRD), the same whichever plugins ran, so
 # the reference run of them would repeat a reference run already made. Every other
 # lab runs on the reference plugins too (or is refused, overlay labs).
-SAME_PLUGIN_CALLS = {"services.yaml", "network-policy.yaml", "loadbalancer.yaml", "bgp.yaml"}
+SAME_PLUGIN_CALLS = {"services.yaml", "network-policy.yaml", "loadbalancer.yaml", "bgp.yaml",
+                     "dual-stack-services.yaml"}     # dual-stack.yaml's bridge network, both families
 ON_REFERENCE = [t for t in SHIPPED if t not in SAME_PLUGIN_CALLS]
 # containerd.yaml: up, every check, CRI's view and down are asserted (more closely)
-# by tests/test_netlab_containerd_lab.py; it runs here on the reference plugins only
-ON_OURS = [t for t in SHIPPED if t != "containerd.yaml"]
+# by tests/test_netlab_containerd_lab.py; it runs here on the reference plugins only.
+# dual-stack-services.yaml: the same (every check, its evidence, down) and more by
+# tests/test_netlab_k8s_root.py::test_dual_stack_services_and_policy_on_the_wire
+OWN_TEST = {"containerd.yaml", "dual-stack-services.yaml"}
+ON_OURS = [t for t in SHIPPED if t not in OWN_TEST]
 
 pytestmark = pytest.mark.root
 
