@@ -11,7 +11,7 @@ Per node namespace, one table of ours, ``inet cnilab-policy``:
                     with ip6 and @egress-pods6 / @ingress-pods6, after an
                     accept of ICMPv6 neighbour discovery (untracked, so not
                     "established", and a default deny must not cut a pod off
-                    its neighbours, as Calico and Cilium let it through)
+                    its neighbours: RFC 4890 says firewalls must not drop it)
     chain ingress-<ns>/<pod>, egress-<ns>/<pod>
                     one rule per (policy rule, peer kind, protocol): peers and
                     ports that are allowed ``return``; the last rule counts and
