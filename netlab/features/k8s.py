@@ -166,12 +166,13 @@ def sync(topo, lab: str, addresses: dict, st=None, record=None, progress=lambda 
     from plugins.net import sysctl
     from ..base.names import node_ns
     from ..base.namespaces import in_thread
+    primary = addresses
     if st is not None:
         from ..base.state import attach_addresses_all
         full = attach_addresses_all(st)
         # primary first (the map of primaries is what ADR 0022's tables were planned from)
         addresses = {n: ([addresses[n]] if addresses.get(n) else []) + [a for a in full.get(n, []) if a != addresses.get(n)]
-                     for n in set(addresses) | set(full)}
+                     for n in dict.fromkeys([*addresses, *full])}
     v6 = polmod.uses_ipv6(addresses)
     for n in topo.nodes:
         ns = node_ns(lab, n)
@@ -188,7 +189,7 @@ def sync(topo, lab: str, addresses: dict, st=None, record=None, progress=lambda 
     k = topo.k8s
     if st is not None:          # type LoadBalancer: the speakers (netlab/loadbalancer.py)
         from . import loadbalancer
-        loadbalancer.sync(topo, lab, st.lab_dir, addresses, st=st, record=record, progress=progress)
+        loadbalancer.sync(topo, lab, st.lab_dir, primary, st=st, record=record, progress=progress)
     if k.services.services:
         for fam in service_families(topo):
             eps = svcmod.endpoints(k.services, topo.pods, addresses, fam)
