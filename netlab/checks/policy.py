@@ -40,21 +40,21 @@ def run(ctx: Context, check) -> CheckResult:
     fams = families_between(src, dst, p.get("family"))
     if len(fams) <= 1:
         f = fams[0] if fams else None
-        return _run_family(ctx, check, src.at(f), dst.at(f), "")
-    parts = [_run_family(ctx, check, src.at(f), dst.at(f), "" if i == 0 else f"-ipv{f}") for i, f in enumerate(fams)]
+        return _run_family(ctx, check, src.at(f), dst.at(f), "", f)
+    parts = [_run_family(ctx, check, src.at(f), dst.at(f), "" if i == 0 else f"-ipv{f}", f) for i, f in enumerate(fams)]
     return CheckResult(check.name, "policy", all(r.ok for r in parts), p["expect"],
                        "; ".join(f"IPv{f} {r.observed}" for f, r in zip(fams, parts)), parts[0].evidence,
                        [d for f, r in zip(fams, parts) for d in [f"IPv{f}:"] + r.details + [f"evidence {r.evidence}"]])
 
 
-def _run_family(ctx: Context, check, src, dst, sfx: str) -> CheckResult:
+def _run_family(ctx: Context, check, src, dst, sfx: str, fam: int | None) -> CheckResult:
     from ..lab.plan import node_ns
     p = check.params
     proto, port = p["proto"], p["port"]
     if not dst.address or not src.address:
         who = dst if not dst.address else src
         return CheckResult(check.name, "policy", False, p["expect"],
-                           f"{who.name} has no IPv{p.get('family')} address: nothing to probe, no evidence")
+                           f"{who.name} has no {f'IPv{fam} ' if fam else ''}address: nothing to probe, no evidence")
     dpod = ctx.topo.pods[p["to"]]
     nodes = _nodes(ctx, p["from"], dpod)
     bpf = f"{proto} and dst host {dst.address} and dst port {port}"

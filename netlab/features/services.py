@@ -534,10 +534,6 @@ def nft_family(family: int) -> str:
     return FAMILY6 if family == 6 else FAMILY
 
 
-def _t(fam: str = FAMILY, **kw) -> dict:
-    return {"family": fam, "table": TABLE, **kw}
-
-
 def nft_payload(proto: str, fld: str) -> dict:
     return {"payload": {"protocol": proto, "field": fld}}
 
@@ -546,18 +542,10 @@ def nft_match(left, right, op: str = "==") -> dict:
     return {"match": {"op": op, "left": left, "right": right}}
 
 
-def _rule(chain: str, expr: list, comment: str | None = None, fam: str = FAMILY) -> dict:
-    r = _t(fam, chain=chain, expr=expr)
-    if comment:
-        r["comment"] = comment[:128]
-    return {"add": {"rule": r}}
-
-
 def _goto(target: str) -> dict:
     return {"goto": {"target": target}}
 
 
-DADDR_PROTO_PORT = {"concat": [nft_payload("ip", "daddr"), {"meta": {"key": "l4proto"}}, nft_payload("th", "dport")]}
 PROTO_PORT = {"concat": [{"meta": {"key": "l4proto"}}, nft_payload("th", "dport")]}
 MARK = {"meta": {"key": "mark"}}
 CT_NEW = nft_match({"ct": {"key": "state"}}, "new", "in")
