@@ -53,7 +53,8 @@ pods:
 @pytest.mark.parametrize("fname", SHIPPED)
 def test_every_shipped_single_family_lab_loads_as_before(fname):
     t = load(fname)
-    if fname in ("dual-stack.yaml", "ipv6-only.yaml", "bgp-dual-stack.yaml", "bgp-ipv6-only.yaml"):
+    if fname in ("dual-stack.yaml", "ipv6-only.yaml", "bgp-dual-stack.yaml", "bgp-ipv6-only.yaml",
+                 "dual-stack-services.yaml"):
         return
     assert t.underlay.subnets == [t.underlay.subnet] and t.underlay.subnet.version == 4
     for n in t.nodes.values():
@@ -122,9 +123,11 @@ networks: {p: {subnet: "fd00:8::/32", nodePrefix: 64}}
     ("underlay: {subnet: [10.0.0.0/24, \"fd00:5::/64\"]}\nnodes: {n1: {}, n2: {}}\n"
      "networks: {p: {subnet: [10.9.0.0/16, \"fd00::/56\"]}}\n"
      "pods: {a: {node: n1, network: p, ip: \"fd00:0:0:1::5\"}}", "pods.a.ip", "not in node n1's slice fd00::/64"),
+    # IPv6-only networks take Services (ADR 0034), but a Service's family must be in serviceCIDR
     ("underlay: {subnet: \"fd00:5::/64\"}\nnodes: {n1: {}}\nnetworks: {p: {subnet: \"fd00::/56\"}}\n"
-     "pods: {a: {node: n1, network: p}}\nservices: [{name: s, selector: {app: x}, ports: [{port: 80}]}]",
-     "networks.p.subnet", "Services and NetworkPolicies are IPv4 only"),
+     "pods: {a: {node: n1, network: p}}\nserviceCIDR: \"fd00:10:96::/112\"\n"
+     "services: [{name: s, ipFamilies: [IPv4], selector: {app: x}, ports: [{port: 80}]}]",
+     "services[0].ipFamilies", "IPv4 is not a family of the serviceCIDR (IPv6)"),
     ("nodes: {n1: {}}\npods: {a: {node: n1, mode: host}}\nchecks: [{type: mtu, from: a, to: n1, family: 6, min: 1200, "
      "expect: {mtu: 1500}}]", "checks[0].min", "at least 1280"),
     ("nodes: {n1: {}}\npods: {a: {node: n1, mode: host}}\nchecks: [{type: reach, from: a, to: n1, family: 5}]",

@@ -12,6 +12,8 @@ import time
 import pytest
 
 from netlab.base import namespaces as nsutil
+from netlab.checks.common import Server, client
+from netlab.features import policy as P
 from netlab.features import services as S
 from tests.test_netlab_labs import REPO, lab_name, leftovers, netlab
 
@@ -167,6 +169,72 @@ def test_network_policy_every_selector_kind(tmp_path):
         after = _report(v)
         assert not after["web -> db:5432 (not selected)"]["ok"]
         assert after["web -> db:5432 (not selected)"]["observed"].startswith("allow")
+    finally:
+        d = netlab("down", "--lab-dir", lab_dir)
+    assert d.returncode == 0, d.stderr
+    assert leftovers(name, lab_dir) == []
+
+
+def test_dual_stack_services_and_policy_on_the_wire(tmp_path):
+    """topologies/dual-stack-services.yaml (ADR 0034): every check passes on its
+    captures (v6 ClusterIP, v6 NodePort from outside, v6 policy allow and deny),
+    the node has one Services table per family, and the policy table's ICMPv6
+    neighbour-discovery accept is what keeps a default-deny pod reachable over IPv6."""
+    name = lab_name()
+    lab_dir = str(tmp_path / "lab")
+    up = netlab("up", os.path.join(REPO, "topologies", "dual-stack-services.yaml"), "--name", name,
+                "--lab-dir", lab_dir, "--json", "-q")
+    try:
+        assert up.returncode == 0, up.stdout[-4000:] + up.stderr[-2000:]
+        rep = _report(up)
+        assert all(c["ok"] for c in rep.values()), [c for c in rep.values() if not c["ok"]]
+        for c in rep.values():          # every pass proven by captured packets
+            assert c["evidence"] and os.path.getsize(c["evidence"]) > 24, c
+        # the IPv6 ClusterIP: connections reached both endpoints at their IPv6 addresses
+        web = rep["client -> web: ClusterIP in both families"]
+        v6 = "\n".join(web["details"][web["details"].index("IPv6:"):])
+        assert "via ClusterIP fd00:10:96::20:80/tcp: 20 connection(s)" in v6
+        assert "web1 fd00:10:241::2:8080, web2 fd00:10:241:1::2:8080" in v6
+        seen = next(ln for ln in v6.splitlines() if ln.startswith("connections seen"))
+        assert "web1 0" not in seen and "web2 0" not in seen, seen
+        # the IPv6 NodePort from outside the cluster, on node1's IPv6 address
+        np = rep["ext -> node1:30080 in both families (NodePort)"]
+        assert "IPv6 20/20 answered" in np["observed"]
+        assert any("ext (fd00:141::3) -> default/web-np via node node1 [fd00:141::b]:30080/tcp" in d for d in np["details"])
+        # policy in IPv6: allowed by the v6 rule, denied by the default deny, each seen on the wire
+        allow = rep["client -> db:5432 in both families (podSelector, named port)"]
+        assert "accepted by 'allow default/db ingress[0] from podSelector (client) (IPv6) tcp'" in allow["observed"]
+        deny = rep["intruder -> db in both families (default deny)"]["observed"]
+        assert deny.count("never the pod; dropped by 'default deny ingress of default/db") == 2, deny
+        assert rep["ext -> db over IPv6 (ipBlock fd00:141::/64)"]["observed"].startswith("allow")
+        assert rep["ext -> db over IPv4 (no IPv4 ipBlock)"]["observed"].startswith("deny")
+        # one table per family in every node, both recorded for down
+        st = json.load(open(os.path.join(lab_dir, "state.json")))
+        tables = {(r["ns"], r["family"], r["table"]) for r in st["resources"] if r["kind"] == "nft_table"}
+        for n in ("node1", "node2"):
+            ns = f"nl-{name}-n-{n}"
+            assert {(ns, "ip", S.TABLE), (ns, "ip6", S.TABLE), (ns, "inet", "cnilab-policy")} <= tables
+            assert "dnat to [fd00:10:241:1::2]:8080" in _nft(ns, "list", "table", "ip6", S.TABLE)
+        # neighbour discovery under db's default-deny egress: counted by our accept rule;
+        # without it db cannot answer its neighbour solicitations and the IPv6 allow fails
+        n2 = f"nl-{name}-n-node2"
+        rules = json.loads(_nft(n2, "-j", "-a", "list", "table", "inet", "cnilab-policy"))["nftables"]
+        nd = [o["rule"] for o in rules if "rule" in o and o["rule"].get("comment", "").startswith("ICMPv6 neighbour")]
+        assert len(nd) == 2 and sum(next(e["counter"]["packets"] for e in r["expr"] if "counter" in e) for r in nd) > 0
+        for r in nd:
+            subprocess.run(["ip", "netns", "exec", n2, "nft", "delete", "rule", "inet", "cnilab-policy", r["chain"],
+                            "handle", str(r["handle"])], check=True)
+        for ns in (n2, f"nl-{name}-p-db"):
+            subprocess.run(["ip", "netns", "exec", ns, "ip", "-6", "neigh", "flush", "all"], check=True)
+        db = next(r for r in st["resources"] if r["kind"] == "attach" and r["pod"] == "db")
+        db6 = next(i["address"].split("/")[0] for i in db["result"]["ips"] if ":" in i["address"])
+        egress_deny = "default deny egress of default/db (policies default/db)"
+        before = P.counters(n2, P.FAMILY, P.TABLE)[egress_deny]
+        with Server(f"nl-{name}-p-db", "tcp", 5432, "::"):
+            ok, text = client(f"nl-{name}-p-client", "tcp", db6, 5432, 2)
+        assert not ok, text
+        # what the default deny dropped instead: db's own neighbour solicitations / advertisements
+        assert P.counters(n2, P.FAMILY, P.TABLE)[egress_deny] > before
     finally:
         d = netlab("down", "--lab-dir", lab_dir)
     assert d.returncode == 0, d.stderr

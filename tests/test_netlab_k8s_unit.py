@@ -271,7 +271,8 @@ checks:
   - {type: policy, from: client, to: web1, port: 80, expect: deny}
 """)
     assert t.checks[0].params["expect"] == "spread" and t.checks[0].params["via"] == "clusterIP"
-    assert t.checks[1].params == {"from": "client", "timeout": 2, "to": "web1", "proto": "tcp", "port": 80, "expect": "deny"}
+    assert t.checks[1].params == {"from": "client", "timeout": 2, "to": "web1", "proto": "tcp", "port": 80, "expect": "deny",
+                                  "family": None}
     errs = "\n".join(errors("""
 services: [{name: web, selector: {app: web}, ports: [{port: 80}]}]
 checks:

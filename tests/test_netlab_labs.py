@@ -27,15 +27,18 @@ SHIPPED = sorted(os.path.basename(p) for p in glob.glob(os.path.join(REPO, "topo
 # lab runs on the reference plugins too (or is refused, overlay labs).
 # The two IPv6 BGP labs too: bgp-ipv6-only.yaml's chain is ipv6-only.yaml's;
 # bgp-dual-stack.yaml passed on the reference plugins by hand and is left out
-# for time (ADR 0035).
+# for time (ADR 0035). dual-stack-services.yaml: dual-stack.yaml's bridge network,
+# both families.
 SAME_PLUGIN_CALLS = {"services.yaml", "network-policy.yaml", "loadbalancer.yaml", "bgp.yaml",
-                     "bgp-dual-stack.yaml", "bgp-ipv6-only.yaml"}
+                     "bgp-dual-stack.yaml", "bgp-ipv6-only.yaml", "dual-stack-services.yaml"}
 ON_REFERENCE = [t for t in SHIPPED if t not in SAME_PLUGIN_CALLS]
-# containerd.yaml: up, every check, CRI's view and down are asserted (more closely)
-# by tests/test_netlab_containerd_lab.py; it runs here on the reference plugins only
-# bgp-ipv6-only.yaml: up, its checks, routes, status, trace and down are asserted by
-# tests/test_bgp_root.py
-ON_OURS = [t for t in SHIPPED if t not in ("containerd.yaml", "bgp-ipv6-only.yaml")]
+# Labs with a test of their own, which asserts up, every check, its evidence and
+# down more closely: containerd.yaml (tests/test_netlab_containerd_lab.py; it runs
+# here on the reference plugins only), bgp-ipv6-only.yaml (tests/test_bgp_root.py),
+# dual-stack-services.yaml
+# (tests/test_netlab_k8s_root.py::test_dual_stack_services_and_policy_on_the_wire).
+OWN_TEST = {"containerd.yaml", "bgp-ipv6-only.yaml", "dual-stack-services.yaml"}
+ON_OURS = [t for t in SHIPPED if t not in OWN_TEST]
 # labs whose checks measure a rate (iperf3 through a shaper) run in the serial part of `make test`
 MEASURES_RATES = {"throughput.yaml"}
 ON_OURS = [pytest.param(t, marks=pytest.mark.serial) if t in MEASURES_RATES else t for t in ON_OURS]

@@ -5,12 +5,16 @@ source pod's node, where egress is enforced, and the destination's node,
 where ingress is enforced), and the packet counters of our policy table's
 rules in those nodes before and after. An ``allow`` must show the probe at
 the pod; a ``deny`` must show it reaching a node, never the pod, and a
-``default deny`` rule counting it."""
+``default deny`` rule counting it.
+
+Dual stack (ADR 0034): the probe is sent in every family both pods have
+(or the one ``family`` names), each with its own captures and counters;
+all must hold (one policy applies to both families)."""
 from __future__ import annotations
 
 from ..features import policy as polmod
 from ..base.capture import Capture
-from .common import CheckResult, Context, Server, client
+from .common import CheckResult, Context, Server, client, families_between
 
 
 def _nodes(ctx: Context, src_name: str, dst_pod) -> list[str]:
@@ -31,19 +35,35 @@ def counters(ctx: Context, node: str) -> dict[str, int]:
 
 
 def run(ctx: Context, check) -> CheckResult:
+    p = check.params
+    src, dst = ctx.target(p["from"]), ctx.target(p["to"])
+    fams = families_between(src, dst, p.get("family"))
+    if len(fams) <= 1:
+        f = fams[0] if fams else None
+        return _run_family(ctx, check, src.at(f), dst.at(f), "", f)
+    parts = [_run_family(ctx, check, src.at(f), dst.at(f), "" if i == 0 else f"-ipv{f}", f) for i, f in enumerate(fams)]
+    return CheckResult(check.name, "policy", all(r.ok for r in parts), p["expect"],
+                       "; ".join(f"IPv{f} {r.observed}" for f, r in zip(fams, parts)), parts[0].evidence,
+                       [d for f, r in zip(fams, parts) for d in [f"IPv{f}:"] + r.details + [f"evidence {r.evidence}"]])
+
+
+def _run_family(ctx: Context, check, src, dst, sfx: str, fam: int | None) -> CheckResult:
     from ..lab.plan import node_ns
     p = check.params
     proto, port = p["proto"], p["port"]
-    src, dst = ctx.target(p["from"]), ctx.target(p["to"])
+    if not dst.address or not src.address:
+        who = dst if not dst.address else src
+        return CheckResult(check.name, "policy", False, p["expect"],
+                           f"{who.name} has no {f'IPv{fam} ' if fam else ''}address: nothing to probe, no evidence")
     dpod = ctx.topo.pods[p["to"]]
     nodes = _nodes(ctx, p["from"], dpod)
     bpf = f"{proto} and dst host {dst.address} and dst port {port}"
-    pcap = ctx.pcap(check)
+    pcap = ctx.pcap(check, sfx)
     caps = {"": Capture(dst.ns, dst.iface, bpf, pcap=pcap)}
     for n in nodes:
-        caps[n] = Capture(node_ns(ctx.topo.name, n), "", bpf, pcap=ctx.pcap(check, f"-{n}"))
+        caps[n] = Capture(node_ns(ctx.topo.name, n), "", bpf, pcap=ctx.pcap(check, f"-{n}{sfx}"))
     before = {n: counters(ctx, n) for n in nodes}
-    with Server(dst.ns, proto, port):
+    with Server(dst.ns, proto, port, "::" if ":" in dst.address else "0.0.0.0"):
         for c in caps.values():
             c.start()
         try:

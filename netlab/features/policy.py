@@ -7,6 +7,11 @@ Per node namespace, one table of ours, ``inet cnilab-policy``:
                                    (a pod reaching its own node is egress too)
     chain policy    ip saddr vmap @egress-pods  (-> jump egress-<ns>/<pod>)
                     ip daddr vmap @ingress-pods (-> jump ingress-<ns>/<pod>)
+                    and, when pods have IPv6 addresses (ADR 0034), the same
+                    with ip6 and @egress-pods6 / @ingress-pods6, after an
+                    accept of ICMPv6 neighbour discovery (untracked, so not
+                    "established", and a default deny must not cut a pod off
+                    its neighbours: RFC 4890 says firewalls must not drop it)
     chain ingress-<ns>/<pod>, egress-<ns>/<pod>
                     one rule per (policy rule, peer kind, protocol): peers and
                     ports that are allowed ``return``; the last rule counts and
@@ -14,9 +19,9 @@ Per node namespace, one table of ours, ``inet cnilab-policy``:
 
 Only pods of this node get chains here: ingress is enforced on the
 destination's node, egress on the source's. Pod-to-pod traffic on one bridge
-is seen by the forward hook because bridged IPv4 goes through the IP hooks
-(br_netfilter: built into this kernel, ``bridge-nf-call-iptables`` is on in
-each node namespace; the same setting makes Service replies between pods of
+is seen by the forward hook because bridged IPv4 and IPv6 go through the IP
+hooks (br_netfilter: built into this kernel, ``bridge-nf-call-iptables`` and
+``bridge-nf-call-ip6tables`` are on in each node namespace; the same setting makes Service replies between pods of
 one bridge un-NAT correctly, which is why kube-proxy needs it too). Traffic
 the node itself sends (kubelet probes) takes the output hook: never filtered.
 Services are DNATed in prerouting, before the forward hook: policies see the
@@ -35,6 +40,8 @@ from .services import label_errors, nft_match, nft_payload
 
 TABLE = "cnilab-policy"
 FAMILY = "inet"
+ND_TYPES = ["nd-router-solicit", "nd-router-advert", "nd-neighbor-solicit", "nd-neighbor-advert"]
+ND_COMMENT = "ICMPv6 neighbour discovery (never filtered by a policy)"
 NAME_LABEL = "kubernetes.io/metadata.name"
 OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
 
@@ -145,20 +152,20 @@ def _peer(ctx, raw: Any, path: tuple, Obj) -> Peer | None:
         bo = Obj(ctx, raw["ipBlock"], path + ("ipBlock",), ("cidr", "except"))
         cidr = bo.get("cidr", str, None, required=True)
         try:
-            net = ipaddress.IPv4Network(cidr) if cidr else None
+            net = ipaddress.ip_network(cidr) if cidr else None
         except ValueError:
-            ctx.err(path + ("ipBlock", "cidr"), f"{cidr!r} is not an IPv4 network")
+            ctx.err(path + ("ipBlock", "cidr"), f"{cidr!r} is not an IPv4 or IPv6 network")
             net = None
         peer.cidr = str(net) if net else None
         for j, ex in enumerate(bo.get("except", list, [])):
             try:
-                en = ipaddress.IPv4Network(str(ex))
-                if net and not en.subnet_of(net):
+                en = ipaddress.ip_network(str(ex))
+                if net and (en.version != net.version or not en.subnet_of(net)):
                     ctx.err(path + ("ipBlock", "except", j), f"{en} is not inside {net}")
                 else:
                     peer.excepts.append(str(en))
             except ValueError:
-                ctx.err(path + ("ipBlock", "except", j), f"{ex!r} is not an IPv4 network")
+                ctx.err(path + ("ipBlock", "except", j), f"{ex!r} is not an IPv4 or IPv6 network")
     elif peer.pod_selector is None and peer.namespace_selector is None:
         ctx.err(path, "a peer needs podSelector, namespaceSelector or ipBlock")
         return None
@@ -278,26 +285,63 @@ def _resolve_port(pod, spec: PortSpec) -> list:
     return [{"range": [spec.port, spec.end_port]}] if spec.end_port and spec.end_port != spec.port else [spec.port]
 
 
+def _fam(addr: str) -> int:
+    return 6 if ":" in addr else 4
+
+
+def _ip(family: int) -> str:
+    return "ip6" if family == 6 else "ip"
+
+
+def addrs_of(addresses: dict, name: str) -> list[str]:
+    """A pod's addresses from either shape of map (pod -> primary address, or
+    pod -> every family's, netlab.base.state.attach_addresses(_all))."""
+    v = addresses.get(name)
+    if not v:
+        return []
+    return [v] if isinstance(v, str) else list(v)
+
+
 def _addr_match(direction: str, addrs: list) -> dict:
+    """One family's addresses (``ip`` or ``ip6`` payload, by the first address)."""
     fld = "saddr" if direction == "ingress" else "daddr"
     right = addrs[0] if len(addrs) == 1 else {"set": addrs}
-    return nft_match(nft_payload("ip", fld), right)
+    return nft_match(nft_payload(_ip(_fam(addrs[0])), fld), right)
 
 
 def _prefix(cidr: str):
-    n = ipaddress.IPv4Network(cidr)
-    return str(n.network_address) if n.prefixlen == 32 else {"prefix": {"addr": str(n.network_address), "len": n.prefixlen}}
+    n = ipaddress.ip_network(cidr)
+    return (str(n.network_address) if n.prefixlen == n.max_prefixlen
+            else {"prefix": {"addr": str(n.network_address), "len": n.prefixlen}})
+
+
+def _by_family(addrs: list[str]) -> list[tuple[int, list[str]]]:
+    """[(family, sorted addresses)], IPv4 first: one nft match per family."""
+    out = []
+    for f in (4, 6):
+        got = sorted((a for a in addrs if _fam(a) == f), key=ipaddress.ip_address)
+        if got:
+            out.append((f, got))
+    return out
+
+
+def _suffix(f: int) -> str:
+    """Comments of IPv6 rules say so (IPv4 ones read as before)."""
+    return " (IPv6)" if f == 6 else ""
 
 
 def chain_name(direction: str, pod) -> str:
     return f"{direction}-{pod.namespace}/{pod.name}"
 
 
-def pod_rules(cfg: PolicyConfig, pods: dict, addresses: dict[str, str], pod, direction: str,
+def pod_rules(cfg: PolicyConfig, pods: dict, addresses: dict, pod, direction: str,
               sel: dict[str, set[str]] | None = None) -> list[list]:
     """[expr, comment] of one pod's chain for one direction, or [] when no policy
     of that type selects it (then the chain does not exist: everything allowed).
-    ``sel``: policy key -> the pods it selects, when the caller has it already."""
+    ``sel``: policy key -> the pods it selects, when the caller has it already.
+    ``addresses``: pod -> address or pod -> [addresses]; peers of both families
+    give one rule per family (``ip saddr`` and ``ip6 saddr``), an ipBlock the
+    rule of its own family, so one policy applies to IPv4 and IPv6 alike."""
     if sel is None:
         sel = {pl.key: set(selected(pl, pods)) for pl in cfg.policies}
     pols = [pl for pl in cfg.policies if direction.capitalize() in pl.types and pod.name in sel[pl.key]]
@@ -308,26 +352,29 @@ def pod_rules(cfg: PolicyConfig, pods: dict, addresses: dict[str, str], pod, dir
         rules = pl.ingress if direction == "ingress" else pl.egress
         for ri, r in enumerate(rules):
             where = f"{pl.key} {direction}[{ri}]"
-            # peer groups: (what, address match exprs, pods the ports resolve on)
-            groups: list[tuple[str, list, list]] = []
+            # peer groups: (what, address match exprs, pods the ports resolve on,
+            # the family of the match: None = both)
+            groups: list[tuple[str, list, list, int | None]] = []
             if r.peers is None:
-                groups.append(("any peer", [], [n for n in pods if addresses.get(n)] if direction == "egress" else []))
+                groups.append(("any peer", [], [n for n in pods if addresses.get(n)] if direction == "egress" else [], None))
             else:
                 for pi, peer in enumerate(r.peers):
                     if peer.cidr:
-                        m = [nft_match(nft_payload("ip", "saddr" if direction == "ingress" else "daddr"), _prefix(peer.cidr))]
+                        bf = ipaddress.ip_network(peer.cidr).version
+                        ipf = _ip(bf)
+                        m = [nft_match(nft_payload(ipf, "saddr" if direction == "ingress" else "daddr"), _prefix(peer.cidr))]
                         if peer.excepts:
-                            m.append(nft_match(nft_payload("ip", "saddr" if direction == "ingress" else "daddr"),
+                            m.append(nft_match(nft_payload(ipf, "saddr" if direction == "ingress" else "daddr"),
                                             {"set": [_prefix(e) for e in peer.excepts]}, "!="))
-                        groups.append((f"ipBlock {peer.cidr}" + (f" except {','.join(peer.excepts)}" if peer.excepts else ""), m, []))
+                        groups.append((f"ipBlock {peer.cidr}" + (f" except {','.join(peer.excepts)}" if peer.excepts else ""), m, [], bf))
                     else:
                         names = [n for n in peer_pods(cfg, pl, peer, pods) if addresses.get(n)]
                         kind = " and ".join(k for k, v in (("namespaceSelector", peer.namespace_selector),
                                                              ("podSelector", peer.pod_selector)) if v is not None)
-                        if names:
-                            groups.append((f"{kind} ({', '.join(names)})",
-                                           [_addr_match(direction, sorted(addresses[n] for n in names))], names))
-            for what, m, names in groups:
+                        for f, addrs in _by_family([a for n in names for a in addrs_of(addresses, n)]):
+                            groups.append((f"{kind} ({', '.join(names)})" + _suffix(f),
+                                           [_addr_match(direction, addrs)], names, f))
+            for what, m, names, gf in groups:
                 if r.ports is None:
                     out.append([m + [{"counter": None}, {"return": None}], f"allow {where} from {what}" if direction == "ingress"
                                 else f"allow {where} to {what}"])
@@ -344,8 +391,12 @@ def pod_rules(cfg: PolicyConfig, pods: dict, addresses: dict[str, str], pod, dir
                             pm = [] if any_port else ([nft_match(nft_payload("th", "dport"), vals[0] if len(vals) == 1 else {"set": vals})] if vals else None)
                             if pm is None:
                                 continue
-                            out.append([[_addr_match(direction, [addresses[n]]), nft_match({"meta": {"key": "l4proto"}}, proto)]
-                                        + pm + [{"counter": None}, {"return": None}], f"allow {where} to {n} {proto}"])
+                            for a in addrs_of(addresses, n):
+                                if gf is not None and _fam(a) != gf:
+                                    continue      # this group's peers are of the other family
+                                out.append([[_addr_match(direction, [a]), nft_match({"meta": {"key": "l4proto"}}, proto)]
+                                            + pm + [{"counter": None}, {"return": None}],
+                                            f"allow {where} to {n} {proto}" + _suffix(_fam(a))])
                         continue
                     any_port = any(s.port is None for s in specs)
                     vals = [] if any_port else [v for s in specs for v in _resolve_port(pod, s)]
@@ -363,23 +414,43 @@ def _t(**kw) -> dict:
     return {"family": FAMILY, "table": TABLE, **kw}
 
 
-def plan_table(cfg: PolicyConfig, pods: dict, addresses: dict[str, str], node: str) -> list[dict]:
-    """The whole policy table of one node, replaced in one transaction."""
+def uses_ipv6(addresses: dict) -> bool:
+    return any(_fam(a) == 6 for n in addresses for a in addrs_of(addresses, n))
+
+
+def plan_table(cfg: PolicyConfig, pods: dict, addresses: dict, node: str) -> list[dict]:
+    """The whole policy table of one node, replaced in one transaction.
+    ``addresses``: pod -> address, or pod -> every family's addresses; with IPv6
+    ones the table gets the ``ip6`` maps and the neighbour-discovery accept."""
+    v6 = uses_ipv6(addresses)
     cmds: list[dict] = [{"add": {"table": {"family": FAMILY, "name": TABLE}}},
                         {"delete": {"table": {"family": FAMILY, "name": TABLE}}},
                         {"add": {"table": {"family": FAMILY, "name": TABLE}}}]
     cmds.append({"add": {"map": _t(name="ingress-pods", type="ipv4_addr", map="verdict")}})
     cmds.append({"add": {"map": _t(name="egress-pods", type="ipv4_addr", map="verdict")}})
+    if v6:
+        cmds.append({"add": {"map": _t(name="ingress-pods6", type="ipv6_addr", map="verdict")}})
+        cmds.append({"add": {"map": _t(name="egress-pods6", type="ipv6_addr", map="verdict")}})
     cmds.append({"add": {"chain": _t(name="forward", type="filter", hook="forward", prio=0, policy="accept")}})
     cmds.append({"add": {"chain": _t(name="input", type="filter", hook="input", prio=0, policy="accept")}})
     cmds.append({"add": {"chain": _t(name="policy")}})
     est = nft_match({"ct": {"key": "state"}}, ["established", "related"], "in")
+    nd = nft_match(nft_payload("icmpv6", "type"), {"set": ND_TYPES})
     for base in ("forward", "input"):
         cmds.append({"add": {"rule": _t(chain=base, expr=[est, {"accept": None}])}})
+        if v6:      # untracked (never "established"), needed whatever a policy says
+            cmds.append({"add": {"rule": _t(chain=base, expr=[nd, {"counter": None}, {"accept": None}],
+                                            comment=ND_COMMENT)}})
     cmds.append({"add": {"rule": _t(chain="forward", expr=[{"jump": {"target": "policy"}}])}})
     cmds.append({"add": {"rule": _t(chain="input", expr=[{"vmap": {"key": nft_payload("ip", "saddr"), "data": "@egress-pods"}}])}})
+    if v6:
+        cmds.append({"add": {"rule": _t(chain="input", expr=[{"vmap": {"key": nft_payload("ip6", "saddr"), "data": "@egress-pods6"}}])}})
     cmds.append({"add": {"rule": _t(chain="policy", expr=[{"vmap": {"key": nft_payload("ip", "saddr"), "data": "@egress-pods"}}])}})
+    if v6:
+        cmds.append({"add": {"rule": _t(chain="policy", expr=[{"vmap": {"key": nft_payload("ip6", "saddr"), "data": "@egress-pods6"}}])}})
     cmds.append({"add": {"rule": _t(chain="policy", expr=[{"vmap": {"key": nft_payload("ip", "daddr"), "data": "@ingress-pods"}}])}})
+    if v6:
+        cmds.append({"add": {"rule": _t(chain="policy", expr=[{"vmap": {"key": nft_payload("ip6", "daddr"), "data": "@ingress-pods6"}}])}})
     sel = {pl.key: set(selected(pl, pods)) for pl in cfg.policies}
     for pod in pods.values():
         if pod.node != node or not _pod_ok(pod) or not addresses.get(pod.name):
@@ -392,8 +463,9 @@ def plan_table(cfg: PolicyConfig, pods: dict, addresses: dict[str, str], node: s
             cmds.append({"add": {"chain": _t(name=cn)}})
             for expr, comment in rules:
                 cmds.append({"add": {"rule": _t(chain=cn, expr=expr, comment=comment[:128])}})
-            cmds.append({"add": {"element": _t(name=f"{direction}-pods",
-                                               elem=[[addresses[pod.name], {"jump": {"target": cn}}]])}})
+            for a in addrs_of(addresses, pod.name):
+                cmds.append({"add": {"element": _t(name=f"{direction}-pods" + ("6" if _fam(a) == 6 else ""),
+                                                   elem=[[a, {"jump": {"target": cn}}]])}})
     return cmds
 
 

@@ -2,7 +2,9 @@
 
 The *structure* of kube-proxy's nftables proxier (kubernetes
 pkg/proxy/nftables/proxier.go), written again for labs (ADR 0022). Per node
-namespace, one table of ours, ``ip cnilab-services``:
+namespace and IP family, one table of ours, ``ip cnilab-services`` and (dual
+stack, ADR 0034) ``ip6 cnilab-services``, as kube-proxy has ``ip kube-proxy``
+and ``ip6 kube-proxy``; both have this shape:
 
     map service-ips       daddr . l4proto . dport -> goto service-<svc>/<port>
     map service-nodeports l4proto . dport         -> goto external-<svc>/<port>
@@ -34,9 +36,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 TABLE = "cnilab-services"
-FAMILY = "ip"
+FAMILY = "ip"                   # the IPv4 table; the IPv6 one is FAMILY6 (nft_family)
+FAMILY6 = "ip6"
 MASQ_MARK = 0x4000
 DEFAULT_CIDR = "10.96.0.0/16"
+DEFAULT_CIDRS = {4: DEFAULT_CIDR, 6: "fd00:10:96::/112"}
+IP_FAMILIES = {"IPv4": 4, "IPv6": 6}
+FAMILY_POLICIES = ("SingleStack", "PreferDualStack", "RequireDualStack")
 AFFINITY_DEFAULT = 10800
 NODEPORT_RANGE = (30000, 32767)
 SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")   # LoadBalancer: netlab/loadbalancer.py
@@ -74,17 +80,28 @@ class Service:
     headless: bool
     selector: dict[str, str]
     ports: list[ServicePort]
-    cluster_ip: str | None          # None for a headless Service
+    cluster_ip: str | None          # None for a headless Service; else clusterIPs[0]
     affinity: bool = False
     affinity_timeout: int = AFFINITY_DEFAULT
     external_policy: str = "Cluster"
     lb_request: str | None = None   # loadBalancerIP as written (netlab/loadbalancer.py checks it)
     lb_ip: str | None = None        # the LoadBalancer address (given or from a pool)
     lb_pool: str | None = None
+    families: list[int] = field(default_factory=lambda: [4])   # ipFamilies, primary first
+    family_policy: str = "SingleStack"                          # ipFamilyPolicy
+    cluster_ips: dict[int, str] = field(default_factory=dict)   # clusterIPs by family
 
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    def ip_of(self, family: int) -> str | None:
+        """The ClusterIP of one family (None: headless, or not of that family)."""
+        if family in self.cluster_ips:
+            return self.cluster_ips[family]
+        if self.cluster_ip and ipaddress.ip_address(self.cluster_ip).version == family:
+            return self.cluster_ip
+        return None
 
 
 @dataclass
@@ -94,11 +111,37 @@ class Endpoint:
     port: int
     node: str
 
+    @property
+    def family(self) -> int:
+        return 6 if ":" in self.address else 4
+
 
 @dataclass
 class ServiceConfig:
-    cidr: ipaddress.IPv4Network = field(default_factory=lambda: ipaddress.IPv4Network(DEFAULT_CIDR))
+    """``cidrs``: the serviceCIDR of each family, primary first (kube-apiserver's
+    ``--service-cluster-ip-range=v4,v6``)."""
+    cidrs: list = field(default_factory=lambda: [ipaddress.IPv4Network(DEFAULT_CIDR)])
     services: list[Service] = field(default_factory=list)
+
+    @property
+    def cidr(self):
+        """The primary family's serviceCIDR."""
+        return self.cidrs[0]
+
+    @cidr.setter
+    def cidr(self, net) -> None:
+        self.cidrs = [net]
+
+    @property
+    def families(self) -> list[int]:
+        return [c.version for c in self.cidrs]
+
+    def cidr_of(self, family: int):
+        return next((c for c in self.cidrs if c.version == family), None)
+
+    def uses(self, family: int) -> bool:
+        """Does any Service have a ClusterIP (or, headless, endpoints) of this family?"""
+        return any(family in s.families for s in self.services)
 
     def find(self, ref: str) -> Service | None:
         """``name`` (namespace default) or ``namespace/name``."""
@@ -161,21 +204,27 @@ def parse(ctx, data: dict, pods: dict, nets: list, underlay, Obj) -> ServiceConf
                 f"kernel module ip_vs), got {mode!r}")
     raw_cidr = data.get("serviceCIDR")
     if raw_cidr is not None:
-        try:
-            cfg.cidr = ipaddress.IPv4Network(str(raw_cidr))
-        except ValueError:
-            ctx.err(("serviceCIDR",), f"{raw_cidr!r} is not an IPv4 network (like 10.96.0.0/16)")
+        cfg.cidrs = parse_cidrs(ctx, raw_cidr) or cfg.cidrs
+    else:
+        # no serviceCIDR: one default range per family of the pod networks (a
+        # dual-stack lab is a dual-stack cluster; an IPv4 lab keeps 10.96.0.0/16)
+        fams = [f for w in nets for f in (getattr(w, "families", None) or [w.subnet.version])]
+        fams = list(dict.fromkeys(fams)) or [4]
+        cfg.cidrs = [ipaddress.ip_network(DEFAULT_CIDRS[f]) for f in fams]
     if raw_cidr is None and not data.get("services"):
         return cfg           # no Services: the default serviceCIDR claims nothing
-    if not cfg.cidr.is_private:
-        ctx.err(("serviceCIDR",), f"{cfg.cidr} is not a private range: lab traffic must stay on this machine")
-    if cfg.cidr.prefixlen > 28:
-        ctx.err(("serviceCIDR",), f"{cfg.cidr} is too small (at most /28)")
-    for w in nets:
-        if w.subnet.overlaps(cfg.cidr):
-            ctx.err(("serviceCIDR",), f"{cfg.cidr} overlaps network {w.name} ({w.subnet})")
-    if underlay.subnet.overlaps(cfg.cidr):
-        ctx.err(("serviceCIDR",), f"{cfg.cidr} overlaps the underlay {underlay.subnet}")
+    for c in cfg.cidrs:
+        if not c.is_private:
+            ctx.err(("serviceCIDR",), f"{c} is not a private range: lab traffic must stay on this machine")
+        if c.max_prefixlen - c.prefixlen < 4:
+            ctx.err(("serviceCIDR",), f"{c} is too small (at most /{c.max_prefixlen - 4})")
+        for w in nets:
+            for sub in (getattr(w, "subnets", None) or [w.subnet]):
+                if sub.version == c.version and sub.overlaps(c):
+                    ctx.err(("serviceCIDR",), f"{c} overlaps network {w.name} ({sub})")
+        for sub in (getattr(underlay, "subnets", None) or [underlay.subnet]):
+            if sub.version == c.version and sub.overlaps(c):
+                ctx.err(("serviceCIDR",), f"{c} overlaps the underlay {sub}")
     raw = data.get("services") or []
     if not isinstance(raw, list):
         ctx.err(("services",), "must be a list of services")
@@ -185,10 +234,10 @@ def parse(ctx, data: dict, pods: dict, nets: list, underlay, Obj) -> ServiceConf
     pending_ip: list[Service] = []
     pending_np: list[ServicePort] = []
     keys: set[str] = set()
-    hosts = cfg.cidr
     for i, spec in enumerate(raw):
         p = ("services", i)
-        o = Obj(ctx, spec, p, ("name", "namespace", "type", "clusterIP", "selector", "ports",
+        o = Obj(ctx, spec, p, ("name", "namespace", "type", "clusterIP", "clusterIPs", "ipFamilies",
+                               "ipFamilyPolicy", "selector", "ports",
                                "sessionAffinity", "sessionAffinityTimeout", "externalTrafficPolicy",
                                "loadBalancerIP"))
         name = o.get("name", str, None, required=True,
@@ -196,21 +245,37 @@ def parse(ctx, data: dict, pods: dict, nets: list, underlay, Obj) -> ServiceConf
         ns = o.get("namespace", str, "default", check=lambda v: None if re.match(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", v) else f"{v!r} is not a valid namespace name")
         stype = o.get("type", str, "ClusterIP", check=lambda v: None if v in SERVICE_TYPES else f"must be ClusterIP, NodePort or LoadBalancer, got {v!r}")
         cip = o.get("clusterIP", str, None)
-        headless = cip == "None"
-        if cip is not None and not headless:
+        cips = [str(x) for x in o.get("clusterIPs", list, [])]
+        if cips and cip is not None and cips[0] != cip:
+            ctx.err(p + ("clusterIPs",), f"the first clusterIPs entry must be the clusterIP ({cip})")
+        cips = cips or ([cip] if cip is not None else [])
+        headless = bool(cips) and cips[0] == "None"
+        if headless and len(cips) > 1:
+            ctx.err(p + ("clusterIPs",), "a headless Service has clusterIPs [None] only")
+        given: dict[int, str] = {}
+        for j, one in enumerate([] if headless else cips):
+            where = p + (("clusterIPs", j) if o.has("clusterIPs") else ("clusterIP",))
             try:
-                a = ipaddress.IPv4Address(cip)
-                if a not in cfg.cidr:
-                    ctx.err(p + ("clusterIP",), f"{cip} is not in the serviceCIDR {cfg.cidr}")
-                elif a in (cfg.cidr.network_address, cfg.cidr.broadcast_address):
-                    ctx.err(p + ("clusterIP",), f"{cip} is the network or broadcast address of {cfg.cidr}")
-                elif cip in taken_ips:
-                    ctx.err(p + ("clusterIP",), f"{cip} is already the clusterIP of {taken_ips[cip]}")
-                else:
-                    taken_ips[cip] = f"{ns}/{name}"
+                a = ipaddress.ip_address(one)
             except ValueError:
-                ctx.err(p + ("clusterIP",), f"{cip!r} is not an IPv4 address (or None for a headless Service)")
-                cip = None
+                ctx.err(where, f"{one!r} is not an IPv4 or IPv6 address (or None for a headless Service)")
+                continue
+            net = cfg.cidr_of(a.version)
+            if a.version in given:
+                ctx.err(where, f"two IPv{a.version} clusterIPs: a dual-stack Service has one per family")
+            elif net is None:
+                ctx.err(where, f"{one} is IPv{a.version}, and the serviceCIDR has no IPv{a.version} range")
+            elif a not in net:
+                ctx.err(where, f"{one} is not in the serviceCIDR {net}")
+            elif a in (net.network_address, net.broadcast_address):
+                ctx.err(where, f"{one} is the network or broadcast address of {net}")
+            elif str(a) in taken_ips:
+                ctx.err(where, f"{one} is already the clusterIP of {taken_ips[str(a)]}")
+            else:
+                taken_ips[str(a)] = f"{ns}/{name}"
+                given[a.version] = str(a)
+        fams = service_families(ctx, p, o, cfg.families, [ipaddress.ip_address(x).version for x in given.values()]
+                                if given else [])
         if headless and stype != "ClusterIP":
             ctx.err(p + ("type",), "a headless Service (clusterIP: None) must be of type ClusterIP")
         selector = parse_labels(o, "selector")
@@ -270,22 +335,33 @@ def parse(ctx, data: dict, pods: dict, nets: list, underlay, Obj) -> ServiceConf
             ctx.err(p + ("name",), f"Service {ns}/{name} is defined twice")
         keys.add(f"{ns}/{name}")
         svc = Service(name, ns, i, stype or "ClusterIP", headless, selector, ports,
-                      None if headless else cip, aff == "ClientIP", tmo or AFFINITY_DEFAULT, etp or "Cluster",
+                      None, aff == "ClientIP", tmo or AFFINITY_DEFAULT, etp or "Cluster",
                       lb_req if stype == "LoadBalancer" else None)
-        if not headless and svc.cluster_ip is None:
-            pending_ip.append(svc)
+        svc.families, svc.family_policy = fams
+        svc.cluster_ips = {f: given[f] for f in svc.families if f in given} if not headless else {}
+        if not headless:
+            svc.cluster_ip = svc.cluster_ips.get(svc.families[0]) if svc.families else None
+            if any(f not in given for f in svc.families):
+                pending_ip.append(svc)
         cfg.services.append(svc)
-    # allocation, in file order, of what was not given: VIPs from the serviceCIDR
-    # (the first ten addresses are left for explicit ones, as the apiserver
-    # leaves .1 for the kubernetes Service) and node ports from 30000 up
-    free = (str(a) for a in hosts.hosts() if int(a) - int(hosts.network_address) >= min(10, hosts.num_addresses // 4)
-            and str(a) not in taken_ips)
+    # allocation, in file order, of what was not given: VIPs from each family's
+    # serviceCIDR (the first ten addresses are left for explicit ones, as the
+    # apiserver leaves .1 for the kubernetes Service) and node ports from 30000 up
+    def pool(c):
+        first = int(c.network_address) + min(10, c.num_addresses // 4)
+        return (str(a) for a in c.hosts() if int(a) >= first and str(a) not in taken_ips)
+    free = {c.version: pool(c) for c in cfg.cidrs}
     for svc in pending_ip:
-        svc.cluster_ip = next(free, None)
-        if svc.cluster_ip is None:
-            ctx.err(("services", svc.index), f"no free address left in the serviceCIDR {cfg.cidr}")
-        else:
-            taken_ips[svc.cluster_ip] = svc.key
+        for f in svc.families:
+            if f in svc.cluster_ips or f not in free:
+                continue
+            ip = next(free[f], None)
+            if ip is None:
+                ctx.err(("services", svc.index), f"no free address left in the serviceCIDR {cfg.cidr_of(f)}")
+            else:
+                svc.cluster_ips[f] = ip
+                taken_ips[ip] = svc.key
+        svc.cluster_ip = svc.cluster_ips.get(svc.families[0]) if svc.families else None
     nxt = NODEPORT_RANGE[0]
     for sp in pending_np:
         while (sp.protocol, nxt) in taken_np:
@@ -293,6 +369,63 @@ def parse(ctx, data: dict, pods: dict, nets: list, underlay, Obj) -> ServiceConf
         sp.node_port = nxt
         taken_np[(sp.protocol, nxt)] = "allocated"
     return cfg
+
+
+def parse_cidrs(ctx, raw) -> list:
+    """``serviceCIDR``: one network, or one per family (a list, or "v4,v6" as the
+    apiserver's flag writes it), primary first."""
+    items = raw if isinstance(raw, list) else [x.strip() for x in str(raw).split(",")]
+    out = []
+    for j, x in enumerate(items):
+        try:
+            out.append(ipaddress.ip_network(str(x)))
+        except ValueError:
+            ctx.err(("serviceCIDR",) + ((j,) if isinstance(raw, list) else ()),
+                    f"{x!r} is not an IPv4 or IPv6 network (like 10.96.0.0/16 or fd00:10:96::/112)")
+    if len(items) > 2 or (len(out) == 2 and out[0].version == out[1].version):
+        ctx.err(("serviceCIDR",), "give one range, or two (one IPv4, one IPv6) for a dual-stack cluster")
+        return out[:1]
+    return out
+
+
+def service_families(ctx, p: tuple, o, cluster: list[int], from_ips: list[int]) -> tuple[list[int], str]:
+    """``ipFamilies`` and ``ipFamilyPolicy`` as the apiserver settles them:
+    unset policy is SingleStack (RequireDualStack when two families or two
+    clusterIPs are given); SingleStack takes the first family asked for, else the
+    cluster's primary; PreferDualStack takes both where the cluster has both;
+    RequireDualStack fails on a single-stack cluster."""
+    raw = o.get("ipFamilies", list, [])
+    asked: list[int] = []
+    for j, x in enumerate(raw):
+        if x not in IP_FAMILIES:
+            ctx.err(p + ("ipFamilies", j), f"must be IPv4 or IPv6, got {x!r}")
+        elif IP_FAMILIES[x] in asked:
+            ctx.err(p + ("ipFamilies", j), f"{x} is listed twice")
+        else:
+            asked.append(IP_FAMILIES[x])
+    if len(raw) > 2:
+        ctx.err(p + ("ipFamilies",), "at most two families (IPv4 and IPv6)")
+    for j, (a, f) in enumerate(zip(asked, from_ips)):
+        if a != f:
+            ctx.err(p + ("ipFamilies", j), f"is IPv{a}, but clusterIPs[{j}] is IPv{f}")
+    asked = asked or from_ips
+    pol = o.get("ipFamilyPolicy", str, None,
+                check=lambda v: None if v in FAMILY_POLICIES else f"must be one of {', '.join(FAMILY_POLICIES)}, got {v!r}")
+    if pol is None:
+        pol = "RequireDualStack" if len(asked) == 2 else "SingleStack"
+    for f in asked:
+        if f not in cluster:
+            ctx.err(p + ("ipFamilies",), f"IPv{f} is not a family of the serviceCIDR "
+                    f"({', '.join(f'IPv{x}' for x in cluster)}): add an IPv{f} range to serviceCIDR")
+    if pol == "SingleStack":
+        if len(asked) > 1:
+            ctx.err(p + ("ipFamilyPolicy",), "SingleStack takes one family: use PreferDualStack or RequireDualStack for two")
+        return (asked[:1] or cluster[:1]), pol
+    if pol == "RequireDualStack" and len(cluster) < 2:
+        ctx.err(p + ("ipFamilyPolicy",), f"RequireDualStack needs a dual-stack serviceCIDR (one IPv4 and one IPv6 range); "
+                f"this lab has IPv{cluster[0]} only")
+    fams = asked + [f for f in cluster if f not in asked]
+    return [f for f in fams if f in cluster] or cluster[:1], pol
 
 
 def validate_targets(ctx, cfg: ServiceConfig, pods: dict) -> None:
@@ -328,47 +461,77 @@ def _named(pod, name: str, proto: str) -> int | None:
     return None
 
 
-def endpoints(cfg: ServiceConfig, pods: dict, addresses: dict[str, str]) -> dict[tuple[str, str], list[Endpoint]]:
+def address_of(addresses: dict, pod: str, family: int | None) -> str | None:
+    """A pod's address of one family from either shape of address map: pod ->
+    primary address (netlab.base.state.attach_addresses), or pod -> every family's
+    (attach_addresses_all). ``family`` None: the primary."""
+    v = addresses.get(pod)
+    if not v:
+        return None
+    vals = [v] if isinstance(v, str) else list(v)
+    if family is None:
+        return vals[0]
+    return next((a for a in vals if (6 if ":" in a else 4) == family), None)
+
+
+def endpoints(cfg: ServiceConfig, pods: dict, addresses: dict,
+              family: int | None = None) -> dict[tuple[str, str], list[Endpoint]]:
     """(service key, port name) -> its ready endpoints: selected pods that have an
     address, with the target port resolved per pod (a pod without the named port
-    is not an endpoint of that port, as in an EndpointSlice)."""
+    is not an endpoint of that port, as in an EndpointSlice).
+
+    ``family`` 4 or 6: the EndpointSlice of that family, for the Services that
+    have it in their ipFamilies (pod addresses of that family); None: each pod's
+    primary address, for every Service (the IPv4-only view of ADR 0022)."""
     out: dict[tuple[str, str], list[Endpoint]] = {}
     for svc in cfg.services:
+        if family is not None and family not in svc.families:
+            continue
         sel = selected_pods(svc, pods)
         for sp in svc.ports:
             eps = []
             for name in sel:
-                addr = addresses.get(name)
+                addr = address_of(addresses, name, family)
                 if not addr:
                     continue
                 port = sp.target_port if isinstance(sp.target_port, int) else _named(pods[name], sp.target_port, sp.protocol)
                 if port:
                     eps.append(Endpoint(name, addr, port, pods[name].node))
-            out[(svc.key, sp.name)] = sorted(eps, key=lambda e: ipaddress.IPv4Address(e.address))
+            out[(svc.key, sp.name)] = sorted(eps, key=lambda e: ipaddress.ip_address(e.address))
         if svc.headless and not svc.ports:
-            out[(svc.key, "")] = sorted((Endpoint(n, addresses[n], 0, pods[n].node) for n in sel if addresses.get(n)),
-                                        key=lambda e: ipaddress.IPv4Address(e.address))
+            out[(svc.key, "")] = sorted((Endpoint(n, a, 0, pods[n].node) for n in sel
+                                         if (a := address_of(addresses, n, family))),
+                                        key=lambda e: ipaddress.ip_address(e.address))
     return out
 
 
-def dns_records(cfg: ServiceConfig, domain: str, eps: dict[tuple[str, str], list[Endpoint]]) -> list[tuple[str, str]]:
-    """``<svc>.<ns>.svc.<domain>``: the ClusterIP, or every endpoint for a headless Service."""
+def endpoints_by_family(cfg: ServiceConfig, pods: dict, addresses: dict) -> dict[int, dict[tuple[str, str], list[Endpoint]]]:
+    """family -> endpoints of that family, for each family of the serviceCIDR."""
+    return {f: endpoints(cfg, pods, addresses, f) for f in cfg.families}
+
+
+def dns_records(cfg: ServiceConfig, domain: str, eps: dict) -> list[tuple[str, str]]:
+    """``<svc>.<ns>.svc.<domain>``: every ClusterIP (A for IPv4, AAAA for IPv6), or,
+    for a headless Service, its endpoints of each of its families. ``eps`` is one
+    family's endpoints (``endpoints``), or family -> endpoints (``endpoints_by_family``)."""
+    by_fam = eps if eps and all(isinstance(k, int) for k in eps) else {None: eps}
     recs = []
     for svc in cfg.services:
         fq = f"{svc.name}.{svc.namespace}.svc.{domain}"
         if svc.headless:
-            addrs = sorted({e.address for (k, _), lst in eps.items() if k == svc.key for e in lst},
-                           key=ipaddress.IPv4Address)
-            recs += [(fq, a) for a in addrs]
-        elif svc.cluster_ip:
-            recs.append((fq, svc.cluster_ip))
+            addrs = {e.address for fam, m in by_fam.items() if fam is None or fam in svc.families
+                     for (k, _), lst in m.items() if k == svc.key for e in lst}
+            recs += [(fq, a) for a in sorted(addrs, key=lambda a: (ipaddress.ip_address(a).version, ipaddress.ip_address(a)))]
+        else:
+            recs += [(fq, ip) for f in svc.families if (ip := svc.ip_of(f))]
     return recs
 
 
 # --------------------------------------------------------------------------- nft JSON (pure)
 
-def _t(**kw) -> dict:
-    return {"family": FAMILY, "table": TABLE, **kw}
+def nft_family(family: int) -> str:
+    """The nft family of one IP family's Services table (kube-proxy: ip / ip6 kube-proxy)."""
+    return FAMILY6 if family == 6 else FAMILY
 
 
 def nft_payload(proto: str, fld: str) -> dict:
@@ -379,18 +542,10 @@ def nft_match(left, right, op: str = "==") -> dict:
     return {"match": {"op": op, "left": left, "right": right}}
 
 
-def _rule(chain: str, expr: list, comment: str | None = None) -> dict:
-    r = _t(chain=chain, expr=expr)
-    if comment:
-        r["comment"] = comment[:128]
-    return {"add": {"rule": r}}
-
-
 def _goto(target: str) -> dict:
     return {"goto": {"target": target}}
 
 
-DADDR_PROTO_PORT = {"concat": [nft_payload("ip", "daddr"), {"meta": {"key": "l4proto"}}, nft_payload("th", "dport")]}
 PROTO_PORT = {"concat": [{"meta": {"key": "l4proto"}}, nft_payload("th", "dport")]}
 MARK = {"meta": {"key": "mark"}}
 CT_NEW = nft_match({"ct": {"key": "state"}}, "new", "in")
@@ -421,23 +576,43 @@ def _pick(chains: list[str]) -> dict:
                      "data": {"set": [[i, _goto(c)] for i, c in enumerate(chains)]}}}
 
 
-def plan_table(cfg: ServiceConfig, node: str, eps: dict[tuple[str, str], list[Endpoint]]) -> list[dict]:
-    """The whole table for one node, as one transaction: create-if-absent, delete
-    (contents and all), create again. Conntrack is not touched."""
-    cmds: list[dict] = [{"add": {"table": {"family": FAMILY, "name": TABLE}}},
-                        {"delete": {"table": {"family": FAMILY, "name": TABLE}}},
-                        {"add": {"table": {"family": FAMILY, "name": TABLE}}}]
+def plan_table(cfg: ServiceConfig, node: str, eps: dict[tuple[str, str], list[Endpoint]],
+               family: int = 4) -> list[dict]:
+    """The whole table of one family for one node, as one transaction: create-if-absent,
+    delete (contents and all), create again. Conntrack is not touched. ``eps`` are
+    that family's endpoints (``endpoints(..., family)``); family 6 is the ``ip6``
+    table, holding the IPv6 ClusterIPs of the Services that have IPv6 in their
+    ipFamilies (LoadBalancer addresses are IPv4 only)."""
+    fam = nft_family(family)
+    ip = "ip6" if family == 6 else "ip"
+    atype = "ipv6_addr" if family == 6 else "ipv4_addr"
+    icmp = "icmpv6" if family == 6 else "icmp"
+    cidr = cfg.cidr_of(family)
+    cmds: list[dict] = [{"add": {"table": {"family": fam, "name": TABLE}}},
+                        {"delete": {"table": {"family": fam, "name": TABLE}}},
+                        {"add": {"table": {"family": fam, "name": TABLE}}}]
+
+    def _t(**kw) -> dict:
+        return {"family": fam, "table": TABLE, **kw}
+
+    def _rule(chain: str, expr: list, comment: str | None = None) -> dict:
+        r = _t(chain=chain, expr=expr)
+        if comment:
+            r["comment"] = comment[:128]
+        return {"add": {"rule": r}}
+
+    daddr_proto_port = {"concat": [nft_payload(ip, "daddr"), {"meta": {"key": "l4proto"}}, nft_payload("th", "dport")]}
 
     def chain(name: str, **hook) -> None:
         cmds.append({"add": {"chain": _t(name=name, **hook)}})
     # maps and sets
-    cmds.append({"add": {"map": _t(name="service-ips", type=["ipv4_addr", "inet_proto", "inet_service"], map="verdict")}})
+    cmds.append({"add": {"map": _t(name="service-ips", type=[atype, "inet_proto", "inet_service"], map="verdict")}})
     cmds.append({"add": {"map": _t(name="service-nodeports", type=["inet_proto", "inet_service"], map="verdict")}})
-    cmds.append({"add": {"map": _t(name="no-endpoint-services", type=["ipv4_addr", "inet_proto", "inet_service"], map="verdict")}})
+    cmds.append({"add": {"map": _t(name="no-endpoint-services", type=[atype, "inet_proto", "inet_service"], map="verdict")}})
     cmds.append({"add": {"map": _t(name="no-endpoint-nodeports", type=["inet_proto", "inet_service"], map="verdict")}})
-    cmds.append({"add": {"set": _t(name="service-ports", type=["ipv4_addr", "inet_proto", "inet_service"])}})
-    cmds.append({"add": {"set": _t(name="cluster-ips", type="ipv4_addr")}})
-    cmds.append({"add": {"set": _t(name="load-balancer-ips", type="ipv4_addr")}})
+    cmds.append({"add": {"set": _t(name="service-ports", type=[atype, "inet_proto", "inet_service"])}})
+    cmds.append({"add": {"set": _t(name="cluster-ips", type=atype)}})
+    cmds.append({"add": {"set": _t(name="load-balancer-ips", type=atype)}})
     # base chains
     chain("nat-prerouting", type="nat", hook="prerouting", prio=-100, policy="accept")
     chain("nat-output", type="nat", hook="output", prio=-100, policy="accept")
@@ -453,31 +628,32 @@ def plan_table(cfg: ServiceConfig, node: str, eps: dict[tuple[str, str], list[En
     for base in ("filter-prerouting", "filter-output"):
         cmds.append(_rule(base, [CT_NEW, {"jump": {"target": "endpoints-check"}}]))
         cmds.append(_rule(base, [CT_NEW, {"jump": {"target": "cluster-ips-check"}}]))
-    cmds.append(_rule("services", [{"vmap": {"key": DADDR_PROTO_PORT, "data": "@service-ips"}}]))
-    cmds.append(_rule("services", [FIB_LOCAL, nft_match(nft_payload("ip", "daddr"), {"prefix": {"addr": "127.0.0.0", "len": 8}}, "!="),
+    cmds.append(_rule("services", [{"vmap": {"key": daddr_proto_port, "data": "@service-ips"}}]))
+    cmds.append(_rule("services", [FIB_LOCAL, nft_match(nft_payload(ip, "daddr"), {"prefix": {"addr": "::1", "len": 128}} if family == 6
+                                             else {"prefix": {"addr": "127.0.0.0", "len": 8}}, "!="),
                                    {"vmap": {"key": PROTO_PORT, "data": "@service-nodeports"}}]))
     cmds.append(_rule("mark-for-masquerade", [{"mangle": {"key": MARK, "value": {"|": [MARK, MASQ_MARK]}}}]))
     cmds.append(_rule("masquerading", [nft_match({"&": [MARK, MASQ_MARK]}, 0), {"return": None}]))
     cmds.append(_rule("masquerading", [{"mangle": {"key": MARK, "value": {"^": [MARK, MASQ_MARK]}}},
                                        {"counter": None}, {"masquerade": {"flags": ["fully-random"]}}],
                       "masquerade (hairpin, NodePort, LoadBalancer)"))
-    cmds.append(_rule("endpoints-check", [{"vmap": {"key": DADDR_PROTO_PORT, "data": "@no-endpoint-services"}}]))
+    cmds.append(_rule("endpoints-check", [{"vmap": {"key": daddr_proto_port, "data": "@no-endpoint-services"}}]))
     cmds.append(_rule("endpoints-check", [FIB_LOCAL, {"vmap": {"key": PROTO_PORT, "data": "@no-endpoint-nodeports"}}]))
-    cmds.append(_rule("cluster-ips-check", [nft_match(DADDR_PROTO_PORT, "@service-ports"), {"return": None}]))
-    cmds.append(_rule("cluster-ips-check", [nft_match(nft_payload("ip", "daddr"), "@cluster-ips"), {"counter": None},
-                                            {"reject": {"type": "icmp", "expr": "port-unreachable"}}],
+    cmds.append(_rule("cluster-ips-check", [nft_match(daddr_proto_port, "@service-ports"), {"return": None}]))
+    cmds.append(_rule("cluster-ips-check", [nft_match(nft_payload(ip, "daddr"), "@cluster-ips"), {"counter": None},
+                                            {"reject": {"type": icmp, "expr": "port-unreachable"}}],
                       "a cluster IP on a port it does not serve"))
-    cmds.append(_rule("cluster-ips-check", [nft_match(nft_payload("ip", "daddr"), "@load-balancer-ips"), {"counter": None},
-                                            {"reject": {"type": "icmp", "expr": "port-unreachable"}}],
+    cmds.append(_rule("cluster-ips-check", [nft_match(nft_payload(ip, "daddr"), "@load-balancer-ips"), {"counter": None},
+                                            {"reject": {"type": icmp, "expr": "port-unreachable"}}],
                       "a LoadBalancer IP on a port it does not serve"))
-    cmds.append(_rule("cluster-ips-check", [nft_match(nft_payload("ip", "daddr"), {"prefix": {"addr": str(cfg.cidr.network_address),
-                                                                                    "len": cfg.cidr.prefixlen}}),
+    cmds.append(_rule("cluster-ips-check", [nft_match(nft_payload(ip, "daddr"), {"prefix": {"addr": str(cidr.network_address),
+                                                                                  "len": cidr.prefixlen}}),
                                             {"counter": None}, {"drop": None}],
-                      f"an unallocated address in the serviceCIDR {cfg.cidr}"))
+                      f"an unallocated address in the serviceCIDR {cidr}"))
     cmds.append(_rule("reject-chain", [nft_match({"meta": {"key": "l4proto"}}, "tcp"), {"counter": None},
                                        {"reject": {"type": "tcp reset"}}], "no endpoints: tcp reset"))
-    cmds.append(_rule("reject-chain", [{"counter": None}, {"reject": {"type": "icmp", "expr": "port-unreachable"}}],
-                      "no endpoints: icmp port unreachable"))
+    cmds.append(_rule("reject-chain", [{"counter": None}, {"reject": {"type": icmp, "expr": "port-unreachable"}}],
+                      f"no endpoints: {icmp} port unreachable"))
     cmds.append(_rule("no-local-endpoints", [{"counter": None}, {"drop": None}],
                       "NodePort with externalTrafficPolicy Local: no endpoint on this node"))
 
@@ -485,19 +661,21 @@ def plan_table(cfg: ServiceConfig, node: str, eps: dict[tuple[str, str], list[En
         cmds.append({"add": {"element": _t(name=name, elem=[[key, verdict]])}})
 
     for svc in cfg.services:
-        if svc.headless or not svc.cluster_ip:
+        vip = svc.ip_of(family)
+        if svc.headless or not vip:
             continue
-        cmds.append({"add": {"element": _t(name="cluster-ips", elem=[svc.cluster_ip])}})
-        if svc.type == "LoadBalancer" and svc.lb_ip:
-            cmds.append({"add": {"element": _t(name="load-balancer-ips", elem=[svc.lb_ip])}})
+        lb_ip = svc.lb_ip if svc.lb_ip and (6 if ":" in svc.lb_ip else 4) == family else None
+        cmds.append({"add": {"element": _t(name="cluster-ips", elem=[vip])}})
+        if svc.type == "LoadBalancer" and lb_ip:
+            cmds.append({"add": {"element": _t(name="load-balancer-ips", elem=[lb_ip])}})
         for sp in svc.ports:
-            vip_key = {"concat": [svc.cluster_ip, sp.protocol, sp.port]}
+            vip_key = {"concat": [vip, sp.protocol, sp.port]}
             cmds.append({"add": {"element": _t(name="service-ports", elem=[vip_key])}})
             all_eps = eps.get((svc.key, sp.name), [])
             np_key = {"concat": [sp.protocol, sp.node_port]} if svc.type in WITH_NODE_PORTS and sp.node_port else None
             # a LoadBalancer address: in every node, like kube-proxy (only the node whose
             # speaker answers ARP for it gets its traffic: netlab/loadbalancer.py)
-            lb_key = {"concat": [svc.lb_ip, sp.protocol, sp.port]} if svc.type == "LoadBalancer" and svc.lb_ip else None
+            lb_key = {"concat": [lb_ip, sp.protocol, sp.port]} if svc.type == "LoadBalancer" and lb_ip else None
             if lb_key:
                 cmds.append({"add": {"element": _t(name="service-ports", elem=[lb_key])}})
             if not all_eps:
@@ -514,26 +692,26 @@ def plan_table(cfg: ServiceConfig, node: str, eps: dict[tuple[str, str], list[En
                 ec = ep_chain(svc, sp, ep)
                 epcs.append(ec)
                 chain(ec)
-                cmds.append(_rule(ec, [nft_match(nft_payload("ip", "saddr"), ep.address), {"jump": {"target": "mark-for-masquerade"}}],
+                cmds.append(_rule(ec, [nft_match(nft_payload(ip, "saddr"), ep.address), {"jump": {"target": "mark-for-masquerade"}}],
                                   f"hairpin: {ep.pod} reaching itself through {svc.key}"))
                 if svc.affinity:
-                    cmds.append({"add": {"set": _t(name=aff_set(svc, sp, ep), type="ipv4_addr", flags=["timeout"],
+                    cmds.append({"add": {"set": _t(name=aff_set(svc, sp, ep), type=atype, flags=["timeout"],
                                                    timeout=svc.affinity_timeout)}})
-                    cmds.append(_rule(ec, [{"set": {"op": "update", "elem": nft_payload("ip", "saddr"),
+                    cmds.append(_rule(ec, [{"set": {"op": "update", "elem": nft_payload(ip, "saddr"),
                                                     "set": "@" + aff_set(svc, sp, ep)}}]))
                 cmds.append(_rule(ec, [nft_match({"meta": {"key": "l4proto"}}, sp.protocol), {"counter": None},
                                        {"dnat": {"addr": ep.address, "port": ep.port}}],
                                   f"{svc.key}:{sp.name or sp.port} -> {ep.pod} {ep.address}:{ep.port}"))
             if svc.affinity:
                 for ep, ec in zip(all_eps, epcs):
-                    cmds.append(_rule(sc, [nft_match(nft_payload("ip", "saddr"), "@" + aff_set(svc, sp, ep)), _goto(ec)],
+                    cmds.append(_rule(sc, [nft_match(nft_payload(ip, "saddr"), "@" + aff_set(svc, sp, ep)), _goto(ec)],
                                       f"ClientIP affinity -> {ep.pod}"))
             cmds.append(_rule(sc, [_pick(epcs)], f"{svc.key}:{sp.name or sp.port}: {len(epcs)} endpoint(s)"))
             element("service-ips", vip_key, _goto(sc))
             if np_key or lb_key:
                 xc = ext_chain(svc, sp)
                 entry = f"{svc.key} " + " / ".join(x for x in (f"NodePort {sp.node_port}" if np_key else "",
-                                                              f"LoadBalancer {svc.lb_ip}:{sp.port}" if lb_key else "") if x)
+                                                              f"LoadBalancer {lb_ip}:{sp.port}" if lb_key else "") if x)
                 if svc.external_policy == "Local":
                     local = [ec for ep, ec in zip(all_eps, epcs) if ep.node == node]
                     if not local:

@@ -352,8 +352,8 @@ class Builder:
         from .plan import POD_HOSTS, late_records
         procs = [r for r in self.st.find("process") if r.get("name") == "dnsmasq"]
         from ..features.k8s import dns_records as service_records
-        addrs = attach_addresses(self.st)
-        recs = late_records(self.plan.topology, attach_addresses_all(self.st)) + service_records(self.plan.topology, addrs)
+        addrs = attach_addresses_all(self.st)      # every family: AAAA for headless Services too
+        recs = late_records(self.plan.topology, addrs) + service_records(self.plan.topology, addrs)
         if not procs or not recs:
             return
         hosts = os.path.join(self.plan.lab_dir, POD_HOSTS)

@@ -815,11 +815,6 @@ def _build(ctx: _Ctx, data: Any, path: str, base_dir: str, name_override: str | 
     k8s = _parse_k8s(ctx, data, pods, list(networks.values()), underlay, _Obj)
     from ..features.loadbalancer import parse as _parse_lb    # type LoadBalancer: addresses from loadBalancer.pools
     k8s.lb = _parse_lb(ctx, data, k8s, underlay, used_addrs, _Obj)
-    if k8s is not None and k8s.active:
-        v6only = sorted(w.name for w in networks.values() if 4 not in w.families)
-        if v6only:
-            ctx.err(("networks", v6only[0], "subnet"), "Services and NetworkPolicies are IPv4 only "
-                    f"(netlab/services.py); network(s) {', '.join(v6only)} have no IPv4 subnet")
 
     # checks
     checks: list[Check] = []
