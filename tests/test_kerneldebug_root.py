@@ -37,17 +37,18 @@ def netlab(*args: str, timeout: float = 240, **kw) -> subprocess.CompletedProces
                           cwd=REPO, timeout=timeout, **kw)
 
 
-def _tracefs_state(own: str) -> dict:
+def _tracefs_state(own: str | None = None) -> dict:
     """Mounts of tracefs and, when one is mounted, its global state. Other
     netlab traces (other tests running beside this one) make and remove their
     own ``netlab-<tag>`` instances and private mounts meanwhile: only ``own``'s
-    are judged among those."""
+    are judged among those. Without ``own`` (a `serial` test: nothing else runs)
+    every instance and mount is judged."""
     from netlab.debug import dropmon
     mounts = [m for m in dropmon.tracefs_mounts()
-              if not os.path.basename(m).startswith(dropmon.PRIVATE_MOUNT_PREFIX)
+              if own is None or not os.path.basename(m).startswith(dropmon.PRIVATE_MOUNT_PREFIX)
               or os.path.basename(m).startswith(f"{dropmon.PRIVATE_MOUNT_PREFIX}{own}-")]
     state = dropmon.snapshot(mounts[0]) if mounts else None
-    if state:
+    if state and own is not None:
         state["instances"] = [i for i in state["instances"]
                               if not i.startswith("netlab-") or i == f"netlab-{own}"]
     return {"mounts": mounts, "state": state}
