@@ -215,6 +215,11 @@ def test_dual_stack_services_and_policy_on_the_wire(tmp_path):
             ns = f"nl-{name}-n-{n}"
             assert {(ns, "ip", S.TABLE), (ns, "ip6", S.TABLE), (ns, "inet", "cnilab-policy")} <= tables
             assert "dnat to [fd00:10:241:1::2]:8080" in _nft(ns, "list", "table", "ip6", S.TABLE)
+        # graph draws the Service in both families, from both tables
+        g = netlab("graph", "--lab-dir", lab_dir, "--format", "mermaid")
+        assert g.returncode == 0, g.stderr
+        assert "Service default/web<br/>[fd00:10:96::20]:80/tcp" in g.stdout, g.stdout
+        assert '"[fd00:10:241:1::2]:8080"' in g.stdout and "Service default/web<br/>10.96.0.20:80/tcp" in g.stdout
         # neighbour discovery under db's default-deny egress: counted by our accept rule;
         # without it db cannot answer its neighbour solicitations and the IPv6 allow fails
         n2 = f"nl-{name}-n-node2"

@@ -287,60 +287,73 @@ def render_mermaid(inv: Inventory) -> str:
 # --------------------------------------------------------------------------- Services
 
 def read_services(inv: Inventory) -> list[dict]:
-    """Services and their endpoints as the first node's ``ip cnilab-services``
-    table has them (netlab/features/services.py): [{name, vip, proto, port, nodePort,
-    endpoints: [(pod netns | None, ifname | None, address, port)]}]."""
-    from ..features.services import FAMILY, TABLE
+    """Services and their endpoints as the first node's ``ip`` and ``ip6
+    cnilab-services`` tables have them (netlab/features/services.py; a
+    dual-stack Service appears once per family): [{name, vip, proto, port,
+    nodePort, loadBalancer, endpoints: [(pod netns | None, ifname | None, address, port)]}]."""
+    from ..features.services import FAMILY, FAMILY6, TABLE
+    by_addr = {a.split("/")[0]: (ns.name, l.name) for ns in inv.namespaces.values() if ns.role == "pod"
+               for l in ns.links.values() for a in l.addrs}
     for n in sorted(inv.namespaces.values(), key=lambda x: x.name):
         if n.role != "node":
             continue
-        p = subprocess.run(["ip", "netns", "exec", n.name, "nft", "-j", "list", "table", FAMILY, TABLE],
-                           capture_output=True, text=True, timeout=10)
-        if p.returncode != 0:
-            continue
-        objs = json.loads(p.stdout or "{}").get("nftables", [])
-        by_addr = {a.split("/")[0]: (ns.name, l.name) for ns in inv.namespaces.values() if ns.role == "pod"
-                   for l in ns.links.values() for a in l.addrs}
-        dnat: dict[str, list] = {}
-        for o in objs:
-            r = o.get("rule")
-            if r and r["chain"].startswith("endpoint-"):
-                for e in r.get("expr", []):
-                    if isinstance(e, dict) and "dnat" in e:
-                        svc_chain = "service-" + r["chain"][len("endpoint-"):].split("__")[0]
-                        a = e["dnat"].get("addr")
-                        dnat.setdefault(svc_chain, []).append((*by_addr.get(a, (None, None)), a, e["dnat"].get("port")))
-        nodeports = {}
-        maps = {o["map"]["name"]: o["map"].get("elem", []) for o in objs if "map" in o}
-        for key, verdict in maps.get("service-nodeports", []):
-            tgt = (verdict.get("goto") or {}).get("target", "")
-            nodeports["service-" + tgt[len("external-"):]] = key["concat"][1]
-        out = []
-        lbs = {}            # a LoadBalancer address goes to the external chain (netlab/loadbalancer.py)
-        for key, verdict in maps.get("service-ips", []):
-            tgt = (verdict.get("goto") or {}).get("target", "")
-            if tgt.startswith("external-"):
-                lbs["service-" + tgt[len("external-"):]] = key["concat"][0]
-        for key, verdict in maps.get("service-ips", []):
-            vip, proto, port = key["concat"]
-            chain = (verdict.get("goto") or {}).get("target", "")
-            if not chain.startswith("service-"):
-                continue
-            name = chain[len("service-"):].rsplit("/", 2)[0]
-            out.append({"name": name, "vip": vip, "proto": proto, "port": port, "nodePort": nodeports.get(chain),
-                        "loadBalancer": lbs.get(chain), "endpoints": dnat.get(chain, [])})
-        for key, v in maps.get("no-endpoint-services", []):
-            if (v.get("goto") or {}).get("target") != "reject-chain":
-                continue        # a Local LoadBalancer address without an endpoint on this node
-            vip, proto, port = key["concat"]
-            out.append({"name": f"{vip} (no endpoints)", "vip": vip, "proto": proto, "port": port,
-                        "nodePort": None, "endpoints": []})
-        return out
+        tables = []
+        for family in (FAMILY, FAMILY6):
+            p = subprocess.run(["ip", "netns", "exec", n.name, "nft", "-j", "list", "table", family, TABLE],
+                               capture_output=True, text=True, timeout=10)
+            if p.returncode == 0:
+                tables.append(json.loads(p.stdout or "{}").get("nftables", []))
+        if tables:
+            return [s for objs in tables for s in services_in_table(objs, by_addr)]
     return []
 
 
+def services_in_table(objs: list[dict], by_addr: dict[str, tuple[str, str]]) -> list[dict]:
+    """The Services one ``cnilab-services`` table (nft -j objects) holds;
+    ``by_addr`` maps a pod address to its (netns, interface)."""
+    dnat: dict[str, list] = {}
+    for o in objs:
+        r = o.get("rule")
+        if r and r["chain"].startswith("endpoint-"):
+            for e in r.get("expr", []):
+                if isinstance(e, dict) and "dnat" in e:
+                    svc_chain = "service-" + r["chain"][len("endpoint-"):].split("__")[0]
+                    a = e["dnat"].get("addr")
+                    dnat.setdefault(svc_chain, []).append((*by_addr.get(a, (None, None)), a, e["dnat"].get("port")))
+    nodeports = {}
+    maps = {o["map"]["name"]: o["map"].get("elem", []) for o in objs if "map" in o}
+    for key, verdict in maps.get("service-nodeports", []):
+        tgt = (verdict.get("goto") or {}).get("target", "")
+        nodeports["service-" + tgt[len("external-"):]] = key["concat"][1]
+    out = []
+    lbs = {}            # a LoadBalancer address goes to the external chain (netlab/loadbalancer.py)
+    for key, verdict in maps.get("service-ips", []):
+        tgt = (verdict.get("goto") or {}).get("target", "")
+        if tgt.startswith("external-"):
+            lbs["service-" + tgt[len("external-"):]] = key["concat"][0]
+    for key, verdict in maps.get("service-ips", []):
+        vip, proto, port = key["concat"]
+        chain = (verdict.get("goto") or {}).get("target", "")
+        if not chain.startswith("service-"):
+            continue
+        name = chain[len("service-"):].rsplit("/", 2)[0]
+        out.append({"name": name, "vip": vip, "proto": proto, "port": port, "nodePort": nodeports.get(chain),
+                    "loadBalancer": lbs.get(chain), "endpoints": dnat.get(chain, [])})
+    for key, v in maps.get("no-endpoint-services", []):
+        if (v.get("goto") or {}).get("target") != "reject-chain":
+            continue        # a Local LoadBalancer address without an endpoint on this node
+        vip, proto, port = key["concat"]
+        out.append({"name": f"{vip} (no endpoints)", "vip": vip, "proto": proto, "port": port,
+                    "nodePort": None, "endpoints": []})
+    return out
+
+
+def _hostport(addr: str, port) -> str:
+    return f"[{addr}]:{port}" if ":" in str(addr) else f"{addr}:{port}"
+
+
 def _svc_label(s: dict, sep: str) -> str:
-    return (f"Service {s['name']}{sep}{s['vip']}:{s['port']}/{s['proto']}"
+    return (f"Service {s['name']}{sep}{_hostport(s['vip'], s['port'])}/{s['proto']}"
             + (f"{sep}NodePort {s['nodePort']}" if s.get("nodePort") else "")
             + (f"{sep}LoadBalancer {s['loadBalancer']}" if s.get("loadBalancer") else "")
             + ("" if s["endpoints"] else f"{sep}no endpoints: rejected"))
@@ -349,7 +362,7 @@ def _svc_label(s: dict, sep: str) -> str:
 def _services_dot(inv: Inventory) -> list[str]:
     if not inv.services:
         return []
-    out = ['  subgraph cluster_services {', '    label="Services (ip cnilab-services)"; style=dashed;']
+    out = ['  subgraph cluster_services {', '    label="Services (ip / ip6 cnilab-services)"; style=dashed;']
     for i, s in enumerate(inv.services):
         out.append(f'    svc_{i} [label="{_svc_label(s, chr(92) + "n")}", shape=component, fillcolor="#fff7cc"];')
     out.append("  }")
@@ -357,7 +370,7 @@ def _services_dot(inv: Inventory) -> list[str]:
         for ns, ifn, addr, port in s["endpoints"]:
             if ns:
                 out.append(f'  svc_{i} -> {_id(ns, ifn)} [dir=forward, style=dotted, color=darkgreen, '
-                           f'label="{addr}:{port}", constraint=false];')
+                           f'label="{_hostport(addr, port)}", constraint=false];')
     return out
 
 
@@ -367,7 +380,7 @@ def _services_mermaid(inv: Inventory) -> list[str]:
         out.append(f'  svc_{i}[/"{_svc_label(s, "<br/>")}"/]')
         for ns, ifn, addr, port in s["endpoints"]:
             if ns:
-                out.append(f'  svc_{i} -. "{addr}:{port}" .-> {_id(ns, ifn)}')
+                out.append(f'  svc_{i} -. "{_hostport(addr, port)}" .-> {_id(ns, ifn)}')
     return out
 
 
