@@ -8,7 +8,7 @@ which module owns each step:
 2. ``capture``: one capture socket per lab namespace, an nft trace of the
    probe (``nftrules``) and the kernel's drop reasons (``dropmon``), all
    listening before anything is sent; counters (``counters``: link counters,
-   /proc/net/snmp, read before and after).
+   /proc/net/snmp and /proc/net/snmp6, read before and after).
 3. ``probe``: one probe is sent from FROM's namespace through an ordinary
    kernel socket (ICMP echo, UDP datagram or TCP SYN, IPv4 or IPv6) whose
    payload carries a random token. The token survives NAT and encapsulation
@@ -44,7 +44,7 @@ import random
 from ..graph import Inventory, inventory
 from .capture import record
 from .correlate import correlate, ns_label
-from .counters import SNMP_KEYS, link_stats, parse_snmp, snapshot, snmp
+from .counters import SNMP6_KEYS, SNMP_KEYS, link_stats, parse_snmp, snapshot, snmp
 from .explain import explain
 from .facts import Facts
 from .frames import VXLAN_DEFAULT_PORTS, decode_frame, l4_summary, tcp_dport
@@ -56,7 +56,7 @@ from .where_lost import bgp_causes
 
 __all__ = ["trace", "resolve", "format_result", "Tracer", "TraceResult", "Hop", "Probe", "TraceError",
            "parse_proto", "send_probe", "decode_frame", "l4_summary", "tcp_dport", "VXLAN_DEFAULT_PORTS",
-           "SNMP_KEYS", "snmp", "parse_snmp", "link_stats", "snapshot", "route_get",
+           "SNMP_KEYS", "SNMP6_KEYS", "snmp", "parse_snmp", "link_stats", "snapshot", "route_get",
            "NfTrace", "parse_netdev_drops", "k8s_notes"]
 
 

@@ -1,9 +1,11 @@
 """Kernel counters around a probe: read before, read after, the difference.
 
 Owns the per-namespace counters a trace compares: the protocol counters of
-``/proc/net/snmp`` and ``/proc/net/netstat`` (``Ip:InNoRoutes``, ``Udp:NoPorts``, ...), read in
-one ``cat`` inside the namespace (``/proc/net`` follows the reader's network
-namespace), and the link counters of every
+``/proc/net/snmp`` and ``/proc/net/netstat`` (IPv4: ``Ip:InNoRoutes``,
+``Udp:NoPorts``, ...) and of ``/proc/net/snmp6`` (IPv6, one ``Name value``
+per line: ``Ip6InNoRoutes``, ``Icmp6OutPktTooBigs``, ...; kept under the
+kernel's own names), read in one ``cat`` inside the namespace (``/proc/net``
+follows the reader's network namespace), and the link counters of every
 interface (``ip -s link``). ``snapshot`` reads all namespaces at once,
 ``deltas`` subtracts two snapshots (only what moved), ``counter_lines`` words
 one namespace's moves for the trace's evidence. What a move *means* for the
@@ -23,17 +25,57 @@ SNMP_KEYS = ("Ip:InReceives", "Ip:ForwDatagrams", "Ip:InAddrErrors", "Ip:InDisca
              "Icmp:InDestUnreachs", "Icmp:OutTimeExcds", "Udp:NoPorts", "Udp:InErrors", "Udp:RcvbufErrors",
              "IpExt:InNoRoutes", "TcpExt:TCPReqQFullDrop")
 
-SNMP_FILES = ("/proc/net/snmp", "/proc/net/netstat")
+# IPv6 counters worth showing for an IPv6 probe, with what a move of each says
+SNMP6_MEANING = {
+    "Ip6InNoRoutes": "received a packet it had no route for",
+    "Ip6OutNoRoutes": "had no route for a packet it sent",
+    "Ip6InTooBigErrors": "received a packet too big for the link it must leave on",
+    "Ip6InAddrErrors": "received a packet for an address that is not its own and did not forward it",
+    "Ip6InHdrErrors": "received a packet with a bad header (hop limit exceeded, ...)",
+    "Ip6InDiscards": "discarded a received packet",
+    "Ip6OutDiscards": "discarded a packet it was sending",
+    "Ip6FragFails": "could not fragment a packet",
+    "Ip6OutForwDatagrams": "forwarded a packet",
+    "Icmp6OutPktTooBigs": "sent an ICMPv6 Packet Too Big",
+    "Icmp6InPktTooBigs": "received an ICMPv6 Packet Too Big",
+    "Icmp6OutDestUnreachs": "sent an ICMPv6 destination unreachable",
+    "Icmp6InDestUnreachs": "received an ICMPv6 destination unreachable",
+    "Icmp6OutTimeExcds": "sent an ICMPv6 time exceeded",
+    "Icmp6InTimeExcds": "received an ICMPv6 time exceeded",
+    "Icmp6OutNeighborSolicits": "sent a neighbour solicitation",
+    "Icmp6InNeighborSolicits": "received a neighbour solicitation",
+    "Icmp6OutNeighborAdvertisements": "sent a neighbour advertisement",
+    "Icmp6InNeighborAdvertisements": "received a neighbour advertisement",
+    "Udp6NoPorts": "received a UDP datagram for a port nothing listens on",
+    "Udp6InErrors": "dropped a received UDP datagram",
+    "Udp6RcvbufErrors": "dropped a UDP datagram: the socket's receive buffer was full",
+}
+SNMP6_KEYS = tuple(SNMP6_MEANING)
+
+SNMP_FILES = ("/proc/net/snmp", "/proc/net/netstat", "/proc/net/snmp6")
 
 
 def parse_snmp(text: str) -> dict[str, int]:
-    """The text of /proc/net/snmp and /proc/net/netstat -> {"Ip:InNoRoutes": n, ...}: pairs of
-    lines, names then values, each starting with the same ``Prefix:``."""
+    """The text of /proc/net/snmp, /proc/net/netstat and /proc/net/snmp6 (in any order,
+    concatenated) -> {"Ip:InNoRoutes": n, ..., "Ip6InNoRoutes": n, ...}.
+
+    The first two come as pairs of lines, names then values, each starting
+    with the same ``Prefix:``; snmp6 has one ``Name value`` per line."""
     out: dict[str, int] = {}
-    lines = text.splitlines()
-    for i in range(0, len(lines) - 1, 2):
-        h, v = lines[i].split(), lines[i + 1].split()
-        if not h or h[0] != v[0]:
+    lines = [ln.split() for ln in text.splitlines()]
+    i = 0
+    while i < len(lines):
+        h = lines[i]
+        if len(h) == 2 and not h[0].endswith(":"):              # snmp6: "Ip6InNoRoutes   3"
+            try:
+                out[h[0]] = int(h[1])
+            except ValueError:
+                pass
+            i += 1
+            continue
+        v = lines[i + 1] if i + 1 < len(lines) else []
+        if not h or not v or h[0] != v[0] or not h[0].endswith(":"):
+            i += 1
             continue
         pre = h[0].rstrip(":")
         for k, x in zip(h[1:], v[1:]):
@@ -41,11 +83,12 @@ def parse_snmp(text: str) -> dict[str, int]:
                 out[f"{pre}:{k}"] = int(x)
             except ValueError:
                 pass
+        i += 2
     return out
 
 
 def snmp(ns: str) -> dict[str, int]:
-    """The namespace's protocol counters."""
+    """The namespace's IPv4 and IPv6 protocol counters (an IPv6-less namespace has no snmp6)."""
     return parse_snmp(run_ns(ns, ["cat", *SNMP_FILES]).stdout)
 
 
@@ -105,3 +148,11 @@ def counter_lines(label: Callable[[str], str], ns: str, moved: dict) -> list[str
         if dd:
             out.append(f"{label(ns)} {ifn}: " + ", ".join(f"{k} +{v}" for k, v in dd.items()))
     return out
+
+
+def ipv6_counter_line(label: Callable[[str], str], ns: str, moved: dict) -> str | None:
+    """The IPv6 counters of ``ns`` that moved (of ``SNMP6_KEYS``), as one line, or None."""
+    sn = {k: v for k, v in moved.get(ns, {}).get("snmp", {}).items() if k in SNMP6_MEANING}
+    if not sn:
+        return None
+    return f"{label(ns)} IPv6 counters during the probe: " + ", ".join(f"{k} +{v}" for k, v in sorted(sn.items()))

@@ -18,7 +18,7 @@ from .. import dropmon
 from .correlate import Obs, owner_of
 from .facts import Facts
 from .frames import l4_summary
-from .ipv6_causes import dad_causes
+from .ipv6_causes import counter_causes, dad_causes
 from .netstate import route_get, run_ns
 from .nftrules import k8s_notes, netdev_drop_rules
 from .where_lost import explain_loss
@@ -30,6 +30,8 @@ def explain(f: Facts) -> None:
     kernel_verdict(f)
     if f.probe.v6:
         dad_causes(f)
+        if f.probe.sent:
+            counter_causes(f)
     feature_notes(f)
 
 
@@ -154,6 +156,9 @@ def _no_answer(f: Facts, last: Obs, top: dict) -> None:
     if pr.proto == "udp" and sn.get("Udp:NoPorts"):
         res.causes.append(f"nothing listens on UDP port {top['udp']['dport']} in {f.label(ns)} "
                           "(Udp:NoPorts +1; an ICMP port unreachable is the answer)")
+    elif pr.proto == "udp" and sn.get("Udp6NoPorts"):
+        res.causes.append(f"nothing listens on UDP port {top['udp']['dport']} in {f.label(ns)} "
+                          "(Udp6NoPorts +1; an ICMPv6 port unreachable is the answer)")
     for d in f.dropping_rules(ns):
         res.causes.append(f"rule: {d['table']} chain {d['chain']}: {d['rule']} (verdict {d['verdict']})")
     if res.errors:

@@ -48,6 +48,7 @@ class TraceResult:
     kernel: str = ""           # what the kernel's skb:kfree_skb said about the lost probe (one line)
     kernel_drops: list[dict] = field(default_factory=list)      # every drop of the protocol meanwhile
     kernel_note: str = ""      # why drop reasons are not available, when they are not
+    ipv6_counters: dict[str, dict[str, int]] = field(default_factory=dict)  # IPv6 probe: ns -> snmp6 counters that moved
 
     def to_dict(self) -> dict:
         import dataclasses

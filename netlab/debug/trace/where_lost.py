@@ -130,7 +130,7 @@ def _no_route(f: Facts, ns: str, top: dict, in_if: str, r: dict, fwd: tuple[str,
     else:
         causes.append(f"no route: {f.label(ns)} cannot forward to {cur_dst} ({lookup})")
         causes += bgp_causes(f.st, ns, cur_dst)
-        causes.append(f"routes in {ns}:\n" + indent(ip_text(ns, "route", "show")))
+        causes.append(f"routes in {ns}:\n" + indent(ip_text(ns, *(["-6"] if top.get("v6") else []), "route", "show")))
     f.res.evidence += f.counter_lines(ns)
 
 
