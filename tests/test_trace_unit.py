@@ -141,3 +141,26 @@ def test_walk_follows_veth_peers_and_hops_name_what_changed():
     back = build_hops(inv, list(reversed(seq)), Path(), reply=True)
     assert back[1].changes == [] and back[2].changes[0] == "NAT undone: source fd00:1::2:1234 -> fd00:1::2:40000"
     assert not any(h.changes for h in back[3:])
+
+
+# --------------------------------------------------------------------------- the probe
+
+def test_the_tcp_syn_checksum_is_valid_in_both_families():
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.inet6 import IPv6
+    from netlab.debug.trace.probe import Probe, _tcp_syn
+    import socket
+    import struct
+    for src, dst in (("10.0.0.1", "10.0.0.2"), ("fd00:1::1", "fd00:1::2")):
+        pr = Probe("tcp", dst, 80, 104, False, b"NLTRACE-00000000", src=src, sport=40000, seq=7)
+        fam = socket.AF_INET6 if pr.v6 else socket.AF_INET
+        addrs = socket.inet_pton(fam, src) + socket.inet_pton(fam, dst)
+        seg = _tcp_syn(pr, (lambda n: addrs + struct.pack("!I3xB", n, 6)) if pr.v6
+                       else (lambda n: addrs + struct.pack("!BBH", 0, 6, n)))
+        assert len(seg) == pr.size - pr.ip_header and seg[20:36] == pr.token
+        L3 = IPv6 if pr.v6 else IP
+        pkt = L3(bytes((IPv6(src=src, dst=dst, nh=6) if pr.v6 else IP(src=src, dst=dst, proto=6)) / seg))
+        rebuilt = pkt.copy()
+        del rebuilt[TCP].chksum          # scapy computes the right one when it rebuilds
+        assert pkt[TCP].chksum == L3(bytes(rebuilt))[TCP].chksum
+        assert TCP(seg).flags == "S" and TCP(seg).seq == 7 and TCP(seg).dport == 80

@@ -14,6 +14,7 @@ import re
 import socket
 import struct
 from dataclasses import dataclass
+from typing import Callable
 
 from ...base.namespaces import in_thread
 
@@ -85,8 +86,9 @@ IPV6_MTU_DISCOVER = 23
 SYN_OFFSET_FLAGS = 5 << 12 | 0x002     # TCP header of 20 bytes, SYN
 
 
-def _tcp_syn(pr: Probe, pseudo: bytes) -> bytes:
-    """A TCP SYN carrying the probe's payload, checksummed over ``pseudo`` (the pseudo header)."""
+def _tcp_syn(pr: Probe, pseudo: Callable[[int], bytes]) -> bytes:
+    """A TCP SYN carrying the probe's payload, checksummed with ``pseudo(tcp length)``,
+    the family's pseudo header."""
     body = pr.payload()
     hdr = struct.pack("!HHIIHHHH", pr.sport, pr.port, pr.seq, 0, SYN_OFFSET_FLAGS, 64240, 0, 0)
     c = _csum(pseudo(len(hdr) + len(body)) + hdr + body)
