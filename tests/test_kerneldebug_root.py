@@ -438,3 +438,52 @@ def test_up_refuses_delay_before_building_anything(tmp_path):
     assert "nodes.node1.impair: delay and jitter need the kernel's netem qdisc (module sch_netem)" in p.stderr
     assert not lab_dir.exists()
     assert not [x for x in os.listdir("/var/run/netns") if x.startswith(f"nl-{name}-")]
+
+
+# --------------------------------------------------------------------------- IPv6 counters in trace
+
+TOPO6 = """
+name: kd6
+underlay: {subnet: "fd00:1%02d::/64"}
+nodes:
+  node1: {}
+networks:
+  podnet: {type: bridge, subnet: "fd00:10:%d::/56"}
+dns: {enabled: false}
+pods:
+  a: {node: node1, network: podnet}
+"""
+
+
+@pytest.mark.slow
+def test_trace_reads_the_ipv6_counters_of_the_path(tmp_path):
+    """A v6 probe to an address nobody routes: node1 counts Ip6InNoRoutes (snmp6) and
+    trace shows it; one to an unused address of the pod's own /64: only neighbour
+    solicitations leave, and the counters say no advertisement came back."""
+    import ipaddress
+    import netlab
+    from netlab.debug.trace import format_result
+    n = 10 + os.getpid() % 80
+    topo = tmp_path / "kd6.yaml"
+    topo.write_text(TOPO6 % (n, n))
+    name = unique_name("kd6").replace("_", "-")[:20].lower().strip("-")
+    with netlab.Lab(str(topo), name=name, lab_dir=str(tmp_path / "lab")) as lab:
+        node_ns, pod_ns = f"nl-{name}-n-node1", f"nl-{name}-p-a"
+        r = lab.trace("a", "fd00:99::1")
+        out = format_result(r)
+        assert r.verdict == "lost after node node1 cni0 (received)", out
+        assert r.ipv6_counters[node_ns]["Ip6InNoRoutes"] >= 1, r.ipv6_counters
+        assert r.ipv6_counters[node_ns]["Icmp6OutDestUnreachs"] >= 1
+        assert r.ipv6_counters[pod_ns]["Icmp6InDestUnreachs"] >= 1      # the answer reached the sender
+        line = next(ln for ln in out.splitlines() if ln.startswith("  seen:  node node1 IPv6 counters during the probe:"))
+        assert "Ip6InNoRoutes +" in line and "Icmp6OutDestUnreachs +" in line
+        assert "  cause: no route: node node1 cannot forward to fd00:99::1" in out
+
+        unused = str(ipaddress.ip_interface(r.probe.src + "/64").network[0x99])
+        r = lab.trace("a", unused)
+        out = format_result(r)
+        assert r.verdict == "the probe was not seen anywhere (not even leaving the sender)", out
+        assert r.ipv6_counters[pod_ns]["Icmp6OutNeighborSolicits"] >= 1
+        assert f"  cause: counters: pod a sent {r.ipv6_counters[pod_ns]['Icmp6OutNeighborSolicits']} neighbour " \
+               f"solicitation(s) for {unused} (Icmp6OutNeighborSolicits +" in out
+    assert not [x for x in os.listdir("/var/run/netns") if x.startswith(f"nl-{name}-")]

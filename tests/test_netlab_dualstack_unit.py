@@ -308,7 +308,7 @@ def test_trace_decodes_icmpv6_and_neighbour_discovery():
     assert ns["arp"] == {"op": "request", "psrc": "fd00:1::1", "pdst": "fd00:1::7", "hwsrc": "aa:bb:cc:00:00:01", "nd": True}
     assert na["arp"]["op"] == "reply" and na["arp"]["psrc"] == "fd00:1::7"
     syn = Ether() / IPv6(src="fd00:1::5", dst="fd00:1::7") / TCP(sport=1, dport=8080)
-    assert trace._tcp_dport(bytes(syn)) == 8080
+    assert trace.tcp_dport(bytes(syn)) == 8080
     vx = Ether() / IPv6(src="fd00:7::b", dst="fd00:7::c") / UDP(sport=5, dport=4789) / VXLAN(vni=9) / Ether() / IPv6(
         src="fd00:2::2", dst="fd00:2::10") / ICMPv6EchoReply()
     dv = trace.decode_frame(bytes(vx))

@@ -2,7 +2,8 @@
 
 Owns: captures inside a namespace (``capture``; pcap and pcapng writing in
 ``pcapng``/``pcapsink``), following one probe through every namespace it
-crosses and explaining the outcome (``trace``), kernel drop reasons from the
+crosses and explaining the outcome (the ``trace`` subpackage: probe,
+capture, correlation, explanation), kernel drop reasons from the
 ``skb:kfree_skb`` tracepoint (``dropmon``) and the lab's inventory drawn as a
 graph (``graph``).
 
