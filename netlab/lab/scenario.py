@@ -29,17 +29,18 @@ stand-in (``service``: a DNAT from a virtual IP to a pod, in every node, in
 our own table ``ip cnilab-svc``; on ``replace`` it is re-pointed to the new
 pod address the way kube-proxy re-syncs, *without* touching conntrack).
 
-This module is the schema and the judge: ``validate`` is called from
-``netlab.lab.topology`` (every error at once, before anything is built), ``judge``
-compares check results with ``failing``. It imports nothing of netlab.
-Applying the faults is netlab.lab.faults.
+This module is the schema and the judge: ``parse`` is called by
+``netlab.lab.topology`` for the ``scenario`` section (every error at once,
+before anything is built; the result is ``Topology.scenario``, so the file is
+read once), ``judge`` compares check results with ``failing``. It imports
+nothing of netlab. Applying the faults is netlab.lab.faults.
 """
 from __future__ import annotations
 
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 FAULT_KINDS = ("sysctl", "service", "udp-flow", "replace", "wait", "filter", "route-del", "address", "drop-dns", "link-down")
 FAULT_TABLE = "cnilab-fault"     # inet table of the filter / drop-dns faults, in the target namespace
@@ -48,13 +49,25 @@ SCENARIO_KEYS = ("symptom", "cause", "fix", "faults", "failing")
 SVC_TABLE = "cnilab-svc"
 
 
+class Fault(NamedTuple):
+    """One entry of ``faults``: its kind and its settings as written (``wait``: the seconds)."""
+    kind: str
+    spec: Any
+
+
+class Failing(NamedTuple):
+    """One entry of ``failing``: a check that must fail, and why (a regex on what it observed)."""
+    check: str
+    reason: str | None = None
+
+
 @dataclass
 class Scenario:
     symptom: str = ""
     cause: str = ""
     fix: str = ""
-    faults: list[tuple[str, dict]] = field(default_factory=list)
-    failing: list[dict] = field(default_factory=list)     # {check, reason}
+    faults: list[Fault] = field(default_factory=list)
+    failing: list[Failing] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- validation
@@ -207,23 +220,15 @@ def validate(data: Any, nodes: dict, pods: dict, checks: list[str]) -> list[tupl
     return errs
 
 
-def load(path: str) -> Scenario | None:
-    """The scenario of a topology file (already validated by topology.load), or None."""
-    import yaml
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except (OSError, yaml.YAMLError):
-        return None
-    if not isinstance(data, dict) or not isinstance(data.get("scenario"), dict):
-        return None
-    s = data["scenario"]
-    faults = []
-    for f in s.get("faults") or []:
-        kind, spec = next(iter(f.items()))
-        faults.append((kind, spec))
-    return Scenario(s.get("symptom", ""), s.get("cause", ""), s.get("fix", ""), faults,
-                    [dict(x) for x in s.get("failing") or []])
+def parse(data: Any, nodes: dict, pods: dict, checks: list[str]) -> tuple[Scenario | None, list[tuple[tuple, str]]]:
+    """The ``scenario`` section as typed objects, and its problems (path below 'scenario',
+    message); the Scenario is None when there is any problem."""
+    errs = validate(data, nodes, pods, checks)
+    if errs:
+        return None, errs
+    faults = [Fault(*next(iter(f.items()))) for f in data.get("faults") or []]
+    failing = [Failing(f["check"], f.get("reason")) for f in data.get("failing") or []]
+    return Scenario(data.get("symptom", ""), data.get("cause", ""), data.get("fix", ""), faults, failing), []
 
 
 # --------------------------------------------------------------------------- outcome
@@ -232,7 +237,7 @@ def judge(sc: Scenario, results) -> list[str]:
     """Problems with a scenario's outcome: every failing check must fail for its
     stated reason, every other check must pass. Empty = the symptom is as declared."""
     problems = []
-    want = {f["check"]: f.get("reason") for f in sc.failing}
+    want = {f.check: f.reason for f in sc.failing}
     for r in results:
         if r.name in want:
             if r.ok:
