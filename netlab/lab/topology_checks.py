@@ -268,7 +268,7 @@ def parse_check(ctx: Context, c: Any, p: tuple, j: int, lab: Any) -> Check | Non
         ctx.err(p, f"a check must be a mapping, got {typename(c)}")
         return None
     ctype = c.get("type")
-    if ctype not in CHECK_KINDS:
+    if not isinstance(ctype, str) or ctype not in CHECK_KINDS:
         ctx.err(p + ("type",), f"must be one of {', '.join(CHECK_TYPES)}, got {ctype!r}")
         return None
     kind = CHECK_KINDS[ctype]
