@@ -31,7 +31,7 @@ import yaml
 from ..base.units import (default_burst, gateway, node_slice, parse_rate)  # noqa: F401 (schema users import them from here too)
 from . import scenario as scenario_mod
 from .schema import (NAME_RE, Context, IPNetwork, Obj, Section, addresses, check_dns_name, check_ip, check_name,
-                     line_map, nth_host, section_value, subnets, typename)
+                     line_map, nth_host, section_value, subnets)
 from .topology_checks import CHECK_TYPES, Check, parse_check  # noqa: F401 (Check, CHECK_TYPES: part of the model)
 
 LAB_NAME_MAX = 20
