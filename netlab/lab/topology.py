@@ -814,37 +814,8 @@ def _containerd_nodes(lab: _Lab) -> None:
         mine = [q for q in lab.pods.values() if q.node == n.name]
         nets: dict[str, list[str]] = {}
         for q in mine:
-            p = ("pods", q.name)
-            if q.mode not in ATTACHED:
-                ctx.err(p + ("mode",), f"node {n.name} runs containerd: its pods are CRI sandboxes "
-                        f"on the node's CNI network (mode bridge or overlay); mode "
-                        f"{'container:' + str(q.container_of) if q.mode == 'container' else q.mode} "
-                        "would need a sandbox with host networking or a container joining one, "
-                        "which netlab does not create through CRI")
-                continue
-            if q.network:
+            if _containerd_pod(lab, n, q) and q.network:
                 nets.setdefault(q.network, []).append(q.name)
-            raw = lab.raw_pods.get(q.name) if isinstance(lab.raw_pods.get(q.name), dict) else {}
-            if q.ip:
-                ctx.err(p + ("ip",), f"node {n.name} runs containerd: CRI has no field for a pod's "
-                        "address (containerd passes no IP= to the plugins); leave ip out, IPAM "
-                        "picks the address")
-            if q.ifname != "eth0":
-                ctx.err(p + ("ifname",), f"node {n.name} runs containerd, which always names the "
-                        "pod's interface eth0")
-            if q.impair:
-                ctx.err(p + ("impair",), f"node {n.name} runs containerd: impairments of pod "
-                        "interfaces are applied by netlab's own runtime only")
-            bw = raw.get("bandwidth") if isinstance(raw.get("bandwidth"), dict) else {}
-            for k in ("ingressBurst", "egressBurst", "burst"):
-                if k in bw:
-                    ctx.err(p + ("bandwidth", k), f"node {n.name} runs containerd: a pod's "
-                            "bandwidth reaches it as the annotations kubernetes.io/ingress-bandwidth "
-                            "and egress-bandwidth, which carry rates only (containerd sets the "
-                            "burst itself)")
-            if q.network in networks and networks[q.network].ipam == "dhcp":
-                ctx.err(p + ("network",), f"node {n.name} runs containerd: network {q.network} "
-                        "leases by DHCP, which netlab runs for its own runtime only")
         if len(nets) > 1:
             ctx.err(("nodes", n.name, "runtime"), "containerd's CRI loads one CNI network per node "
                     "(the first conflist in its conf dir) and gives it to every sandbox: node "
@@ -861,6 +832,40 @@ def _containerd_nodes(lab: _Lab) -> None:
         if lab.raw.get("scenario") and mine:
             ctx.err(("nodes", n.name, "runtime"), "scenarios re-run CNI on pods through netlab's "
                     "own runtime: a lab with a scenario cannot have pods on a containerd node")
+
+
+def _containerd_pod(lab: _Lab, n: Node, q: Pod) -> bool:
+    """One pod of a containerd node: what CRI cannot ask for is an error. False: not a CRI sandbox at all."""
+    ctx, p = lab.ctx, ("pods", q.name)
+    if q.mode not in ATTACHED:
+        ctx.err(p + ("mode",), f"node {n.name} runs containerd: its pods are CRI sandboxes "
+                f"on the node's CNI network (mode bridge or overlay); mode "
+                f"{'container:' + str(q.container_of) if q.mode == 'container' else q.mode} "
+                "would need a sandbox with host networking or a container joining one, "
+                "which netlab does not create through CRI")
+        return False
+    raw = lab.raw_pods.get(q.name) if isinstance(lab.raw_pods.get(q.name), dict) else {}
+    if q.ip:
+        ctx.err(p + ("ip",), f"node {n.name} runs containerd: CRI has no field for a pod's "
+                "address (containerd passes no IP= to the plugins); leave ip out, IPAM "
+                "picks the address")
+    if q.ifname != "eth0":
+        ctx.err(p + ("ifname",), f"node {n.name} runs containerd, which always names the "
+                "pod's interface eth0")
+    if q.impair:
+        ctx.err(p + ("impair",), f"node {n.name} runs containerd: impairments of pod "
+                "interfaces are applied by netlab's own runtime only")
+    bw = raw.get("bandwidth") if isinstance(raw.get("bandwidth"), dict) else {}
+    for k in ("ingressBurst", "egressBurst", "burst"):
+        if k in bw:
+            ctx.err(p + ("bandwidth", k), f"node {n.name} runs containerd: a pod's "
+                    "bandwidth reaches it as the annotations kubernetes.io/ingress-bandwidth "
+                    "and egress-bandwidth, which carry rates only (containerd sets the "
+                    "burst itself)")
+    if q.network in lab.networks and lab.networks[q.network].ipam == "dhcp":
+        ctx.err(p + ("network",), f"node {n.name} runs containerd: network {q.network} "
+                "leases by DHCP, which netlab runs for its own runtime only")
+    return True
 
 
 def _version_above(v: str, limit: str) -> bool:
