@@ -110,9 +110,10 @@ def test_every_scenario_has_a_trace_or_dns_evidence():
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_scenario_shows_its_symptom(scenario, tmp_path):
     from netlab.lab import scenario as sc_mod
+    from netlab.lab.topology import load
     from netlab.checks.common import CheckResult
     path = os.path.join(REPO, "topologies", "scenarios", scenario)
-    sc = sc_mod.load(path)
+    sc = load(path).scenario          # parsed with the topology, typed
     assert sc is not None and sc.symptom and sc.cause and sc.fix and sc.failing
     name = unique_name("s").replace("_", "-")[:20].lower().strip("-")
     lab_dir = str(tmp_path / "lab")

@@ -34,8 +34,8 @@ def test_every_shipped_scenario_validates():
     for fn in sorted(os.listdir(d)):
         with open(os.path.join(d, fn)) as f:
             text = f.read()
-        loads(text, os.path.join(d, fn))           # raises on any error
-        assert scenario.load(os.path.join(d, fn)).failing
+        topo = loads(text, os.path.join(d, fn))    # raises on any error
+        assert topo.scenario.failing
 
 
 def test_scenario_errors_are_reported_with_their_place():
@@ -69,7 +69,7 @@ def test_scenario_errors_are_reported_with_their_place():
 
 
 def test_judge_wants_the_declared_failures_for_the_declared_reasons():
-    sc = scenario.Scenario(failing=[{"check": "ab", "reason": "^fail: .*timed out"}])
+    sc = scenario.Scenario(failing=[scenario.Failing("ab", "^fail: .*timed out")])
     ok = CheckResult("other", "reach", True, observed="pass")
     assert scenario.judge(sc, [CheckResult("ab", "reach", False, observed="fail: TimeoutError: timed out"), ok]) == []
     assert "not for the stated reason" in scenario.judge(sc, [CheckResult("ab", "reach", False, observed="fail: refused")])[0]

@@ -50,8 +50,7 @@ def _evidence_names(topo) -> set[str]:
     names |= {os.path.basename(Context.pcap(ctx, c, "-arp")) for c in topo.checks
               if c.type == "service" and c.params.get("via") == "loadBalancer"}
     from netlab.features import loadbalancer
-    from netlab.lab import scenario
-    sc = scenario.load(topo.path)
+    sc = topo.scenario
     if sc and any(kind == "link-down" for kind, _ in sc.faults):     # the takeover capture of the fault
         names.add(loadbalancer.FAILOVER_PCAP)
     return names

@@ -25,7 +25,7 @@ from ..base import namespaces as nsutil
 from ..base.names import node_ns
 from ..base.namespaces import BuildError, tx_offload_off
 from .pods import detach, runtime_for
-from .scenario import FAULT_TABLE, SVC_TABLE, Scenario, load
+from .scenario import FAULT_TABLE, SVC_TABLE, Scenario
 from ..base.state import attach_addresses, proc_starttime
 
 
@@ -237,11 +237,8 @@ def fault_rule_text(kind: str, spec: dict) -> tuple[str, str]:
 
 
 def apply(plan, st, *, record, update, progress=print) -> Scenario | None:
-    """Apply the scenario of the plan's topology file, if it has one."""
-    path = getattr(plan.topology, "path", "")
-    if not path or path.startswith("<"):
-        return None
-    sc = load(path)
+    """Apply the scenario of the plan's topology (parsed with it: ``Topology.scenario``), if it has one."""
+    sc = plan.topology.scenario
     if sc is None or not sc.faults:
         return sc
     progress(f"      scenario: applying {len(sc.faults)} fault(s)")
