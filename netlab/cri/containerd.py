@@ -42,6 +42,7 @@ Two ways to own it:
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -419,6 +420,7 @@ class Containerd:
         only when its command line names this task's ID and our socket. A shim killed
         here leaves its socket (named in the task's ``address`` file): removed too."""
         left = []
+        killed: list[int] = []
         for d in self._task_dirs():
             tid = os.path.basename(d)
             pids = []
@@ -442,6 +444,7 @@ class Containerd:
                 try:
                     os.kill(pid, signal.SIGKILL)
                     left.append(f"killed {what} {pid} of {tid}")
+                    killed.append(pid)
                 except ProcessLookupError:
                     pass
             try:
@@ -454,6 +457,11 @@ class Containerd:
                     os.unlink(sock)
                 except OSError:
                     pass
+        # a killed process stays in its cgroup until it has exited: wait for that
+        # (bounded) so the cgroups can be removed next
+        deadline = time.monotonic() + 15
+        while any(_proc_state(pid) not in (None, "Z") for pid in killed) and time.monotonic() < deadline:
+            time.sleep(0.02)
         return left
 
     def _is_our_shim(self, pid: int, task_id: str) -> bool:
@@ -486,8 +494,8 @@ class Containerd:
             d = root + self.cgroup_parent
             if os.path.isdir(d):
                 for sub in _listdir(d):           # sandbox cgroups runc could not remove
-                    _rmdir(os.path.join(d, sub))
-                _rmdir(d)
+                    _rmdir_when_empty(os.path.join(d, sub))
+                _rmdir_when_empty(d)
 
     def _sandbox_ids(self) -> set[str]:
         ids: set[str] = set(self._extra_ids)
@@ -566,3 +574,16 @@ def _rmdir(d: str) -> None:
         os.rmdir(d)
     except OSError:
         pass
+
+
+def _rmdir_when_empty(d: str, timeout: float = 5.0) -> None:
+    """rmdir a cgroup, retrying while the kernel still counts an exiting task in it (EBUSY)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.rmdir(d)
+            return
+        except OSError as e:
+            if e.errno != errno.EBUSY or time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
