@@ -340,18 +340,48 @@ def pin_mac(nl: Rtnl, index: int) -> None:
         raise kernel_error(e, f"pinning the MAC of {cur.name}") from None
 
 
+RTMGRP_LINK, RTMGRP_IPV6_IFADDR = 0x1, 0x100
+
+
+def _until(groups: int, check, timeout: float):
+    """``check()`` until it returns non-None, re-checked on each rtnetlink event of
+    ``groups`` (subscribed before the first check, so none is missed) instead of a
+    poll; after ``timeout`` seconds ``check(final=True)`` decides."""
+    import select
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0) as ev:
+        ev.bind((0, groups))
+        deadline = time.monotonic() + timeout
+        while True:
+            got = check(final=False)
+            if got is not None:
+                return got
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([ev], [], [], min(left, 0.25))[0] \
+                    and time.monotonic() >= deadline:
+                return check(final=True)
+            try:
+                while ev.recv(1 << 16, socket.MSG_DONTWAIT):
+                    pass            # drain: the check re-reads the state it needs
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError as e:    # ENOBUFS: events were lost, the check re-reads anyway
+                if e.errno != errno.ENOBUFS:
+                    raise
+
+
 def wait_operstate_up(nl: Rtnl, index: int, timeout: float = 2.5, what: str = "") -> LinkInfo:
-    deadline = time.monotonic() + timeout
-    while True:
+    """Wait for the link's operstate UP: on link events, not a poll."""
+    def check(final: bool):
         info = get_link(nl, index=index)
         if info is None:
             raise CNIError(IO_FAILURE, f"link {what or index} vanished")
         if info.operstate == "UP":
             return info
-        if time.monotonic() >= deadline:
+        if final:
             raise CNIError(IO_FAILURE, f"link {what or index} is not up after {timeout}s",
                            f"operstate {info.operstate}")
-        time.sleep(0.02)
+        return None
+    return _until(RTMGRP_LINK, check, timeout)
 
 
 # ---- addresses --------------------------------------------------------------------------
@@ -418,22 +448,24 @@ def del_addr(nl: Rtnl, index: int, cidr: str) -> None:
 
 def settle_addrs(nl: Rtnl, index: int, timeout: float = 5.0, what: str = "",
                  only: Iterable[str] | None = None) -> None:
-    """Wait until no (global) IPv6 address of the link is tentative; error on failed DAD."""
+    """Wait until no (global) IPv6 address of the link is tentative; error on failed DAD.
+    Re-checked on IPv6 address events, not a poll."""
     wanted = {ipaddress.ip_interface(c) for c in only} if only is not None else None
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def check(final: bool):
         addrs = [a for a in list_addrs(nl, index, 6) if wanted is None or a.iface in wanted]
         failed = [a.address for a in addrs if a.dadfailed]
         if failed:
             raise CNIError(IO_FAILURE, f"duplicate address detection failed on {what or index}",
                            ", ".join(failed))
         if not any(a.tentative for a in addrs):
-            return
-        if time.monotonic() >= deadline:
+            return True
+        if final:
             raise CNIError(IO_FAILURE, f"IPv6 addresses on {what or index} still tentative "
                            f"after {timeout:.0f}s",
                            ", ".join(a.address for a in addrs if a.tentative))
-        time.sleep(0.05)
+        return None
+    _until(RTMGRP_IPV6_IFADDR, check, timeout)
 
 
 # ---- routes -------------------------------------------------------------------------------
