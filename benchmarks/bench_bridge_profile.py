@@ -8,7 +8,7 @@ ADD), with a tmp host-local ``dataDir``; the conflist is the lab's bridge
 1. **warm**: N ADDs (then N DELs, not counted) in this process, on a thread
    in the node namespace, through ``skel.dispatch`` as the agent does; timers
    around every netlink request kind (pyroute2 through ``plugins.net.link``,
-   the stdlib socket of ``plugins.net.rtnl``), sysctl writes, IPAM,
+   the stdlib socket of ``plugins.net.netlink.rtnl``), sysctl writes, IPAM,
    namespace switches. Exclusive ms per ADD, the rest is Python.
 2. **cold**: our installed ``bridge`` executable exec'd with the agent off,
    N ADD+DEL pairs: median wall ms and CPU ms (user+system of the process) of
@@ -102,8 +102,8 @@ def warm(n: int, work: str) -> dict:
     from plugins.core import netns as cns, skel
     from plugins.net import attach, link, sysctl
     try:
-        from plugins.net import rtnl
-    except ImportError:
+        from plugins.net.netlink import rtnl
+    except ImportError:         # a tree before ADR 0036
         rtnl = None
     tag = f"bp{os.getpid() % 100000}"
     made: list[str] = []

@@ -1,4 +1,4 @@
-"""plugins.net.rtnl (the bridge ADD's stdlib rtnetlink) reads and writes what pyroute2 does.
+"""plugins.net.netlink.rtnl (the bridge ADD's stdlib rtnetlink) reads and writes what pyroute2 does.
 
 Each test works in throwaway namespaces; the links are made with `ip` (an
 independent tool), then read through both the stdlib socket and pyroute2 and
@@ -15,7 +15,8 @@ import pytest
 
 from plugins.core import netns as nsmod
 from plugins.core.errors import CNIError, IO_FAILURE, LINK_EXISTS
-from plugins.net import link, rtnl
+from plugins.net import link
+from plugins.net.netlink import rtnl
 
 pytestmark = pytest.mark.root
 

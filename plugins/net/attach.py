@@ -85,7 +85,8 @@ from ..core import netns as nsmod
 from ..core.errors import (ADDRESS_UNAVAILABLE, CHECK_FAILED, CNIError, IO_FAILURE,
                            TRY_AGAIN_LATER)
 from ..core.types import Interface, IPConfig, Result, Route
-from . import link, rtnl, sysctl
+from . import link, sysctl
+from .netlink import rtnl
 
 if TYPE_CHECKING:
     from ..core.undo import Undo

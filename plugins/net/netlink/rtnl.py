@@ -27,8 +27,8 @@ import struct
 import time
 from typing import Iterable
 
-from ..core.errors import CNIError, IO_FAILURE, LINK_EXISTS
-from .link import (IFA_F_NODAD, IFF_PROMISC, IFF_UP, RT_SCOPE_UNIVERSE, Addr, LinkInfo,
+from ...core.errors import CNIError, IO_FAILURE, LINK_EXISTS
+from ..link import (IFA_F_NODAD, IFF_PROMISC, IFF_UP, RT_SCOPE_UNIVERSE, Addr, LinkInfo,
                    NetlinkFailure, kernel_error, netlink_errno)
 
 # message types and flags
