@@ -2,7 +2,10 @@
 
 Shared by the ``bridge`` and ``vxlan`` plugins. Everything here runs with the
 calling thread in the *node* namespace (the plugin's host); pod-side work
-enters the pod's namespace itself. pyroute2 is imported lazily.
+enters the pod's namespace itself. ADD's netlink work (bridge, veth, port
+flags, addresses, routes, waits) goes through the stdlib socket of
+``netlink.rtnl`` (ADR 0036); pyroute2 is imported lazily, only for bridge vlan
+filtering and the CHECK and GC helpers.
 
 API (stable; the vxlan plugin builds on it)
 -------------------------------------------
