@@ -11,10 +11,14 @@ alternated in one run:
   ours    our executables, agent off (everything in-process)
   agent   our executables through a private resident agent
 
+  base    with --baseline DIR: the executables of the code tree in DIR (e.g.
+          `git archive COMMIT | tar -x -C DIR`), agent off: before and after
+          a change of the no-agent path, side by side in one run
 Then 50 pods ADDed in parallel (50 threads, one runtime call each) and
 DELeted in parallel, per variant: wall time for the batch and failures.
 
     sudo .venv/bin/python benchmarks/bench_chain.py [-n 15] [--parallel 50] [--json f]
+                                                    [--baseline DIR]
 """
 from __future__ import annotations
 
@@ -63,7 +67,7 @@ class Variant:
         self.node = scratch.netns(f"{name}-n")
         self.pod = scratch.netns(f"{name}-p")
         env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
-        if name == "ours":
+        if name in ("ours", "base"):
             env["CNILAB_AGENT"] = "off"
         elif name == "agent":
             env["CNILAB_AGENT_SOCKET"] = sock
@@ -112,7 +116,18 @@ def parallel(v: Variant, pods: list[str], workers: int) -> dict:
     return out
 
 
-def run(n: int, par: int, json_path: str | None, agent_processes: int | None = None) -> int:
+def install_tree(tree: str, directory: str) -> str:
+    """The executables of another code tree, as its own `netlab cni install` writes them."""
+    import subprocess
+    os.makedirs(directory, exist_ok=True)
+    subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, '.'); "
+                    "from cninode.install import install; install(sys.argv[1])", directory],
+                   cwd=tree, check=True)
+    return directory
+
+
+def run(n: int, par: int, json_path: str | None, agent_processes: int | None = None,
+        baseline: str | None = None) -> int:
     if os.geteuid() != 0:
         print("bench_chain: needs root (creates throwaway namespaces)", file=sys.stderr)
         return 2
@@ -120,6 +135,7 @@ def run(n: int, par: int, json_path: str | None, agent_processes: int | None = N
         print(f"bench_chain: the reference plugins are missing from {H.REF_DIR}", file=sys.stderr)
         return 2
     chain = tuple(CHAIN)
+    VARIANTS = ("ref", "ours", "agent") + (("base",) if baseline else ())
     samples: dict[str, dict[str, list[float]]] = {v: {"add": [], "del": [], "total": []}
                                                   for v in VARIANTS}
     errors: dict[str, str] = {}
@@ -127,10 +143,12 @@ def run(n: int, par: int, json_path: str | None, agent_processes: int | None = N
     cpu = {v: 0.0 for v in VARIANTS}          # CPU seconds of the measured pods, per variant
     with H.Scratch("chain") as scratch:
         ours_bin = H.install_ours(scratch.mkdir("bin"))
+        bins = {"ref": H.REF_DIR, "ours": ours_bin, "agent": ours_bin}
+        if baseline:
+            bins["base"] = install_tree(os.path.abspath(baseline), scratch.path("base-bin"))
         with H.running_agent(scratch, agent_processes) as sock:
             served0 = H.agent_served(sock)
-            vs = {name: Variant(name, scratch, H.REF_DIR if name == "ref" else ours_bin, sock,
-                                chain) for name in VARIANTS}
+            vs = {name: Variant(name, scratch, bins[name], sock, chain) for name in VARIANTS}
             order = list(VARIANTS)
             for i in range(n + 1):                # iteration 0 warms caches, not counted
                 order = order[1:] + order[:1]
@@ -158,16 +176,19 @@ def run(n: int, par: int, json_path: str | None, agent_processes: int | None = N
           f"cniruntime.runtime; medians of {n} runs, variants alternated")
     print(f"machine: {H.machine_description()}")
     rows = []
+    others = [v for v in VARIANTS if v != "ref"]
     for phase in ("add", "del", "total"):
         r = med["ref"][phase]
-        rows.append([phase.upper() if phase != "total" else "ADD+DEL",
-                     H.fmt_ms(r), H.fmt_ms(med["ours"][phase]), H.fmt_ms(med["agent"][phase]),
-                     H.fmt_ratio(med["ours"][phase], r), H.fmt_ratio(med["agent"][phase], r)])
+        rows.append([phase.upper() if phase != "total" else "ADD+DEL", H.fmt_ms(r)]
+                    + [H.fmt_ms(med[v][phase]) for v in others]
+                    + [H.fmt_ratio(med[v][phase], r) for v in others])
     cpu_ms = {v: cpu[v] / max(1, len(samples[v]["total"])) for v in VARIANTS}
-    rows.append(["CPU/pod", H.fmt_ms(cpu_ms["ref"]), H.fmt_ms(cpu_ms["ours"]),
-                 H.fmt_ms(cpu_ms["agent"]), H.fmt_ratio(cpu_ms["ours"], cpu_ms["ref"]),
-                 H.fmt_ratio(cpu_ms["agent"], cpu_ms["ref"])])
-    print(H.table(["per pod", "ref ms", "ours ms", "agent ms", "ours/ref", "agent/ref"], rows))
+    rows.append(["CPU/pod", H.fmt_ms(cpu_ms["ref"])] + [H.fmt_ms(cpu_ms[v]) for v in others]
+                + [H.fmt_ratio(cpu_ms[v], cpu_ms["ref"]) for v in others])
+    print(H.table(["per pod", "ref ms"] + [f"{v} ms" for v in others]
+                  + [f"{v}/ref" for v in others], rows))
+    if baseline:
+        print(f"(base: the executables of {os.path.abspath(baseline)}, agent off)")
     print("(ADD, DEL, ADD+DEL: median wall time; CPU/pod: mean user+system CPU of the plugin "
           "processes, plus the agent's own for the agent variant; less sensitive to other load)")
     print(f"load average at the end: {os.getloadavg()[0]:.1f} (1 min)")
@@ -176,14 +197,13 @@ def run(n: int, par: int, json_path: str | None, agent_processes: int | None = N
         prow = []
         for phase in ("add", "del"):
             r = par_res.get("ref", {}).get(phase, float("nan"))
-            o = par_res.get("ours", {}).get(phase, float("nan"))
-            g = par_res.get("agent", {}).get(phase, float("nan"))
-            prow.append([f"{par} x {phase.upper()}", f"{r:.2f}s", f"{o:.2f}s", f"{g:.2f}s",
-                         H.fmt_ratio(o, r), H.fmt_ratio(g, r),
-                         "/".join(str(par_res.get(v, {}).get(f"{phase}_failures", "?"))
-                                  for v in VARIANTS)])
-        print(H.table(["batch", "ref", "ours", "agent", "ours/ref", "agent/ref",
-                       "failures ref/ours/agent"], prow))
+            got = [par_res.get(v, {}).get(phase, float("nan")) for v in others]
+            prow.append([f"{par} x {phase.upper()}", f"{r:.2f}s"] + [f"{x:.2f}s" for x in got]
+                        + [H.fmt_ratio(x, r) for x in got]
+                        + ["/".join(str(par_res.get(v, {}).get(f"{phase}_failures", "?"))
+                                    for v in VARIANTS)])
+        print(H.table(["batch", "ref"] + others + [f"{v}/ref" for v in others]
+                      + [f"failures {'/'.join(VARIANTS)}"], prow))
         for v in VARIANTS:
             for phase in ("add", "del"):
                 e = par_res.get(v, {}).get(f"{phase}_first_error")
@@ -206,10 +226,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parallel", type=int, default=50,
                     help="pods ADDed at once per variant (default 50; 0 skips)")
     ap.add_argument("--json", default=None, help="also write the figures as JSON here")
+    ap.add_argument("--baseline", default=None, metavar="DIR",
+                    help="add a variant with the executables of the code tree in DIR, agent off")
     ap.add_argument("--agent-processes", type=int, default=None,
                     help="the agent's serving processes (default: its own default)")
     a = ap.parse_args(argv)
-    return run(a.n, a.parallel, a.json, a.agent_processes)
+    return run(a.n, a.parallel, a.json, a.agent_processes, a.baseline)
 
 
 if __name__ == "__main__":

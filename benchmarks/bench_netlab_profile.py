@@ -136,7 +136,7 @@ def agent_times(lab_dir: str) -> dict[str, tuple[float, int]]:
 
 
 def run_cli(argv: list[str]) -> int:
-    from netlab.cli import main
+    from netlab.cli.main import main
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         try:
@@ -212,6 +212,16 @@ def wrap_agent_side(probe: Probe) -> None:
     from plugins.net import link, nft
     if hasattr(link, "_nl_call"):
         probe.wrap(link, "_nl_call", "netlink (stdlib rtnetlink)")
+    try:        # the bridge ADD's stdlib rtnetlink (ADR 0036)
+        from plugins.net.netlink import rtnl
+        kinds = {rtnl.RTM_NEWLINK: "link add/set", rtnl.RTM_GETLINK: "link get",
+                 rtnl.RTM_DELLINK: "link del", rtnl.RTM_NEWADDR: "addr add",
+                 rtnl.RTM_GETADDR: "addr dump", rtnl.RTM_NEWROUTE: "route add"}
+        probe.wrap(rtnl.Rtnl, "request", lambda self, mtype, *a, **kw:
+                   f"netlink stdlib: {kinds.get(mtype, mtype)}")
+        probe.wrap(rtnl.Rtnl, "__init__", "netlink stdlib: open socket")
+    except ImportError:
+        pass
     probe.wrap(link, "open_iproute", "netlink: open socket")
     timed_open = link.open_iproute
 

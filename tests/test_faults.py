@@ -458,9 +458,12 @@ def test_kill_9_during_vxlan_add_then_del_leaves_nothing(tmp_path, make_netns,
     kills = partial = 0
     start = time.monotonic()
     n = 0
-    # 12 s bound the run, except that it goes on (up to VXLAN_MAX_ITERATIONS) until 5
-    # kills landed: on a loaded machine fewer iterations fit in the time
-    while n < VXLAN_MAX_ITERATIONS and (time.monotonic() - start < 12.0 or kills < 5):
+    # 12 s of kills; longer (bounded by VXLAN_MAX_ITERATIONS and 60 s) until 5 kills
+    # landed, one of them after IPAM: a loaded machine fits fewer iterations in the
+    # time, and since the attach runs on stdlib netlink (ADR 0036) the window after
+    # IPAM is a small part of the ADD (most of it is the interpreter's start-up)
+    while n < VXLAN_MAX_ITERATIONS and (time.monotonic() - start < 12.0 or (
+            (kills < 5 or not partial) and time.monotonic() - start < 60.0)):
         n += 1
         p = spawn(installed_plugins, node, "ADD", plugin_conf(net, 0, None, {}), f"vx{n}",
                   pod.path)

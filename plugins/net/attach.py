@@ -2,7 +2,10 @@
 
 Shared by the ``bridge`` and ``vxlan`` plugins. Everything here runs with the
 calling thread in the *node* namespace (the plugin's host); pod-side work
-enters the pod's namespace itself. pyroute2 is imported lazily.
+enters the pod's namespace itself. ADD's netlink work (bridge, veth, port
+flags, addresses, routes, waits) goes through the stdlib socket of
+``netlink.rtnl`` (ADR 0036); pyroute2 is imported lazily, only for bridge vlan
+filtering and the CHECK and GC helpers.
 
 API (stable; the vxlan plugin builds on it)
 -------------------------------------------
@@ -86,6 +89,7 @@ from ..core.errors import (ADDRESS_UNAVAILABLE, CHECK_FAILED, CNIError, IO_FAILU
                            TRY_AGAIN_LATER)
 from ..core.types import Interface, IPConfig, Result, Route
 from . import link, sysctl
+from .netlink import rtnl
 
 if TYPE_CHECKING:
     from ..core.undo import Undo
@@ -143,12 +147,16 @@ def _sysctl_quiet(key: str, value: str | int) -> None:
 
 def ensure_bridge(name: str, *, mtu: int = 0, promisc: bool = False,
                   vlan_filtering: bool = False) -> tuple[Interface, bool]:
-    ipr = link.open_iproute()
-    try:
-        info, created = link.ensure_bridge(ipr, name, mtu=mtu, promisc=promisc,
-                                           vlan_filtering=vlan_filtering)
-    finally:
-        ipr.close()
+    if vlan_filtering:          # bridge vlan filtering stays on pyroute2
+        ipr = link.open_iproute()
+        try:
+            info, created = link.ensure_bridge(ipr, name, mtu=mtu, promisc=promisc,
+                                               vlan_filtering=vlan_filtering)
+        finally:
+            ipr.close()
+    else:
+        with rtnl.Rtnl() as nl:
+            info, created = rtnl.ensure_bridge(nl, name, mtu=mtu, promisc=promisc)
     _sysctl_quiet(f"net/ipv6/conf/{name}/accept_ra", 0)    # we own this link's routes
     return Interface(name=info.name, mac=info.mac), created
 
@@ -156,28 +164,18 @@ def ensure_bridge(name: str, *, mtu: int = 0, promisc: bool = False,
 def remove_bridge_if_unused(name: str) -> bool:
     """Rollback of a bridge this ADD created: delete it unless something is enslaved to it
     (a parallel ADD may have attached a pod meanwhile). True when deleted."""
-    ipr = link.open_iproute()
-    try:
-        br = link.get_link(ipr, name)
+    with rtnl.Rtnl() as nl:
+        br = rtnl.get_link(nl, name)
         if br is None or br.kind != "bridge":
             return False
-        try:
-            ports = ipr.get_links(master=br.index)
-        except Exception as e:  # noqa: BLE001
-            raise link.kernel_error(e, f"listing ports of {name}") from None
-        if any(p.get_attr("IFLA_MASTER") == br.index for p in ports):
+        if rtnl.has_ports(nl, br.index):
             return False
-        return link.delete_link(ipr, name)
-    finally:
-        ipr.close()
+        return rtnl.delete_link(nl, name)
 
 
 def bridge_interface(name: str) -> Interface:
-    ipr = link.open_iproute()
-    try:
-        info = link.get_link(ipr, name)
-    finally:
-        ipr.close()
+    with rtnl.Rtnl() as nl:
+        info = rtnl.get_link(nl, name)
     if info is None:
         raise CNIError(IO_FAILURE, f"bridge {name!r} vanished")
     return Interface(name=info.name, mac=info.mac)
@@ -186,35 +184,36 @@ def bridge_interface(name: str) -> Interface:
 # ---- veth ---------------------------------------------------------------------
 
 def attach(spec: VethSpec, undo: Undo) -> Attached:
-    ipr = link.open_iproute()
-    try:
-        br = link.get_link(ipr, spec.bridge)
+    with rtnl.Rtnl() as nl:
+        br = rtnl.get_link(nl, spec.bridge)
         if br is None or br.kind != "bridge":
             # e.g. removed by the rollback of a parallel ADD that had created it
             raise CNIError(TRY_AGAIN_LATER, f"bridge {spec.bridge!r} not found",
                            "it may have been removed by a failed parallel ADD; retry")
         fd = nsmod.open_netns(spec.netns)
         try:
-            link.add_veth(ipr, spec.host_name, spec.ifname, fd, mtu=spec.mtu, peer_mac=spec.mac)
+            rtnl.add_veth(nl, spec.host_name, spec.ifname, fd, mtu=spec.mtu, peer_mac=spec.mac)
         finally:
             os.close(fd)
         undo.callback(_undo_veth, spec.host_name)
-        host = link.get_link(ipr, spec.host_name)
+        host = rtnl.get_link(nl, spec.host_name)
         if host is None:
             raise CNIError(IO_FAILURE, f"veth {spec.host_name} vanished right after creation")
         _sysctl_quiet(f"net/ipv6/conf/{spec.host_name}/accept_ra", 0)
-        link.set_link(ipr, host.index, f"attaching {spec.host_name} to {spec.bridge}",
+        rtnl.set_link(nl, host.index, f"attaching {spec.host_name} to {spec.bridge}",
                       master=br.index, state="up")
-        link.set_brport(ipr, host.index, hairpin=spec.hairpin,
+        rtnl.set_brport(nl, host.index, hairpin=spec.hairpin,
                         isolated=spec.isolated if spec.isolated else None)
         if spec.owner:      # the kernel takes no alias in the creating request
-            link.set_link(ipr, host.index, f"marking {spec.host_name}", ifalias=spec.owner)
-        if spec.vlan or spec.vlan_trunk:
+            rtnl.set_link(nl, host.index, f"marking {spec.host_name}", ifalias=spec.owner)
+        pod_index = host.peer
+    if spec.vlan or spec.vlan_trunk:        # bridge vlan filtering stays on pyroute2
+        ipr = link.open_iproute()
+        try:
             link.set_port_vlans(ipr, host.index, vlan=spec.vlan, trunk=list(spec.vlan_trunk),
                                 preserve_default=spec.preserve_default_vlan)
-        pod_index = host.peer
-    finally:
-        ipr.close()
+        finally:
+            ipr.close()
     pod = _pod_link(spec)
     if pod is None:
         raise CNIError(IO_FAILURE, f"{spec.ifname} not found in {spec.netns} after creation")
@@ -225,19 +224,13 @@ def attach(spec: VethSpec, undo: Undo) -> Attached:
 
 def _undo_veth(host_name: str) -> None:
     """Rollback: deleting the host end removes the pod end too (an Undo step: quiet)."""
-    ipr = link.open_iproute()
-    try:
-        link.delete_link(ipr, host_name)
-    finally:
-        ipr.close()
+    with rtnl.Rtnl() as nl:
+        rtnl.delete_link(nl, host_name)
 
 
 def refresh_macs(att: Attached, spec: VethSpec) -> None:
-    ipr = link.open_iproute()
-    try:
-        host = link.get_link(ipr, index=att.host_index)
-    finally:
-        ipr.close()
+    with rtnl.Rtnl() as nl:
+        host = rtnl.get_link(nl, index=att.host_index)
     if host is not None:
         att.host.mac = host.mac
 
@@ -248,32 +241,26 @@ def settle_and_read(att: Attached, bridge: str, *, wait_up: bool,
     ``bridge_interface(bridge)`` on one netlink socket, the host end by its
     known index: the end of a bridge ADD in two lookups instead of four
     lookups and three sockets. Returns the bridge's Interface."""
-    ipr = link.open_iproute()
-    try:
+    with rtnl.Rtnl() as nl:
         host_name = att.host.name
         if wait_up:
-            host = link.wait_operstate_up(ipr, att.host_index, timeout, host_name)
+            host = rtnl.wait_operstate_up(nl, att.host_index, timeout, host_name)
         else:
-            host = link.get_link(ipr, index=att.host_index)
+            host = rtnl.get_link(nl, index=att.host_index)
         if host is not None:
             att.host.mac = host.mac
-        br = link.get_link(ipr, bridge)
-    finally:
-        ipr.close()
+        br = rtnl.get_link(nl, bridge)
     if br is None:
         raise CNIError(IO_FAILURE, f"bridge {bridge!r} vanished")
     return Interface(name=br.name, mac=br.mac)
 
 
 def wait_port_up(host_name: str, timeout: float = 2.5) -> None:
-    ipr = link.open_iproute()
-    try:
-        info = link.get_link(ipr, host_name)
+    with rtnl.Rtnl() as nl:
+        info = rtnl.get_link(nl, host_name)
         if info is None:
             raise CNIError(IO_FAILURE, f"veth {host_name} vanished")
-        link.wait_operstate_up(ipr, info.index, timeout, host_name)
-    finally:
-        ipr.close()
+        rtnl.wait_operstate_up(nl, info.index, timeout, host_name)
 
 
 # ---- addresses and routes ------------------------------------------------------
@@ -305,16 +292,13 @@ def compute_gateways(result: Result, is_gateway: bool,
 def configure_pod(netns_path: str, ifname: str, ips: list[IPConfig], routes: list[Route],
                   *, enable_dad: bool = False) -> None:
     with nsmod.entered(netns_path):
-        ipr = link.open_iproute()
-        try:
-            _configure_here(ipr, ifname, ips, routes, enable_dad)
-        finally:
-            ipr.close()
+        with rtnl.Rtnl() as nl:
+            _configure_here(nl, ifname, ips, routes, enable_dad)
 
 
-def _configure_here(ipr, ifname: str, ips: list[IPConfig], routes: list[Route],
+def _configure_here(nl: rtnl.Rtnl, ifname: str, ips: list[IPConfig], routes: list[Route],
                     enable_dad: bool) -> None:
-    info = link.get_link(ipr, ifname)
+    info = rtnl.get_link(nl, ifname)
     if info is None:
         raise CNIError(IO_FAILURE, f"{ifname} not found in the pod")
     has_v6 = any(ip.family == 6 for ip in ips)
@@ -334,21 +318,21 @@ def _configure_here(ipr, ifname: str, ips: list[IPConfig], routes: list[Route],
     _sysctl_quiet(f"net/ipv4/conf/{ifname}/arp_notify", 1)
     gw_by_family: dict[int, str] = {}
     for ip in ips:
-        link.add_addr(ipr, info.index, ip.address, what=f"{ifname} in the pod")
+        rtnl.add_addr(nl, info.index, ip.address, what=f"{ifname} in the pod")
         if ip.gateway and ip.family not in gw_by_family:
             gw_by_family[ip.family] = ip.gateway
-    link.set_link(ipr, info.index, f"setting {ifname} up in the pod", state="up")
+    rtnl.set_link(nl, info.index, f"setting {ifname} up in the pod", state="up")
     if has_v6:
         # Even without DAD, IPv6 addresses stay tentative (ignored by neighbour
         # discovery) until the kernel has seen the link's carrier; under load that
         # can take a while, and the pod would miss its first neighbour solicitations.
-        link.settle_addrs(ipr, info.index, 5.0, f"{ifname} in the pod")
+        rtnl.settle_addrs(nl, info.index, 5.0, f"{ifname} in the pod")
     for r in routes:
         fam = ipaddress.ip_network(r.dst, strict=False).version
         gw = r.gw or gw_by_family.get(fam, "")
         # A route the pod already has (e.g. a default route through another
         # attachment) wins, as with the reference plugins: skip, don't fail.
-        link.add_route(ipr, dst=r.dst, oif=info.index, gw=gw, priority=r.priority,
+        rtnl.add_route(nl, dst=r.dst, oif=info.index, gw=gw, priority=r.priority,
                        table=r.table, scope=r.scope, mtu=r.mtu, advmss=r.advmss, exist_ok=True)
 
 
@@ -387,37 +371,30 @@ def gc_ports(bridge: str, owner: str, keep: set[str]) -> list[str]:
 def _pod_link(spec: "VethSpec"):
     """The pod end of the veth as the pod's namespace sees it (None if absent)."""
     with nsmod.entered(spec.netns):
-        pipr = link.open_iproute()
-        try:
-            return link.get_link(pipr, spec.ifname)
-        finally:
-            pipr.close()
+        with rtnl.Rtnl() as nl:
+            return rtnl.get_link(nl, spec.ifname)
 
 
 def pod_link_up(netns_path: str, ifname: str) -> None:
     with nsmod.entered(netns_path):
-        ipr = link.open_iproute()
-        try:
-            info = link.get_link(ipr, ifname)
+        with rtnl.Rtnl() as nl:
+            info = rtnl.get_link(nl, ifname)
             if info is None:
                 raise CNIError(IO_FAILURE, f"{ifname} not found in the pod")
-            link.set_link(ipr, info.index, f"setting {ifname} up in the pod", state="up")
-        finally:
-            ipr.close()
+            rtnl.set_link(nl, info.index, f"setting {ifname} up in the pod", state="up")
 
 
 def set_bridge_addrs(bridge: str, cidrs: Iterable[str], *, force: bool = False) -> None:
     cidrs = list(cidrs)
     if not cidrs:
         return
-    ipr = link.open_iproute()
-    try:
-        br = link.get_link(ipr, bridge)
+    with rtnl.Rtnl() as nl:
+        br = rtnl.get_link(nl, bridge)
         if br is None:
             raise CNIError(IO_FAILURE, f"bridge {bridge!r} vanished")
         for cidr in cidrs:
             want = ipaddress.ip_interface(cidr)
-            present = link.list_addrs(ipr, br.index, want.version)
+            present = rtnl.list_addrs(nl, br.index, want.version)
             if any(a.iface == want for a in present):
                 continue
             for a in present:
@@ -428,14 +405,12 @@ def set_bridge_addrs(bridge: str, cidrs: Iterable[str], *, force: bool = False) 
                     raise CNIError(ADDRESS_UNAVAILABLE,
                                    f"{bridge!r} already has an IP address different from {cidr}",
                                    f"found {a.address}; set forceAddress to replace it")
-                link.del_addr(ipr, br.index, a.address)
-            link.add_addr(ipr, br.index, cidr, nodad=True, what=f"bridge {bridge}")
+                rtnl.del_addr(nl, br.index, a.address)
+            rtnl.add_addr(nl, br.index, cidr, nodad=True, what=f"bridge {bridge}")
         v6 = [c for c in cidrs if ipaddress.ip_interface(c).version == 6]
         if v6:      # usable only once the bridge is "ready" (has carrier), even without DAD
-            link.settle_addrs(ipr, br.index, 5.0, f"bridge {bridge}", only=v6)
-        link.pin_mac(ipr, br.index)
-    finally:
-        ipr.close()
+            rtnl.settle_addrs(nl, br.index, 5.0, f"bridge {bridge}", only=v6)
+        rtnl.pin_mac(nl, br.index)
 
 
 def enable_forwarding(families: Iterable[int]) -> None:
