@@ -56,6 +56,7 @@ def _tracefs_state(own: str | None = None) -> dict:
 
 # --------------------------------------------------------------------------- drop reasons
 
+@pytest.mark.serial     # the kernel's drop events are machine-wide: other tests' drops would compete
 def test_nft_drop_rule_is_reported_as_netfilter_drop_and_tracing_is_left_alone(make_netns):
     from netlab.debug import dropmon
     if dropmon.support():
