@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from ..core.errors import (CNIError, IO_FAILURE, LINK_EXISTS, NOT_SUPPORTED_BY_KERNEL)
+from .netlink import wire
 
 IFF_UP = 0x1
 IFF_PROMISC = 0x100
@@ -49,52 +50,23 @@ def exists(name: str) -> bool:
 
 # A few rtnetlink requests with the standard library only, so DEL (deleting a
 # link by name) does not pay pyroute2's ~100 ms import. Same thread-netns rule.
-_NLMSG_ERROR, _NLMSG_DONE = 2, 3
 _RTM_NEWLINK, _RTM_DELLINK, _RTM_GETLINK = 16, 17, 18
-_NLM_F_REQUEST, _NLM_F_ACK = 0x1, 0x4
 _IFLA_ADDRESS, _IFLA_IFNAME, _IFLA_MTU, _IFLA_TXQLEN = 1, 3, 4, 13
 _IFLA_LINKINFO, _IFLA_INFO_KIND = 18, 1
 
 
 def _nl_attrs(data: bytes, off: int) -> dict[int, bytes]:
-    out = {}
-    while off + 4 <= len(data):
-        alen, atype = struct.unpack_from("=HH", data, off)
-        if alen < 4:
-            break
-        out[atype & 0x3FFF] = data[off + 4: off + alen]
-        off += (alen + 3) & ~3
-    return out
+    return wire.parse_attrs(data, off)
 
 
 def _nl_call(msg_type: int, payload: bytes, flags: int = 0) -> list[bytes]:
-    """One rtnetlink request; returns the reply payloads, raises OSError on a NACK."""
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                       0) as s:                                   # 0 = NETLINK_ROUTE
-        s.bind((0, 0))
-        s.send(struct.pack("=LHHLL", 16 + len(payload), msg_type,
-                           _NLM_F_REQUEST | _NLM_F_ACK | flags, 1, 0) + payload)
-        replies: list[bytes] = []
-        while True:
-            data = s.recv(65536)
-            off = 0
-            while off + 16 <= len(data):
-                mlen, mtype, _fl, _seq, _pid = struct.unpack_from("=LHHLL", data, off)
-                body = data[off + 16: off + mlen]
-                if mtype == _NLMSG_ERROR:
-                    err = struct.unpack_from("=i", body, 0)[0]
-                    if err:
-                        raise OSError(-err, os.strerror(-err))
-                    return replies
-                if mtype == _NLMSG_DONE:
-                    return replies
-                replies.append(body)
-                off += (mlen + 3) & ~3
+    """One rtnetlink request on a one-shot socket; returns the reply payloads,
+    raises OSError on a NACK."""
+    with wire.open_route_socket() as s:
+        return wire.exchange(s, 1, msg_type, payload, flags)
 
 
-def _nl_attr(atype: int, value: bytes) -> bytes:
-    attr = struct.pack("=HH", 4 + len(value), atype) + value
-    return attr + b"\0" * (-len(attr) % 4)
+_nl_attr = wire.attr
 
 
 def _getlink_by_name(name: str) -> bytes | None:

@@ -28,15 +28,14 @@ import time
 from typing import Iterable
 
 from ...core.errors import CNIError, IO_FAILURE, LINK_EXISTS
+from . import wire
 from ..link import (IFA_F_NODAD, IFF_PROMISC, IFF_UP, RT_SCOPE_UNIVERSE, Addr, LinkInfo,
                    NetlinkFailure, kernel_error, netlink_errno)
 
 # message types and flags
-_NLMSG_ERROR, _NLMSG_DONE = 2, 3
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWROUTE = 24
-_REQUEST, _MULTI, _ACK = 0x1, 0x2, 0x4
 _DUMP, _EXCL, _CREATE = 0x300, 0x200, 0x400
 _NESTED = 0x8000
 # link attributes
@@ -59,13 +58,11 @@ _IFINFO = struct.Struct("=BxHiII")       # family, type, index, flags, change
 _IFADDR = struct.Struct("=BBBBI")        # family, prefixlen, flags, scope, index
 _RTMSG = struct.Struct("=BBBBBBBBI")     # family, dst_len, src_len, tos, table, proto, scope,
 #                                          type, flags
-_HDR = struct.Struct("=LHHLL")
 _U32 = struct.Struct("=I")
 
 
-def attr(atype: int, value: bytes) -> bytes:
-    a = struct.pack("=HH", 4 + len(value), atype) + value
-    return a + b"\0" * (-len(a) % 4)
+attr = wire.attr
+parse_attrs = wire.parse_attrs
 
 
 def nested(atype: int, *parts: bytes) -> bytes:
@@ -82,18 +79,6 @@ def u8(atype: int, v: int) -> bytes:
 
 def cstr(atype: int, s: str) -> bytes:
     return attr(atype, s.encode() + b"\0")
-
-
-def parse_attrs(data: bytes, off: int = 0) -> dict[int, bytes]:
-    out: dict[int, bytes] = {}
-    n = len(data)
-    while off + 4 <= n:
-        alen, atype = struct.unpack_from("=HH", data, off)
-        if alen < 4:
-            break
-        out[atype & 0x3FFF] = data[off + 4: off + alen]
-        off += (alen + 3) & ~3
-    return out
 
 
 def _mac(raw: bytes | None) -> str:
@@ -116,14 +101,8 @@ class Rtnl:
     """One NETLINK_ROUTE socket in the current thread's netns; requests are synchronous."""
 
     def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                                  0)                              # 0 = NETLINK_ROUTE
-        try:
-            self.sock.bind((0, 0))
-            self.pid = self.sock.getsockname()[0]
-        except OSError:
-            self.sock.close()
-            raise
+        self.sock = wire.open_route_socket()
+        self.pid = self.sock.getsockname()[0]
         self.seq = 0
 
     def close(self) -> None:
@@ -142,27 +121,8 @@ class Rtnl:
         other sequence numbers (none expected on this private socket) are skipped.
         """
         self.seq += 1
-        seq = self.seq
-        self.sock.send(_HDR.pack(16 + len(payload), mtype, _REQUEST | _ACK | flags, seq, 0)
-                       + payload)
-        replies: list[bytes] = []
-        while True:
-            data = self.sock.recv(1 << 16)
-            off = 0
-            while off + 16 <= len(data):
-                mlen, t, _fl, mseq, _pid = _HDR.unpack_from(data, off)
-                if mlen < 16:
-                    break
-                if mseq == seq:
-                    if t == _NLMSG_ERROR:
-                        err = struct.unpack_from("=i", data, off + 16)[0]
-                        if err:
-                            raise NetlinkFailure(-err, f"netlink: {os.strerror(-err)}")
-                        return replies
-                    if t == _NLMSG_DONE:
-                        return replies
-                    replies.append(data[off + 16: off + mlen])
-                off += (mlen + 3) & ~3
+        return wire.exchange(self.sock, self.seq, mtype, payload, flags,
+                             error=lambda err, msg: NetlinkFailure(err, f"netlink: {msg}"))
 
 
 # ---- links ----------------------------------------------------------------------------

@@ -1,0 +1,80 @@
+"""The netlink wire format with the standard library: attributes, and one
+request/reply exchange on a NETLINK_ROUTE socket (send, read until the ACK or
+DONE, a NACK raised with the kernel's errno).
+
+Shared by ``plugins.net.link`` (one-shot requests of DEL and loopback) and
+``plugins.net.netlink.rtnl`` (the ADD path's long-lived socket). Imports
+nothing of ours.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from typing import Callable
+
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
+NLM_F_DUMP = 0x300
+NLA_F_NESTED = 0x8000
+HDR = struct.Struct("=LHHLL")          # length, type, flags, sequence, port id
+
+
+def attr(atype: int, value: bytes) -> bytes:
+    """One attribute (type, value), padded to 4 bytes."""
+    a = struct.pack("=HH", 4 + len(value), atype) + value
+    return a + b"\0" * (-len(a) % 4)
+
+
+def parse_attrs(data: bytes, off: int = 0) -> dict[int, bytes]:
+    """The attributes from ``off`` on: type (flags masked off) -> value."""
+    out: dict[int, bytes] = {}
+    n = len(data)
+    while off + 4 <= n:
+        alen, atype = struct.unpack_from("=HH", data, off)
+        if alen < 4:
+            break
+        out[atype & 0x3FFF] = data[off + 4: off + alen]
+        off += (alen + 3) & ~3
+    return out
+
+
+def open_route_socket() -> socket.socket:
+    """A NETLINK_ROUTE socket in the calling thread's network namespace, bound."""
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)  # 0 = NETLINK_ROUTE
+    try:
+        s.bind((0, 0))
+    except OSError:
+        s.close()
+        raise
+    return s
+
+
+def _oserror(err: int, msg: str) -> OSError:
+    return OSError(err, msg)
+
+
+def exchange(sock: socket.socket, seq: int, mtype: int, payload: bytes, flags: int = 0,
+             error: Callable[[int, str], OSError] = _oserror) -> list[bytes]:
+    """Send one ACKed request with sequence number ``seq``; return the bodies of
+    its reply messages. A NACK raises ``error(errno, message)``; messages of
+    other sequence numbers are skipped."""
+    sock.send(HDR.pack(16 + len(payload), mtype, NLM_F_REQUEST | NLM_F_ACK | flags, seq, 0) + payload)
+    replies: list[bytes] = []
+    while True:
+        data = sock.recv(1 << 16)
+        off = 0
+        while off + 16 <= len(data):
+            mlen, t, _fl, mseq, _pid = HDR.unpack_from(data, off)
+            if mlen < 16:
+                break
+            if mseq == seq:
+                if t == NLMSG_ERROR:
+                    err = struct.unpack_from("=i", data, off + 16)[0]
+                    if err:
+                        raise error(-err, os.strerror(-err))
+                    return replies
+                if t == NLMSG_DONE:
+                    return replies
+                replies.append(data[off + 16: off + mlen])
+            off += (mlen + 3) & ~3
