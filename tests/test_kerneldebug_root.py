@@ -65,22 +65,28 @@ def test_nft_drop_rule_is_reported_as_netfilter_drop_and_tracing_is_left_alone(m
     ns.run("ip", "link", "set", "lo", "up")
     ns.run("nft", "add table ip t; add chain ip t c { type filter hook input priority 0; }; "
            "add rule ip t c icmp type echo-request drop")
-    tag = unique_name("t").replace(".", "-")[-12:]
-    before = _tracefs_state(tag)
-    m = dropmon.DropMonitor(tag)
-    m.start()
-    try:
-        sent = time.time()
-        ns.run("ping", "-c", "1", "-W", "1", "127.0.0.1", check=False)
-    finally:
-        drops = m.stop()
-    assert m.error == ""
-    assert _tracefs_state(tag) == before         # no instance, mount, enable or filter left behind
-    mine = [d for d in drops if d.reason == "NETFILTER_DROP" and d.function == "nft_do_chain"]
-    assert mine, drops
-    assert all(d.protocol == 0x0800 for d in drops)
+    # kfree_skb events carry no namespace: a drop elsewhere on the machine (a
+    # namespace being deleted purges its neighbour queues) can land in the same
+    # window. Such an attempt proves nothing either way and is repeated (3 at most).
+    for attempt in range(3):
+        tag = unique_name("t").replace(".", "-")[-12:]
+        before = _tracefs_state(tag)
+        m = dropmon.DropMonitor(tag)
+        m.start()
+        try:
+            sent = time.time()
+            ns.run("ping", "-c", "1", "-W", "1", "127.0.0.1", check=False)
+        finally:
+            drops = m.stop()
+        assert m.error == ""
+        assert _tracefs_state(tag) == before         # no instance, mount, enable or filter left behind
+        mine = [d for d in drops if d.reason == "NETFILTER_DROP" and d.function == "nft_do_chain"]
+        assert mine, drops
+        assert all(d.protocol == 0x0800 for d in drops)
+        if len(drops) == len(mine) or attempt == 2:
+            break
     v = dropmon.correlate(drops, sent, window=2.0)
-    assert v.drop is not None and v.drop.reason == "NETFILTER_DROP"
+    assert v.drop is not None and v.drop.reason == "NETFILTER_DROP", drops
 
 
 # --------------------------------------------------------------------------- a small lab
