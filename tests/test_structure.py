@@ -178,7 +178,7 @@ LAYERS = {
     "ipam": {"plugins.core"},
     "cniruntime": {"plugins.core", "cninode"},   # the node agent fast path (ADR 0030)
     "cninode": {"plugins", "plugins.core", "ipam"},
-    "netlab.cri": {"plugins", "plugins.core"},
+    "netlab.cri": {"netlab.base", "plugins", "plugins.core"},
     "netlab.base": {"plugins.core"},
     "netlab.features": {"netlab.base", "cniruntime", "plugins", "plugins.core"},
     "netlab.lab": {"netlab.cri", "netlab.features", "netlab.base", "cniruntime", "cninode", "plugins", "plugins.core"},

@@ -99,14 +99,36 @@ def load(lab_dir: str) -> State | None:
 
 # --------------------------------------------------------------------------- processes
 
-def proc_starttime(pid: int) -> str | None:
-    """Field 22 of /proc/PID/stat: identifies a process across pid reuse."""
+def proc_stat(pid: int | None) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state first), or
+    None when there is no such process."""
     try:
         with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
             s = f.read()
-    except OSError:
+    except (OSError, TypeError):
         return None
-    return s[s.rfind(")") + 2:].split()[19]
+    return s[s.rfind(")") + 2:].split()
+
+
+def proc_starttime(pid: int | None) -> str | None:
+    """Field 22 of /proc/PID/stat: identifies a process across pid reuse."""
+    fields = proc_stat(pid)
+    return fields[19] if fields and len(fields) > 19 else None
+
+
+def proc_state(pid: int | None) -> str | None:
+    """The process's state letter (``Z`` for a zombie), None when it is gone."""
+    fields = proc_stat(pid)
+    return fields[0] if fields else None
+
+
+def proc_ppid(pid: int | None) -> int:
+    """The parent's PID, 0 when the process is gone."""
+    fields = proc_stat(pid)
+    try:
+        return int(fields[1]) if fields else 0
+    except (ValueError, IndexError):
+        return 0
 
 
 def kill_recorded(pid: int, starttime: str | None, timeout: float = 3.0) -> bool:
@@ -129,7 +151,7 @@ def kill_recorded(pid: int, starttime: str | None, timeout: float = 3.0) -> bool
             pass
         if proc_starttime(pid) != starttime:
             return True
-        st = _proc_state(pid)
+        st = proc_state(pid)
         if st in ("Z", None):
             return True
         time.sleep(0.02)
@@ -138,15 +160,6 @@ def kill_recorded(pid: int, starttime: str | None, timeout: float = 3.0) -> bool
     except ProcessLookupError:
         pass
     return True
-
-
-def _proc_state(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
-            s = f.read()
-        return s[s.rfind(")") + 2]
-    except OSError:
-        return None
 
 
 # --------------------------------------------------------------------------- /etc/netns

@@ -14,7 +14,8 @@ Owns three things, each usable alone:
   and CRI config, stopped by its PID and cleaned up completely.
 
 Imports: the standard library, grpcio, protobuf and grpcio-tools (test
-extras); nothing from netlab's lab; the plugins only inside
+extras); from netlab only ``netlab.base`` (the /proc readers of
+``base.state``), nothing of the lab; the plugins only inside
 ``gocni.ours_read_go_keys()``. Heavy imports happen in
 ``api.messages()`` and ``RuntimeClient()``, not at package import.
 """

@@ -52,6 +52,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from ..base.state import proc_ppid, proc_starttime, proc_state
 from .api import CRIError, RuntimeClient
 from .image import PAUSE_REF, build_pause_image, import_image
 
@@ -177,15 +178,15 @@ class Containerd:
             return self.proc.poll() is None
         if self._adopted:
             pid, start = self._adopted
-            return bool(pid) and _starttime(pid) is not None and _starttime(pid) == start \
-                and _proc_state(pid) not in ("Z", None)
+            return bool(pid) and proc_starttime(pid) is not None and proc_starttime(pid) == start \
+                and proc_state(pid) not in ("Z", None)
         return False
 
     # ---- a record of it, and an owner rebuilt from one ------------------------------------
     def record(self) -> dict:
         """What ``from_record`` needs to stop and clean up this containerd later (JSON)."""
         o = self.options
-        return {"pid": self.pid or 0, "starttime": _starttime(self.pid) if self.pid else None,
+        return {"pid": self.pid or 0, "starttime": proc_starttime(self.pid) if self.pid else None,
                 "netns": o.netns, "workdir": self.workdir, "cniBinDir": o.cni_bin_dir,
                 "cniConfDir": self.conf_dir, "snapshotter": o.snapshotter,
                 "cgroupParent": self.cgroup_parent, "socket": self.socket,
@@ -427,7 +428,7 @@ class Containerd:
             try:
                 init = int(open(os.path.join(d, "init.pid")).read().strip())
                 pids.append(("init.pid", init))
-                shim = _ppid(init)
+                shim = proc_ppid(init)
                 if shim and self._is_our_shim(shim, tid):
                     pids.append(("shim", shim))
             except (OSError, ValueError):
@@ -460,7 +461,7 @@ class Containerd:
         # a killed process stays in its cgroup until it has exited: wait for that
         # (bounded) so the cgroups can be removed next
         deadline = time.monotonic() + 15
-        while any(_proc_state(pid) not in (None, "Z") for pid in killed) and time.monotonic() < deadline:
+        while any(proc_state(pid) not in (None, "Z") for pid in killed) and time.monotonic() < deadline:
             time.sleep(0.02)
         return left
 
@@ -530,36 +531,8 @@ class Containerd:
         self.stop()
 
 
-def _starttime(pid: int | None) -> str | None:
-    """Field 22 of /proc/PID/stat: tells a PID apart from a later one that reuses it."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
-            s = f.read()
-    except (OSError, TypeError):
-        return None
-    return s[s.rfind(")") + 2:].split()[19]
-
-
 def _all_pids() -> list[int]:
     return [int(d) for d in _listdir("/proc") if d.isdigit()]
-
-
-def _ppid(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
-            s = f.read()
-        return int(s[s.rfind(")") + 2:].split()[1])
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def _proc_state(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
-            s = f.read()
-        return s[s.rfind(")") + 2]
-    except OSError:
-        return None
 
 
 def _listdir(d: str) -> list[str]:
