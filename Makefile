@@ -1,7 +1,9 @@
 # Two commands matter: `make lab` and `make test`. Both run `make setup` first,
 # which is idempotent and works as root on a fresh Debian 12 machine.
 SHELL := /bin/bash
-PYTHON ?= python3
+# the system interpreter Debian ships (python3-venv above), never one a version manager
+# put first on PATH: the plugins start on it on every exec (docs/performance.md)
+PYTHON ?= /usr/bin/python3
 VENV := .venv
 PY := $(CURDIR)/$(VENV)/bin/python
 STAMP := $(VENV)/.installed

@@ -95,43 +95,29 @@ def host_veth(call, prev: Result) -> tuple[str, int]:
     be a veth whose own peer is the pod interface, and be a host interface of
     prevResult.
     """
-    from plugins.net.link import open_iproute
     from plugins.core import netns
+    from plugins.net.netlink.rtnl import Rtnl, get_link
     ifname = call.args.ifname
     with netns.entered(call.args.netns):
-        with open_iproute() as ipr:
-            links = ipr.link_lookup(ifname=ifname)
-            if not links:
-                raise CNIError(IO_FAILURE, f"pod interface {ifname} not found in "
-                               f"{call.args.netns}")
-            link = ipr.link("get", index=links[0])[0]
-            pod_index = link["index"]
-            peer = link.get_attr("IFLA_LINK")
-            kind = _kind(link)
-    if kind != "veth" or not peer:
+        with Rtnl() as nl:
+            link = get_link(nl, ifname)
+    if link is None:
+        raise CNIError(IO_FAILURE, f"pod interface {ifname} not found in {call.args.netns}")
+    if link.kind != "veth" or not link.peer:
         raise CNIError(INVALID_NETWORK_CONFIG,
-                       f"pod interface {ifname} is a {kind or 'device'} with no host veth peer",
-                       "bandwidth shapes on the host side of a veth; the main plugin must "
-                       "create a veth pair (bridge, ptp)")
+                       f"pod interface {ifname} is a {link.kind or 'device'} with no host veth "
+                       "peer", "bandwidth shapes on the host side of a veth; the main plugin "
+                       "must create a veth pair (bridge, ptp)")
     host_names = {i.name for i in prev.interfaces if not i.sandbox}
-    with open_iproute() as ipr:
-        try:
-            h = ipr.link("get", index=peer)[0]
-        except Exception:
-            h = None
-        if h is None or _kind(h) != "veth" or h.get_attr("IFLA_LINK") != pod_index:
-            raise CNIError(IO_FAILURE, f"the veth peer of {ifname} (index {peer}) is not in "
-                           "this node's namespace")
-        name = h.get_attr("IFLA_IFNAME")
-    if host_names and name not in host_names:
-        raise CNIError(IO_FAILURE, f"the host veth {name} of {ifname} is not an interface of "
+    with Rtnl() as nl:
+        h = get_link(nl, index=link.peer)
+    if h is None or h.kind != "veth" or h.peer != link.index:
+        raise CNIError(IO_FAILURE, f"the veth peer of {ifname} (index {link.peer}) is not in "
+                       "this node's namespace")
+    if host_names and h.name not in host_names:
+        raise CNIError(IO_FAILURE, f"the host veth {h.name} of {ifname} is not an interface of "
                        "prevResult", f"prevResult host interfaces: {sorted(host_names)}")
-    return name, h["index"]
-
-
-def _kind(link) -> str | None:
-    info = link.get_attr("IFLA_LINKINFO")
-    return info.get_attr("IFLA_INFO_KIND") if info is not None else None
+    return h.name, h.index
 
 
 # ---- handlers -----------------------------------------------------------------
@@ -141,30 +127,29 @@ def add(call) -> Result:
     prev = _require_prev(call.conf)
     if bw.is_zero():
         return prev
-    from plugins.net.link import open_iproute
     from plugins.net import tc
+    from plugins.net.netlink.rtnl import Rtnl
     ticks = tc.tick_in_usec()
     name, index = host_veth(call, prev)
     result = prev.copy()
     from plugins.core.undo import Undo
-    with open_iproute() as ipr, Undo() as undo:
-        t = tc.Tc(ipr)
+    with Rtnl() as nl, Undo() as undo:
+        t = tc.Tc(nl)
         if bw.shapes_ingress:
             t.set_tbf(index, tc.tbf_params(bw.ingress_rate, bw.ingress_burst, ticks))
             undo.callback(t.del_root, index)
         if bw.shapes_egress:
             key = (call.conf.name, call.args.container_id, call.args.ifname)
             ifb = tc.ifb_name(*key)
-            mtu = ipr.link("get", index=index)[0].get_attr("IFLA_MTU")
+            veth = t.link(index=index)
             t.delete_link(ifb)                 # this attachment's leftover of an earlier ADD
-            ifb_index = t.create_ifb(ifb, mtu, tc.ifb_alias(*key))
+            ifb_link = t.create_ifb(ifb, veth.mtu if veth else 0, tc.ifb_alias(*key))
             undo.callback(t.delete_link, ifb)
-            t.set_tbf(ifb_index, tc.tbf_params(bw.egress_rate, bw.egress_burst, ticks))
+            t.set_tbf(ifb_link.index, tc.tbf_params(bw.egress_rate, bw.egress_burst, ticks))
             t.add_ingress(index)
             undo.callback(t.del_ingress, index)
-            t.redirect_all(index, ifb_index)
-            mac = ipr.link("get", index=ifb_index)[0].get_attr("IFLA_ADDRESS") or ""
-            result.interfaces.append(Interface(name=ifb, mac=mac))
+            t.redirect_all(index, ifb_link.index)
+            result.interfaces.append(Interface(name=ifb, mac=ifb_link.mac))
         undo.pop_all()
     return result
 
@@ -180,8 +165,8 @@ def _ifbs_of(t, call, veth_index: int | None, *, orphan: bool = True) -> list:
     if own is not None:
         out.append(own)
     old = t.link(tc.legacy_ifb_name(net, cid))
-    if old is not None and tc.parse_alias(old.get_attr("IFLA_IFALIAS") or "") == (net, cid, None):
-        idx = old["index"]
+    if old is not None and tc.parse_alias(old.alias) == (net, cid, None):
+        idx = old.index
         if (veth_index is not None and t.ingress_qdisc(veth_index) is not None
                 and idx in t.redirect_targets(veth_index)) \
                 or (orphan and not t.redirected_to(idx)):
@@ -198,8 +183,8 @@ def delete(call) -> None:
              tc.legacy_ifb_name(call.conf.name, call.args.container_id))
     if bw.is_zero() and not any(_link_exists(n) for n in names):
         return None                  # nothing was shaped: no netlink library needed
-    from plugins.net.link import open_iproute
     from plugins.core import netns
+    from plugins.net.netlink.rtnl import Rtnl
     veth = None
     if call.args.netns and netns.exists(call.args.netns):
         try:
@@ -207,11 +192,11 @@ def delete(call) -> None:
         except CNIError:
             veth = None
     errors: list[str] = []
-    with open_iproute() as ipr:
-        t = tc.Tc(ipr)
+    with Rtnl() as nl:
+        t = tc.Tc(nl)
         index = veth[1] if veth is not None else None
         ifbs = _ifbs_of(t, call, index)
-        ours = {link["index"] for link in ifbs}
+        ours = {link.index for link in ifbs}
         if index is not None:
             try:
                 if tc.Tc.tbf_of(t.root_qdisc(index)) is not None:
@@ -226,7 +211,7 @@ def delete(call) -> None:
             except OSError as e:
                 errors.append(f"qdiscs of {veth[0]}: {e}")
         for link in ifbs:
-            _delete_ifb(t, link.get_attr("IFLA_IFNAME"), errors)
+            _delete_ifb(t, link.name, errors)
     _raise_collected(errors, "DEL")
     return None
 
@@ -235,7 +220,7 @@ def _delete_ifb(t, name: str, errors: list[str]) -> None:
     """Delete one IFB; a failure is recorded and the caller keeps going."""
     try:
         t.delete_link(name)
-    except OSError as e:
+    except (OSError, CNIError) as e:
         errors.append(f"IFB {name}: {e}")
 
 
@@ -256,8 +241,8 @@ def _link_exists(name: str) -> bool:
 def check(call) -> None:
     bw = parse_config(call.conf)
     prev = _require_prev(call.conf)
-    from plugins.net.link import open_iproute
     from plugins.net import tc
+    from plugins.net.netlink.rtnl import Rtnl
     ticks = tc.tick_in_usec()
     try:
         name, index = host_veth(call, prev)
@@ -266,8 +251,8 @@ def check(call) -> None:
             return None              # nothing to shape, and nowhere it could be
         raise
     problems: list[str] = []
-    with open_iproute() as ipr:
-        t = tc.Tc(ipr)
+    with Rtnl() as nl:
+        t = tc.Tc(nl)
         live_in = tc.Tc.tbf_of(t.root_qdisc(index))
         if bw.shapes_ingress:
             problems += _tbf_diff(f"ingress TBF on {name}", live_in,
@@ -276,18 +261,18 @@ def check(call) -> None:
             problems.append(f"{name} has a TBF but the config shapes no ingress")
         ifbs = _ifbs_of(t, call, index, orphan=False)
         ifb_link = ifbs[0] if ifbs else None
-        ifb = (ifb_link.get_attr("IFLA_IFNAME") if ifb_link is not None else
+        ifb = (ifb_link.name if ifb_link is not None else
                tc.ifb_name(call.conf.name, call.args.container_id, call.args.ifname))
         if bw.shapes_egress:
             if ifb_link is None:
                 problems.append(f"IFB {ifb} is missing")
             else:
                 problems += _tbf_diff(f"egress TBF on {ifb}",
-                                      tc.Tc.tbf_of(t.root_qdisc(ifb_link["index"])),
+                                      tc.Tc.tbf_of(t.root_qdisc(ifb_link.index)),
                                       tc.tbf_params(bw.egress_rate, bw.egress_burst, ticks))
                 if t.ingress_qdisc(index) is None:
                     problems.append(f"{name} has no ingress qdisc")
-                elif ifb_link["index"] not in t.redirect_targets(index):
+                elif ifb_link.index not in t.redirect_targets(index):
                     problems.append(f"{name}'s ingress is not redirected to {ifb}")
         elif ifb_link is not None:
             problems.append(f"IFB {ifb} exists but the config shapes no egress")
@@ -315,17 +300,17 @@ def gc(call) -> None:
     from .core.gc import valid_attachments
     valid = valid_attachments(raw)
     containers = {cid for cid, _ifname in valid}
-    from plugins.net.link import open_iproute
     from plugins.net import tc
+    from plugins.net.netlink.rtnl import Rtnl
     errors: list[str] = []
-    with open_iproute() as ipr:
-        t = tc.Tc(ipr)
+    with Rtnl() as nl:
+        t = tc.Tc(nl)
         for link in t.ifb_links():
-            owner = tc.parse_alias(link.get_attr("IFLA_IFALIAS") or "")
+            owner = tc.parse_alias(link.alias)
             if owner is None or owner[0] != call.conf.name:
                 continue
             net, cid, ifname = owner
-            name = link.get_attr("IFLA_IFNAME")
+            name = link.name
             if ifname is None:
                 stale = cid not in containers and name == tc.legacy_ifb_name(net, cid)
             else:                     # exactly the one we would make for that attachment

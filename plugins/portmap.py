@@ -199,11 +199,8 @@ def build_plans(cfg: PortMapConfig, call, addrs: dict[int, str],
 
 # ---- the live side ----------------------------------------------------------
 
-def _our_rules(nft, family: int, comment: str) -> list[dict] | None:
-    objs = nft.list_table(pr.FAMILIES[family], pr.TABLE)
-    if objs is None:
-        return None
-    return [o["rule"] for o in objs if "rule" in o and o["rule"].get("comment") == comment]
+def _our_rules(nft, family: int, comment: str) -> list[dict]:
+    return pr.rules_commented(nft.list_table(pr.FAMILIES[family], pr.TABLE), comment)
 
 
 def _apply_retrying(nft, build) -> None:
@@ -311,8 +308,8 @@ def add(call) -> Result:
     comment = pr.attachment_comment(cfg.network, call.args.container_id, call.args.ifname)
 
     def build() -> list[dict]:
-        stale = {p.family: (_our_rules(nft, p.family, comment) or []) for p in plans}
-        return pr.plan_add(plans, stale)
+        return pr.plan_add(plans, {p.family: nft.list_table(p.nft_family, pr.TABLE)
+                                   for p in plans})
 
     _apply_retrying(nft, build)
     try:
@@ -330,7 +327,7 @@ def _remove(nft, comment: str, families=(4, 6)) -> None:
     def build() -> list[dict]:
         cmds: list[dict] = []
         for fam in families:
-            cmds += pr.delete_handles(fam, _our_rules(nft, fam, comment) or [])
+            cmds += pr.delete_handles(fam, _our_rules(nft, fam, comment))
         return cmds
     _apply_retrying(nft, build)
 

@@ -56,7 +56,7 @@ def test_add_check_del(lab):
     assert f"Egress Redirect to device {ifb}" in filt
     # CHECK agrees; then disagrees with other limits
     c["prevResult"] = out
-    assert call(node, "bandwidth", "CHECK", c, netns=pod.ns.path)[1] == 0
+    r = call(node, "bandwidth", "CHECK", c, netns=pod.ns.path); assert r[1] == 0, r
     other = dict(c, runtimeConfig={"bandwidth": dict(BW, ingressRate=5_000_000)})
     out2, rc = call(node, "bandwidth", "CHECK", other, netns=pod.ns.path)
     assert rc == 1 and out2["code"] == 102 and "rate" in out2["details"]
@@ -280,31 +280,25 @@ def test_ifb_of_an_earlier_version_is_removed_by_gc_and_by_del_without_netns(lab
 
 
 def test_gc_keeps_going_past_a_netlink_error(lab, make_netns, monkeypatch):
-    """Deleting one stale IFB fails in the kernel (pyroute2's NetlinkError): GC still
-    deletes the other one and reports the failure (code 5)."""
+    """Deleting one stale IFB fails in the kernel (a NACK with EBUSY on the RTM_DELLINK
+    of that IFB): GC still deletes the other one and reports the failure (code 5)."""
     import errno
-    import pyroute2
-    from pyroute2.netlink.exceptions import NetlinkError
+    from plugins.net.link import NetlinkFailure
+    from plugins.net.netlink import rtnl
     node, pod = lab
     pod2 = add_pod(node, make_netns("bwpod"), 2, v6=False)
     for p, cid in ((pod, "c1"), (pod2, "c2")):
         c = conf("bandwidth", NET, prev=p.prev_result(), runtime={"bandwidth": BW})
         assert call(node, "bandwidth", "ADD", c, cid=cid, netns=p.ns.path)[1] == 0
     stuck = tc.ifb_name(NET, "c1", "eth0")
-    real = pyroute2.IPRoute
+    stuck_index = json.loads(node.run("ip", "-j", "link", "show", stuck).stdout)[0]["ifindex"]
+    real = rtnl.Rtnl.request
 
-    class OneDeleteFails:
-        def __init__(self, *args, **kw):
-            self.ipr = real(*args, **kw)
-
-        def link(self, cmd, **kw):
-            if cmd == "del" and kw.get("ifname") == stuck:
-                raise NetlinkError(errno.EBUSY, "injected")
-            return self.ipr.link(cmd, **kw)
-
-        def __getattr__(self, name):
-            return getattr(self.ipr, name)
-    monkeypatch.setattr(pyroute2, "IPRoute", OneDeleteFails)
+    def request(self, mtype, payload, flags=0):
+        if mtype == rtnl.RTM_DELLINK and int.from_bytes(payload[4:8], "little") == stuck_index:
+            raise NetlinkFailure(errno.EBUSY, "netlink: injected")
+        return real(self, mtype, payload, flags)
+    monkeypatch.setattr(rtnl.Rtnl, "request", request)
     gc = conf("bandwidth", NET, version="1.1.0", **{"cni.dev/valid-attachments": []})
     out, rc = call(node, "bandwidth", "GC", gc)
     monkeypatch.undo()
@@ -312,3 +306,64 @@ def test_gc_keeps_going_past_a_netlink_error(lab, make_netns, monkeypatch):
     assert links(node, "ifb") == [stuck]                  # the other one is gone
     assert call(node, "bandwidth", "GC", gc)[1] == 0
     assert links(node, "ifb") == []
+
+
+def test_tc_backend_reads_back_what_it_wrote(make_netns):
+    """The stdlib rtnetlink tc backend (no pyroute2): every write is read back
+    both by the backend and by iproute2's tc, and removals are idempotent."""
+    from plugins.core import netns
+    from plugins.net.netlink.rtnl import Rtnl
+    node = make_netns("tcb")
+    node.run("ip", "link", "add", "v0", "mtu", "1400", "type", "veth", "peer", "name", "v1")
+    node.run("ip", "link", "set", "v0", "up")
+    p = tc.tbf_params(10_000_000, 1_000_000, tc.tick_in_usec())
+    alias = tc.ifb_alias("n1", "c1", "eth0")
+    with netns.entered(node.path), Rtnl() as nl:
+        t = tc.Tc(nl)
+        idx = t.link("v0").index
+        assert t.root_qdisc(idx).kind == "noqueue" and t.ingress_qdisc(idx) is None
+        assert t.redirect_targets(idx) == []
+        ifb = t.create_ifb("bwptest0", 1400, alias)
+        assert (ifb.kind, ifb.mtu, ifb.alias, ifb.up) == ("ifb", 1400, alias, True)
+        assert ifb.mac and ifb.mac != "00:00:00:00:00:00"
+        t.set_tbf(idx, p)
+        t.set_tbf(idx, p)                       # replace: still one TBF
+        assert tc.Tc.tbf_of(t.root_qdisc(idx)) == tc.TbfParams(p.rate, 0, p.limit, p.buffer)
+        t.add_ingress(idx)
+        t.add_ingress(idx)                      # already there: a re-ADD
+        assert t.ingress_qdisc(idx).kind == "ingress"
+        used = t.redirect_all(idx, ifb.index)
+        assert used in ("matchall", "u32")
+        assert t.redirect_targets(idx) == [ifb.index] and t.redirected_to(ifb.index)
+        assert [link.name for link in t.ifb_links()] == ["bwptest0"]
+    live = tbf(node, "v0")
+    assert len(live) == 1 and live[0]["options"]["rate"] == p.rate
+    assert live[0]["options"]["burst"] == p.burst
+    filt = node.run("tc", "filter", "show", "dev", "v0", "ingress").stdout
+    assert "Egress Redirect to device bwptest0" in filt and used in filt
+    with netns.entered(node.path), Rtnl() as nl:
+        t = tc.Tc(nl)
+        t.del_ingress(idx)
+        t.del_root(idx)
+        t.del_ingress(idx)                      # nothing there any more: no error
+        t.del_root(idx)
+        assert t.root_qdisc(idx).kind == "noqueue" and t.ingress_qdisc(idx) is None
+        assert t.delete_link("bwptest0") and not t.delete_link("bwptest0")
+    assert qdiscs(node, "v0") == [] or all(q["kind"] == "noqueue" for q in qdiscs(node, "v0"))
+
+
+def test_u32_redirect_is_what_tc_reads(make_netns):
+    """The u32 match-all fallback (kernels without cls_matchall) on its own."""
+    from plugins.core import netns
+    from plugins.net.netlink.rtnl import Rtnl
+    node = make_netns("tcu")
+    node.run("ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1")
+    with netns.entered(node.path), Rtnl() as nl:
+        t = tc.Tc(nl)
+        idx, ifb = t.link("v0").index, t.create_ifb("bwptest1", 1500, "x")
+        t.add_ingress(idx)
+        assert t.redirect_all(idx, ifb.index, classifier="u32") == "u32"
+        assert t.redirect_targets(idx) == [ifb.index]
+    filt = node.run("tc", "filter", "show", "dev", "v0", "ingress").stdout
+    assert "u32" in filt and "match 00000000/00000000 at 0" in filt
+    assert "Egress Redirect to device bwptest1" in filt

@@ -149,7 +149,9 @@ def test_conditions_are_prepended():
 
 
 def test_plan_add_is_one_idempotent_transaction():
-    stale = {4: [{"chain": "hostports", "handle": 7}]}
+    stale = {4: [{"rule": {"chain": "hostports", "handle": 7, "comment": plan(4).comment}},
+                 {"rule": {"chain": "hostports", "handle": 8, "comment": "another pod"}}],
+             6: None}
     cmds = pr.plan_add([plan(4), plan(6)], stale)
     verbs = [next(iter(c)) for c in cmds]
     assert verbs[:5] == ["add"] * 5
@@ -243,3 +245,48 @@ def test_transactions_are_rebuilt_when_a_parallel_delete_won():
     with pytest.raises(CNIError) as e:
         portmap._apply_retrying(nft, lambda: [{}])
     assert e.value.code == 5 and len(nft.applied) == 1 and "not supported" in e.value.details
+
+
+def _listing(cmds: list[dict]) -> list[dict]:
+    """What nft would list after ``cmds`` ran on an empty table (chains, rules)."""
+    out = []
+    for c in cmds:
+        (verb, target), = c.items()
+        (kind, obj), = target.items()
+        if verb == "add" and kind in ("chain", "rule"):
+            out.append({kind: dict(obj, handle=len(out) + 1)})
+    return out
+
+
+def test_second_add_leaves_the_shared_structure_alone():
+    """Once the listing shows the table, chains and entry rules, an ADD's
+    transaction only adds (and replaces) the attachment's own rules: re-adding
+    chains or flushing the entry chains would make the nftables socket's close
+    wait for an RCU grace period under the commit mutex."""
+    first = pr.plan_add([plan(4)], {4: None})
+    listed = _listing(first)
+    again = pr.plan_add([plan(4)], {4: listed})
+    assert [c for c in again if "add" in c and ("chain" in c["add"] or "table" in c["add"])] == []
+    assert not [c for c in again if "flush" in c]
+    ours = [c for c in again if "delete" in c]
+    assert len(ours) == len(pr.attachment_rules(plan(4)))    # the earlier ADD's rules
+
+
+@pytest.mark.parametrize("damage", ["entry rule gone", "entry rule twice", "chain gone",
+                                    "chain hook changed"])
+def test_damaged_structure_is_rewritten(damage):
+    listed = _listing(pr.plan_add([plan(4)], {4: None}))
+    entry = next(i for i, o in enumerate(listed)
+                 if "rule" in o and o["rule"]["chain"] == "prerouting")
+    if damage == "entry rule gone":
+        del listed[entry]
+    elif damage == "entry rule twice":
+        listed.append(listed[entry])
+    elif damage == "chain gone":
+        listed = [o for o in listed if o.get("chain", {}).get("name") != "output"]
+    else:
+        for o in listed:
+            if o.get("chain", {}).get("name") == "prerouting":
+                o["chain"] = dict(o["chain"], hook="input")
+    again = pr.plan_add([plan(4)], {4: listed})
+    assert [c for c in again if "flush" in c], damage

@@ -15,7 +15,7 @@ from typing import Iterable
 
 from ..core.errors import CNIError, IO_FAILURE
 from .masq import attachment_key, network_key
-from .nft import plan_delete
+from .nft import base_if_needed, plan_delete
 
 FAMILY = "bridge"
 TABLE = "cnilab_macspoof"
@@ -65,8 +65,9 @@ def setup(network: str, container_id: str, ifname: str, host_ifname: str, mac: s
     key = attachment_key(network, container_id, ifname)
     last = None
     for _ in range(3):
-        stale = select_rules(nft.list_table(FAMILY, TABLE), key)
-        err = nft.try_apply(plan_base() + plan_delete(stale)
+        objects = nft.list_table(FAMILY, TABLE)
+        err = nft.try_apply(base_if_needed(objects, plan_base())
+                            + plan_delete(select_rules(objects, key))
                             + [plan_rule(network, container_id, ifname, host_ifname, mac)])
         if err is None:
             return

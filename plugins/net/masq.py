@@ -26,7 +26,7 @@ import ipaddress
 from typing import Iterable
 
 from ..core.errors import CNIError, IO_FAILURE
-from .nft import plan_delete
+from .nft import base_if_needed, plan_delete
 
 FAMILY = "inet"
 TABLE = "cnilab_masq"
@@ -144,8 +144,9 @@ def setup(network: str, container_id: str, ifname: str, cidrs: Iterable[str]) ->
     key = attachment_key(network, container_id, ifname)
     last = None
     for _ in range(3):     # a parallel change may delete a stale rule's handle under us
-        stale = select_rules(nft.list_table(FAMILY, TABLE), key)
-        err = nft.try_apply(plan_base() + plan_delete(stale)
+        objects = nft.list_table(FAMILY, TABLE)
+        err = nft.try_apply(base_if_needed(objects, plan_base())
+                            + plan_delete(select_rules(objects, key))
                             + plan_rules(network, container_id, ifname, cidrs))
         if err is None:
             return

@@ -87,6 +87,54 @@ def canon(obj: Any) -> Any:
     return obj
 
 
+_CHAIN_KEYS = ("type", "hook", "prio", "policy")
+
+
+def base_in_place(objects: list[dict] | None, base: list[dict]) -> bool:
+    """Whether a table's listing already holds what the idempotent ``base``
+    commands (add table, add chains, flush entry chains and refill them) would
+    write: every chain with the same type, hook, priority and policy, and every
+    flushed chain with exactly the rules ``base`` adds to it, in order.
+
+    Writing them again is not free even though it changes nothing: re-adding an
+    existing chain or flushing one leaves kernel objects to release after the
+    commit, and closing the nftables socket then waits for an RCU grace period
+    (10-20 ms here) while holding the namespace's nftables commit mutex, which
+    the next transaction in that namespace waits on (docs/performance.md). So a
+    transaction carries the base only when the listing says it is needed; a
+    concurrent change between listing and commit makes the commit fail and the
+    caller rebuilds from a fresh listing (``apply_rebuilding``).
+    """
+    if objects is None:
+        return False
+    chains = {o["chain"]["name"]: o["chain"] for o in objects if "chain" in o}
+    flushed: dict[str, list] = {}
+    for cmd in base:
+        (verb, target), = cmd.items()          # {"add": {"chain": {...}}}
+        (kind, obj), = target.items()
+        if verb == "add" and kind == "chain":
+            live = chains.get(obj["name"])
+            if live is None or any(live.get(k) != obj.get(k) for k in _CHAIN_KEYS if k in obj):
+                return False
+        elif verb == "flush" and kind == "chain":
+            flushed[obj["name"]] = []
+        elif verb == "add" and kind == "rule" and obj["chain"] in flushed:
+            flushed[obj["chain"]].append(canon(obj["expr"]))
+        elif not (verb == "add" and kind == "table"):
+            return False              # a command this check does not understand
+    for name, want in flushed.items():
+        have = [canon([e for e in o["rule"].get("expr", []) if "counter" not in e])
+                for o in objects if "rule" in o and o["rule"].get("chain") == name]
+        if have != want:
+            return False
+    return True
+
+
+def base_if_needed(objects: list[dict] | None, base: list[dict]) -> list[dict]:
+    """``base`` unless the listing shows it in place already (``base_in_place``)."""
+    return [] if base_in_place(objects, base) else base
+
+
 def apply_rebuilding(nft: "Nft", build, what: str, retries: int = 8) -> None:
     """Run ``build()``'s transaction; rebuild and retry when a concurrent change
     removed a rule it meant to delete (the whole transaction is then void)."""

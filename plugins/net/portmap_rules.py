@@ -24,7 +24,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from .nft import canon as _canon, match as _match
+from .nft import base_if_needed, canon as _canon, match as _match
 
 TABLE = "cnilab-portmap"
 FAMILIES = {4: "ip", 6: "ip6"}
@@ -227,16 +227,23 @@ def delete_handles(family: int, rules: Iterable[dict]) -> list[dict]:
                                  "handle": r["handle"]}}} for r in rules]
 
 
-def plan_add(plans: list[PortMapPlan], stale: dict[int, list[dict]]) -> list[dict]:
-    """One transaction: shared structure, removal of this attachment's old rules
-    (``stale``: family -> live rules with our comment, from a previous ADD), then
-    the new rules."""
+def plan_add(plans: list[PortMapPlan], listed: dict[int, list[dict] | None]) -> list[dict]:
+    """One transaction: the shared structure (unless ``listed``, the family's
+    table listing, shows it in place: ``nft.base_in_place``), removal of this
+    attachment's old rules (from a previous ADD, found by comment in the
+    listing), then the new rules."""
     cmds: list[dict] = []
     for p in plans:
-        cmds += base_commands(p.family)
-        cmds += delete_handles(p.family, stale.get(p.family, []))
+        objects = listed.get(p.family)
+        cmds += base_if_needed(objects, base_commands(p.family))
+        cmds += delete_handles(p.family, rules_commented(objects, p.comment))
         cmds += [{"add": {"rule": r}} for r in attachment_rules(p)]
     return cmds
+
+
+def rules_commented(objects: list[dict] | None, comment: str) -> list[dict]:
+    """The listed rules carrying ``comment`` (one attachment's)."""
+    return [o["rule"] for o in objects or [] if "rule" in o and o["rule"].get("comment") == comment]
 
 
 # ---- comparing with live rules -----------------------------------------------

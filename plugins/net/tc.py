@@ -1,4 +1,4 @@
-"""tc helpers for the bandwidth plugin: pure parameter maths + a small pyroute2 backend.
+"""tc helpers for the bandwidth plugin: pure parameter maths + a small rtnetlink backend.
 
 Pure part (no root, no pyroute2): ``tbf_params`` turns a CNI rate/burst pair
 (bits per second, bits) into the kernel's TBF parameters, the same way
@@ -7,8 +7,9 @@ the deterministic IFB device name.
 
 Backend (``Tc``): TBF as root qdisc, the ingress qdisc, a match-all filter
 with a mirred egress redirect (u32 match-all when the kernel has no matchall
-classifier), IFB devices. It works in the netns its IPRoute was opened in; the
-IPRoute comes from ``link.open_iproute`` (kernel errors are OSErrors).
+classifier), IFB devices, on the standard library's netlink socket
+(``netlink.tcmsg``, no pyroute2: docs/adr/0037). It works in the netns its
+``Rtnl`` was opened in.
 """
 from __future__ import annotations
 
@@ -126,144 +127,89 @@ def parse_alias(alias: str) -> tuple[str, str, str | None] | None:
 # ---- backend ------------------------------------------------------------------
 
 class Tc:
-    """tc and link operations through one pyroute2 IPRoute (in its netns)."""
+    """tc and link operations on one standard-library rtnetlink socket
+    (``netlink.rtnl.Rtnl``, bound to the namespace it was opened in).
 
-    def __init__(self, ipr) -> None:
-        self.ipr = ipr
+    Links are ``link.LinkInfo``; qdiscs ``netlink.tcmsg.Qdisc``. Kernel refusals
+    of tc requests are OSErrors (``link.NetlinkFailure``), of link requests
+    CNIErrors, as in ``netlink.rtnl``.
+    """
+
+    def __init__(self, nl) -> None:
+        from .netlink import rtnl, tcmsg
+        self.nl, self._rtnl, self._tc = nl, rtnl, tcmsg
 
     # links
     def link(self, name: str | None = None, index: int | None = None):
-        try:
-            if index is not None:
-                return self.ipr.link("get", index=index)[0]
-            return self.ipr.link("get", ifname=name)[0]
-        except OSError as e:        # link.NetlinkFailure
-            if e.errno in (19, 2):   # ENODEV, ENOENT
-                return None
-            raise
+        return self._rtnl.get_link(self.nl, name=name, index=index)
 
-    def create_ifb(self, name: str, mtu: int, alias: str) -> int:
-        self.ipr.link("add", ifname=name, kind="ifb", mtu=mtu)
-        idx = self.ipr.link_lookup(ifname=name)[0]
-        self.ipr.link("set", index=idx, ifalias=alias)
-        self.ipr.link("set", index=idx, state="up")
-        return idx
+    def create_ifb(self, name: str, mtu: int, alias: str):
+        """The IFB, named and aliased (the alias is set with the link going up, so an
+        IFB that is up always says whom it serves); returns its LinkInfo."""
+        self._rtnl.add_link(self.nl, name, "ifb", mtu=mtu)
+        ifb = self.link(name)
+        if ifb is None:
+            raise OSError(19, f"IFB {name} vanished right after creation")
+        self._rtnl.set_link(self.nl, ifb.index, f"bringing up IFB {name}", ifalias=alias,
+                            state="up")
+        return self.link(index=ifb.index) or ifb
 
     def delete_link(self, name: str) -> bool:
-        try:
-            self.ipr.link("del", ifname=name)
-            return True
-        except OSError as e:        # link.NetlinkFailure
-            if e.errno in (19, 2):
-                return False
-            raise
+        return self._rtnl.delete_link(self.nl, name)
 
     def ifb_links(self) -> list:
-        return [link for link in self.ipr.get_links() if _kind(link) == "ifb"]
+        return [link for link in self._rtnl.dump_links(self.nl) if link.kind == "ifb"]
 
     def redirected_to(self, target: int) -> bool:
         """Whether an ingress filter of any link of the namespace redirects to ``target``."""
-        return any(self.ingress_qdisc(link["index"]) is not None
-                   and target in self.redirect_targets(link["index"])
-                   for link in self.ipr.get_links())
+        return any(self.ingress_qdisc(link.index) is not None
+                   and target in self.redirect_targets(link.index)
+                   for link in self._rtnl.dump_links(self.nl))
 
     # qdiscs
-    def qdiscs(self, index: int) -> list:
-        return [q for q in self.ipr.get_qdiscs(index=index) if q["index"] == index]
-
     def root_qdisc(self, index: int):
-        for q in self.qdiscs(index):
-            if q["parent"] == TC_H_ROOT:
-                return q
-        return None
+        return self._tc.get_qdisc(self.nl, index, TC_H_ROOT)
 
     def ingress_qdisc(self, index: int):
-        for q in self.qdiscs(index):
-            if q.get_attr("TCA_KIND") == "ingress":
-                return q
-        return None
+        q = self._tc.get_qdisc(self.nl, index, self._tc.TC_H_INGRESS)
+        return q if q is not None and q.kind == "ingress" else None
 
     def set_tbf(self, index: int, p: TbfParams) -> None:
-        # pyroute2 computes buffer from rate/burst with the same tick factor
-        self.ipr.tc("replace", kind="tbf", index=index, handle=TBF_HANDLE,
-                    rate=p.rate, burst=p.burst, limit=p.limit)
+        self._tc.replace_tbf(self.nl, index, TBF_HANDLE, p.rate, p.limit, p.buffer)
 
     def del_root(self, index: int) -> None:
-        self._del_qdisc(index, dict(parent=TC_H_ROOT))
+        self._tc.delete_qdisc(self.nl, index, TC_H_ROOT)
 
     def add_ingress(self, index: int) -> None:
-        try:
-            self.ipr.tc("add", kind="ingress", index=index, handle=INGRESS_HANDLE)
-        except OSError as e:        # link.NetlinkFailure
-            if e.errno != 17:        # EEXIST: re-ADD
-                raise
+        self._tc.add_ingress(self.nl, index, INGRESS_HANDLE)     # already there: a re-ADD
 
     def del_ingress(self, index: int) -> None:
-        self._del_qdisc(index, dict(kind="ingress", handle=INGRESS_HANDLE))
+        self._tc.delete_qdisc(self.nl, index, self._tc.TC_H_INGRESS, INGRESS_HANDLE)
 
-    def _del_qdisc(self, index: int, kw: dict) -> None:
-        try:
-            self.ipr.tc("del", index=index, **kw)
-        except OSError as e:        # link.NetlinkFailure
-            if e.errno not in (2, 22, 19):     # nothing there (ENOENT/EINVAL/ENODEV)
-                raise
-
-    def redirect_all(self, index: int, target: int) -> str:
+    def redirect_all(self, index: int, target: int, classifier: str | None = None) -> str:
         """Redirect everything entering ``index`` to ``target``'s egress; returns the
-        classifier used."""
-        action = {"kind": "mirred", "direction": "egress", "action": "redirect",
-                  "ifindex": target}
-        try:
-            self.ipr.tc("replace-filter", kind="matchall", index=index, parent=INGRESS_HANDLE,
-                        prio=FILTER_PRIO, protocol=ETH_P_ALL, action=action)
-            return "matchall"
-        except OSError as e:        # link.NetlinkFailure
-            if e.errno not in (2, 95, 22):   # no cls_matchall in this kernel
-                raise
-        self.ipr.tc("replace-filter", kind="u32", index=index, parent=INGRESS_HANDLE,
-                    prio=FILTER_PRIO, protocol=ETH_P_ALL, keys=["0x0/0x0+0"],
-                    target=0x10001, action=action)
+        classifier used: matchall, or u32 match-all when the kernel has no
+        cls_matchall (or when ``classifier`` asks for it)."""
+        if classifier in (None, "matchall"):
+            try:
+                self._tc.replace_redirect_filter(self.nl, index, INGRESS_HANDLE, FILTER_PRIO,
+                                                 ETH_P_ALL, target, "matchall")
+                return "matchall"
+            except OSError as e:
+                if classifier or e.errno not in (2, 95, 22):   # no cls_matchall here
+                    raise
+        self._tc.replace_redirect_filter(self.nl, index, INGRESS_HANDLE, FILTER_PRIO,
+                                         ETH_P_ALL, target, "u32", classid=0x10001)
         return "u32"
 
     def redirect_targets(self, index: int) -> list[int]:
         """ifindexes that filters on the ingress qdisc of ``index`` redirect to."""
-        out = []
-        for f in self.ipr.get_filters(index=index, parent=INGRESS_HANDLE):
-            out += _mirred_targets(f)
-        return out
+        return self._tc.redirect_targets(self.nl, index, INGRESS_HANDLE)
 
     @staticmethod
     def tbf_of(qdisc) -> TbfParams | None:
-        if qdisc is None or qdisc.get_attr("TCA_KIND") != "tbf":
-            return None
-        opts = qdisc.get_attr("TCA_OPTIONS")
-        parms = opts.get_attr("TCA_TBF_PARMS") if opts is not None else None
-        if parms is None:
+        if qdisc is None or qdisc.tbf is None:
             return None
         # rates are capped at 2^32-1 bytes/s by our validation: no TCA_TBF_RATE64
-        return TbfParams(rate=parms["rate"], burst=0, limit=parms["limit"],
-                         buffer=parms["buffer"])
-
-
-def _kind(link) -> str | None:
-    info = link.get_attr("IFLA_LINKINFO")
-    return info.get_attr("IFLA_INFO_KIND") if info is not None else None
-
-
-def _mirred_targets(msg) -> list[int]:
-    """ifindexes of the mirred actions of one filter message (matchall or u32)."""
-    out: list[int] = []
-    opts = msg.get_attr("TCA_OPTIONS")
-    if opts is None:
-        return out
-    acts = opts.get_attr("TCA_U32_ACT") or opts.get_attr("TCA_MATCHALL_ACT")
-    if acts is None:
-        return out
-    for _name, act in acts.get("attrs", []):
-        if not hasattr(act, "get_attr") or act.get_attr("TCA_ACT_KIND") != "mirred":
-            continue
-        aopts = act.get_attr("TCA_ACT_OPTIONS")
-        parms = aopts.get_attr("TCA_MIRRED_PARMS") if aopts is not None else None
-        if parms is not None:
-            out.append(parms["ifindex"])
-    return out
+        rate, limit, buffer = qdisc.tbf
+        return TbfParams(rate=rate, burst=0, limit=limit, buffer=buffer)

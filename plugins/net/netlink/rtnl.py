@@ -247,6 +247,31 @@ def add_veth(nl: Rtnl, name: str, peer: str, peer_netns_fd: int, *, mtu: int = 0
         raise kernel_error(e, f"creating veth {name!r}") from None
 
 
+def add_link(nl: Rtnl, name: str, kind: str, *, mtu: int = 0, up: bool = False) -> None:
+    """A new link of ``kind`` with no kind-specific data (ifb, dummy), up at once when
+    asked: one request. A name in use is ``LINK_EXISTS``."""
+    attrs = cstr(IFLA_IFNAME, name) + nested(IFLA_LINKINFO, cstr(IFLA_INFO_KIND, kind))
+    if mtu:
+        attrs += u32(IFLA_MTU, mtu)
+    flags = IFF_UP if up else 0
+    try:
+        nl.request(RTM_NEWLINK, _IFINFO.pack(0, 0, 0, flags, flags) + attrs, _CREATE | _EXCL)
+    except NetlinkFailure as e:
+        if e.errno == errno.EEXIST:
+            raise CNIError(LINK_EXISTS, f"cannot create {kind} {name!r}: a link of that name "
+                           "already exists") from None
+        raise kernel_error(e, f"creating {kind} {name!r}") from None
+
+
+def dump_links(nl: Rtnl) -> list[LinkInfo]:
+    """Every link of the socket's namespace (one dump)."""
+    try:
+        replies = nl.request(RTM_GETLINK, _IFINFO.pack(0, 0, 0, 0, 0), _DUMP)
+    except NetlinkFailure as e:
+        raise kernel_error(e, "listing links") from None
+    return [_to_info(b) for b in replies]
+
+
 def set_brport(nl: Rtnl, index: int, *, hairpin: bool | None = None,
                isolated: bool | None = None) -> None:
     """Bridge-port flags, as ``ip link set DEV type bridge_slave hairpin on``."""
