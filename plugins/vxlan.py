@@ -338,8 +338,8 @@ def _conf(call) -> VxlanConf:
 
 def _anycast_mac(network: str, vni: int) -> str:
     """The bridge MAC used for the gateway on every node (locally administered)."""
-    import hashlib
-    h = hashlib.sha256(f"{network}\0{vni}".encode()).digest()
+    from .core.names import sha256_digest
+    h = sha256_digest(f"{network}\0{vni}")
     return ":".join(f"{b:02x}" for b in (0x0a, *h[:5]))
 
 

@@ -157,3 +157,13 @@ def test_parse_netconf_errors(patch, code):
     with pytest.raises(CNIError) as e:
         parse_netconf(json.loads(json.dumps(raw)))
     assert e.value.code == code
+
+
+def test_digest_matches_hashlib():
+    """plugins.core.digest (CPython's built-in SHA-256, no OpenSSL load) gives
+    hashlib's digests: names derived from them must not change."""
+    import hashlib
+    from plugins.core.names import sha256_digest, sha256_hex
+    for text in ("", "podnet\0c1\0eth0", "cnilab-vtep/42/10.0.0.1", "é" * 300):
+        assert sha256_hex(text) == hashlib.sha256(text.encode()).hexdigest()
+        assert sha256_digest(text) == hashlib.sha256(text.encode()).digest()

@@ -1,6 +1,20 @@
-"""Name validation by the spec's rules, done before anything touches the system."""
+"""Names: validated by the spec's rules before anything touches the system, and
+derived from attachments (SHA-256 digests of their keys).
+
+The digests use CPython's own SHA-256 module, not ``hashlib``: importing
+hashlib loads OpenSSL (``_hashlib``), ~4-5 ms of a cold plugin call that
+hashes a few names (docs/performance.md); the digests are the same. The
+module's name changed in 3.12; any other interpreter gets hashlib's.
+"""
 from __future__ import annotations
 
+try:
+    from _sha256 import sha256          # CPython 3.11
+except ImportError:                     # pragma: no cover - depends on the interpreter
+    try:
+        from _sha2 import sha256        # CPython 3.12+
+    except ImportError:
+        from hashlib import sha256
 
 from .errors import CNIError, INVALID_ENV, INVALID_NETWORK_CONFIG
 
@@ -64,3 +78,13 @@ def check_mac(value: object, where: str) -> str:
     if int(parts[0], 16) & 1:
         raise CNIError(INVALID_NETWORK_CONFIG, f"{where} is a multicast MAC address", value)
     return value.lower()
+
+
+def sha256_hex(text: str) -> str:
+    """Hex SHA-256 of ``text`` (UTF-8): the source of derived names and comments."""
+    return sha256(text.encode()).hexdigest()
+
+
+def sha256_digest(text: str) -> bytes:
+    """Raw SHA-256 of ``text`` (UTF-8)."""
+    return sha256(text.encode()).digest()

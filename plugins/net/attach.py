@@ -78,7 +78,6 @@ and ``macspoof.py`` (``setup(network, id, ifname, host_veth, mac)``, same
 """
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import os
 from dataclasses import dataclass
@@ -88,6 +87,7 @@ from ..core import netns as nsmod
 from ..core.errors import (ADDRESS_UNAVAILABLE, CHECK_FAILED, CNIError, IO_FAILURE,
                            TRY_AGAIN_LATER)
 from ..core.types import Interface, IPConfig, Result, Route
+from ..core.names import sha256_hex
 from . import link, sysctl
 from .netlink import rtnl
 
@@ -101,7 +101,7 @@ def host_veth_name(network: str, container_id: str, ifname: str, prefix: str = H
     """Deterministic host-side name: ``prefix`` + hex of sha256(network, id, ifname), 15 chars."""
     if len(prefix) > 7:
         raise ValueError("prefix too long for a 15-char interface name")
-    digest = hashlib.sha256(f"{network}\x00{container_id}\x00{ifname}".encode()).hexdigest()
+    digest = sha256_hex(f"{network}\x00{container_id}\x00{ifname}")
     return prefix + digest[: 15 - len(prefix)]
 
 
@@ -340,7 +340,7 @@ def port_owner(kind: str, network: str) -> str:
     """The ifalias a plugin puts on the host veths it makes for ``network``."""
     alias = f"cnilab-{kind}:{network}"
     if len(alias) > 200:      # IFALIASZ is 256; network names are not bounded
-        alias = f"cnilab-{kind}:#" + hashlib.sha256(network.encode()).hexdigest()[:32]
+        alias = f"cnilab-{kind}:#" + sha256_hex(network)[:32]
     return alias
 
 

@@ -21,11 +21,11 @@ netns (the node). Shared by the bridge and vxlan plugins.
 """
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 from typing import Iterable
 
 from ..core.errors import CNIError, IO_FAILURE
+from ..core.names import sha256_hex
 from .nft import base_if_needed, plan_delete
 
 FAMILY = "inet"
@@ -37,7 +37,7 @@ SRCNAT_PRIORITY = 100
 
 
 def _h16(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return sha256_hex(text)[:16]
 
 
 def network_key(network: str) -> str:

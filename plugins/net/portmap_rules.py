@@ -19,11 +19,11 @@ Per-attachment rules carry a comment naming (network, container id, ifname).
 """
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from ..core.names import sha256_hex
 from .nft import base_if_needed, canon as _canon, match as _match
 
 TABLE = "cnilab-portmap"
@@ -94,7 +94,7 @@ class PortMapPlan:
 def _part(value: str, limit: int) -> str:
     if len(value) <= limit:
         return value
-    return "#" + hashlib.sha256(value.encode()).hexdigest()[:24]
+    return "#" + sha256_hex(value)[:24]
 
 
 def network_tag(network: str) -> str:

@@ -13,8 +13,9 @@ classifier), IFB devices, on the standard library's netlink socket
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
+
+from ..core.names import sha256_hex
 
 TIME_UNITS_PER_SEC = 1_000_000
 LATENCY_MS = 25               # queueing latency the TBF limit allows for (as the reference)
@@ -94,14 +95,14 @@ def tbf_params(rate_bits: int, burst_bits: int, ticks: float,
 def ifb_name(network: str, container_id: str, ifname: str) -> str:
     """The IFB device of one attachment: 'bwp' + 12 hex chars of a hash of network,
     container ID and interface (15 chars): a pod's eth0 and eth1 get their own."""
-    h = hashlib.sha256(f"{network}\0{container_id}\0{ifname}".encode()).hexdigest()
+    h = sha256_hex(f"{network}\0{container_id}\0{ifname}")
     return IFB_PREFIX + h[:12]
 
 
 def legacy_ifb_name(network: str, container_id: str) -> str:
     """The name earlier versions gave the IFB (no interface in the hash): DEL and GC
     still remove such an IFB for its owner after an upgrade."""
-    h = hashlib.sha256(f"{network}\0{container_id}".encode()).hexdigest()
+    h = sha256_hex(f"{network}\0{container_id}")
     return IFB_PREFIX + h[:12]
 
 

@@ -51,8 +51,8 @@ def staging_name(spec_name: str, alias: str) -> str:
     torn creation of ours: the next creation, DEL and GC delete it (under the
     node lock, where no creation is in flight).
     """
-    import hashlib
-    return "vxs" + hashlib.sha256(f"{alias}\0{spec_name}".encode()).hexdigest()[:12]
+    from ..core.names import sha256_hex
+    return "vxs" + sha256_hex(f"{alias}\0{spec_name}")[:12]
 
 
 def owner_alias(network: str) -> str:

@@ -23,12 +23,12 @@ never makes such entries itself.
 from __future__ import annotations
 
 import errno
-import hashlib
 import ipaddress
 from dataclasses import dataclass
 from typing import Iterable
 
 from ..core.errors import CNIError, IO_FAILURE
+from ..core.names import sha256_digest
 
 NTF_SELF = 0x02
 NUD_PERMANENT = 0x80
@@ -43,7 +43,7 @@ def vtep_mac(vni: int, underlay_ip: str) -> str:
     administered unicast (first byte 0x0e), then 5 bytes of
     sha256("cnilab-vtep/<vni>/<address>"). Every node computes every peer's."""
     ip = str(ipaddress.ip_address(underlay_ip))
-    h = hashlib.sha256(f"cnilab-vtep/{vni}/{ip}".encode()).digest()
+    h = sha256_digest(f"cnilab-vtep/{vni}/{ip}")
     return ":".join(f"{b:02x}" for b in (0x0e, *h[:5]))
 
 
