@@ -497,8 +497,8 @@ class FdbSyncer:
                    cniVersion=conflist["cniVersion"])
         conf = vx.parse(raw, conflist["name"])
         if os.environ.get("CNILAB_RUN_DIR"):     # the same lock the plugins on this node take
-            import dataclasses
-            conf = dataclasses.replace(conf, run_dir=os.environ["CNILAB_RUN_DIR"])
+            from plugins.core import record
+            conf = record.replace(conf, run_dir=os.environ["CNILAB_RUN_DIR"])
         if conf.group or conf.mode != "l2":     # all-zero-MAC entries are the L2 mode's
             return None
         with vx.node_lock(conf), VxlanLinks() as links:

@@ -13,13 +13,13 @@ Sources merged here (handlers never read raw JSON):
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
 
-from plugins.core.gc import valid_attachments  # noqa: F401  (GC input, re-exported)
+from plugins.core.config import valid_attachments  # noqa: F401  (GC input, re-exported)
 from plugins.core import cniargs, version as ver
 from plugins.core.config import Fields, NetConf
 from plugins.core.gojson import element, slice_layers
 from plugins.core.errors import CNIError, INVALID_ENV, INVALID_NETWORK_CONFIG
+from plugins.core.record import field, record
 from plugins.core.types import DNS, Route
 
 from .ranges import (IPAddress, RangeSet, check_sets_disjoint, parse_ip, parse_range,
@@ -28,7 +28,7 @@ from .ranges import (IPAddress, RangeSet, check_sets_disjoint, parse_ip, parse_r
 DEFAULT_DATA_DIR = "/var/lib/cni/networks"
 
 
-@dataclass
+@record
 class IPAMConfig:
     name: str
     cni_version: str

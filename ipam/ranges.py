@@ -14,10 +14,10 @@ Addresses are handled as ints internally (fast iteration over large pools).
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
 
 from plugins.core.errors import CNIError, INVALID_NETWORK_CONFIG
 from plugins.core.gojson import Fields
+from plugins.core.record import record
 
 # Type aliases as strings: annotations are not evaluated, and `typing` stays unimported
 # (it costs ~3 ms at every exec of the plugin).
@@ -45,7 +45,7 @@ def parse_ip(value: object, where: str) -> IPAddress:
     return ip
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Range:
     subnet: IPNetwork
     start: int

@@ -20,17 +20,16 @@ GC when its container has no valid attachment left.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from plugins.core.config import Fields, require_prev_result
 from plugins.core.errors import (CHECK_FAILED, CNIError, INVALID_NETWORK_CONFIG, IO_FAILURE)
+from plugins.core.record import record
 from plugins.core.types import Interface, Result
 
 FIELDS = ("ingressRate", "ingressBurst", "egressRate", "egressBurst")
 MAX_BITS = (2**32 - 1) * 8        # the kernel's TBF holds bytes in 32 bits
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Bandwidth:
     ingress_rate: int = 0
     ingress_burst: int = 0
@@ -297,7 +296,7 @@ def gc(call) -> None:
     container is valid). Keeps going past errors and reports them together."""
     parse_config(call.conf)
     raw = call.conf.raw
-    from .core.gc import valid_attachments
+    from .core.config import valid_attachments
     valid = valid_attachments(raw)
     containers = {cid for cid, _ifname in valid}
     from plugins.net import tc

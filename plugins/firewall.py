@@ -17,10 +17,10 @@ firewalld), ``ingressPolicy`` ("open", "same-bridge", "isolated").
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 
 from .core.config import Fields, require_prev_result
 from .core.errors import CHECK_FAILED, CNIError, INVALID_NETWORK_CONFIG, NOT_AVAILABLE
+from .core.record import record
 from .core.types import Result
 from .net import firewall_rules as fr
 
@@ -29,7 +29,7 @@ _ADMIN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01
 MAX_ADMIN_CHAIN = 28        # iptables' limit, which configs written for the reference obey
 
 
-@dataclass
+@record
 class FirewallConf:
     network: str
     backend: str = ""
@@ -157,7 +157,7 @@ def check(call) -> None:
 def gc(call) -> None:
     """Remove the rules of this network's attachments that are not listed as valid."""
     parse_config(call.conf)
-    from .core.gc import valid_attachments
+    from .core.config import valid_attachments
     from .net.portmap_rules import network_tag, parse_comment
     valid = {fr.attachment_comment(call.conf.name, cid, ifn)
              for cid, ifn in valid_attachments(call.conf.raw)}

@@ -18,10 +18,10 @@ import ipaddress
 import os
 import sys
 import threading
-from dataclasses import dataclass, field
 
+from .core.record import field, record
 from plugins.core.config import Fields, require_prev_result
-from plugins.core.gc import valid_attachments
+from plugins.core.config import valid_attachments
 from plugins.core.errors import (CHECK_FAILED, CNIError, INVALID_NETWORK_CONFIG, IO_FAILURE,
                                  NOT_AVAILABLE)
 from plugins.core.types import Result
@@ -33,7 +33,7 @@ _RETRIES = 8
 
 # ---- config -----------------------------------------------------------------
 
-@dataclass
+@record
 class PortMapConfig:
     network: str
     snat: bool = True
@@ -273,7 +273,7 @@ def _flush_udp_conntrack(cfg: PortMapConfig, families) -> None:
 
 # ---- handlers ---------------------------------------------------------------
 
-@dataclass
+@record
 class _Work:
     """What ADD and CHECK act on: the config, the pod's addresses, the rule plans."""
     cfg: PortMapConfig

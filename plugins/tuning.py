@@ -18,11 +18,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from dataclasses import dataclass, field
 
 from .core import cniargs, names
 from .core.config import Fields, require_prev_result
 from .core.errors import CHECK_FAILED, CNIError, INVALID_NETWORK_CONFIG, IO_FAILURE, NOT_AVAILABLE
+from .core.record import field, record
 from .core.types import Result
 
 DEFAULT_RUN_DIR = "/run/cnilab"
@@ -33,7 +33,7 @@ MAX_TXQLEN = 2**32 - 1
 _SYSCTL_ROOT = "/proc/sys"
 
 
-@dataclass
+@record
 class TuningConf:
     network: str
     sysctl: dict[str, str] = field(default_factory=dict)   # key as given -> value
@@ -472,7 +472,7 @@ def gc(call) -> None:
     """Forget the saved settings of attachments the runtime no longer has (their
     namespaces are unknown, so nothing can be put back; the state must not pile up)."""
     c = parse_config(call)
-    from .core.gc import valid_attachments
+    from .core.config import valid_attachments
     valid = valid_attachments(call.conf.raw)
     d = os.path.join(c.data_dir, c.network)
     try:

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-from dataclasses import dataclass, field
 TYPE_CHECKING = False       # not from typing: importing typing costs ~4 ms per exec
 
 from .core.config import Fields
 from .core.errors import (CHECK_FAILED, CNIError, INVALID_ENV, INVALID_NETWORK_CONFIG,
                           IO_FAILURE, LINK_EXISTS, NOT_AVAILABLE, NOT_IMPLEMENTED,
                           NOT_SUPPORTED_BY_KERNEL, TRY_AGAIN_LATER)
+from .core.record import field, record, replace
 from .core.types import DNS, IPConfig, Result
 
 if TYPE_CHECKING:                        # netlink types, imported lazily at run time
@@ -38,7 +38,7 @@ DEFAULT_LOCK_TIMEOUT = 30     # s: the lock is held for well under a second per 
 MAX_VNI = (1 << 24) - 1
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class VxlanConf:
     network: str
     vni: int
@@ -228,7 +228,7 @@ def _l3_peers(f: Fields) -> list:
 
 # ---- the config against the node (reads netlink, changes nothing) -------------------
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Resolved:
     conf: VxlanConf
     spec: DeviceSpec
@@ -328,12 +328,11 @@ CNI_ARGS_KEYS = frozenset({"MAC", "IP"})       # MAC: ours; IP: host-local's
 
 
 def _conf(call) -> VxlanConf:
-    import dataclasses
     conf = parse(call.conf.raw, call.conf.name, call.conf.dns)
     # The call's environment first: in the node agent it differs from the process's.
     import os
     run_dir = call.args.env.get("CNILAB_RUN_DIR") or os.environ.get("CNILAB_RUN_DIR")
-    return dataclasses.replace(conf, run_dir=run_dir) if run_dir else conf
+    return replace(conf, run_dir=run_dir) if run_dir else conf
 
 
 def _anycast_mac(network: str, vni: int) -> str:
@@ -671,7 +670,7 @@ def gc(call) -> None:
     then the shared device and bridge when no attachment is left. Keeps going past
     errors and reports them together."""
     conf = _conf(call)
-    from .core.gc import valid_attachments
+    from .core.config import valid_attachments
     valid = valid_attachments(call.conf.raw)
     errors: list[str] = []
     from .net import attach

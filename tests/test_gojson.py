@@ -15,7 +15,7 @@ from ipam import config as ipam_config
 from plugins import bandwidth, portmap
 from plugins.core.config import decode, parse_netconf
 from plugins.core.errors import CNIError, DECODING_FAILURE, INVALID_NETWORK_CONFIG
-from plugins.core.gc import valid_attachments
+from plugins.core.config import valid_attachments
 from plugins.core.gojson import Fields, as_go_map, fold, loads
 from plugins.core.types import Result
 from plugins.net import portmap_rules as pr

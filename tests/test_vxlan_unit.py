@@ -268,7 +268,7 @@ def test_overhead_and_names():
 # ---- small helpers ------------------------------------------------------------------
 
 def test_valid_attachments_both_keys():
-    from plugins.core.gc import valid_attachments
+    from plugins.core.config import valid_attachments
     new = {"cni.dev/valid-attachments": [{"containerID": "c1", "ifname": "eth0"}]}
     old = {"cni.dev/attachments": [{"containerID": "c2", "ifname": "net1"}]}
     assert valid_attachments(new) == {("c1", "eth0")}
@@ -308,10 +308,11 @@ def test_lock_timeout_default_and_validation():
 
 
 def test_node_lock_gives_up_with_code_11_naming_the_file(tmp_path):
-    import dataclasses
     import fcntl
-    conf = dataclasses.replace(vxlan.parse({"vni": 7, "lockTimeout": 1}, "n"),
-                               run_dir=str(tmp_path))
+
+    from plugins.core import record
+    conf = record.replace(vxlan.parse({"vni": 7, "lockTimeout": 1}, "n"),
+                          run_dir=str(tmp_path))
     path = str(tmp_path / "vxlan-vxbr7.lock")
     with vxlan.node_lock(conf):                  # free: taken at once
         pass

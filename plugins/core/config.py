@@ -1,23 +1,22 @@
 """Typed network-config parsing shared by every plugin.
 
 ``NetConf`` holds what every plugin config has (name, cniVersion, type, ipam,
-dns, runtimeConfig, args, prevResult). Plugin configs are dataclasses built by
+dns, runtimeConfig, args, prevResult). Plugin configs are records (``record``) built by
 the ``Fields`` reader (plugins/core/gojson.py: Go's encoding/json rules, so
 ``HostPort`` and ``hostPort`` both fill ``hostPort``), which raises a code-7
 error naming the field. Handlers never index raw config dicts by name.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from . import names, version as ver
 from .errors import CNIError, DECODING_FAILURE, INVALID_NETWORK_CONFIG
 from .gojson import Fields, GoObject, as_go_map, loads, pairs
+from .record import field, record
 from .types import DNS, Result
 
 __all__ = ["Fields", "NetConf", "decode", "parse_netconf", "require_prev_result"]
 
-@dataclass
+@record
 class NetConf:
     """The part of a network config every plugin shares.
 
@@ -109,3 +108,33 @@ def require_prev_result(conf: NetConf, plugin: str) -> Result:
                        f"{plugin} must be called as a chained plugin: prevResult is missing",
                        f"put {plugin} after a main plugin (e.g. bridge) in a conflist")
     return conf.prev_result
+
+
+# ---- GC input: the attachments the runtime still holds ------------------------------
+# Spec 1.1.0 key, and the key older libcni releases sent (libcni sends both).
+KEYS = ("cni.dev/valid-attachments", "cni.dev/attachments")
+
+
+def valid_attachments(raw: dict) -> set[tuple[str, str]]:
+    """(containerID, ifname) pairs of a GC call, read Go-exactly (types.NetConf
+    ValidAttachments / types.GCAttachment{containerID, ifname}).
+
+    A GC without the list is refused (code 7): reading "no list" as "nothing is
+    valid" would let a runtime bug wipe every attachment on the node. An empty
+    list is honoured: the runtime says nothing is valid.
+    """
+    f = Fields(raw)
+    for key in KEYS:
+        if f.values(key):
+            break
+    else:
+        raise CNIError(INVALID_NETWORK_CONFIG, "GC needs cni.dev/valid-attachments",
+                       "refusing to treat a missing list as 'nothing is valid'")
+    out = set()
+    for i, a in enumerate(f.objects(key)):
+        cid, ifname = a.raw("containerID"), a.raw("ifname")
+        if not isinstance(cid, str) or not isinstance(ifname, str):
+            raise CNIError(INVALID_NETWORK_CONFIG,
+                           f"{key}[{i}] must have string containerID and ifname", repr(a.data)[:100])
+        out.add((cid, ifname))
+    return out

@@ -7,14 +7,14 @@ N x N table: each format knows how to go to and from its neighbour.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
 
 from .errors import CNIError, DECODING_FAILURE
 from .gojson import Fields
 from . import version as ver
+from .record import field, record
 
 
-@dataclass
+@record
 class Interface:
     name: str
     mac: str = ""
@@ -24,7 +24,7 @@ class Interface:
     pci_id: str = ""
 
 
-@dataclass
+@record
 class IPConfig:
     address: str               # CIDR, e.g. "10.1.0.5/24"
     gateway: str = ""
@@ -39,7 +39,7 @@ class IPConfig:
         return ipaddress.ip_interface(self.address)
 
 
-@dataclass
+@record
 class Route:
     dst: str
     gw: str = ""
@@ -50,7 +50,7 @@ class Route:
     scope: int | None = None
 
 
-@dataclass
+@record
 class DNS:
     nameservers: list[str] = field(default_factory=list)
     domain: str = ""
@@ -94,7 +94,7 @@ def _str_list(f: Fields, key: str) -> list[str]:
     return v
 
 
-@dataclass
+@record
 class Result:
     """The 1.1.0 result model; ``cni_version`` is the version to print it in."""
     cni_version: str = ver.CURRENT

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from dataclasses import dataclass, field
+
+from ..core.record import field, record
 
 MAGIC = b"\x63\x82\x53\x63"
 BOOTREQUEST, BOOTREPLY = 1, 2
@@ -57,7 +58,7 @@ def encode(msg_type: int, xid: int, mac: bytes, *, client_id: bytes, ciaddr: str
     return head + MAGIC + body + bytes([OPT_END])
 
 
-@dataclass
+@record
 class Reply:
     msg_type: int
     xid: int

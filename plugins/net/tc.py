@@ -13,9 +13,8 @@ classifier), IFB devices, on the standard library's netlink socket
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from ..core.names import sha256_hex
+from ..core.record import record
 
 TIME_UNITS_PER_SEC = 1_000_000
 LATENCY_MS = 25               # queueing latency the TBF limit allows for (as the reference)
@@ -41,7 +40,7 @@ def tick_in_usec(psched: str | None = None) -> float:
     return t2us / us2t * clock_factor
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class TbfParams:
     rate: int        # bytes per second
     burst: int       # bytes

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import errno
 import struct
-from typing import NamedTuple
 
+from ...core.record import record
 from . import wire
 from .rtnl import Rtnl, cstr, nested
 
@@ -46,7 +46,8 @@ U32_SEL = struct.Struct("=BBBxHHhhI")        # flags, offshift, nkeys, offmask, 
 U32_KEY = struct.Struct("=IIii")             # mask, val, off, offmask
 
 
-class Qdisc(NamedTuple):
+@record(frozen=True)
+class Qdisc:
     index: int
     handle: int
     parent: int
