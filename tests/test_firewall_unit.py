@@ -166,3 +166,19 @@ def test_result_is_prev_result_and_version_gates():
     env["CNI_COMMAND"] = "GC"
     out, rc = dispatch("firewall", env, json.dumps(raw).encode())
     assert rc == 1 and json.loads(out)["code"] == 1       # GC needs 1.1.0
+
+
+def test_second_add_leaves_the_shared_structure_alone():
+    """With the table, chains, forward jumps and one admin jump listed, an ADD
+    only replaces its own rules (no chain re-adds, no flush: see nft.base_in_place)."""
+    p = plan(iptablesAdminChainName="MY-ADMIN")
+    listed = []
+    for c in fr.plan_add(p, None, []):
+        (verb, target), = c.items()
+        (kind, obj), = target.items()
+        if verb in ("add", "insert") and kind in ("chain", "rule"):
+            listed.append({kind: dict(obj, handle=len(listed) + 1)})
+    again = fr.plan_add(p, listed, [])
+    assert not [c for c in again if "flush" in c or "insert" in c]
+    assert not [c for c in again if "add" in c and ("chain" in c["add"] or "table" in c["add"])]
+    assert [c for c in again if "add" in c] == [{"add": {"rule": r}} for r in fr.attachment_rules(p)]

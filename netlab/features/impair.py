@@ -331,25 +331,22 @@ def _nft_in(ns: str, text: str) -> subprocess.CompletedProcess:
 
 
 def _with_tc(ns: str, fn: Callable) -> Any:
-    """fn(Tc) in a thread inside ``ns`` (pyroute2 binds to the thread's namespace)."""
-    from plugins.net.link import open_iproute
+    """fn(Tc) in a thread inside ``ns`` (the netlink socket binds to the thread's namespace)."""
+    from plugins.net.netlink.rtnl import Rtnl
     from plugins.net.tc import Tc
     from ..base.namespaces import in_thread
 
     def go():
-        ipr = open_iproute()
-        try:
-            return fn(Tc(ipr), ipr)
-        finally:
-            ipr.close()
+        with Rtnl() as nl:
+            return fn(Tc(nl))
     return in_thread(ns, go, timeout=30)
 
 
-def _index(ipr, dev: str) -> int:
-    idx = ipr.link_lookup(ifname=dev)
-    if not idx:
+def _index(t, dev: str) -> int:
+    link = t.link(dev)
+    if link is None:
         raise ImpairError(f"no interface {dev}")
-    return idx[0]
+    return link.index
 
 
 def make(part: Part) -> None:
@@ -363,29 +360,30 @@ def make(part: Part) -> None:
             raise ImpairError(msg)
         return
 
-    def tc(t, ipr):
+    def tc(t):
         from plugins.net.tc import tbf_params, tick_in_usec
-        idx = _index(ipr, part.dev)
+        idx = _index(t, part.dev)
         # never replace a qdisc someone else made (e.g. the bandwidth plugin's on a host veth)
         if part.kind == "ifb" and t.ingress_qdisc(idx) is not None:
             raise ImpairError(f"{part.dev} in {part.ns} already has an ingress qdisc (not netlab's impairment); "
                               "not replacing it")
         root = t.root_qdisc(idx) if part.kind != "ifb" else None
-        if root is not None and root.get_attr("TCA_KIND") not in FOREIGN_OK:
-            raise ImpairError(f"{part.dev} in {part.ns} already has a {root.get_attr('TCA_KIND')} root qdisc "
+        if root is not None and root.kind not in FOREIGN_OK:
+            raise ImpairError(f"{part.dev} in {part.ns} already has a {root.kind} root qdisc "
                               "(not netlab's impairment); not replacing it")
         if part.kind == "ifb":
-            mtu = ipr.get_links(idx)[0].get_attr("IFLA_MTU")
-            ifb_idx = t.create_ifb(part.ifb, mtu, f"netlab impair ingress of {part.dev}")
+            ifb = t.create_ifb(part.ifb, t.link(index=idx).mtu, f"netlab impair ingress of {part.dev}")
             t.add_ingress(idx)
-            t.redirect_all(idx, ifb_idx)
+            t.redirect_all(idx, ifb.index)
         elif part.kind == "tbf":
             t.set_tbf(idx, tbf_params(part.params["rate"], part.params["burst"] * 8, tick_in_usec()))
         elif part.kind == "netem":
             kw = {"delay": int(part.params.get("delay", 0) * 1000), "jitter": int(part.params.get("jitter", 0) * 1000)}
             if part.params.get("rate"):
                 kw["rate"] = part.params["rate"] // 8
-            ipr.tc("replace", kind="netem", index=idx, handle=0x10000, **kw)
+            from plugins.net.link import open_iproute      # netem: still through pyroute2
+            with open_iproute() as ipr:
+                ipr.tc("replace", kind="netem", index=idx, handle=0x10000, **kw)
         else:
             raise ImpairError(f"unknown part kind {part.kind}")
     try:
@@ -408,14 +406,14 @@ def unmake(part: dict) -> None:
             raise ImpairError(f"nft delete table netdev {part['table']} in {ns}: {p.stderr.strip()}")
         return
 
-    def tc(t, ipr):
-        idx = ipr.link_lookup(ifname=part["dev"])
+    def tc(t):
+        link = t.link(part["dev"])
         if part["kind"] == "ifb":
-            if idx:
-                t.del_ingress(idx[0])
+            if link is not None:
+                t.del_ingress(link.index)
             t.delete_link(part["ifb"])
-        elif idx:
-            t.del_root(idx[0])
+        elif link is not None:
+            t.del_root(link.index)
     _with_tc(ns, tc)
 
 

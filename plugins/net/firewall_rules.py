@@ -28,7 +28,7 @@ from __future__ import annotations
 import ipaddress
 
 from ..core.record import record
-from .nft import canon as _canon, match as _match
+from .nft import base_if_needed, canon as _canon, match as _match
 from .portmap_rules import attachment_comment
 
 TYPE_CHECKING = False       # not from typing: importing it costs ~2 ms per plugin exec
@@ -152,9 +152,10 @@ def _strip(rule: dict) -> list:
 
 
 def plan_add(p: FirewallPlan, objects: list[dict] | None, stale: list[dict]) -> list[dict]:
-    """One transaction: the shared structure, removal of this attachment's rules
-    from an earlier ADD (``stale``, listed), then its rules."""
-    cmds = base_commands(p.admin_chain, admin_jumps(objects, p.admin_chain))
+    """One transaction: the shared structure (unless the listing shows it in place:
+    ``nft.base_in_place``), removal of this attachment's rules from an earlier
+    ADD (``stale``, listed), then its rules."""
+    cmds = base_if_needed(objects, base_commands(p.admin_chain, admin_jumps(objects, p.admin_chain)))
     cmds += delete_handles(stale)
     cmds += [{"add": {"rule": r}} for r in attachment_rules(p)]
     return cmds
