@@ -223,7 +223,12 @@ class Agent:
         """Import everything a call may need, once: the dispatcher, every
         plugin module, pyroute2 and libnftables."""
         from plugins.core import skel
+        from plugins.net.netlink import wire
         self._dispatch = self._dispatch or skel.dispatch
+        # A link deletion returns once the kernel has unlisted the link; the RCU
+        # barrier the kernel waits for before its ACK (15-25 ms) ends on a helper
+        # thread (docs/adr/0039).
+        wire.RELEASE_LINKS_IN_BACKGROUND = True
         if not self.warm:
             return
         for pkg in PACKAGES:

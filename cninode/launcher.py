@@ -296,7 +296,9 @@ def main(plugin: str) -> None:
             if out:
                 sys.stdout.buffer.write(out + b"\n")
             sys.stdout.flush()
-            sys.exit(rc)
+            # Output flushed, nothing else to release: skip the interpreter's
+            # teardown (~0.5-1.5 ms of a ~9 ms call; docs/performance.md).
+            posix._exit(rc)
     import os
     out_s, code = run_in_process(plugin, os.environ, stdin)
     if out_s:

@@ -39,9 +39,22 @@ ON_REFERENCE = [t for t in SHIPPED if t not in SAME_PLUGIN_CALLS]
 # (tests/test_netlab_k8s_root.py::test_dual_stack_services_and_policy_on_the_wire).
 OWN_TEST = {"containerd.yaml", "bgp-ipv6-only.yaml", "dual-stack-services.yaml"}
 ON_OURS = [t for t in SHIPPED if t not in OWN_TEST]
-# labs whose checks measure a rate (iperf3 through a shaper) run in the serial part of `make test`
-MEASURES_RATES = {"throughput.yaml"}
-ON_OURS = [pytest.param(t, marks=pytest.mark.serial) if t in MEASURES_RATES else t for t in ON_OURS]
+
+
+def _measures_rates(topo: str) -> bool:
+    """Whether a lab's checks measure a rate (iperf3 through a shaper: `bandwidth`,
+    `throughput`): beside a loaded machine's other tests they can miss their
+    tolerance, so they run in the serial part of `make test`."""
+    with open(os.path.join(REPO, "topologies", topo)) as f:
+        text = f.read()
+    return "type: bandwidth" in text or "type: throughput" in text
+
+
+def _serial_if_rates(topos: list[str]) -> list:
+    return [pytest.param(t, marks=pytest.mark.serial) if _measures_rates(t) else t for t in topos]
+
+
+ON_OURS = _serial_if_rates(ON_OURS)
 
 pytestmark = pytest.mark.root
 
@@ -264,7 +277,7 @@ def test_exec_runs_in_the_pod_with_its_resolv_conf(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("topo", ON_REFERENCE)
+@pytest.mark.parametrize("topo", _serial_if_rates(ON_REFERENCE))
 def test_every_lab_on_the_reference_plugins_passes_or_is_refused(topo, short_tmp_path):
     """netlab is a plain CNI runtime: the Go reference plugins pass the same checks,
     or the lab is refused before anything is built, saying which plugin is missing."""

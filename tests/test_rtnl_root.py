@@ -151,3 +151,26 @@ def test_operstate_wait_wakes_on_the_link_event(node, pod):
             with pytest.raises(CNIError) as info:
                 rtnl.wait_operstate_up(nl, idx, 0.05, "vhC")
     assert "is not up" in info.value.msg
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_link_deletion_in_the_agent_returns_once_unlisted(node, pod, monkeypatch, background):
+    """wire.delete_link_index: with RELEASE_LINKS_IN_BACKGROUND (the agent) the
+    request runs on a helper thread and the call returns on the kernel's
+    RTM_DELLINK notification; either way the veth and its peer are gone, the
+    name is free at once, and a refusal is raised."""
+    from plugins.net.netlink import wire
+    monkeypatch.setattr(wire, "RELEASE_LINKS_IN_BACKGROUND", background)
+    node.run("ip", "link", "add", "vd0", "type", "veth", "peer", "name", "eth9", "netns", pod.name)
+    with nsmod.entered(node.path):
+        index = link.ifindex("vd0")
+        wire.delete_link_index(index)
+        assert link.ifindex("vd0") is None
+        with pytest.raises(OSError) as e:
+            wire.delete_link_index(index)                 # gone: the kernel's NACK
+        assert e.value.errno in (errno.ENODEV, errno.ENOENT)
+        assert link.delete_index(index) is False          # the plugins' wrapper: "already gone"
+        with rtnl.Rtnl() as nl:
+            rtnl.add_link(nl, "vd0", "ifb")               # the name is free right away
+            assert rtnl.delete_link(nl, "vd0") and rtnl.get_link(nl, "vd0") is None
+    assert "eth9" not in pod.run("ip", "-o", "link").stdout

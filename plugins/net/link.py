@@ -137,9 +137,10 @@ def set_link_basics(index: int, what: str, *, mac: str | None = None, mtu: int |
 
 
 def delete_index(index: int) -> bool:
-    """Delete link ``index`` (stdlib); False when it was already gone."""
+    """Delete link ``index`` (stdlib); False when it was already gone. In the agent
+    this returns once the kernel has unlisted the link (``wire.delete_link_index``)."""
     try:
-        _nl_call(_RTM_DELLINK, struct.pack("=BxHiII", 0, 0, index, 0, 0))
+        wire.delete_link_index(index)
     except OSError as e:
         if e.errno in (errno.ENODEV, errno.ENOENT):
             return False

@@ -100,6 +100,11 @@ def _int(raw: bytes | None) -> int:
     return _U32.unpack_from(raw)[0] if raw and len(raw) >= 4 else 0
 
 
+def _thread_netns() -> tuple[int, int]:
+    st = os.stat("/proc/thread-self/ns/net")
+    return st.st_dev, st.st_ino
+
+
 class Rtnl:
     """One NETLINK_ROUTE socket in the current thread's netns; requests are synchronous."""
 
@@ -107,6 +112,11 @@ class Rtnl:
         self.sock = wire.open_route_socket()
         self.pid = self.sock.getsockname()[0]
         self.seq = 0
+        self.netns = _thread_netns()
+
+    def in_thread_netns(self) -> bool:
+        """Whether the calling thread is in the namespace this socket is bound to."""
+        return _thread_netns() == self.netns
 
     def close(self) -> None:
         self.sock.close()
@@ -299,8 +309,11 @@ def delete_link(nl: Rtnl, name: str) -> bool:
     if cur is None:
         return False
     try:
-        nl.request(RTM_DELLINK, _IFINFO.pack(0, 0, cur.index, 0, 0))
-    except NetlinkFailure as e:
+        if wire.RELEASE_LINKS_IN_BACKGROUND and nl.in_thread_netns():
+            wire.delete_link_index(cur.index)       # the agent: back once unlisted
+        else:
+            nl.request(RTM_DELLINK, _IFINFO.pack(0, 0, cur.index, 0, 0))
+    except OSError as e:
         if e.errno in (errno.ENODEV, errno.ENOENT):
             return False
         raise kernel_error(e, f"deleting link {name!r}") from None
