@@ -222,6 +222,12 @@ def wrap_agent_side(probe: Probe) -> None:
         probe.wrap(rtnl.Rtnl, "__init__", "netlink stdlib: open socket")
     except ImportError:
         pass
+    try:        # link deletions (ADR 0039: in the agent they return once unlisted)
+        from plugins.net.netlink import wire
+        if hasattr(wire, "delete_link_index"):
+            probe.wrap(wire, "delete_link_index", "netlink stdlib: link delete")
+    except ImportError:
+        pass
     probe.wrap(link, "open_iproute", "netlink: open socket")
     timed_open = link.open_iproute
 
@@ -254,6 +260,7 @@ def profile_agent_side(n: int, workdir: str) -> list[str]:
     created = []
     probe = Probe()
     lines = []
+    wire, release_before = None, None
     try:
         nsutil.create(node)
         created.append(node)
@@ -293,6 +300,14 @@ def profile_agent_side(n: int, workdir: str) -> list[str]:
             nsutil.create(p)
             created.append(p)
             pods.append(p)
+        # as the agent runs calls: link deletions return once unlisted (ADR 0039)
+        try:
+            from plugins.net.netlink import wire
+            release_before = getattr(wire, "RELEASE_LINKS_IN_BACKGROUND", None)
+            if release_before is not None:
+                wire.RELEASE_LINKS_IN_BACKGROUND = True
+        except ImportError:
+            wire, release_before = None, None
         # one warm-up pod (imports, the bridge itself), not counted
         rt.add(conf, nsutil.path(pods[0]), f"{tag}c0", "eth0")
         wrap_agent_side(probe)
@@ -316,6 +331,8 @@ def profile_agent_side(n: int, workdir: str) -> list[str]:
         lines.append(f"  {'python (plugins, IPAM store, result cache)':44} {'':>9} {1000 * rest / n:8.1f}")
     finally:
         probe.restore()
+        if wire is not None and release_before is not None:
+            wire.RELEASE_LINKS_IN_BACKGROUND = release_before
         for ns in reversed(created):
             nsutil.delete(ns)
     return lines
