@@ -13,13 +13,14 @@ TYPE_CHECKING = False       # not from typing: importing typing costs ~4 ms per 
 from . import cniargs, names, version as ver
 from .errors import (CNIError, INCOMPATIBLE_VERSION, INTERNAL, INVALID_ENV, NETNS_IS_OWN,
                      NOT_IMPLEMENTED, as_cni_error)
+from .record import field, record
 
-if TYPE_CHECKING:   # config/types (dataclasses, ipaddress) load only past VERSION
+if TYPE_CHECKING:   # config/types (ipaddress, JSON decoding) load only past VERSION
     from typing import Callable, Mapping
     from .config import NetConf
 
 # Start-up cost matters (every call is a process start): this module avoids
-# dataclasses/typing-heavy imports at load time, so VERSION and env errors
+# heavy imports at load time (typing, ipaddress, json), so VERSION and env errors
 # cost little more than the interpreter start. config.py and types.py load
 # once a command actually needs the network config.
 
@@ -51,48 +52,28 @@ PLUGINS: dict[str, str] = {
 }
 
 
-class _Record:
-    """A tiny dataclass stand-in (dataclasses costs ~9 ms of imports per exec)."""
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        inner = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__)
-        return f"{type(self).__name__}({inner})"
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not type(self):
-            return NotImplemented
-        return all(getattr(self, k) == getattr(other, k) for k in self.__slots__)
-
-
-class CmdArgs(_Record):
+@record
+class CmdArgs:
     """The call as the runtime made it (env + stdin), validated."""
-    __slots__ = ("command", "container_id", "netns", "ifname", "args", "path", "stdin", "env")
-
-    def __init__(self, command: str, container_id: str = "", netns: str = "", ifname: str = "",
-                 args: str = "", path: list[str] | None = None, stdin: bytes = b"",
-                 env: Mapping[str, str] | None = None) -> None:
-        self.command = command
-        self.container_id = container_id
-        self.netns = netns
-        self.ifname = ifname
-        self.args = args
-        self.path = [] if path is None else path
-        self.stdin = stdin
-        self.env = {} if env is None else env
+    command: str
+    container_id: str = ""
+    netns: str = ""
+    ifname: str = ""
+    args: str = ""
+    path: list[str] = field(default_factory=list)
+    stdin: bytes = b""
+    env: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def cni_args(self) -> dict[str, str]:
         return cniargs.parse(self.args)
 
 
-class Call(_Record):
+@record
+class Call:
     """What a plugin handler receives: the call and the parsed shared config."""
-    __slots__ = ("args", "conf")
-
-    def __init__(self, args: CmdArgs, conf: "NetConf") -> None:
-        self.args = args
-        self.conf = conf
+    args: CmdArgs
+    conf: NetConf
 
     @property
     def plugin_env(self) -> dict[str, str]:

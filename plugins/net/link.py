@@ -53,7 +53,7 @@ def exists(name: str) -> bool:
 
 # A few rtnetlink requests with the standard library only, so DEL (deleting a
 # link by name) does not pay pyroute2's ~100 ms import. Same thread-netns rule.
-_RTM_NEWLINK, _RTM_DELLINK, _RTM_GETLINK = 16, 17, 18
+_RTM_NEWLINK, _RTM_GETLINK = 16, 18
 _IFLA_ADDRESS, _IFLA_IFNAME, _IFLA_MTU, _IFLA_TXQLEN = 1, 3, 4, 13
 _IFLA_LINKINFO, _IFLA_INFO_KIND = 18, 1
 
@@ -148,7 +148,7 @@ def delete_index(index: int) -> bool:
     return True
 
 
-_RTM_NEWLINK, _RTM_GETADDR = 16, 22
+_RTM_GETADDR = 22
 _NLM_F_DUMP = 0x300
 _IFA_ADDRESS, _IFA_LOCAL = 1, 2
 
